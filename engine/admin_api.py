@@ -1,0 +1,144 @@
+"""The engine's local sockets: the admin API (``admin.sock``) and the agent link (``run/agent.sock``).
+
+Both are Unix sockets, mode 0600, in a 0700 directory: only the local admin and the appliance
+agents the supervisor started reach them. Every answer is JSON from :func:`engine.records.to_json`;
+errors are ``{"code", "message"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from engine.errors import EngineError, ProtocolError
+from engine.listener import read_json
+from engine.records import to_json
+
+if TYPE_CHECKING:
+    from engine.supervisor import Engine
+
+log = logging.getLogger(__name__)
+ENGINE = web.AppKey("engine", object)
+
+
+def _engine(request: web.Request) -> Engine:
+    return request.app[ENGINE]  # type: ignore[return-value]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EngineError as exc:
+        return web.json_response({"code": exc.code, "message": exc.message}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"code": f"http-{exc.status}", "message": exc.reason}, status=exc.status)
+    except Exception:
+        log.exception("admin.internal-error path=%s", request.path)
+        return web.json_response({"code": "internal-error", "message": "The engine hit an internal error; its log "
+                                  "in the data directory has the details."}, status=500)
+
+
+def _json(data: Any) -> web.Response:
+    return web.json_response(to_json(data))
+
+
+# --- admin API ---------------------------------------------------------------------------------
+async def get_engine(request: web.Request) -> web.Response:
+    return _json(_engine(request).status())
+
+
+async def get_setup(request: web.Request) -> web.Response:
+    return _json(_engine(request).setup_info())
+
+
+async def rotate_passphrase(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    engine.inventory.rotate_passphrase()
+    info = engine.setup_info()
+    engine.hub.publish({"type": "setup", "setup": to_json(info)})
+    return _json(info)
+
+
+async def list_servers(request: web.Request) -> web.Response:
+    return _json(_engine(request).inventory.servers())
+
+
+async def show_server(request: web.Request) -> web.Response:
+    return _json(_engine(request).inventory.server(request.match_info["name"]))
+
+
+async def forget_server(request: web.Request) -> web.Response:
+    _engine(request).inventory.forget(request.match_info["name"])
+    return web.json_response({"ok": True})
+
+
+def _int_query(request: web.Request, key: str, default: int, maximum: int) -> int:
+    try:
+        value = int(request.query.get(key, default))
+    except ValueError as exc:
+        raise ProtocolError(f"{key} must be an integer.") from exc
+    return max(0, min(value, maximum))
+
+
+async def list_events(request: web.Request) -> web.Response:
+    after = _int_query(request, "after", 0, 2**62)
+    limit = _int_query(request, "limit", 200, 10_000)
+    return _json(_engine(request).state.events(after=after, limit=limit))
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Push stream: one ``hello`` snapshot, then every update, as JSON lines; ends on overflow."""
+    engine = _engine(request)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    with engine.hub.subscribe() as queue:
+        last = engine.state.events(limit=1)
+        hello = {"type": "hello", "engine": to_json(engine.status()), "setup": to_json(engine.setup_info()),
+                 "servers": to_json(engine.inventory.servers()), "last_event_id": last[-1].id if last else 0}
+        await resp.write(json.dumps(hello).encode() + b"\n")
+        while True:
+            message = await queue.get()
+            if message is None:
+                break
+            await resp.write(json.dumps(message).encode() + b"\n")
+    return resp
+
+
+def make_admin_app(engine: Engine) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app[ENGINE] = engine
+    r = app.router
+    r.add_get("/v1/engine", get_engine)
+    r.add_get("/v1/setup", get_setup)
+    r.add_post("/v1/setup/rotate-passphrase", rotate_passphrase)
+    r.add_get("/v1/servers", list_servers)
+    r.add_get("/v1/servers/{name}", show_server)
+    r.add_delete("/v1/servers/{name}", forget_server)
+    r.add_get("/v1/events", list_events)
+    r.add_get("/v1/stream", stream)
+    return app
+
+
+# --- agent link --------------------------------------------------------------------------------
+async def agent_register(request: web.Request) -> web.Response:
+    return web.json_response(_engine(request).inventory.register(await read_json(request)))
+
+
+async def agent_heartbeat(request: web.Request) -> web.Response:
+    return web.json_response(_engine(request).inventory.heartbeat(await read_json(request)))
+
+
+def make_agent_app(engine: Engine) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app[ENGINE] = engine
+    app.router.add_post("/agent/register", agent_register)
+    app.router.add_post("/agent/heartbeat", agent_heartbeat)
+    return app

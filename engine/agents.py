@@ -1,0 +1,86 @@
+"""Appliance agents: the processes the supervisor runs, and the start-up they share.
+
+Each agent lives in its own package (``engine/manager``, later ``engine/process_server`` and
+``engine/log_processor``) with a ``__main__`` that calls :func:`run_agent`. An agent dies with
+its supervisor (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the engine leaves no orphan holding a
+port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import __version__, logs
+from engine.config import DataDir
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What the supervisor needs to know to run an agent."""
+
+    name: str
+    module: str
+    version: str
+    #: The bound port the supervisor hands to the agent, if any.
+    port: str | None = None
+
+
+AGENTS: tuple[AgentSpec, ...] = (
+    AgentSpec(name="replication-manager", module="engine.manager", version=__version__, port="management"),
+)
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    name: str
+    data_dir: DataDir
+    listen_fd: int | None
+    stop: asyncio.Event
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:  # pragma: no cover - not Linux/glibc
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        sys.exit(0)
+
+
+def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> None:
+    """Entry point of an agent process: parse the supervisor's arguments, log to a file, run ``main``."""
+    parser = argparse.ArgumentParser(prog=f"godwit-{name}")
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--listen-fd", type=int)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args()
+    _die_with_parent(args.parent_pid)
+    data_dir = DataDir(args.data_dir)
+    logs.to_file(data_dir.logs / f"{name}.log")
+    log = logging.getLogger(f"engine.{name}")
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(AgentContext(name=name, data_dir=data_dir, listen_fd=args.listen_fd, stop=stop))
+
+    log.info("agent.started name=%s pid=%s version=%s", name, os.getpid(), __version__)
+    try:
+        asyncio.run(runner())
+    except Exception:
+        log.exception("agent.failed name=%s", name)
+        sys.exit(1)
+    log.info("agent.stopped name=%s", name)

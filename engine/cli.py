@@ -1,0 +1,282 @@
+"""The ``godwit`` command line (a stable contract: scripts run against it).
+
+Admin commands talk to the running engine of ``--data-dir`` over its admin socket and print one
+clear line on stderr with a non-zero exit on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.client import AdminClient
+from engine.config import DataDir, EngineConfig, default_data_dir
+from engine.errors import EngineError
+from engine.records import Event, ServerStatus, to_json
+
+EXIT_ERROR = 1
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    age = max(0.0, time.time() - ts)
+    if age < 90:
+        return f"{age:.0f} s ago"
+    if age < 5400:
+        return f"{age / 60:.0f} min ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(to_json(data), indent=2))
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _server_json(s: ServerStatus) -> dict[str, Any]:
+    data: dict[str, Any] = to_json(s)
+    data["total_size"] = s.total_size
+    return data
+
+
+# --- commands ----------------------------------------------------------------------------------
+async def cmd_setup_show(client: AdminClient, args: argparse.Namespace) -> None:
+    info = await client.setup()
+    if args.json:
+        _print_json(info)
+        return
+    print(f"Appliance id:     {info.appliance_id}\nPassphrase:       {info.passphrase}\n"
+          f"CA fingerprint:   {info.ca_fingerprint}\nManagement port:  {info.management_port}\n"
+          f"Data port:        {info.data_port}\nSecrets:          {info.secret_store}\n\n"
+          f"Register a source server (write the passphrase to passphrase.txt there first):\n  {info.mobility_command}")
+
+
+async def cmd_setup_rotate(client: AdminClient, args: argparse.Namespace) -> None:
+    info = await client.rotate_passphrase()
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"New registration passphrase: {info.passphrase}\nRegistered servers keep working; new servers "
+              "need this passphrase.")
+
+
+async def cmd_vm_list(client: AdminClient, args: argparse.Namespace) -> None:
+    servers = await client.servers()
+    if args.json:
+        print(json.dumps([_server_json(s) for s in servers], indent=2))
+        return
+    if not servers:
+        print("No source servers are registered. `godwit setup show` prints the command to run on one.")
+        return
+    rows = [[s.name, s.state, s.health, s.os, str(len(s.disks)), human_bytes(s.total_size),
+             human_age(s.last_heartbeat)] for s in servers]
+    print(_table(rows, ["NAME", "STATE", "HEALTH", "OS", "DISKS", "SIZE", "LAST HEARTBEAT"]))
+
+
+async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
+    s = await client.server(args.name)
+    if args.json:
+        print(json.dumps(_server_json(s), indent=2))
+        return
+    print(f"Name:            {s.name}\nServer id:       {s.server_id}\nHost name:       {s.hostname}\n"
+          f"Address:         {s.address or '-'}\nOS:              {s.os}\nMobility:        {s.agent_version}\n"
+          f"State:           {s.state}\nHealth:          {s.health}"
+          + (f" ({s.health_cause}: {s.health_detail})" if s.health_cause else "")
+          + f"\nLast heartbeat:  {human_age(s.last_heartbeat)}\nRegistered:      {human_age(s.registered_at)}\n"
+          f"Disks:")
+    for d in s.disks:
+        print(f"  {d.path}  {human_bytes(d.size)}")
+
+
+async def cmd_vm_forget(client: AdminClient, args: argparse.Namespace) -> None:
+    await client.forget_server(args.name)
+    print(f"{args.name} is forgotten: its certificate is revoked and the appliance refuses it from now on.")
+
+
+def _print_event(e: Event, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(to_json(e)), flush=True)
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts))
+        print(f"{when}  {e.severity:<7}  {e.code:<22}  {e.message}", flush=True)
+
+
+async def cmd_events(client: AdminClient, args: argparse.Namespace) -> None:
+    events = await client.events(limit=args.limit)
+    if args.json and not args.follow:
+        _print_json(events)
+        return
+    for e in events:
+        _print_event(e, args.json)
+    if not args.follow:
+        return
+    last = events[-1].id if events else 0
+    async for message in client.updates():
+        if message.get("type") == "hello":  # catch up on what happened between the two requests
+            for e in await client.events(after=last):
+                _print_event(e, args.json)
+                last = e.id
+        elif message.get("type") == "event":
+            from engine.records import from_json
+
+            event = from_json(Event, message["event"])
+            if event.id > last:
+                _print_event(event, args.json)
+                last = event.id
+
+
+def _admin(fn: Callable[[AdminClient, argparse.Namespace], Coroutine[Any, Any, None]]
+           ) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        async def main() -> None:
+            client = AdminClient(DataDir(args.data_dir))
+            try:
+                await fn(client, args)
+            finally:
+                await client.aclose()
+
+        asyncio.run(main())
+
+    return run
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from engine.supervisor import serve
+
+    serve(EngineConfig(data_dir=DataDir(args.data_dir), management_port=args.management_port,
+                       data_port=args.data_port, heartbeat_interval=args.heartbeat_interval))
+
+
+def cmd_mobility_run(args: argparse.Namespace) -> None:
+    from engine import logs
+    from engine.mobility.service import run
+
+    logs.to_stderr(level=logging.INFO if args.verbose else logging.WARNING)
+    run(args)
+
+
+def cmd_console(args: argparse.Namespace) -> None:
+    # The console is the app package; the engine never imports it, it hands over the process.
+    argv = [sys.executable, "-m", "app", "--data-dir", str(args.data_dir)]
+    os.execv(sys.executable, argv)
+
+
+# --- parser ------------------------------------------------------------------------------------
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
+                          help="appliance data directory (default: $GODWIT_DATA_DIR or the user data dir)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
+
+    parser = argparse.ArgumentParser(prog="godwit", parents=[data_dir],
+                                     description="Godwit replication appliance. Without a command: the console.")
+    parser.add_argument("--version", action="version", version=f"godwit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("console", parents=[data_dir], help="open the desktop console (the default)")
+    p.set_defaults(func=cmd_console)
+
+    p = sub.add_parser("serve", parents=[data_dir], help="run the engine daemon in the foreground")
+    p.add_argument("--management-port", type=_port, help="management port (default 443, then the stored one)")
+    p.add_argument("--data-port", type=_port, help="data port (default 9443, then the stored one)")
+    p.add_argument("--heartbeat-interval", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_serve)
+
+    setup = sub.add_parser("setup", help="appliance identity and registration details").add_subparsers(
+        dest="setup_command", metavar="ACTION", required=True)
+    p = setup.add_parser("show", parents=[data_dir, as_json], help="passphrase, CA fingerprint, ports")
+    p.set_defaults(func=_admin(cmd_setup_show))
+    p = setup.add_parser("rotate-passphrase", parents=[data_dir, as_json], help="issue a new registration passphrase")
+    p.set_defaults(func=_admin(cmd_setup_rotate))
+
+    vm = sub.add_parser("vm", help="registered source servers").add_subparsers(
+        dest="vm_command", metavar="ACTION", required=True)
+    p = vm.add_parser("list", parents=[data_dir, as_json], help="list registered servers")
+    p.set_defaults(func=_admin(cmd_vm_list))
+    p = vm.add_parser("show", parents=[data_dir, as_json], help="one server in detail")
+    p.add_argument("name")
+    p.set_defaults(func=_admin(cmd_vm_show))
+    p = vm.add_parser("forget", parents=[data_dir], help="revoke a server's certificate and remove it")
+    p.add_argument("name")
+    p.set_defaults(func=_admin(cmd_vm_forget))
+
+    p = sub.add_parser("events", parents=[data_dir, as_json], help="what happened on the appliance")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--limit", type=int, default=50, help="how many recent events to print (default 50)")
+    p.set_defaults(func=_admin(cmd_events))
+
+    mob = sub.add_parser("mobility", help="the mobility service of a source server").add_subparsers(
+        dest="mobility_command", metavar="ACTION", required=True)
+    p = mob.add_parser("run", help="register with the appliance and keep it informed")
+    p.add_argument("--appliance", required=True, metavar="HOST[:PORT]")
+    p.add_argument("--passphrase-file", required=True, metavar="F")
+    p.add_argument("--ca-fingerprint", required=True, metavar="SHA256")
+    p.add_argument("--state-dir", required=True, metavar="DIR")
+    p.add_argument("--disk", required=True, action="append", metavar="PATH")
+    p.add_argument("--name", help="name shown on the appliance (default: host name)")
+    p.add_argument("--verbose", "-v", action="store_true", help="log every heartbeat")
+    p.set_defaults(func=cmd_mobility_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "data_dir"):
+        args.data_dir = default_data_dir()
+    func = getattr(args, "func", cmd_console)
+    try:
+        func(args)
+    except EngineError as exc:
+        print(f"godwit: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: one line for the user, the traceback only on request
+        if os.environ.get("GODWIT_DEBUG"):
+            raise
+        print(f"godwit: internal error ({type(exc).__name__}: {exc}). Run again with GODWIT_DEBUG=1 for details "
+              "and report it.", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

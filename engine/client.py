@@ -1,0 +1,131 @@
+"""Clients of the engine's local sockets: the admin API (CLI, console) and the agent link.
+
+Both are HTTP with JSON bodies over a Unix socket. Errors come back as ``{"code", "message"}``
+and are raised as the matching :class:`~engine.errors.EngineError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from engine.config import DataDir
+from engine.errors import EngineError, EngineNotRunning, ProtocolError, from_code
+from engine.records import EngineStatus, Event, ServerStatus, SetupInfo, from_json
+
+#: Longest line the event stream may carry (a full server snapshot for many servers fits).
+MAX_STREAM_LINE = 16 * 1024 * 1024
+
+
+class UnixJsonClient:
+    """JSON requests to an aiohttp server on a Unix socket."""
+
+    def __init__(self, socket_path: Path, *, what: str) -> None:
+        self.socket_path = socket_path
+        self._what = what
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.socket_path} open={self._session is not None}>"
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(self.socket_path)),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _not_running(self) -> EngineNotRunning:
+        return EngineNotRunning(self._what)
+
+    async def request(self, method: str, path: str, body: Any = None, *, timeout: float = 30) -> Any:
+        try:
+            async with self._http().request(method, f"http://godwit{path}", json=body,
+                                            timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                data = await resp.json(content_type=None)
+        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
+            raise self._not_running() from exc
+        except TimeoutError as exc:
+            raise EngineError("The engine did not answer within %d s; see its log in the data directory." % timeout) \
+                from exc
+        except ValueError as exc:
+            raise ProtocolError("The engine sent an answer that is not JSON.") from exc
+        if resp.status >= 400:
+            if isinstance(data, dict) and "code" in data:
+                raise from_code(str(data["code"]), str(data.get("message", "")))
+            raise EngineError(f"The engine answered {resp.status}.")
+        return data
+
+    async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
+        """Newline-delimited JSON messages until the engine closes the stream."""
+        try:
+            async with self._http().get(f"http://godwit{path}",
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
+                if resp.status >= 400:
+                    data = await resp.json(content_type=None)
+                    raise from_code(str(data.get("code")), str(data.get("message")))
+                buf = b""
+                async for chunk in resp.content.iter_any():
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        if line.strip():
+                            yield json.loads(line)
+                    if len(buf) > MAX_STREAM_LINE:
+                        raise ProtocolError("The engine's event stream sent an over-long line.")
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, FileNotFoundError,
+                ConnectionRefusedError) as exc:
+            raise self._not_running() from exc
+
+
+class AdminClient(UnixJsonClient):
+    """The admin API of the engine that owns ``data_dir``."""
+
+    def __init__(self, data_dir: DataDir) -> None:
+        super().__init__(
+            data_dir.admin_socket,
+            what=f"No Godwit engine is running for {data_dir.root}. Start it with "
+            f"`godwit serve --data-dir {data_dir.root}` or open the console.",
+        )
+        self.data_dir = data_dir
+
+    async def engine_status(self) -> EngineStatus:
+        return from_json(EngineStatus, await self.request("GET", "/v1/engine"))
+
+    async def setup(self) -> SetupInfo:
+        return from_json(SetupInfo, await self.request("GET", "/v1/setup"))
+
+    async def rotate_passphrase(self) -> SetupInfo:
+        return from_json(SetupInfo, await self.request("POST", "/v1/setup/rotate-passphrase"))
+
+    async def servers(self) -> list[ServerStatus]:
+        return [from_json(ServerStatus, s) for s in await self.request("GET", "/v1/servers")]
+
+    async def server(self, name: str) -> ServerStatus:
+        return from_json(ServerStatus, await self.request("GET", f"/v1/servers/{_quote(name)}"))
+
+    async def forget_server(self, name: str) -> None:
+        await self.request("DELETE", f"/v1/servers/{_quote(name)}")
+
+    async def events(self, *, after: int = 0, limit: int = 200) -> list[Event]:
+        return [from_json(Event, e) for e in await self.request("GET", f"/v1/events?after={after}&limit={limit}")]
+
+    def updates(self) -> AsyncIterator[dict[str, Any]]:
+        """The engine's push stream: a ``hello`` snapshot first, then ``event``/``server``/... messages."""
+        return self.stream("/v1/stream")
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")

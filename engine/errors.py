@@ -1,0 +1,124 @@
+"""Errors the engine reports to admins, mobility services and the console.
+
+Every error a user can see is an :class:`EngineError` with a stable ``code`` and a message that
+says what happened and what to do. Third-party exceptions are translated where they enter the
+engine; nothing classifies errors by their text.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class EngineError(Exception):
+    """Root of every error the engine shows to a person."""
+
+    code: ClassVar[str] = "engine-error"
+    #: HTTP status used when the error crosses the admin API or a port.
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- set-up and configuration -------------------------------------------------------------
+class ConfigError(EngineError):
+    code = "config-invalid"
+    status = 400
+
+
+class PortError(ConfigError):
+    code = "port-unavailable"
+
+
+class DataDirInUse(EngineError):
+    code = "data-dir-in-use"
+    status = 409
+
+
+class SecretStoreError(EngineError):
+    code = "secret-store"
+
+
+# --- talking to the engine ------------------------------------------------------------------
+class EngineNotRunning(EngineError):
+    code = "engine-not-running"
+    status = 503
+
+
+class ProtocolError(EngineError):
+    """A peer sent something that is not the protocol."""
+
+    code = "bad-request"
+    status = 400
+
+
+class NotFound(EngineError):
+    code = "not-found"
+    status = 404
+
+
+class UnknownServer(NotFound):
+    code = "unknown-server"
+
+
+# --- registration and source servers ----------------------------------------------------------
+class RegistrationRefused(EngineError):
+    code = "registration-refused"
+    status = 403
+
+
+class WrongPassphrase(RegistrationRefused):
+    code = "wrong-passphrase"
+
+
+class NameTaken(RegistrationRefused):
+    code = "name-taken"
+    status = 409
+
+
+class Revoked(EngineError):
+    code = "registration-revoked"
+    status = 403
+
+
+class CertificateRequired(EngineError):
+    code = "certificate-required"
+    status = 401
+
+
+class ApplianceUnreachable(EngineError):
+    code = "appliance-unreachable"
+    status = 503
+
+
+class FingerprintMismatch(EngineError):
+    code = "fingerprint-mismatch"
+
+
+class BadInput(EngineError):
+    """A file or argument given by the admin cannot be used."""
+
+    code = "bad-input"
+    status = 400
+
+
+_BY_CODE: dict[str, type[EngineError]] = {}
+
+
+def _index(cls: type[EngineError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _index(sub)
+
+
+_index(EngineError)
+
+
+def from_code(code: str, message: str) -> EngineError:
+    """Rebuild an error that crossed a process boundary as ``{"code", "message"}``."""
+    return _BY_CODE.get(code, EngineError)(message)

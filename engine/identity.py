@@ -1,0 +1,90 @@
+"""Who this appliance is: its id, where its secrets live, and its PKI.
+
+``appliance.json`` holds what is not secret (id, choice of secret store, creation time). The
+engine supervisor creates it at the first start; agents only load it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+from engine.config import DataDir
+from engine.errors import ConfigError
+from engine.pki import AppliancePKI
+from engine.secrets import SecretStore, StoreKind, choose_store
+
+PASSPHRASE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed by people
+KEY_PASSWORD = "key-password"
+PASSPHRASE = "registration-passphrase"
+
+
+def new_passphrase() -> str:
+    """Six groups of four characters (~120 bits), e.g. ``K7QX-M2PA-...``."""
+    groups = ("".join(secrets.choice(PASSPHRASE_ALPHABET) for _ in range(4)) for _ in range(6))
+    return "-".join(groups)
+
+
+@dataclass(frozen=True)
+class ApplianceIdentity:
+    appliance_id: str
+    secret_store: StoreKind
+    created_at: float
+
+    @staticmethod
+    def path(data_dir: DataDir) -> str:
+        return str(data_dir.root / "appliance.json")
+
+    @classmethod
+    def load(cls, data_dir: DataDir) -> ApplianceIdentity | None:
+        try:
+            with open(cls.path(data_dir)) as f:
+                raw = json.load(f)
+            return cls(appliance_id=str(raw["appliance_id"]), secret_store=raw["secret_store"],
+                       created_at=float(raw["created_at"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{cls.path(data_dir)} is damaged: restore it from a backup.") from exc
+
+    @classmethod
+    def create(cls, data_dir: DataDir) -> ApplianceIdentity:
+        ident = cls(appliance_id=str(uuid.uuid4()), secret_store=choose_store(), created_at=time.time())
+        tmp = cls.path(data_dir) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"appliance_id": ident.appliance_id, "secret_store": ident.secret_store,
+                       "created_at": ident.created_at}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cls.path(data_dir))
+        return ident
+
+    def secrets(self, data_dir: DataDir) -> SecretStore:
+        return SecretStore(self.secret_store, appliance_id=self.appliance_id, file_path=data_dir.secrets_file)
+
+
+def open_pki(data_dir: DataDir, store: SecretStore) -> AppliancePKI:
+    password = store.get(KEY_PASSWORD)
+    if password is None:
+        raise ConfigError(
+            f"The key password of this appliance is missing from its secret store ({store.describe()}). "
+            "Restore the keyring or secrets file from a backup."
+        )
+    return AppliancePKI(data_dir.pki, password.encode())
+
+
+def create_secrets_and_pki(data_dir: DataDir, ident: ApplianceIdentity, store: SecretStore) -> AppliancePKI:
+    """First start: a random key password and passphrase in the secret store, then the CA."""
+    if store.get(KEY_PASSWORD) is None:
+        store.set(KEY_PASSWORD, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+    if store.get(PASSPHRASE) is None:
+        store.set(PASSPHRASE, new_passphrase())
+    pki = open_pki(data_dir, store)
+    if not pki.exists():
+        pki.create(ident.appliance_id)
+    return pki

@@ -1,0 +1,182 @@
+"""The inventory of source servers: registration, heartbeats, health, revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+from cryptography import x509
+
+from engine.errors import NameTaken, Revoked, UnknownServer, WrongPassphrase
+from engine.events import EventHub
+from engine.identity import PASSPHRASE, new_passphrase
+from engine.manager.requests import ServerFacts
+from engine.pki import AppliancePKI
+from engine.records import Disk, ServerStatus, to_json
+from engine.secrets import SecretStore
+from engine.state import StateDB, disks_from_row
+
+log = logging.getLogger(__name__)
+
+#: Heartbeats missed before a server is shown as a warning, and seconds before it is critical.
+MISSED_FOR_WARNING = 3
+CRITICAL_AFTER = 120.0
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
+class Inventory:
+    def __init__(self, *, state: StateDB, pki: AppliancePKI, secrets: SecretStore, hub: EventHub,
+                 heartbeat_interval: float, management_port: int) -> None:
+        self._state = state
+        self._pki = pki
+        self._secrets = secrets
+        self._hub = hub
+        self.heartbeat_interval = heartbeat_interval
+        self.management_port = management_port
+        self.data_port = 0
+        self._health: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<Inventory servers={self._state.count_servers()}>"
+
+    # --- views ------------------------------------------------------------------------------
+    def status(self, row: Any, now: float | None = None) -> ServerStatus:
+        now = time.time() if now is None else now
+        last = row["last_heartbeat"]
+        age = now - last if last is not None else float("inf")
+        health, cause, detail = "healthy", None, None
+        if age > self.heartbeat_interval * MISSED_FOR_WARNING:
+            health = "critical" if age > CRITICAL_AFTER else "warning"
+            cause = "agent-not-seen"
+            detail = (f"No heartbeat for {_ago(age)}. Check that the mobility service runs on {row['hostname']} "
+                      f"and reaches the appliance on port {self.management_port}.")
+        return ServerStatus(
+            server_id=row["server_id"], name=row["name"], hostname=row["hostname"], os=row["os"],
+            agent_version=row["agent_version"], state="registered", health=health,  # type: ignore[arg-type]
+            health_cause=cause, health_detail=detail, registered_at=row["registered_at"], last_heartbeat=last,
+            address=row["address"], disks=disks_from_row(row),
+        )
+
+    def servers(self) -> list[ServerStatus]:
+        now = time.time()
+        return [self.status(r, now) for r in self._state.servers()]
+
+    def server(self, name: str) -> ServerStatus:
+        row = self._state.server(name=name)
+        if row is None:
+            raise UnknownServer(f"No server named {name!r} is registered. `godwit vm list` shows the names.")
+        return self.status(row)
+
+    def _publish(self, server_id: str) -> None:
+        row = self._state.server(server_id=server_id)
+        if row is not None:
+            status = self.status(row)
+            self._health[status.name] = status.health
+            self._hub.publish({"type": "server", "server": to_json(status)})
+
+    # --- passphrase ---------------------------------------------------------------------------
+    def passphrase(self) -> str:
+        value = self._secrets.get(PASSPHRASE)
+        assert value is not None, "created at first start"
+        return value
+
+    def rotate_passphrase(self) -> None:
+        self._secrets.set(PASSPHRASE, new_passphrase())
+        self._hub.record("info", "passphrase-rotated",
+                         "The registration passphrase was rotated. Registered servers are not affected; "
+                         "new servers need the new passphrase.")
+
+    # --- from the management port ------------------------------------------------------------------
+    def register(self, payload: dict[str, Any]) -> dict[str, Any]:
+        name, address = str(payload["name"]), payload.get("address")
+        if not hmac.compare_digest(str(payload["passphrase"]).encode(), self.passphrase().encode()):
+            self._hub.record("warning", "registration-refused",
+                             f"A server calling itself {name!r} from {address} gave a wrong passphrase.")
+            raise WrongPassphrase(
+                "The appliance refused the registration passphrase. Copy the current passphrase from the "
+                "console's Setup page or `godwit setup show` (it changes when rotated)."
+            )
+        if self._state.server(name=name) is not None:
+            raise NameTaken(f"A server named {name!r} is already registered with this appliance. Give this one "
+                            "another --name, or forget the old one on the appliance (`godwit vm forget`).")
+        facts = _facts(payload)
+        server_id = str(uuid.uuid4())
+        cert_pem = self._pki.sign_client(str(payload["csr"]), server_id)
+        serial = x509.load_pem_x509_certificate(cert_pem.encode()).serial_number
+        self._state.add_server(server_id=server_id, name=name, hostname=facts.hostname, os=facts.os,
+                               agent_version=facts.agent_version, cert_serial=serial, address=address,
+                               disks=list(facts.disks))
+        self._hub.record("info", "server-registered",
+                         f"{name} ({facts.hostname}, {facts.os}) registered with {len(facts.disks)} disk(s).",
+                         server=name)
+        self._publish(server_id)
+        return {"server_id": server_id, "name": name, "certificate": cert_pem,
+                **self._desired_state()}
+
+    def heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        server_id, serial = str(payload["server_id"]), int(payload["serial"])
+        row = self._state.server(server_id=server_id)
+        if self._state.is_revoked(serial) or row is None or int(row["cert_serial"], 16) != serial:
+            log.warning("heartbeat.refused server_id=%s reason=revoked", server_id)
+            raise Revoked("This server's registration was revoked by the appliance admin. To register it again, "
+                          "delete its state directory and run the mobility service with the current passphrase.")
+        facts = _facts(payload)
+        was = self._health.get(row["name"])
+        self._state.record_heartbeat(server_id, hostname=facts.hostname, os=facts.os,
+                                     agent_version=facts.agent_version, address=payload.get("address"),
+                                     disks=list(facts.disks), at=time.time())
+        if was in ("warning", "critical"):
+            self._hub.record("info", "server-seen-again", f"{row['name']} is sending heartbeats again.",
+                             server=row["name"])
+        self._publish(server_id)
+        return self._desired_state()
+
+    def _desired_state(self) -> dict[str, Any]:
+        return {"heartbeat_interval": self.heartbeat_interval, "data_port": self.data_port}
+
+    # --- admin -----------------------------------------------------------------------------------
+    def forget(self, name: str) -> None:
+        row = self._state.server(name=name)
+        if row is None:
+            raise UnknownServer(f"No server named {name!r} is registered. `godwit vm list` shows the names.")
+        self._state.revoke_server(row["server_id"])
+        self._health.pop(name, None)
+        self._hub.record("warning", "server-forgotten",
+                         f"{name} was forgotten: its certificate is revoked and its next connection is refused.",
+                         server=name)
+        self._hub.publish({"type": "server-removed", "name": name})
+
+    async def watch_health(self) -> None:
+        """Notice servers that stop sending heartbeats (nobody else would: they are silent)."""
+        while True:
+            now = time.time()
+            for row in self._state.servers():
+                status = self.status(row, now)
+                before = self._health.get(status.name)
+                if before is not None and before != status.health:
+                    self._health[status.name] = status.health
+                    if status.health != "healthy":
+                        self._hub.record(status.health if status.health == "warning" else "error",  # type: ignore[arg-type]
+                                         "server-not-seen", f"{status.name}: {status.health_detail}",
+                                         server=status.name)
+                    self._hub.publish({"type": "server", "server": to_json(status)})
+                elif before is None:
+                    self._health[status.name] = status.health
+            await asyncio.sleep(1.0)
+
+
+def _facts(payload: dict[str, Any]) -> ServerFacts:
+    raw = payload["facts"]
+    return ServerFacts(hostname=raw["hostname"], os=raw["os"], agent_version=raw["agent_version"],
+                       disks=tuple(Disk(path=d["path"], size=int(d["size"])) for d in raw["disks"]))

@@ -1,0 +1,1 @@
+"""replication-manager: the appliance agent on the management port (registration, heartbeats)."""

@@ -1,0 +1,84 @@
+"""The management port: registration of source servers and their heartbeats.
+
+The manager terminates TLS, checks every request, and forwards what it accepted to the
+supervisor over the agent link; the supervisor owns the state and the CA key.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import asdict
+
+from aiohttp import web
+
+from engine.agents import AgentContext
+from engine.client import UnixJsonClient
+from engine.errors import CertificateRequired, ConfigError
+from engine.identity import ApplianceIdentity, open_pki
+from engine.listener import TlsListener, error_middleware, read_json
+from engine.manager.requests import Registration, ServerFacts
+from engine.pki import peer_identity
+
+log = logging.getLogger(__name__)
+
+#: Registration and heartbeat bodies are a few KiB; anything bigger is refused with 413.
+MAX_BODY = 64 * 1024
+LINK = web.AppKey("link", UnixJsonClient)
+CA_PEM = web.AppKey("ca_pem", bytes)
+
+
+async def get_ca(request: web.Request) -> web.Response:
+    """The CA certificate, for a mobility service to compare with the fingerprint it was given."""
+    return web.Response(body=request.app[CA_PEM], content_type="application/x-pem-file")
+
+
+async def register(request: web.Request) -> web.Response:
+    reg = Registration.parse(await read_json(request))
+    payload = {"passphrase": reg.passphrase, "csr": reg.csr, "name": reg.name, "facts": asdict(reg.facts),
+               "address": request.remote}
+    result = await request.app[LINK].request("POST", "/agent/register", payload)
+    log.info("register.complete name=%s address=%s", reg.name, request.remote)
+    return web.json_response(result)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    peer = peer_identity(request.transport.get_extra_info("peercert") if request.transport else None)
+    if peer is None:
+        raise CertificateRequired("Heartbeats need the client certificate this appliance issued at registration.")
+    facts = ServerFacts.parse(await read_json(request))
+    payload = {"server_id": peer.server_id, "serial": peer.serial, "facts": asdict(facts),
+               "address": request.remote}
+    return web.json_response(await request.app[LINK].request("POST", "/agent/heartbeat", payload))
+
+
+def make_app(link: UnixJsonClient, ca_pem: bytes) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware("management")])
+    app[LINK] = link
+    app[CA_PEM] = ca_pem
+    app.router.add_get("/v1/ca", get_ca)
+    app.router.add_post("/v1/register", register)
+    app.router.add_post("/v1/heartbeat", heartbeat)
+    return app
+
+
+async def serve(ctx: AgentContext) -> None:
+    ident = ApplianceIdentity.load(ctx.data_dir)
+    if ident is None or ctx.listen_fd is None:
+        raise ConfigError("replication-manager must be started by the engine supervisor.")
+    pki = open_pki(ctx.data_dir, ident.secrets(ctx.data_dir))
+    link = UnixJsonClient(ctx.data_dir.agent_socket, what="The engine supervisor is not reachable.")
+    runner = web.AppRunner(make_app(link, pki.ca_cert_path.read_bytes()), access_log=None, handle_signals=False,
+                           logger=TlsListener.peer_logger())
+    await runner.setup()
+    sock = socket.socket(fileno=ctx.listen_fd)
+    sock.setblocking(False)
+    listener = TlsListener(sock, pki.server_context(), runner, port_name="management")
+    listener.start()
+    log.info("management.listening address=%s", sock.getsockname())
+    try:
+        await ctx.stop.wait()
+    finally:
+        await listener.close()
+        await runner.cleanup()
+        await link.aclose()

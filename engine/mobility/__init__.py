@@ -1,0 +1,1 @@
+"""The mobility service: runs on each source server, registers with the appliance, heartbeats."""

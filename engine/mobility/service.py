@@ -1,0 +1,282 @@
+"""``godwit mobility run``: a source server's side of the appliance.
+
+Synchronous on purpose: it is a small loop on someone else's server (register once, then a
+heartbeat every few seconds), and the data path it grows into runs best on blocking sockets in
+threads (see PERFORMANCE.md). State lives in ``--state-dir``: the server id, its client key and
+certificate, and the appliance CA it pinned.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import platform
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.errors import (
+    ApplianceUnreachable,
+    BadInput,
+    FingerprintMismatch,
+    ProtocolError,
+    from_code,
+)
+from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+REQUEST_TIMEOUT = 15.0
+
+
+def read_passphrase(path: Path) -> str:
+    """The registration passphrase from a file, or a :class:`BadInput` that says what is wrong."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BadInput(f"Passphrase file {path} does not exist: write the passphrase from the console's "
+                       "Setup page into it.") from exc
+    except OSError as exc:
+        raise BadInput(f"Passphrase file {path} cannot be read ({exc.strerror}).") from exc
+    if len(raw) > 1024:
+        raise BadInput(f"Passphrase file {path} is {len(raw)} bytes: it should hold only the passphrase.")
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"Passphrase file {path} is not text: it should hold only the passphrase.") from exc
+    if not 8 <= len(text) <= 128 or not text.isprintable():
+        raise BadInput(f"Passphrase file {path} does not hold a passphrase (one line of 8-128 printable "
+                       "characters, as shown on the console's Setup page).")
+    return text
+
+
+def parse_appliance(text: str, default_port: int = 443) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or "]" in port:
+        host, port = text.strip(), str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise BadInput(f"--appliance {text!r} is not HOST or HOST:PORT (e.g. appliance.example.com:443).")
+    return host, int(port)
+
+
+def disk_size(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def describe_os() -> str:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME") or platform.platform()
+    except OSError:
+        return platform.platform()
+
+
+@dataclass(frozen=True)
+class Identity:
+    server_id: str
+    name: str
+    ca_fingerprint: str
+
+
+class MobilityService:
+    def __init__(self, *, appliance: str, passphrase_file: Path, ca_fingerprint: str, state_dir: Path,
+                 disks: list[str], name: str | None, stop: threading.Event) -> None:
+        self.host, self.port = parse_appliance(appliance)
+        self.fingerprint = parse_fingerprint(ca_fingerprint)
+        self.passphrase_file = passphrase_file
+        self.state_dir = state_dir
+        self.disks = [os.path.abspath(d) for d in disks]
+        self.name = name or socket.gethostname()
+        self.stop = stop
+        self.heartbeat_interval = 5.0
+        self.data_port: int | None = None
+        for d in self.disks:
+            if not os.path.exists(d):
+                raise BadInput(f"Disk {d} does not exist: give the path of a block device or disk image with --disk.")
+            try:
+                disk_size(d)
+            except OSError as exc:
+                raise BadInput(f"Disk {d} cannot be opened ({exc.strerror}).") from exc
+
+    def __repr__(self) -> str:
+        return f"<MobilityService {self.name} appliance={self.host}:{self.port} disks={len(self.disks)}>"
+
+    # --- files in the state dir ----------------------------------------------------------------
+    @property
+    def _identity_file(self) -> Path:
+        return self.state_dir / "identity.json"
+
+    def load_identity(self) -> Identity | None:
+        try:
+            raw = json.loads(self._identity_file.read_text())
+            ident = Identity(server_id=raw["server_id"], name=raw["name"], ca_fingerprint=raw["ca_fingerprint"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInput(f"{self._identity_file} is damaged: delete the state directory to register anew.") from exc
+        if ident.ca_fingerprint != self.fingerprint:
+            raise FingerprintMismatch(
+                f"{self.state_dir} is registered with the appliance whose CA is {ident.ca_fingerprint}, not "
+                f"{self.fingerprint}. Use another --state-dir to register with another appliance.")
+        return ident
+
+    def _save(self, name: str, data: bytes, mode: int = 0o600) -> None:
+        tmp = self.state_dir / (name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.state_dir / name)
+
+    # --- HTTPS -------------------------------------------------------------------------------------
+    def facts(self) -> dict[str, Any]:
+        disks = []
+        for d in self.disks:
+            try:
+                size = disk_size(d)
+            except OSError as exc:
+                log.warning("disk %s cannot be read (%s); reported with size 0", d, exc.strerror)
+                size = 0
+            disks.append({"path": d, "size": size})
+        return {"hostname": socket.gethostname(), "os": describe_os(), "agent_version": __version__, "disks": disks}
+
+    def _context(self, *, pinned_ca: bytes | None, client: bool) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # The appliance is trusted through the CA the admin pinned by fingerprint, not through names.
+        ctx.check_hostname = False
+        if pinned_ca is None:
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx.load_verify_locations(cadata=pinned_ca.decode())
+        if client:
+            ctx.load_cert_chain(self.state_dir / "client.crt", self.state_dir / "client.key")
+        return ctx
+
+    def _request(self, ctx: ssl.SSLContext, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection(self.host, self.port, context=ctx, timeout=REQUEST_TIMEOUT)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read(1024 * 1024)
+        except ssl.SSLError as exc:
+            if exc.reason == "CERTIFICATE_VERIFY_FAILED":
+                raise FingerprintMismatch(
+                    f"{self.host}:{self.port} presented a certificate that the pinned CA did not issue: "
+                    "check --appliance and --ca-fingerprint.") from exc
+            raise ApplianceUnreachable(f"TLS with {self.host}:{self.port} failed ({exc.reason}).") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ApplianceUnreachable(f"{self.host}:{self.port} is unreachable ({reason}).") from exc
+        finally:
+            conn.close()
+
+    def _json(self, ctx: ssl.SSLContext, path: str, body: Any) -> dict[str, Any]:
+        status, raw = self._request(ctx, "POST", path, body)
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ProtocolError(f"{self.host}:{self.port} answered {status} without JSON: is this the "
+                                "appliance's management port?") from exc
+        if status >= 400:
+            if status >= 500 and data.get("code") == "engine-not-running":
+                raise ApplianceUnreachable("The appliance's engine is restarting.")
+            raise from_code(str(data.get("code")), str(data.get("message")))
+        return data  # type: ignore[no-any-return]
+
+    # --- the service ---------------------------------------------------------------------------------
+    def _retrying(self, what: str, fn: Any) -> Any:
+        """Call ``fn`` until it does not raise :class:`ApplianceUnreachable`; None when stopped."""
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                result = fn()
+            except ApplianceUnreachable as exc:
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                attempt += 1
+                log.warning("%s: %s Retrying in %.0f s.", what, exc, delay)
+                self.stop.wait(delay)
+                continue
+            if attempt:
+                log.warning("%s: the appliance %s:%d is reachable again.", what, self.host, self.port)
+            return result
+        return None
+
+    def register(self) -> Identity | None:
+        passphrase = read_passphrase(self.passphrase_file)
+
+        def attempt() -> dict[str, Any]:
+            status, ca_pem = self._request(self._context(pinned_ca=None, client=False), "GET", "/v1/ca")
+            if status != 200:
+                raise FingerprintMismatch(f"{self.host}:{self.port} is not a Godwit appliance's management port.")
+            verify_pinned_ca(ca_pem, self.fingerprint)
+            key = new_key()
+            body = {"passphrase": passphrase, "csr": make_csr(key, self.name).decode(), "name": self.name,
+                    **self.facts()}
+            answer = self._json(self._context(pinned_ca=ca_pem, client=False), "/v1/register", body)
+            self._save("ca.crt", ca_pem, 0o644)
+            self._save("client.key", key_pem(key, None))
+            self._save("client.crt", str(answer["certificate"]).encode(), 0o644)
+            return answer
+
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        answer = self._retrying("registration", attempt)
+        if answer is None:
+            return None
+        ident = Identity(server_id=str(answer["server_id"]), name=str(answer["name"]),
+                         ca_fingerprint=self.fingerprint)
+        self._save("identity.json", json.dumps(ident.__dict__).encode(), 0o644)
+        self._apply(answer)
+        log.warning("registered with %s:%d as %s (server id %s)", self.host, self.port, ident.name, ident.server_id)
+        return ident
+
+    def _apply(self, answer: dict[str, Any]) -> None:
+        interval = answer.get("heartbeat_interval")
+        if isinstance(interval, int | float) and 0.1 <= interval <= 3600:
+            self.heartbeat_interval = float(interval)
+        port = answer.get("data_port")
+        if isinstance(port, int):
+            self.data_port = port
+
+    def run(self) -> None:
+        """Register if needed, then heartbeat until stopped. Raises :class:`EngineError` on refusal."""
+        ident = self.load_identity() or self.register()
+        if ident is None:
+            return
+        ca_pem = (self.state_dir / "ca.crt").read_bytes()
+        ctx = self._context(pinned_ca=ca_pem, client=True)
+        log.info("heartbeat.start server=%s interval=%s", ident.name, self.heartbeat_interval)
+        while not self.stop.is_set():
+            answer = self._retrying("heartbeat", lambda: self._json(ctx, "/v1/heartbeat", self.facts()))
+            if answer is not None:
+                self._apply(answer)
+            self.stop.wait(self.heartbeat_interval)
+
+
+def run(args: Any) -> None:
+    """CLI entry for ``godwit mobility run``: blocks until SIGTERM/SIGINT."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service = MobilityService(appliance=args.appliance, passphrase_file=Path(args.passphrase_file),
+                              ca_fingerprint=args.ca_fingerprint, state_dir=Path(args.state_dir), disks=args.disk,
+                              name=args.name, stop=stop)
+    service.run()
+    log.warning("mobility service stopped")

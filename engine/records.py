@@ -1,0 +1,128 @@
+"""Typed results the engine hands out, and their one JSON form.
+
+Everything that crosses the admin API is one of these frozen dataclasses; :func:`to_json` and
+:func:`from_json` are the only serialisers, so the CLI, the console and the tests read the same
+shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+Health = Literal["healthy", "warning", "critical"]
+Severity = Literal["info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A registered source server as the admin sees it."""
+
+    server_id: str
+    name: str
+    hostname: str
+    os: str
+    agent_version: str
+    state: str
+    health: Health
+    health_cause: str | None
+    health_detail: str | None
+    registered_at: float
+    last_heartbeat: float | None
+    address: str | None
+    disks: tuple[Disk, ...] = ()
+
+    @property
+    def total_size(self) -> int:
+        return sum(d.size for d in self.disks)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float
+    severity: Severity
+    code: str
+    message: str
+    server: str | None = None
+
+
+@dataclass(frozen=True)
+class SetupInfo:
+    appliance_id: str
+    passphrase: str
+    ca_fingerprint: str
+    management_port: int
+    data_port: int
+    secret_store: str
+    host: str
+    mobility_command: str
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """One appliance agent process under the supervisor."""
+
+    name: str
+    version: str
+    state: Literal["starting", "running", "restarting", "stopped"]
+    pid: int | None
+    restarts: int
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    pid: int
+    version: str
+    started_at: float
+    data_dir: str
+    agents: tuple[AgentStatus, ...] = field(default_factory=tuple)
+
+    @property
+    def healthy(self) -> bool:
+        return all(a.state == "running" for a in self.agents)
+
+
+T = TypeVar("T")
+
+
+def to_json(obj: Any) -> Any:
+    """A record (or list of records) as plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_json(x) for x in obj]
+    return obj
+
+
+def from_json(cls: type[T], data: Any) -> T:
+    """Rebuild a record from :func:`to_json` output; unknown keys are ignored (newer engines)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_json(tp, value)  # type: ignore[arg-type]
+    if origin is tuple and isinstance(value, list):
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_convert(item_tp, v) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return from_json(arg, value)
+    return value

@@ -1,0 +1,162 @@
+"""The appliance's state database (SQLite, WAL): servers, revocations, events, settings.
+
+Only the engine supervisor opens it for writing; one connection, used from its event loop.
+Statements are small and indexed, so they run inline.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engine.records import Disk, Event, Severity
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS servers (
+    server_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    hostname TEXT NOT NULL,
+    os TEXT NOT NULL,
+    agent_version TEXT NOT NULL,
+    cert_serial TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_heartbeat REAL,
+    address TEXT,
+    disks TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS revoked (
+    cert_serial TEXT PRIMARY KEY,
+    server_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    revoked_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    severity TEXT NOT NULL,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    server TEXT
+);
+"""
+
+
+class StateDB:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def __repr__(self) -> str:
+        return f"<StateDB {self.path} servers={self.count_servers()}>"
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- settings ---------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                       (key, value))
+
+    # --- servers ----------------------------------------------------------------------------
+    def count_servers(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM servers").fetchone()[0])
+
+    def servers(self) -> list[sqlite3.Row]:
+        return list(self._db.execute("SELECT * FROM servers ORDER BY name"))
+
+    def server(self, *, server_id: str | None = None, name: str | None = None) -> sqlite3.Row | None:
+        if server_id is not None:
+            return self._db.execute("SELECT * FROM servers WHERE server_id=?", (server_id,)).fetchone()  # type: ignore[no-any-return]
+        return self._db.execute("SELECT * FROM servers WHERE name=?", (name,)).fetchone()  # type: ignore[no-any-return]
+
+    def add_server(self, *, server_id: str, name: str, hostname: str, os: str, agent_version: str,
+                   cert_serial: int, address: str | None, disks: list[Disk]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO servers(server_id, name, hostname, os, agent_version, cert_serial, registered_at,"
+                " last_heartbeat, address, disks) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (server_id, name, hostname, os, agent_version, format(cert_serial, "x"), now, now, address,
+                 _disks_json(disks)),
+            )
+
+    def record_heartbeat(self, server_id: str, *, hostname: str, os: str, agent_version: str,
+                         address: str | None, disks: list[Disk], at: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE servers SET hostname=?, os=?, agent_version=?, address=?, disks=?, last_heartbeat=?"
+                " WHERE server_id=?",
+                (hostname, os, agent_version, address, _disks_json(disks), at, server_id),
+            )
+
+    def revoke_server(self, server_id: str) -> None:
+        """Remove a server from the inventory and refuse its certificate from now on."""
+        with self._tx() as db:
+            row = db.execute("SELECT name, cert_serial FROM servers WHERE server_id=?", (server_id,)).fetchone()
+            if row is None:
+                return
+            db.execute("INSERT OR IGNORE INTO revoked(cert_serial, server_id, name, revoked_at) VALUES(?,?,?,?)",
+                       (row["cert_serial"], server_id, row["name"], time.time()))
+            db.execute("DELETE FROM servers WHERE server_id=?", (server_id,))
+
+    def is_revoked(self, serial: int) -> bool:
+        row = self._db.execute("SELECT 1 FROM revoked WHERE cert_serial=?", (format(serial, "x"),)).fetchone()
+        return row is not None
+
+    # --- events -----------------------------------------------------------------------------
+    def add_event(self, severity: Severity, code: str, message: str, server: str | None = None) -> Event:
+        ts = time.time()
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO events(ts, severity, code, message, server) VALUES(?,?,?,?,?)",
+                             (ts, severity, code, message, server))
+        return Event(id=int(cur.lastrowid or 0), ts=ts, severity=severity, code=code, message=message, server=server)
+
+    def events(self, *, after: int = 0, limit: int = 200) -> list[Event]:
+        """The newest ``limit`` events with an id above ``after``, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM (SELECT * FROM events WHERE id>? ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (after, limit),
+        ).fetchall()
+        return [Event(id=r["id"], ts=r["ts"], severity=r["severity"], code=r["code"], message=r["message"],
+                      server=r["server"]) for r in rows]
+
+
+def _disks_json(disks: list[Disk]) -> str:
+    return json.dumps([{"path": d.path, "size": d.size} for d in disks])
+
+
+def disks_from_row(row: sqlite3.Row) -> tuple[Disk, ...]:
+    raw: list[dict[str, Any]] = json.loads(row["disks"])
+    return tuple(Disk(path=str(d["path"]), size=int(d["size"])) for d in raw)

@@ -1,0 +1,302 @@
+"""``godwit serve``: the engine supervisor.
+
+It owns the data directory (one engine per directory, enforced by a lock), the state database,
+the appliance identity and PKI, and the ports. It binds the ports itself and hands each bound
+socket to the appliance agent that serves it, so bind errors are reported once at start and a
+restarted agent takes over the same socket. Agents that exit are restarted with backoff, and each
+crash is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from engine import __version__
+from engine.admin_api import make_admin_app, make_agent_app
+from engine.agents import AGENTS, AgentSpec
+from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT, DataDir, EngineConfig
+from engine.errors import ConfigError, DataDirInUse, PortError
+from engine.events import EventHub
+from engine.identity import ApplianceIdentity, create_secrets_and_pki
+from engine.inventory import Inventory
+from engine.listener import bind_port
+from engine.records import AgentStatus, EngineStatus, SetupInfo, to_json
+from engine.state import StateDB
+
+log = logging.getLogger(__name__)
+
+#: Restart delays of a crashed agent; back to the first after it ran this long.
+BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+HEALTHY_RUN = 60.0
+STOP_GRACE = 5.0
+
+
+class EngineLock:
+    """One engine per data directory: an exclusive ``flock`` held for the daemon's life."""
+
+    def __init__(self, data_dir: DataDir) -> None:
+        self._path = data_dir.lock_file
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DataDirInUse(f"Another Godwit engine (pid {pid}) is already running for {self._path.parent}. "
+                               "Stop it first, or use another --data-dir.") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class AgentProcess:
+    """One appliance agent child process, restarted with backoff when it exits on its own."""
+
+    def __init__(self, spec: AgentSpec, data_dir: DataDir, listen: socket.socket | None, hub: EventHub,
+                 on_change: callable) -> None:  # type: ignore[valid-type]
+        self.spec = spec
+        self._data_dir = data_dir
+        self._listen = listen
+        self._hub = hub
+        self._on_change = on_change
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self.state: str = "starting"
+        self.restarts = 0
+
+    def __repr__(self) -> str:
+        return f"<AgentProcess {self.spec.name} state={self.state} pid={self.pid} restarts={self.restarts}>"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    def status(self) -> AgentStatus:
+        return AgentStatus(name=self.spec.name, version=self.spec.version, state=self.state,  # type: ignore[arg-type]
+                           pid=self.pid, restarts=self.restarts)
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._on_change()
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        cmd = [sys.executable, "-m", self.spec.module, "--data-dir", str(self._data_dir.root),
+               "--parent-pid", str(os.getpid())]
+        fds: tuple[int, ...] = ()
+        if self._listen is not None:
+            cmd += ["--listen-fd", str(self._listen.fileno())]
+            fds = (self._listen.fileno(),)
+        out: IO[bytes] = open(self._data_dir.logs / f"{self.spec.name}.out", "ab")  # noqa: SIM115
+        try:
+            return await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                                                        stderr=out, pass_fds=fds)
+        finally:
+            out.close()
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            started = time.monotonic()
+            self._proc = await self._spawn()
+            self._set_state("running")
+            log.info("agent.started name=%s pid=%s", self.spec.name, self._proc.pid)
+            code = await self._proc.wait()
+            if self._stopping:
+                break
+            if time.monotonic() - started >= HEALTHY_RUN:
+                attempt = 0
+            delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            attempt += 1
+            self.restarts += 1
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            self._hub.record("warning", "agent-restarted",
+                             f"Appliance agent {self.spec.name} {how}; restarting it in {delay:.0f} s. "
+                             f"Its log is {self._data_dir.logs / (self.spec.name + '.log')}.")
+            self._set_state("restarting")
+            await asyncio.sleep(delay)
+        self._set_state("stopped")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            async with asyncio.timeout(STOP_GRACE):
+                await proc.wait()
+        except TimeoutError:
+            log.warning("agent.kill name=%s reason=no exit %ss after SIGTERM", self.spec.name, STOP_GRACE)
+            proc.kill()
+            await proc.wait()
+
+
+class Engine:
+    """The running engine of one data directory."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.started_at = time.time()
+        self.identity: ApplianceIdentity
+        self.state: StateDB
+        self.hub: EventHub
+        self.inventory: Inventory
+        self.agents: list[AgentProcess] = []
+        self.management_port = 0
+        self.data_port = 0
+        self._secret_store_text = ""
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.data_dir.root} agents={[a.state for a in self.agents]}>"
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(pid=os.getpid(), version=__version__, started_at=self.started_at,
+                            data_dir=str(self.data_dir.root), agents=tuple(a.status() for a in self.agents))
+
+    def setup_info(self) -> SetupInfo:
+        fp = self._fingerprint
+        host = socket.gethostname()
+        command = (f"godwit mobility run --appliance {host}:{self.management_port} --passphrase-file passphrase.txt "
+                   f"--ca-fingerprint {fp} --state-dir /var/lib/godwit-mobility --disk /dev/sda")
+        return SetupInfo(appliance_id=self.identity.appliance_id, passphrase=self.inventory.passphrase(),
+                         ca_fingerprint=fp, management_port=self.management_port, data_port=self.data_port,
+                         secret_store=self._secret_store_text, host=host, mobility_command=command)
+
+    def _publish_engine(self) -> None:
+        if hasattr(self, "hub"):
+            self.hub.publish({"type": "engine", "engine": to_json(self.status())})
+
+    def _open(self) -> socket.socket:
+        """Identity, secrets, PKI, state and ports; returns the bound management socket."""
+        self.data_dir.create()
+        ident = ApplianceIdentity.load(self.data_dir)
+        first_start = ident is None
+        self.identity = ident or ApplianceIdentity.create(self.data_dir)
+        store = self.identity.secrets(self.data_dir)
+        pki = create_secrets_and_pki(self.data_dir, self.identity, store)
+        self._fingerprint = pki.ca_fingerprint()
+        self._secret_store_text = store.describe()
+        self.state = StateDB(self.data_dir.state_db)
+        self.hub = EventHub(self.state)
+        mgmt = self.config.management_port or int(self.state.get_meta("management_port") or DEFAULT_MANAGEMENT_PORT)
+        data = self.config.data_port or int(self.state.get_meta("data_port") or DEFAULT_DATA_PORT)
+        if mgmt == data:
+            raise PortError(f"The management and data ports must differ (both are {mgmt}).")
+        sock = bind_port(self.config.bind_host, mgmt, what="management", flag="--management-port")
+        # The data port is served from the next release's process-server; check it is usable now.
+        bind_port(self.config.bind_host, data, what="data", flag="--data-port").close()
+        self.state.set_meta("management_port", str(mgmt))
+        self.state.set_meta("data_port", str(data))
+        self.management_port, self.data_port = mgmt, data
+        self.inventory = Inventory(state=self.state, pki=pki, secrets=store, hub=self.hub,
+                                   heartbeat_interval=self.config.heartbeat_interval, management_port=mgmt)
+        self.inventory.data_port = data
+        if first_start:
+            self.hub.record("info", "appliance-created",
+                            f"Appliance {self.identity.appliance_id} created; CA fingerprint {self._fingerprint}.")
+            if store.kind == "file":
+                self.hub.record("warning", "secrets-in-file",
+                                "No OS keyring is available: the appliance's secrets are kept in "
+                                f"{self.data_dir.secrets_file}, protected by file permissions only.")
+        return sock
+
+    async def _start_unix_site(self, app: web.Application, path: Path) -> web.AppRunner:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by an engine that was killed; we hold the lock, so it is stale
+        old = os.umask(0o077)
+        try:
+            await web.UnixSite(runner, str(path)).start()
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return runner
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then stop the agents and close everything."""
+        mgmt_sock = self._open()
+        runners: list[web.AppRunner] = []
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            runners.append(await self._start_unix_site(make_agent_app(self), self.data_dir.agent_socket))
+            ports = {"management": mgmt_sock}
+            self.agents = [AgentProcess(spec, self.data_dir, ports.get(spec.port or ""), self.hub,
+                                        self._publish_engine) for spec in AGENTS]
+            tasks = [asyncio.create_task(a.run(), name=a.spec.name) for a in self.agents]
+            tasks.append(asyncio.create_task(self.inventory.watch_health(), name="health"))
+            runners.append(await self._start_unix_site(make_admin_app(self), self.data_dir.admin_socket))
+            self.hub.record("info", "engine-started",
+                            f"Engine {__version__} started: management port {self.management_port}, "
+                            f"data port {self.data_port}.")
+            print(f"Godwit engine running for {self.data_dir.root}: management port {self.management_port}, "
+                  f"data port {self.data_port}, admin socket {self.data_dir.admin_socket}.", flush=True)
+            await stop.wait()
+            log.info("engine.stopping")
+        finally:
+            await asyncio.gather(*(a.stop() for a in self.agents))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for runner in reversed(runners):
+                await runner.cleanup()
+            mgmt_sock.close()
+            for path in (self.data_dir.admin_socket, self.data_dir.agent_socket):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            if hasattr(self, "hub"):
+                self.hub.record("info", "engine-stopped", "Engine stopped.")
+            self.state.close()
+            log.info("engine.stopped")
+
+
+def serve(config: EngineConfig) -> None:
+    """Run the engine in the foreground until SIGTERM or SIGINT. Raises :class:`EngineError` on bad set-up."""
+    from engine import logs
+
+    data_dir = config.data_dir
+    os.umask(0o077)  # everything the engine writes is the admin's alone
+    try:
+        data_dir.create()
+    except OSError as exc:
+        raise ConfigError(f"Cannot create the data directory {data_dir.root}: {exc.strerror}.") from exc
+    if len(str(data_dir.admin_socket)) > 100:
+        raise ConfigError(f"The data directory path {data_dir.root} is too long for a Unix socket; "
+                          "use a shorter --data-dir.")
+    lock = EngineLock(data_dir)
+    lock.acquire()
+    logs.to_file(data_dir.logs / "engine.log")
+    log.info("engine.starting pid=%s data_dir=%s", os.getpid(), data_dir.root)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Engine(config).run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        lock.release()
