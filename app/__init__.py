@@ -1,0 +1,1 @@
+"""Godwit console: the Qt user interface. Reaches the engine only through :mod:`app.bridge`."""

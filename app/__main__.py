@@ -1,0 +1,119 @@
+"""``godwit console`` (and ``python -m app``): open the console on a data directory's engine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="godwit console", description="Godwit desktop console")
+    parser.add_argument("--data-dir", type=Path, help="appliance data directory")
+    parser.add_argument("--management-port", type=int, help="management port for an engine the console starts")
+    parser.add_argument("--data-port", type=int, help="data port for an engine the console starts")
+    parser.add_argument("--screenshot", type=Path, metavar="DIR",
+                        help="save a PNG of every page to DIR once attached, then quit (demo, docs)")
+    parser.add_argument("--screenshot-servers", type=int, default=0, metavar="N",
+                        help="with --screenshot: wait until N servers are listed (at most 60 s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from app.bridge import default_data_dir
+
+    data_dir = args.data_dir or default_data_dir()
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")):
+        print("godwit: no display to open the console on. Run it on a desktop session, over `ssh -X`, or set "
+              "QT_QPA_PLATFORM=offscreen; the engine runs without it (`godwit serve`).", file=sys.stderr)
+        return 1
+    from app.bridge import setup_console_logging
+
+    setup_console_logging(data_dir)
+
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    from app.errors import install_excepthook
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setOrganizationName("Godwit")
+    app.setApplicationName("Godwit console")
+    app.setDesktopFileName("godwit")
+    style = RESOURCES / "console.qss"
+    if style.exists():
+        app.setStyleSheet(style.read_text())
+    install_excepthook()
+    try:
+        qasync.run(run_console(app, data_dir, args))
+    except asyncio.CancelledError:
+        pass
+    return 0
+
+
+async def run_console(app: object, data_dir: Path, args: argparse.Namespace) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    from app.bridge import EngineBridge
+    from app.views.main_window import MainWindow
+
+    assert isinstance(app, QApplication)
+    engine_args: list[str] = []
+    if args.management_port:
+        engine_args += ["--management-port", str(args.management_port)]
+    if args.data_port:
+        engine_args += ["--data-port", str(args.data_port)]
+    bridge = EngineBridge(data_dir, engine_args=engine_args)
+    window = MainWindow(bridge)
+    window.show()
+    # Quit only after the bridge is closed: stopping the loop under a pending coroutine loses the cleanup.
+    app.setQuitOnLastWindowClosed(False)
+    closed = asyncio.Event()
+    app.lastWindowClosed.connect(closed.set)
+    bridge.start()
+    shooter = None
+    if args.screenshot:
+        shooter = asyncio.ensure_future(take_screenshots(app, window, args.screenshot, args.screenshot_servers))
+    await closed.wait()
+    if shooter is not None:
+        shooter.cancel()
+    await bridge.aclose()
+
+
+async def take_screenshots(app: object, window: object, out_dir: Path, servers: int) -> None:
+    """Wait until attached (and ``servers`` rows are listed), then save each page as PNG and quit."""
+    import time
+
+    from PySide6.QtWidgets import QApplication
+
+    from app.views.main_window import MainWindow
+
+    assert isinstance(app, QApplication) and isinstance(window, MainWindow)
+    log = logging.getLogger("app.screenshot")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if window.bridge.state == "attached" and window.servers_page.model.rowCount() >= servers:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        log.warning("screenshot: gave up waiting for %d servers", servers)
+    await asyncio.sleep(0.6)  # let coalesced updates and the status bar settle
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for page in ("setup", "events", "servers"):
+        window.show_page(page)
+        await asyncio.sleep(0.2)
+        path = out_dir / f"console-{page}.png"
+        window.grab().save(str(path))
+        print(f"saved {path}", flush=True)
+    window.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The console's one door to the engine.
+
+:class:`EngineBridge` attaches to the engine of a data directory over its admin socket, starts
+one if none runs (the embedded default), and re-attaches by itself when the engine goes away and
+comes back. It turns the engine's push stream into Qt signals; views never hold engine objects
+and never poll. Server updates are coalesced to at most one per row per
+:data:`COALESCE_MS` milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from engine.client import AdminClient
+from engine.config import DataDir, default_data_dir
+from engine.errors import EngineError, EngineNotRunning
+from engine.records import EngineStatus, Event, ServerStatus, SetupInfo, from_json
+
+log = logging.getLogger(__name__)
+
+COALESCE_MS = 100
+#: Events loaded when the console attaches; older ones are in ``godwit events``.
+EVENTS_ON_ATTACH = 500
+ENGINE_START_TIMEOUT = 20.0
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 3.0)
+
+__all__ = ["DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event", "ServerStatus", "SetupInfo",
+           "default_data_dir", "setup_console_logging"]
+
+
+def setup_console_logging(data_dir: Path) -> None:
+    """The console logs to ``logs/console.log`` in its data directory."""
+    from engine import logs
+
+    logs.to_file(DataDir(data_dir).logs / "console.log")
+
+
+class EngineBridge(QObject):
+    #: "connecting" | "starting" | "attached" | "lost" | "failed", and a sentence for the admin.
+    connection_changed = Signal(str, str)
+    engine_changed = Signal(object)  #: EngineStatus
+    setup_changed = Signal(object)  #: SetupInfo
+    servers_reset = Signal(list)  #: list[ServerStatus], a full snapshot
+    server_updated = Signal(object)  #: ServerStatus
+    server_removed = Signal(str)  #: name
+    events_reset = Signal(list)  #: list[Event]
+    event_added = Signal(object)  #: Event
+
+    def __init__(self, data_dir: Path, *, engine_args: list[str] | None = None, start_engine: bool = True,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.data_dir = DataDir(data_dir)
+        self.client = AdminClient(self.data_dir)
+        self.state = "connecting"
+        self.engine: EngineStatus | None = None
+        self._engine_args = engine_args or []
+        self._start_engine = start_engine
+        self._task: asyncio.Task[None] | None = None
+        self._pending: dict[str, ServerStatus] = {}
+        self._flush = QTimer(self, singleShot=True, interval=COALESCE_MS)
+        self._flush.timeout.connect(self._flush_servers)
+        self.attach_count = 0
+
+    def __repr__(self) -> str:
+        return f"<EngineBridge {self.data_dir.root} state={self.state} attached={self.attach_count}x>"
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin attaching; returns at once. Progress arrives as :attr:`connection_changed`."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._attach_forever())
+
+    async def aclose(self) -> None:
+        """Detach. The engine keeps running: replication does not depend on the console."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._flush.stop()
+        await self.client.aclose()
+
+    def _set_state(self, state: str, detail: str) -> None:
+        if (state, detail) != getattr(self, "_last_state", None):
+            self._last_state = (state, detail)
+            self.state = state
+            log.info("bridge.%s %s", state, detail)
+            self.connection_changed.emit(state, detail)
+
+    async def _attach_forever(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._follow()
+                attempt = 0  # the stream ended (engine stopped or we fell behind): re-attach
+                self._set_state("lost", "Lost the engine; re-attaching…")
+            except EngineNotRunning:
+                if self._start_engine and not self._engine_alive():
+                    try:
+                        await self._spawn_engine()
+                        attempt = 0
+                        continue
+                    except EngineError as exc:
+                        self._set_state("failed", exc.message)
+                elif self.state == "attached" or self.state == "connecting":
+                    self._set_state("lost", "The engine is not answering; re-attaching…")
+            except EngineError as exc:
+                self._set_state("lost", exc.message)
+            await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+            attempt += 1
+
+    async def _follow(self) -> None:
+        async for message in self.client.updates():
+            kind = message.get("type")
+            if kind == "hello":
+                await self._on_hello(message)
+            elif kind == "server":
+                status = from_json(ServerStatus, message["server"])
+                self._pending[status.name] = status
+                if not self._flush.isActive():
+                    self._flush.start()
+            elif kind == "server-removed":
+                self._pending.pop(message["name"], None)
+                self.server_removed.emit(message["name"])
+            elif kind == "event":
+                self.event_added.emit(from_json(Event, message["event"]))
+            elif kind == "engine":
+                self.engine = from_json(EngineStatus, message["engine"])
+                self.engine_changed.emit(self.engine)
+            elif kind == "setup":
+                self.setup_changed.emit(from_json(SetupInfo, message["setup"]))
+
+    async def _on_hello(self, hello: dict[str, Any]) -> None:
+        self.engine = from_json(EngineStatus, hello["engine"])
+        events = await self.client.events(limit=EVENTS_ON_ATTACH)
+        self._pending.clear()
+        self.attach_count += 1
+        self.setup_changed.emit(from_json(SetupInfo, hello["setup"]))
+        self.servers_reset.emit([from_json(ServerStatus, s) for s in hello["servers"]])
+        self.events_reset.emit(events)
+        self.engine_changed.emit(self.engine)
+        self._set_state("attached", f"Attached to the engine (pid {self.engine.pid}).")
+
+    def _flush_servers(self) -> None:
+        pending, self._pending = self._pending, {}
+        for status in pending.values():
+            self.server_updated.emit(status)
+
+    # --- the embedded engine ------------------------------------------------------------------------
+    def _engine_alive(self) -> bool:
+        """Whether an engine holds this data directory's lock (it may be starting up)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.data_dir.lock_file, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    async def _spawn_engine(self) -> None:
+        """Start ``godwit serve`` for this data directory, detached, and wait for its admin socket."""
+        self._set_state("starting", f"Starting the engine for {self.data_dir.root}…")
+        self.data_dir.create()
+        out_path = self.data_dir.logs / "engine.out"
+        with open(out_path, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "engine", "serve", "--data-dir", str(self.data_dir.root), *self._engine_args],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            )
+        deadline = time.monotonic() + ENGINE_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise EngineError(_last_line(out_path) or f"The engine exited with code {proc.returncode}.")
+            if self.data_dir.admin_socket.exists():
+                return
+            await asyncio.sleep(0.05)
+        raise EngineError(f"The engine did not start within {ENGINE_START_TIMEOUT:.0f} s; see {out_path}.")
+
+    # --- commands -----------------------------------------------------------------------------------
+    async def rotate_passphrase(self) -> SetupInfo:
+        return await self.client.rotate_passphrase()
+
+    async def forget_server(self, name: str) -> None:
+        await self.client.forget_server(name)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    line = lines[-1] if lines else ""
+    return line.removeprefix("godwit: ")

@@ -1,0 +1,219 @@
+"""Real processes for tests: an engine daemon (``godwit serve``) and mobility services.
+
+Nothing here is a fake: each object runs the product's own command in a subprocess, on loopback
+ports picked free, and talks to it the way an admin or a source server does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PYTHON = sys.executable
+HEARTBEAT = 0.3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def godwit(*args: str, timeout: float = 30, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "engine", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+class Appliance:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.management_port = free_port()
+        self.data_port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Appliance {self.data_dir} mgmt={self.management_port} pid={self.proc and self.proc.pid}>"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.management_port}"
+
+    @property
+    def output(self) -> str:
+        """What ``godwit serve`` printed on stdout and stderr."""
+        path = self.root / "serve.out"
+        return path.read_text() if path.exists() else ""
+
+    def start(self, *extra: str) -> None:
+        with open(self.root / "serve.out", "a") as out:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "engine", "serve", "--data-dir", str(self.data_dir), "--management-port",
+                 str(self.management_port), "--data-port", str(self.data_port), "--heartbeat-interval",
+                 str(HEARTBEAT), *extra],
+                stdout=out, stderr=out, text=True, stdin=subprocess.DEVNULL)
+        wait_for(self.ready, what="the engine to serve its admin socket and management port")
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"engine exited {self.proc.returncode}: {self.output}")
+        if not (self.data_dir / "admin.sock").exists():
+            return False
+        try:
+            engine = self.json("engine", "status")
+        except AssertionError:
+            return False
+        return all(a["state"] == "running" for a in engine["agents"]) and self.port_open()
+
+    def port_open(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.management_port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return godwit(*args, "--data-dir", str(self.data_dir), timeout=timeout)
+
+    def json(self, *args: str) -> Any:
+        if args == ("engine", "status"):  # not a CLI command: read it from the admin API directly
+            return _admin_get(self.data_dir / "admin.sock", "/v1/engine")
+        res = self.cli(*args, "--json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    def setup(self) -> dict[str, Any]:
+        return self.json("setup", "show")  # type: ignore[no-any-return]
+
+    def servers(self) -> dict[str, dict[str, Any]]:
+        return {s["name"]: s for s in self.json("vm", "list")}
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.json("events")  # type: ignore[no-any-return]
+
+    def log(self, name: str = "replication-manager") -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def write_passphrase(self, text: str | None = None) -> Path:
+        path = self.root / "passphrase.txt"
+        path.write_text((text if text is not None else self.setup()["passphrase"]) + "\n")
+        return path
+
+
+def _admin_get(sock: Path, path: str) -> Any:
+    import http.client
+
+    class UnixHTTP(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(5)
+            self.sock.connect(str(sock))
+
+    conn = UnixHTTP("godwit")
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as exc:
+        raise AssertionError(f"admin socket: {exc}") from exc
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise AssertionError(f"admin socket answered {resp.status}")
+    return json.loads(body)
+
+
+def make_disk(path: Path, size: int = 8 * 1024 * 1024) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.write(b"godwit test disk\n" * 100)
+    return path
+
+
+class Mobility:
+    """A mobility service process, as on a source server."""
+
+    def __init__(self, appliance: Appliance, name: str, *, passphrase_file: Path | None = None,
+                 fingerprint: str | None = None, disks: list[Path] | None = None,
+                 state_dir: Path | None = None, address: str | None = None) -> None:
+        self.name = name
+        self.state_dir = state_dir or appliance.root / f"mobility-{name}"
+        self.disks = disks or [make_disk(appliance.root / f"{name}-disk0.img")]
+        self.args = [
+            "mobility", "run", "--appliance", address or appliance.address,
+            "--passphrase-file", str(passphrase_file or appliance.write_passphrase()),
+            "--ca-fingerprint", fingerprint or appliance.setup()["ca_fingerprint"],
+            "--state-dir", str(self.state_dir), "--name", name, "--verbose",
+            *(a for d in self.disks for a in ("--disk", str(d))),
+        ]
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Mobility {self.name} pid={self.proc and self.proc.pid}>"
+
+    def start(self) -> Mobility:
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._out = self.state_dir.parent / f"{self.name}.{os.getpid()}.{time.monotonic_ns()}.out"
+        with open(self._out, "w") as out:
+            self.proc = subprocess.Popen([PYTHON, "-m", "engine", *self.args], stdout=out, stderr=out, text=True,
+                                         stdin=subprocess.DEVNULL)
+        return self
+
+    @property
+    def output(self) -> str:
+        return self._out.read_text()
+
+    def run(self, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run to completion (for refusals, which exit)."""
+        return godwit(*self.args, timeout=timeout)
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, wait; returns the exit code and everything it printed."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode, self.output
+
+    def wait_exit(self, timeout: float = 20) -> tuple[int, str]:
+        assert self.proc is not None
+        self.proc.wait(timeout=timeout)
+        return self.proc.returncode, self.output

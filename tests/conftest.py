@@ -1,0 +1,34 @@
+"""Test set-up: Qt offscreen before anything creates a QApplication; loops for async tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("GODWIT_SECRET_STORE", "file")
+
+import pytest  # noqa: E402
+
+from tests.appliance import Appliance  # noqa: E402
+
+collect_ignore_glob: list[str] = []
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Console tests run on the qasync loop (like the console); engine tests on plain asyncio."""
+    if item.get_closest_marker("qt_loop"):
+        import qasync
+        from PySide6.QtWidgets import QApplication
+
+        return {"qt": lambda: qasync.QEventLoop(QApplication.instance() or QApplication([]))}
+    return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A real engine daemon on free loopback ports, with a fast heartbeat."""
+    app = Appliance(tmp_path_factory.mktemp("appliance"))
+    app.start()
+    yield app
+    app.stop()
