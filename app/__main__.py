@@ -104,6 +104,7 @@ async def take_screenshots(app: object, window: object, out_dir: Path, servers: 
         await asyncio.sleep(0.1)
     else:
         log.warning("screenshot: gave up waiting for %d servers", servers)
+    window.resize(1180, 640)  # the same frame whatever geometry an earlier session saved
     await asyncio.sleep(0.6)  # let coalesced updates and the status bar settle
     out_dir.mkdir(parents=True, exist_ok=True)
     for page in ("setup", "events", "servers"):

@@ -1,0 +1,38 @@
+# Godwit: two commands set everything up on a fresh Debian machine with Python 3.11.
+#   make demo   an appliance with three registered sample servers, shown in the console
+#   make test   the whole suite, headless (what CI runs)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.godwit-installed
+DEMO   := .demo
+
+.PHONY: all deps test lint demo demo-stop clean
+
+all: test
+
+$(STAMP): pyproject.toml installers/debian-packages.sh
+	bash installers/debian-packages.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+lint: deps
+	$(VENV)/bin/ruff check engine app tests benchmarks tools
+	$(VENV)/bin/mypy
+
+test: lint
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+
+demo: deps
+	$(PY) tools/demo.py --dir $(DEMO)
+
+demo-stop:
+	@if [ -x $(PY) ]; then $(PY) tools/demo.py --dir $(DEMO) --stop; fi
+
+clean: demo-stop
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache *.egg-info

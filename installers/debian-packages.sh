@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Debian packages Godwit needs to run its console headless, its tests and its demo.
+# Installs only what is missing (apt-get when root); otherwise prints the command to run.
+set -euo pipefail
+
+packages=(
+  # Qt offscreen and fonts (without a font Qt silently draws boxes)
+  libgl1 libegl1 libxkbcommon0 libglib2.0-0 libfontconfig1 libdbus-1-3 fonts-dejavu-core
+  # Console under a virtual X server (make demo) and the xcb platform plugin
+  xvfb xauth libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0
+  libxcb-shape0 libxkbcommon-x11-0
+  # venv for Debian's own python3
+  python3-venv
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "installed" ] || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "Missing Debian packages: ${missing[*]}" >&2
+  echo "Install them with: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "Installing Debian packages: ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
