@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from engine import __version__
 from engine.client import AdminClient
@@ -147,6 +147,7 @@ async def cmd_events(client: AdminClient, args: argparse.Namespace) -> None:
             if event.id > last:
                 _print_event(event, args.json)
                 last = event.id
+    raise EngineError(f"The engine of {client.data_dir.root} stopped; no more events will come.")
 
 
 def _admin(fn: Callable[[AdminClient, argparse.Namespace], Coroutine[Any, Any, None]]
@@ -196,6 +197,13 @@ def _port(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     data_dir = argparse.ArgumentParser(add_help=False)
     data_dir.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
@@ -203,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
-    parser = argparse.ArgumentParser(prog="godwit", parents=[data_dir],
+    parser = _Parser(prog="godwit", parents=[data_dir],
                                      description="Godwit replication appliance. Without a command: the console.")
     parser.add_argument("--version", action="version", version=f"godwit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -48,6 +48,14 @@ class EventHub:
                 queue.put_nowait(None)
                 log.warning("stream.dropped reason=subscriber-behind")
 
+    def close(self) -> None:
+        """End every subscriber's stream (the engine is stopping)."""
+        for queue in list(self._subscribers):
+            self._subscribers.discard(queue)
+            while queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
+
     @contextmanager
     def subscribe(self) -> Iterator[asyncio.Queue[dict[str, Any] | None]]:
         """A queue of messages; ``None`` means the subscriber fell behind and must resync."""

@@ -173,7 +173,7 @@ class Inventory:
                     self._hub.publish({"type": "server", "server": to_json(status)})
                 elif before is None:
                     self._health[status.name] = status.health
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(1.0, self.heartbeat_interval))
 
 
 def _facts(payload: dict[str, Any]) -> ServerFacts:

@@ -10,6 +10,7 @@ line in the log, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -59,12 +60,19 @@ def bind_port(host: str, port: int, *, what: str, flag: str) -> socket.socket:
 
 
 class _PeerLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """aiohttp logs malformed requests with a traceback; for peer input one line is enough."""
+    """aiohttp logs malformed requests with a traceback (or, for a bad first method, at debug
+    level); a malformed request is peer input, worth exactly one warning line."""
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         detail = exc_info if isinstance(exc_info, BaseException) else None
         text = f"{type(detail).__name__}: {detail}" if detail else "error"
         self.logger.warning(f"{msg}: %s", *args, text.splitlines()[0][:200])
+
+    def debug(self, msg: object, *args: object, exc_info: Any = None, **kwargs: Any) -> None:
+        if isinstance(exc_info, BaseException):
+            self.exception(msg, *args, exc_info=exc_info)
+        else:
+            self.logger.debug(msg, *args, **kwargs)
 
 
 def error_middleware(port_name: str) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -183,6 +191,10 @@ class TlsListener:
 
     async def _refuse_plaintext(self, conn: socket.socket, first: bytes, peer: str) -> None:
         loop = asyncio.get_running_loop()
+        # Read what the peer already sent: closing with unread data would reset the connection
+        # and could destroy our answer before the peer reads it.
+        with contextlib.suppress(OSError):
+            conn.recv(65536)
         if first[:1].isalpha() and first[:1].isupper():
             body = (f"This is the Godwit appliance's {self._port_name} port; it speaks HTTPS only. "
                     "Use https:// and the appliance's CA.\n").encode()
@@ -197,6 +209,8 @@ class TlsListener:
         else:
             log.warning("%s port: %s sent something that is not TLS (first byte 0x%02x); closed",
                         self._port_name, peer, first[0])
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
         conn.close()
 
 

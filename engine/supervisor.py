@@ -259,14 +259,14 @@ class Engine:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.hub.record("info", "engine-stopped", "Engine stopped.")
+            self.hub.close()
             for runner in reversed(runners):
                 await runner.cleanup()
             mgmt_sock.close()
             for path in (self.data_dir.admin_socket, self.data_dir.agent_socket):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            if hasattr(self, "hub"):
-                self.hub.record("info", "engine-stopped", "Engine stopped.")
             self.state.close()
             log.info("engine.stopped")
 
