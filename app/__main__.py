@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -51,10 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if style.exists():
         app.setStyleSheet(style.read_text())
     install_excepthook()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         qasync.run(run_console(app, data_dir, args))
-    except asyncio.CancelledError:
-        pass
     return 0
 
 

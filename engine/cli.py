@@ -166,10 +166,14 @@ def _admin(fn: Callable[[AdminClient, argparse.Namespace], Coroutine[Any, Any, N
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from engine.supervisor import serve
+    from engine.supervisor import serve, serve_in_background
 
-    serve(EngineConfig(data_dir=DataDir(args.data_dir), management_port=args.management_port,
-                       data_port=args.data_port, heartbeat_interval=args.heartbeat_interval))
+    config = EngineConfig(data_dir=DataDir(args.data_dir), management_port=args.management_port,
+                          data_port=args.data_port, heartbeat_interval=args.heartbeat_interval)
+    if args.background:
+        print(serve_in_background(config))
+    else:
+        serve(config)
 
 
 def cmd_mobility_run(args: argparse.Namespace) -> None:
@@ -205,10 +209,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir = _Parser(add_help=False)
     data_dir.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
                           help="appliance data directory (default: $GODWIT_DATA_DIR or the user data dir)")
-    as_json = argparse.ArgumentParser(add_help=False)
+    as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
     parser = _Parser(prog="godwit", parents=[data_dir],
@@ -222,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[data_dir], help="run the engine daemon in the foreground")
     p.add_argument("--management-port", type=_port, help="management port (default 443, then the stored one)")
     p.add_argument("--data-port", type=_port, help="data port (default 9443, then the stored one)")
+    p.add_argument("--background", action="store_true",
+                   help="detach and return once the engine serves (its output goes to logs/engine.out)")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 

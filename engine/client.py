@@ -56,8 +56,8 @@ class UnixJsonClient:
         except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
             raise self._not_running() from exc
         except TimeoutError as exc:
-            raise EngineError("The engine did not answer within %d s; see its log in the data directory." % timeout) \
-                from exc
+            raise EngineError(f"The engine did not answer within {timeout:.0f} s; see its log in the data "
+                              "directory.") from exc
         except ValueError as exc:
             raise ProtocolError("The engine sent an answer that is not JSON.") from exc
         if resp.status >= 400:

@@ -167,7 +167,7 @@ class Inventory:
                 if before is not None and before != status.health:
                     self._health[status.name] = status.health
                     if status.health != "healthy":
-                        self._hub.record(status.health if status.health == "warning" else "error",  # type: ignore[arg-type]
+                        self._hub.record(status.health if status.health == "warning" else "error",
                                          "server-not-seen", f"{status.name}: {status.health_detail}",
                                          server=status.name)
                     self._hub.publish({"type": "server", "server": to_json(status)})

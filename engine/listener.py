@@ -218,7 +218,12 @@ async def _peek(conn: socket.socket, timeout: float) -> bytes:
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
     fd = conn.fileno()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         async with asyncio.timeout(timeout):
             await ready

@@ -200,10 +200,21 @@ class AppliancePKI:
         self.dir = directory
         self._password = key_password
 
-    ca_cert_path = property(lambda self: self.dir / "ca.crt")
-    ca_key_path = property(lambda self: self.dir / "ca.key")
-    server_cert_path = property(lambda self: self.dir / "server.crt")
-    server_key_path = property(lambda self: self.dir / "server.key")
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.dir / "ca.key"
+
+    @property
+    def server_cert_path(self) -> Path:
+        return self.dir / "server.crt"
+
+    @property
+    def server_key_path(self) -> Path:
+        return self.dir / "server.key"
 
     def exists(self) -> bool:
         return self.ca_cert_path.exists() and self.ca_key_path.exists()

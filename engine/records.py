@@ -123,6 +123,6 @@ def _convert(tp: Any, value: Any) -> Any:
         return tuple(_convert(item_tp, v) for v in value)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+            if isinstance(arg, type) and dataclasses.is_dataclass(arg) and isinstance(value, dict):
                 return from_json(arg, value)
     return value

@@ -18,8 +18,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from aiohttp import web
 
@@ -27,7 +28,7 @@ from engine import __version__
 from engine.admin_api import make_admin_app, make_agent_app
 from engine.agents import AGENTS, AgentSpec
 from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT, DataDir, EngineConfig
-from engine.errors import ConfigError, DataDirInUse, PortError
+from engine.errors import ConfigError, DataDirInUse, EngineError, PortError, from_code
 from engine.events import EventHub
 from engine.identity import ApplianceIdentity, create_secrets_and_pki
 from engine.inventory import Inventory
@@ -73,7 +74,7 @@ class AgentProcess:
     """One appliance agent child process, restarted with backoff when it exits on its own."""
 
     def __init__(self, spec: AgentSpec, data_dir: DataDir, listen: socket.socket | None, hub: EventHub,
-                 on_change: callable) -> None:  # type: ignore[valid-type]
+                 on_change: Callable[[], None]) -> None:
         self.spec = spec
         self._data_dir = data_dir
         self._listen = listen
@@ -234,8 +235,11 @@ class Engine:
         os.chmod(path, 0o600)
         return runner
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then stop the agents and close everything."""
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] = print) -> None:
+        """Serve until ``stop`` is set, then stop the agents and close everything.
+
+        ``on_ready`` receives one line for the admin once every socket is up.
+        """
         mgmt_sock = self._open()
         runners: list[web.AppRunner] = []
         tasks: list[asyncio.Task[None]] = []
@@ -250,8 +254,8 @@ class Engine:
             self.hub.record("info", "engine-started",
                             f"Engine {__version__} started: management port {self.management_port}, "
                             f"data port {self.data_port}.")
-            print(f"Godwit engine running for {self.data_dir.root}: management port {self.management_port}, "
-                  f"data port {self.data_port}, admin socket {self.data_dir.admin_socket}.", flush=True)
+            on_ready(f"Godwit engine running for {self.data_dir.root} (pid {os.getpid()}): management port "
+                     f"{self.management_port}, data port {self.data_port}, admin socket {self.data_dir.admin_socket}.")
             await stop.wait()
             log.info("engine.stopping")
         finally:
@@ -271,7 +275,7 @@ class Engine:
             log.info("engine.stopped")
 
 
-def serve(config: EngineConfig) -> None:
+def serve(config: EngineConfig, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the engine in the foreground until SIGTERM or SIGINT. Raises :class:`EngineError` on bad set-up."""
     from engine import logs
 
@@ -294,9 +298,80 @@ def serve(config: EngineConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Engine(config).run(stop)
+        await Engine(config).run(stop, on_ready or (lambda line: print(line, flush=True)))
 
     try:
         asyncio.run(main())
     finally:
         lock.release()
+
+
+def serve_in_background(config: EngineConfig, *, timeout: float = 50.0) -> str:
+    """Start the engine as a daemon (double fork, own session) and return once it serves.
+
+    Returns the engine's ready line; raises the :class:`EngineError` that stopped its start-up.
+    Used by the console for the embedded engine, and by admins as ``godwit serve --background``.
+    """
+    import select
+
+    read_end, write_end = os.pipe()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - runs in the forked children
+        os.close(read_end)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        _run_daemon(config, write_end)
+    os.close(write_end)
+    os.waitpid(first, 0)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = pipe.read(4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    text = b"".join(chunks).decode(errors="replace").strip()
+    if text.startswith("ready "):
+        return text.removeprefix("ready ")
+    if text.startswith("error "):
+        code, _, message = text.removeprefix("error ").partition(" ")
+        raise from_code(code, message)
+    raise EngineError(f"The engine did not start within {timeout:.0f} s; see {config.data_dir.logs / 'engine.log'}.")
+
+
+def _run_daemon(config: EngineConfig, report_fd: int) -> NoReturn:  # pragma: no cover - forked child
+    """The daemon's body: detach from the terminal, serve, and report readiness or the start-up error."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    code = 0
+    try:
+        config.data_dir.logs.mkdir(parents=True, exist_ok=True)
+        out = os.open(config.data_dir.logs / "engine.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+    except OSError:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+
+    def report(line: str) -> None:
+        nonlocal report_fd
+        if report_fd >= 0:
+            os.write(report_fd, line.encode())
+            os.close(report_fd)
+            report_fd = -1
+
+    try:
+        serve(config, on_ready=lambda line: report(f"ready {line}"))
+    except EngineError as exc:
+        report(f"error {exc.code} {exc.message}")
+        code = 1
+    except BaseException as exc:
+        log.exception("engine.crashed")
+        report(f"error engine-error The engine failed to start ({type(exc).__name__}); see its log.")
+        code = 1
+    os._exit(code)

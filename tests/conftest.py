@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("GODWIT_SECRET_STORE", "file")
+# The console's QSettings (window geometry) must not touch the developer's own configuration.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="godwit-test-config-")
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.appliance import Appliance  # noqa: E402
+from tests.appliance import Appliance
 
 collect_ignore_glob: list[str] = []
 

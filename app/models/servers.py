@@ -85,6 +85,9 @@ class ServersModel(QAbstractTableModel):
             return self.HEADERS[section]
         return None
 
+    def _size(self, n: int) -> str:
+        return self._locale.formattedDataSize(n, 1, QLocale.DataSizeFormat.DataSizeIecFormat)
+
     def _display(self, s: ServerStatus, column: int) -> str:
         if column == self.NAME:
             return s.name
@@ -93,7 +96,7 @@ class ServersModel(QAbstractTableModel):
         if column == self.DISKS:
             return str(len(s.disks))
         if column == self.SIZE:
-            return self._locale.formattedDataSize(s.total_size, 1, QLocale.DataSizeFormat.DataSizeIecFormat)
+            return self._size(s.total_size)
         if column == self.LAST_HEARTBEAT:
             return age_text(s.last_heartbeat)
         if column == self.STATE:
@@ -113,7 +116,7 @@ class ServersModel(QAbstractTableModel):
             return s.name
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == self.DISKS:
-                return "\n".join(f"{d.path}  {self._locale.formattedDataSize(d.size, 1, QLocale.DataSizeFormat.DataSizeIecFormat)}" for d in s.disks)
+                return "\n".join(f"{d.path}  {self._size(d.size)}" for d in s.disks)
             if col == self.HEALTH and s.health_detail:
                 return s.health_detail
             if col == self.LAST_HEARTBEAT and s.last_heartbeat:

@@ -180,7 +180,7 @@ def test_client_certificate_from_another_ca(served: tuple[Appliance, Mobility], 
 
 
 def test_silent_connection_is_closed_without_blocking_others(served: tuple[Appliance, Mobility]) -> None:
-    app, mob = served
+    app, _ = served
     idle = socket.create_connection(("127.0.0.1", app.management_port))
     try:
         # While one connection says nothing, everyone else is served.

@@ -1,0 +1,157 @@
+"""The console against a real engine and real mobility services, on the qasync loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication
+
+from app.bridge import EngineBridge
+from app.views.main_window import MainWindow
+from tests.appliance import HEARTBEAT, Appliance, Mobility, free_port
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.qt_loop]
+
+
+async def until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _stop_engine_of(data_dir: Path) -> None:
+    """Stop an engine the console started (it outlives the console by design)."""
+    try:
+        pid = int((data_dir / "engine.lock").read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+def _visible_texts(window: MainWindow) -> str:
+    from PySide6.QtWidgets import QLabel, QLineEdit, QPlainTextEdit
+
+    texts = [w.text() for w in window.findChildren(QLabel) + window.findChildren(QLineEdit)]
+    texts += [w.toPlainText() for w in window.findChildren(QPlainTextEdit)]
+    return "\n".join(texts)
+
+
+async def test_console_shows_live_servers_and_setup(appliance: Appliance, qapp: QApplication) -> None:
+    bridge = EngineBridge(appliance.data_dir, start_engine=False)
+    window = MainWindow(bridge)
+    window.show()
+    bridge.start()
+    mob = Mobility(appliance, "web-01").start()
+    try:
+        await until(lambda: bridge.state == "attached", what="the console to attach")
+        assert window.engine_label.property("level") == "ok"
+        assert "replication-manager running" in window.engine_label.text()
+        model = window.servers_page.model
+        await until(lambda: model.rowCount() == 1, what="web-01 in the Servers table")
+        assert model.data(model.index(0, model.NAME)) == "web-01"
+        assert model.data(model.index(0, model.STATE)) == "Registered"
+        assert window.servers_page.table.isVisible()
+
+        setup = bridge.client
+        info = await setup.setup()
+        assert window.setup_page.passphrase.text() == info.passphrase
+        assert window.setup_page.fingerprint.text() == info.ca_fingerprint
+        assert info.mobility_command in window.setup_page.command.toPlainText()
+        window.setup_page.passphrase.copy_button.click()
+        assert QGuiApplication.clipboard().text() == info.passphrase
+        assert "protected by file permissions only" in _visible_texts(window)
+
+        # A rotation made elsewhere (the CLI) reaches the page through the push stream.
+        await bridge.client.rotate_passphrase()
+        await until(lambda: window.setup_page.passphrase.text() != info.passphrase, what="the new passphrase")
+        events = window.events_page.model
+        await until(lambda: events.event(events.rowCount() - 1).code == "passphrase-rotated", what="the event")
+
+        # The last heartbeat column moves on its own; it shows a recent time.
+        assert model.data(model.index(0, model.LAST_HEARTBEAT)) in ("just now", "1 s ago", "2 s ago")
+
+        # Forgetting the server removes its row.
+        await bridge.forget_server("web-01")
+        await until(lambda: model.rowCount() == 0, what="web-01 to leave the table")
+        assert window.servers_page.empty.isVisible()
+    finally:
+        mob.stop()
+        await bridge.aclose()
+        window.close()
+
+
+async def test_console_starts_the_engine_and_reattaches_after_a_crash(tmp_path: Path, qapp: QApplication) -> None:
+    data_dir = tmp_path / "embedded"
+    mgmt, data = free_port(), free_port()
+    bridge = EngineBridge(data_dir, engine_args=["--management-port", str(mgmt), "--data-port", str(data),
+                                                 "--heartbeat-interval", str(HEARTBEAT)])
+    window = MainWindow(bridge)
+    window.show()
+    states: list[str] = []
+    bridge.connection_changed.connect(lambda state, _detail: states.append(state))
+    bridge.start()
+    mob = None
+    try:
+        await until(lambda: bridge.state == "attached", timeout=30, what="the console to start and attach")
+        assert states[:2] == ["starting", "attached"]
+        first_pid = bridge.engine.pid  # type: ignore[union-attr]
+
+        app = Appliance(tmp_path)  # the same data dir, driven from outside the console
+        app.data_dir, app.management_port = data_dir, mgmt
+        mob = Mobility(app, "db-01").start()
+        model = window.servers_page.model
+        await until(lambda: model.rowCount() == 1, what="db-01 in the table")
+
+        os.kill(first_pid, signal.SIGKILL)  # the engine crashes
+        await until(lambda: bridge.attach_count == 2, timeout=40, what="the console to re-attach")
+        assert states.count("starting") == 2 and states[-1] == "attached"
+        assert bridge.engine.pid != first_pid  # type: ignore[union-attr]
+        assert window.engine_label.property("level") == "ok"
+        await until(lambda: model.rowCount() == 1, what="db-01 back in the table")
+        before = model.server(0).last_heartbeat or 0.0
+        await until(lambda: (model.server(0).last_heartbeat or 0.0) > before, timeout=30,
+                    what="heartbeats to reach the new engine")
+    finally:
+        if mob is not None:
+            mob.stop()
+        await bridge.aclose()
+        window.close()
+        _stop_engine_of(data_dir)
+
+
+async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QApplication) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        bridge = EngineBridge(tmp_path / "d", engine_args=["--management-port", str(port), "--data-port",
+                                                           str(free_port())])
+        window = MainWindow(bridge)
+        bridge.start()
+        try:
+            await until(lambda: bridge.state == "failed", timeout=30, what="the failure to be reported")
+            assert window.engine_label.property("level") == "bad"
+            assert window.engine_label.text() == (f"The management port {port} is in use by another program. Stop "
+                                                  "that program or choose another port with --management-port.")
+        finally:
+            await bridge.aclose()
+            window.close()
