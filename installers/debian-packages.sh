@@ -9,6 +9,8 @@ packages=(
   # Console under a virtual X server (make demo) and the xcb platform plugin
   xvfb xauth libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0
   libxcb-shape0 libxkbcommon-x11-0
+  # a real Secret Service (OS keyring) for the keyring test
+  dbus gnome-keyring
   # venv for Debian's own python3
   python3-venv
 )
