@@ -180,7 +180,7 @@ def cmd_mobility_run(args: argparse.Namespace) -> None:
     from engine import logs
     from engine.mobility.service import run
 
-    logs.to_stderr(level=logging.INFO if args.verbose else logging.WARNING)
+    logs.to_stderr(level=logging.DEBUG if args.verbose else logging.INFO)
     run(args)
 
 

@@ -213,7 +213,7 @@ class MobilityService:
                 self.stop.wait(delay)
                 continue
             if attempt:
-                log.warning("%s: the appliance %s:%d is reachable again.", what, self.host, self.port)
+                log.info("%s: the appliance %s:%d is reachable again.", what, self.host, self.port)
             return result
         return None
 
@@ -242,7 +242,7 @@ class MobilityService:
                          ca_fingerprint=self.fingerprint)
         self._save("identity.json", json.dumps(ident.__dict__).encode(), 0o644)
         self._apply(answer)
-        log.warning("registered with %s:%d as %s (server id %s)", self.host, self.port, ident.name, ident.server_id)
+        log.info("registered with %s:%d as %s (server id %s)", self.host, self.port, ident.name, ident.server_id)
         return ident
 
     def _apply(self, answer: dict[str, Any]) -> None:
@@ -260,11 +260,12 @@ class MobilityService:
             return
         ca_pem = (self.state_dir / "ca.crt").read_bytes()
         ctx = self._context(pinned_ca=ca_pem, client=True)
-        log.info("heartbeat.start server=%s interval=%s", ident.name, self.heartbeat_interval)
+        log.info("sending heartbeats to %s:%d as %s", self.host, self.port, ident.name)
         while not self.stop.is_set():
             answer = self._retrying("heartbeat", lambda: self._json(ctx, "/v1/heartbeat", self.facts()))
             if answer is not None:
                 self._apply(answer)
+                log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
             self.stop.wait(self.heartbeat_interval)
 
 
@@ -279,4 +280,4 @@ def run(args: Any) -> None:
                               ca_fingerprint=args.ca_fingerprint, state_dir=Path(args.state_dir), disks=args.disk,
                               name=args.name, stop=stop)
     service.run()
-    log.warning("mobility service stopped")
+    log.info("mobility service stopped")

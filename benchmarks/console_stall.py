@@ -1,0 +1,148 @@
+"""Console event-loop stall while many source servers heartbeat (PERFORMANCE.md target: p99 <= 50 ms).
+
+Starts a real engine, a load process that registers N servers through the real management port
+(mutual TLS, one thread per server, heartbeat every --heartbeat seconds), and the real console
+(offscreen) attached to the engine. It then measures how late a 10 ms asyncio sleep wakes up on the
+console's qasync loop while the Servers page receives the live updates.
+
+    .venv/bin/python benchmarks/console_stall.py --servers 200 --seconds 20 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_load(args: argparse.Namespace) -> None:
+    """The load process: N mobility services in threads, as N source servers would."""
+    from engine import logs
+    from engine.mobility.service import MobilityService
+
+    logs.to_stderr()
+    stop = threading.Event()
+    disk = Path(args.state_root) / "disk.img"
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    with open(disk, "wb") as f:
+        f.truncate(64 << 20)
+    services = [MobilityService(appliance=args.appliance, passphrase_file=Path(args.passphrase_file),
+                                ca_fingerprint=args.fingerprint, state_dir=Path(args.state_root) / f"s{i}",
+                                disks=[str(disk)], name=f"server-{i:03d}", stop=stop) for i in range(args.servers)]
+    threads = [threading.Thread(target=s.run, daemon=True) for s in services]
+    for t in threads:
+        t.start()
+        time.sleep(0.005)
+    try:
+        sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        stop.set()
+
+
+async def measure(args: argparse.Namespace, data_dir: Path) -> list[float]:
+    from app.bridge import EngineBridge
+    from app.views.main_window import MainWindow
+
+    bridge = EngineBridge(data_dir, start_engine=False)
+    window = MainWindow(bridge)
+    window.show()
+    bridge.start()
+    deadline = time.monotonic() + 120
+    while window.servers_page.model.rowCount() < args.servers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {window.servers_page.model.rowCount()} servers registered in 120 s")
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2 * args.heartbeat)
+    lags: list[float] = []
+    end = time.monotonic() + args.seconds
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        await asyncio.sleep(0.010)
+        lags.append(time.monotonic() - t0 - 0.010)
+    await bridge.aclose()
+    window.close()
+    return lags
+
+
+def one_run(args: argparse.Namespace) -> dict[str, float]:
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    with tempfile.TemporaryDirectory(prefix="godwit-stall-") as tmp:
+        root = Path(tmp)
+        data_dir = root / "appliance"
+        env = {**os.environ, "GODWIT_SECRET_STORE": "file"}
+        from tests.appliance import free_port
+
+        mgmt, data = free_port(), free_port()
+        engine = subprocess.run([sys.executable, "-m", "engine", "serve", "--background", "--data-dir", str(data_dir),
+                                 "--management-port", str(mgmt), "--data-port", str(data), "--heartbeat-interval",
+                                 str(args.heartbeat)], env=env, capture_output=True, text=True, check=True)
+        del engine
+        setup = json.loads(subprocess.run([sys.executable, "-m", "engine", "setup", "show", "--json", "--data-dir",
+                                           str(data_dir)], capture_output=True, text=True, check=True).stdout)
+        (root / "pp").write_text(setup["passphrase"])
+        load = subprocess.Popen([sys.executable, __file__, "--load", "--appliance", f"127.0.0.1:{mgmt}",
+                                 "--passphrase-file", str(root / "pp"), "--fingerprint", setup["ca_fingerprint"],
+                                 "--servers", str(args.servers), "--state-root", str(root / "load")],
+                                stdin=subprocess.PIPE, env=env)
+        try:
+            app = QApplication.instance() or QApplication([])
+            loop = qasync.QEventLoop(app)
+            lags = loop.run_until_complete(measure(args, data_dir))
+            loop.close()
+        finally:
+            assert load.stdin is not None
+            load.stdin.close()
+            load.wait(30)
+            pid = int((data_dir / "engine.lock").read_text())
+            os.kill(pid, 15)
+            while (data_dir / "admin.sock").exists():
+                time.sleep(0.05)
+    lags.sort()
+    return {"p50_ms": 1000 * lags[len(lags) // 2], "p99_ms": 1000 * lags[int(len(lags) * 0.99)],
+            "max_ms": 1000 * lags[-1], "samples": float(len(lags))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval the engine asks for")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--appliance", help=argparse.SUPPRESS)
+    parser.add_argument("--passphrase-file", help=argparse.SUPPRESS)
+    parser.add_argument("--fingerprint", help=argparse.SUPPRESS)
+    parser.add_argument("--state-root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        run_load(args)
+        return
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    results = []
+    for i in range(args.runs):
+        r = one_run(args)
+        results.append(r)
+        print(f"run {i + 1}: p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  max {r['max_ms']:.1f} ms  "
+              f"({int(r['samples'])} samples)", flush=True)
+    med = {k: statistics.median(r[k] for r in results) for k in ("p50_ms", "p99_ms", "max_ms")}
+    print(f"\n| servers | heartbeat | loop lag p50 | p99 | max |  (median of {args.runs} runs, {args.seconds:.0f} s each)")
+    print("|---|---|---|---|---|")
+    print(f"| {args.servers} | {args.heartbeat:g} s | {med['p50_ms']:.1f} ms | {med['p99_ms']:.1f} ms | "
+          f"{med['max_ms']:.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()
