@@ -76,6 +76,11 @@ class WrongPassphrase(RegistrationRefused):
     code = "wrong-passphrase"
 
 
+class TooManyAttempts(RegistrationRefused):
+    code = "too-many-attempts"
+    status = 429
+
+
 class NameTaken(RegistrationRefused):
     code = "name-taken"
     status = 409

@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography import x509
 
-from engine.errors import NameTaken, Revoked, UnknownServer, WrongPassphrase
+from engine.errors import NameTaken, Revoked, TooManyAttempts, UnknownServer, WrongPassphrase
 from engine.events import EventHub
 from engine.identity import PASSPHRASE, new_passphrase
 from engine.manager.requests import ServerFacts
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 #: Heartbeats missed before a server is shown as a warning, and seconds before it is critical.
 MISSED_FOR_WARNING = 3
 CRITICAL_AFTER = 120.0
+#: Wrong passphrases an address may send within the window before it must wait.
+MAX_FAILED_REGISTRATIONS = 5
+FAILED_REGISTRATION_WINDOW = 60.0
 
 
 def _ago(seconds: float) -> str:
@@ -46,6 +49,7 @@ class Inventory:
         self.management_port = management_port
         self.data_port = 0
         self._health: dict[str, str] = {}
+        self._failures: dict[str, list[float]] = {}
 
     def __repr__(self) -> str:
         return f"<Inventory servers={self._state.count_servers()}>"
@@ -99,8 +103,15 @@ class Inventory:
 
     # --- from the management port ------------------------------------------------------------------
     def register(self, payload: dict[str, Any]) -> dict[str, Any]:
-        name, address = str(payload["name"]), payload.get("address")
+        name, address = str(payload["name"]), str(payload.get("address"))
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(address, []) if now - t < FAILED_REGISTRATION_WINDOW]
+        self._failures[address] = recent
+        if len(recent) >= MAX_FAILED_REGISTRATIONS:
+            raise TooManyAttempts(f"Too many wrong passphrases from {address}: wait a minute, then register with "
+                                  "the passphrase shown on the console's Setup page.")
         if not hmac.compare_digest(str(payload["passphrase"]).encode(), self.passphrase().encode()):
+            recent.append(now)
             self._hub.record("warning", "registration-refused",
                              f"A server calling itself {name!r} from {address} gave a wrong passphrase.")
             raise WrongPassphrase(

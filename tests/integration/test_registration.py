@@ -180,3 +180,15 @@ def test_rotate_passphrase(appliance: Appliance) -> None:
     finally:
         mob.stop()
     assert "passphrase-rotated" in [e["code"] for e in appliance.events()]
+
+
+def test_passphrase_guessing_is_slowed_down(appliance: Appliance) -> None:
+    wrong = appliance.root / "guess.txt"
+    wrong.write_text("GUESS-GUESS-GUESS\n")
+    messages = [Mobility(appliance, f"guess-{i}", passphrase_file=wrong).run().stderr.strip() for i in range(6)]
+    assert all("refused the registration passphrase" in m for m in messages[:5])
+    assert messages[5].startswith("godwit: Too many wrong passphrases from 127.0.0.1: wait a minute")
+    # Even the right passphrase waits out the window: the limit is per address, not per guess.
+    res = Mobility(appliance, "honest-01").run()
+    assert "Too many wrong passphrases" in res.stderr
+    assert [e["code"] for e in appliance.events()].count("registration-refused") == 5
