@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.bridge import EngineBridge
 from app.views.main_window import MainWindow
@@ -84,13 +84,36 @@ async def test_console_shows_live_servers_and_setup(appliance: Appliance, qapp: 
         events = window.events_page.model
         await until(lambda: events.event(events.rowCount() - 1).code == "passphrase-rotated", what="the event")
 
+        # And from the Setup page's own button, after a confirmation.
+        shown = window.setup_page.passphrase.text()
+        window.show_page("setup")
+        window.setup_page.rotate_button.click()
+        await until(lambda: isinstance(QApplication.activeModalWidget(), QMessageBox), what="the confirmation")
+        box = QApplication.activeModalWidget()
+        assert isinstance(box, QMessageBox)
+        next(b for b in box.buttons() if b.text() == "Rotate").click()
+        await until(lambda: window.setup_page.passphrase.text() != shown, what="the rotated passphrase")
+        assert window.setup_page.passphrase.text() == (await bridge.client.setup()).passphrase
+
         # The last heartbeat column moves on its own; it shows a recent time.
         assert model.data(model.index(0, model.LAST_HEARTBEAT)) in ("just now", "1 s ago", "2 s ago")
 
-        # Forgetting the server removes its row.
-        await bridge.forget_server("web-01")
+        # The admin forgets the server: select its row, click Forget…, confirm.
+        page = window.servers_page
+        window.show_page("servers")
+        assert not page.forget_button.isEnabled()
+        page.table.selectRow(0)
+        assert page.forget_button.isEnabled()
+        page.forget_button.click()
+        await until(lambda: isinstance(QApplication.activeModalWidget(), QMessageBox), what="the confirmation")
+        box = QApplication.activeModalWidget()
+        assert isinstance(box, QMessageBox) and "web-01" in box.text()
+        forget = next(b for b in box.buttons() if b.text() == "Forget")
+        forget.click()
         await until(lambda: model.rowCount() == 0, what="web-01 to leave the table")
-        assert window.servers_page.empty.isVisible()
+        assert page.empty.isVisible()
+        code, _ = mob.wait_exit()
+        assert code == 1  # its certificate is revoked: the mobility service was refused and stopped
     finally:
         mob.stop()
         await bridge.aclose()
