@@ -5,26 +5,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
+from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtGui import QColor
 
 from app.bridge import Event
+from app.models.table import Index, RecordTableModel
 from app.widgets.formatting import severity_colour
 
 SortRole = Qt.ItemDataRole.UserRole  #: native, comparable Python value for sorting
 
 #: Rows kept in the console; older events stay in the engine (`godwit events`).
 MAX_ROWS = 5000
-_Index = QModelIndex | QPersistentModelIndex
 
 
-class EventsModel(QAbstractTableModel):
+class EventsModel(RecordTableModel[Event]):
     TIME, SEVERITY, SERVER, MESSAGE = range(4)
     HEADERS = ("Time", "Severity", "Server", "Message")
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._rows: list[Event] = []
 
     def __repr__(self) -> str:
         return f"<EventsModel rows={len(self._rows)} last={self._rows[-1].id if self._rows else None}>"
@@ -46,24 +42,13 @@ class EventsModel(QAbstractTableModel):
         self._rows.append(event)
         self.endInsertRows()
 
-    def event(self, row: int) -> Event:  # type: ignore[override]
+    def event_at(self, row: int) -> Event:
         return self._rows[row]
 
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
-
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        e, col = self._record(index), index.column()
+        if e is None:
             return None
-        e, col = self._rows[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             return (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.severity.capitalize(),
                     e.server or "", e.message)[col]

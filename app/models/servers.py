@@ -5,25 +5,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QLocale, QModelIndex, QObject, QPersistentModelIndex, Qt
+from PySide6.QtCore import QLocale, QModelIndex, QObject, Qt
 from PySide6.QtGui import QColor
 
 from app.bridge import ServerStatus
+from app.models.table import Index, RecordTableModel
 from app.widgets.formatting import age_text, health_colour, health_text
 
 SortRole = Qt.ItemDataRole.UserRole  #: native, comparable Python value for sorting (sizes overflow Qt ints)
 KeyRole = Qt.ItemDataRole.UserRole + 1  #: the server's name, the row's key
 
-_Index = QModelIndex | QPersistentModelIndex
 
-
-class ServersModel(QAbstractTableModel):
+class ServersModel(RecordTableModel[ServerStatus]):
     NAME, OS, DISKS, SIZE, LAST_HEARTBEAT, STATE, HEALTH = range(7)
     HEADERS = ("Name", "OS", "Disks", "Total size", "Last heartbeat", "State", "Health")
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._rows: list[ServerStatus] = []
         self._locale = QLocale()
 
     def __repr__(self) -> str:
@@ -74,17 +72,6 @@ class ServersModel(QAbstractTableModel):
         return self._rows[row]
 
     # --- Qt model -------------------------------------------------------------------------------
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
-
     def _size(self, n: int) -> str:
         return self._locale.formattedDataSize(n, 1, QLocale.DataSizeFormat.DataSizeIecFormat)
 
@@ -103,10 +90,10 @@ class ServersModel(QAbstractTableModel):
             return s.state.replace("-", " ").capitalize()
         return health_text(s.health, s.health_cause)
 
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        s, col = self._record(index), index.column()
+        if s is None:
             return None
-        s, col = self._rows[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(s, col)
         if role == SortRole:

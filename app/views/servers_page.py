@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer
-from PySide6.QtWidgets import (
-    QAbstractItemView,
-    QHBoxLayout,
-    QHeaderView,
-    QLabel,
-    QPushButton,
-    QStackedLayout,
-    QTableView,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QStackedLayout, QVBoxLayout, QWidget
 from qasync import asyncSlot
 
 from app.bridge import EngineBridge
@@ -21,6 +11,7 @@ from app.errors import show_error
 from app.models.servers import ServersModel, SortRole
 from app.widgets.dialogs import confirm
 from app.widgets.formatting import tr
+from app.widgets.record_table import RecordTable
 
 
 class ServersPage(QWidget):
@@ -28,22 +19,8 @@ class ServersPage(QWidget):
         super().__init__(parent)
         self.bridge = bridge
         self.model = ServersModel(self)
-        self.proxy = QSortFilterProxyModel(self)
-        self.proxy.setSourceModel(self.model)
-        self.proxy.setSortRole(SortRole)
-
-        self.table = QTableView(objectName="servers_table")
-        self.table.setModel(self.proxy)
-        self.table.setSortingEnabled(True)
-        self.table.sortByColumn(ServersModel.NAME, Qt.SortOrder.AscendingOrder)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.verticalHeader().hide()
-        self.table.setAlternatingRowColors(True)
-        self.table.setShowGrid(False)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setStretchLastSection(True)
+        self.table = RecordTable(self.model, sort_role=SortRole, sort_column=ServersModel.NAME,
+                                 order=Qt.SortOrder.AscendingOrder, object_name="servers_table")
         for col, width in ((ServersModel.NAME, 160), (ServersModel.OS, 240), (ServersModel.DISKS, 60),
                            (ServersModel.SIZE, 100), (ServersModel.LAST_HEARTBEAT, 120), (ServersModel.STATE, 110)):
             self.table.setColumnWidth(col, width)
@@ -93,7 +70,7 @@ class ServersPage(QWidget):
         rows = self.table.selectionModel().selectedRows()
         if not rows:
             return None
-        return self.model.server(self.proxy.mapToSource(rows[0]).row()).name
+        return self.model.server(self.table.source_row(rows[0].row())).name
 
     @asyncSlot()
     async def on_forget_button_clicked(self) -> None:

@@ -65,5 +65,5 @@ def test_events_model_contract_dedupe_and_cap(qtmodeltester: ModelTester) -> Non
     model.set_rows([Event(i, time.time(), "info", "c", "m") for i in range(1, MAX_ROWS + 1)])
     model.add_event(Event(MAX_ROWS + 1, time.time(), "error", "c", "last"))
     assert model.rowCount() == MAX_ROWS
-    assert model.event(0).id == 2
+    assert model.event_at(0).id == 2
     qtmodeltester.check(model)

@@ -82,7 +82,7 @@ async def test_console_shows_live_servers_and_setup(appliance: Appliance, qapp: 
         await bridge.client.rotate_passphrase()
         await until(lambda: window.setup_page.passphrase.text() != info.passphrase, what="the new passphrase")
         events = window.events_page.model
-        await until(lambda: events.event(events.rowCount() - 1).code == "passphrase-rotated", what="the event")
+        await until(lambda: events.event_at(events.rowCount() - 1).code == "passphrase-rotated", what="the event")
 
         # And from the Setup page's own button, after a confirmation.
         shown = window.setup_page.passphrase.text()
