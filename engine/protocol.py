@@ -1,0 +1,128 @@
+"""The data port's wire format: a batch of changed runs of one disk, as a mobility service sends it.
+
+A batch is one HTTP request body::
+
+    header  ">8sIQBBQQdI"  magic b"GDWBAT01", disk index, sequence number, kind, bookmark,
+                           cycle id, initial high-water offset, source timestamp, run count
+    runs    ">QIB16s"      offset, length, flags, xxh3-128 digest of the run's bytes
+            then ``length`` bytes of data unless the run is a zero run (flag ZERO)
+
+Sequence numbers count from 1 per disk and never repeat; the process server accepts only
+``last acknowledged + 1`` and acknowledges a batch only when it is durable in the cache.
+A run is at most :data:`MAX_RUN` bytes and starts on a :data:`BLOCK` boundary.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+import xxhash
+
+from engine.errors import ProtocolError
+
+BLOCK = 64 * 1024
+MAX_RUN = 1024 * 1024
+MAX_BATCH = 8 * 1024 * 1024 + 64 * 1024
+_HEADER = struct.Struct(">8sIQBBQQdI")
+_RUN = struct.Struct(">QIB16s")
+MAGIC = b"GDWBAT01"
+
+
+class Kind(IntEnum):
+    INITIAL = 0
+    DELTA = 1
+
+
+class Bookmark(IntEnum):
+    NONE = 0
+    #: End of a delta cycle (or of initial replication): the disk is consistent here.
+    CYCLE_END = 1
+    #: A cycle end at which a crash-consistent recovery point is due.
+    CRASH_POINT = 2
+    #: A cycle end taken between the pre- and post-snapshot hooks: an app-consistent point.
+    APP_POINT = 3
+
+
+ZERO = 1  # run flag: the run is all zeros and carries no data
+
+
+@dataclass(frozen=True)
+class Run:
+    offset: int
+    length: int
+    flags: int
+    digest: bytes
+    data: memoryview | None  # None for zero runs
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    disk: int
+    seq: int
+    kind: Kind
+    bookmark: Bookmark
+    cycle: int
+    initial_done: int
+    source_time: float
+    count: int
+
+
+def digest(data: bytes | bytearray | memoryview) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
+def encode_batch(header: BatchHeader, runs: list[tuple[int, int, bytes | bytearray | memoryview | None]]) -> bytes:
+    """Build a batch from ``(offset, length, data)`` runs; ``data`` is ``None`` for a zero run."""
+    parts: list[bytes | bytearray | memoryview] = [
+        _HEADER.pack(MAGIC, header.disk, header.seq, header.kind, header.bookmark, header.cycle,
+                     header.initial_done, header.source_time, len(runs))]
+    for offset, length, data in runs:
+        if data is None:
+            parts.append(_RUN.pack(offset, length, ZERO, b"\0" * 16))
+        else:
+            parts.append(_RUN.pack(offset, length, 0, digest(data)))
+            parts.append(data)
+    return b"".join(parts)
+
+
+def decode_batch(body: bytes, *, disk_size: int) -> tuple[BatchHeader, list[Run]]:
+    """Parse and check a batch: structure, bounds, alignment and every run's digest."""
+    if len(body) < _HEADER.size:
+        raise ProtocolError("The batch is shorter than its header.")
+    magic, disk, seq, kind, bookmark, cycle, initial_done, source_time, count = _HEADER.unpack_from(body)
+    if magic != MAGIC:
+        raise ProtocolError("The batch does not start with the Godwit batch magic.")
+    try:
+        header = BatchHeader(disk, seq, Kind(kind), Bookmark(bookmark), cycle, initial_done, source_time, count)
+    except ValueError as exc:
+        raise ProtocolError("The batch header has an unknown kind or bookmark.") from exc
+    if initial_done > disk_size:
+        raise ProtocolError("The batch's initial offset lies beyond the disk.")
+    view = memoryview(body)
+    pos = _HEADER.size
+    runs: list[Run] = []
+    for _ in range(count):
+        if pos + _RUN.size > len(body):
+            raise ProtocolError("The batch is truncated inside a run header.")
+        offset, length, flags, dig = _RUN.unpack_from(body, pos)
+        pos += _RUN.size
+        if length == 0 or length > MAX_RUN or offset % BLOCK or offset + length > disk_size:
+            raise ProtocolError(f"Run at offset {offset} (+{length}) is outside the disk or not block-aligned.")
+        if length % BLOCK and offset + length != disk_size:
+            raise ProtocolError(f"Run at offset {offset} has a length that is not whole blocks.")
+        if flags & ZERO:
+            runs.append(Run(offset, length, flags, dig, None))
+            continue
+        if pos + length > len(body):
+            raise ProtocolError(f"The batch is truncated inside the run at offset {offset}.")
+        data = view[pos:pos + length]
+        pos += length
+        if digest(data) != dig:
+            raise ProtocolError(f"The run at offset {offset} does not match its digest.")
+        runs.append(Run(offset, length, flags, dig, data))
+    if pos != len(body):
+        raise ProtocolError("The batch has bytes after its last run.")
+    return header, runs
+
