@@ -1,0 +1,71 @@
+"""Cache and target storage behind one narrow interface.
+
+The process server puts durable segments into a :class:`CacheStore`; the log processor applies
+them, in order, to a :class:`TargetDisk` per source disk (the seed disk) and takes recovery points
+there; exports read a point back. ``local`` (directories and sparse files in the data directory)
+is the only backend today; an Azure Blob backend maps the same calls to block blobs (segments), a
+page blob per seed disk and blob snapshots (points) without changing any caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.codec import Block
+
+
+@dataclass(frozen=True)
+class PointInfo:
+    """A recovery point of one disk."""
+
+    id: int
+    created_at: float
+    kind: str  # "crash-consistent" | "app-consistent"
+    source_time: float
+
+
+class CacheStore(Protocol):
+    def put_segment(self, server_id: str, disk: int, seq: int, data: bytes) -> None:
+        """Store a segment durably (it survives a power cut once this returns)."""
+
+    def segments(self, server_id: str, disk: int) -> list[int]:
+        """Sequence numbers present, ascending."""
+
+    def get_segment(self, server_id: str, disk: int, seq: int) -> bytes: ...
+
+    def delete_segment(self, server_id: str, disk: int, seq: int) -> None: ...
+
+    def used_bytes(self) -> int: ...
+
+
+class TargetDisk(Protocol):
+    size: int
+    applied_seq: int
+
+    def apply(self, seq: int, blocks: list[Block]) -> None:
+        """Write a segment's blocks; durable, and idempotent if repeated after a crash."""
+
+    def create_point(self, point: PointInfo) -> None: ...
+
+    def points(self) -> list[PointInfo]: ...
+
+    def delete_point(self, point_id: int) -> None: ...
+
+    def read_point(self, point_id: int | None, chunk: int) -> Iterator[tuple[int, bytes | None]]:
+        """The disk as it was at a point (``None``: now), as ``(offset, data)`` chunks in order;
+        ``data`` is None for a chunk of zeros."""
+
+
+def open_local_cache(root: Path) -> CacheStore:
+    from engine.storage.local import LocalCache
+
+    return LocalCache(root)
+
+
+def open_local_target(root: Path, server_id: str, disk: int, size: int) -> TargetDisk:
+    from engine.storage.local import LocalTargetDisk
+
+    return LocalTargetDisk(root / server_id / f"disk{disk}", size)

@@ -1,0 +1,243 @@
+"""The ``local`` storage backend: segment files and sparse seed disks under the data directory.
+
+Recovery points of a seed disk are kept as undo logs: once a point exists, the first write to a
+block after it saves the block's previous content in that point's undo log. The disk at point P is
+then, block by block, the oldest saved copy from P's log or a newer one, else the seed disk itself.
+Pruning the oldest point deletes its log. Every write is ordered so that a crash at any moment
+leaves a state that re-applying the same segment completes (see docs/segment-format.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.codec import Block
+from engine.protocol import BLOCK
+from engine.storage import PointInfo
+
+_UNDO = struct.Struct(">QIBI")  # offset, length, flags (1 = was zeros), crc32 of the data
+_WAS_ZERO = 1
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write-to-temp, fsync, rename, fsync the directory: the file is whole or absent."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class LocalCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"<LocalCache {self.root} used={self.used_bytes()}>"
+
+    def _dir(self, server_id: str, disk: int) -> Path:
+        return self.root / server_id / f"disk{disk}"
+
+    def put_segment(self, server_id: str, disk: int, seq: int, data: bytes) -> None:
+        d = self._dir(server_id, disk)
+        d.mkdir(parents=True, exist_ok=True)
+        write_durably(d / f"{seq:016d}.seg", data)
+
+    def segments(self, server_id: str, disk: int) -> list[int]:
+        d = self._dir(server_id, disk)
+        if not d.is_dir():
+            return []
+        return sorted(int(p.name[:16]) for p in d.iterdir() if p.name.endswith(".seg") and p.name[:16].isdigit())
+
+    def get_segment(self, server_id: str, disk: int, seq: int) -> bytes:
+        return (self._dir(server_id, disk) / f"{seq:016d}.seg").read_bytes()
+
+    def delete_segment(self, server_id: str, disk: int, seq: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._dir(server_id, disk) / f"{seq:016d}.seg").unlink()
+
+    def used_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.seg"))
+
+    def forget_server(self, server_id: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.root / server_id, ignore_errors=True)
+
+
+class LocalTargetDisk:
+    """A seed disk (sparse file), its undo logs and points, with one writer at a time (flock)."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._meta_path = root / "meta.json"
+        meta = json.loads(self._meta_path.read_text()) if self._meta_path.exists() else {}
+        self.size = int(meta.get("size", size))
+        self.applied_seq = int(meta.get("applied_seq", 0))
+        self._points = [PointInfo(**p) for p in meta.get("points", [])]
+        self._seed = root / "seed.img"
+        if not self._seed.exists():
+            with open(self._seed, "wb") as f:
+                f.truncate(self.size)
+        self._saved: set[int] | None = None  # blocks saved in the newest point's undo log
+
+    def __repr__(self) -> str:
+        return f"<LocalTargetDisk {self.root} applied={self.applied_seq} points={[p.id for p in self._points]}>"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive use of this disk across processes (the log processor applies, an export reads)."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _undo_path(self, point_id: int) -> Path:
+        return self.root / f"undo-{point_id:016d}.log"
+
+    def _save_meta(self) -> None:
+        meta = {"size": self.size, "applied_seq": self.applied_seq,
+                "points": [p.__dict__ for p in self._points]}
+        write_durably(self._meta_path, json.dumps(meta).encode())
+
+    def _scan_undo(self, path: Path, *, repair: bool) -> dict[int, tuple[int, int, bool]]:
+        """Block offset -> (data position, length, was zero) of each valid record; cut a torn tail."""
+        index: dict[int, tuple[int, int, bool]] = {}
+        if not path.exists():
+            return index
+        with open(path, "r+b" if repair else "rb") as f:
+            pos = 0
+            while True:
+                head = f.read(_UNDO.size)
+                if len(head) < _UNDO.size:
+                    break
+                offset, length, flags, crc = _UNDO.unpack(head)
+                was_zero = bool(flags & _WAS_ZERO)
+                data = b"" if was_zero else f.read(length)
+                if not was_zero and (len(data) < length or zlib.crc32(data) != crc):
+                    break
+                index[offset] = (pos + _UNDO.size, length, was_zero)
+                pos = f.tell()
+            if repair and pos != os.fstat(f.fileno()).st_size:
+                f.truncate(pos)
+        return index
+
+    def apply(self, seq: int, blocks: list[Block]) -> None:
+        if seq <= self.applied_seq:
+            return
+        fd = os.open(self._seed, os.O_RDWR)
+        try:
+            if self._points:
+                self._save_old(fd, blocks)
+            for b in blocks:
+                if b.data is None:
+                    for off in range(b.offset, b.offset + b.length, BLOCK):
+                        n = min(BLOCK, b.offset + b.length - off)
+                        os.pwrite(fd, _ZERO_BLOCK[:n], off)
+                else:
+                    os.pwrite(fd, b.data, b.offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.applied_seq = seq
+        self._save_meta()
+
+    def _save_old(self, fd: int, blocks: list[Block]) -> None:
+        """First write after the newest point: keep the block's previous content (durably, first)."""
+        path = self._undo_path(self._points[-1].id)
+        if self._saved is None:
+            self._saved = set(self._scan_undo(path, repair=True))
+        records = []
+        for b in blocks:
+            for off in range(b.offset, b.offset + b.length, BLOCK):
+                if off in self._saved:
+                    continue
+                n = min(BLOCK, self.size - off)
+                old = os.pread(fd, n, off)
+                if old == _ZERO_BLOCK[:n]:
+                    records.append(_UNDO.pack(off, n, _WAS_ZERO, 0))
+                else:
+                    records += [_UNDO.pack(off, n, 0, zlib.crc32(old)), old]
+                self._saved.add(off)
+        if records:
+            with open(path, "ab") as f:
+                f.write(b"".join(records))
+                f.flush()
+                os.fsync(f.fileno())
+
+    def create_point(self, point: PointInfo) -> None:
+        if any(p.id == point.id for p in self._points):
+            return  # the bookmark was applied again after a crash
+        write_durably(self._undo_path(point.id), b"")
+        self._points.append(point)
+        self._saved = set()
+        self._save_meta()
+
+    def points(self) -> list[PointInfo]:
+        return list(self._points)
+
+    def delete_point(self, point_id: int) -> None:
+        """Only the oldest point can go: newer ones do not need its log."""
+        if not self._points or self._points[0].id != point_id:
+            raise ValueError("only the oldest recovery point can be deleted")
+        self._points.pop(0)
+        self._save_meta()
+        with contextlib.suppress(FileNotFoundError):
+            self._undo_path(point_id).unlink()
+
+    def read_point(self, point_id: int | None, chunk: int = BLOCK) -> Iterator[tuple[int, bytes | None]]:
+        saved: dict[int, tuple[Path, int, int, bool]] = {}
+        if point_id is not None:
+            ids = [p.id for p in self._points]
+            if point_id not in ids:
+                raise KeyError(point_id)
+            for pid in reversed(ids[ids.index(point_id):]):  # newest first; older logs win
+                path = self._undo_path(pid)
+                for off, (pos, length, was_zero) in self._scan_undo(path, repair=False).items():
+                    saved[off] = (path, pos, length, was_zero)
+        files: dict[Path, int] = {}
+        seed = os.open(self._seed, os.O_RDONLY)
+        try:
+            for off in range(0, self.size, BLOCK):
+                n = min(BLOCK, self.size - off)
+                if off in saved:
+                    path, pos, length, was_zero = saved[off]
+                    if was_zero:
+                        yield off, None
+                        continue
+                    if path not in files:
+                        files[path] = os.open(path, os.O_RDONLY)
+                    data = os.pread(files[path], length, pos)
+                else:
+                    data = os.pread(seed, n, off)
+                yield off, (None if data == _ZERO_BLOCK[:n] else data)
+        finally:
+            os.close(seed)
+            for fd in files.values():
+                os.close(fd)
