@@ -112,6 +112,72 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+# --- replication -------------------------------------------------------------------------------
+async def list_policies(request: web.Request) -> web.Response:
+    return _json(_engine(request).state.policies())
+
+
+async def show_policy(request: web.Request) -> web.Response:
+    return _json(_engine(request).replication.policy(request.match_info["name"]))
+
+
+async def create_policy(request: web.Request) -> web.Response:
+    from engine.replication import make_policy
+
+    body = await read_json(request)
+    try:
+        policy = make_policy(str(body["name"]), rpo_threshold=str(body["rpo_threshold"]),
+                             retention=str(body["retention"]),
+                             crash_consistent_every=str(body["crash_consistent_every"]),
+                             app_consistent_every=str(body["app_consistent_every"]))
+    except KeyError as exc:
+        raise ProtocolError(f"Missing field {exc}.") from exc
+    return _json(_engine(request).replication.create_policy(policy))
+
+
+async def enable_server(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    body = await read_json(request)
+    row = engine.inventory.row(request.match_info["name"])
+    engine.replication.enable(row, body.get("policy"))
+    engine.inventory.publish(row["server_id"])
+    return _json(engine.inventory.server(row["name"]))
+
+
+async def disable_server(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    row = engine.inventory.row(request.match_info["name"])
+    engine.replication.disable(row)
+    engine.inventory.publish(row["server_id"])
+    return _json(engine.inventory.server(row["name"]))
+
+
+async def set_server(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    body = await read_json(request)
+    row = engine.inventory.row(request.match_info["name"])
+    if "max_mbps" in body:
+        value = body["max_mbps"]
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+            raise ProtocolError("max_mbps must be a positive number, or null for no limit.")
+        engine.state.set_max_mbps(row["server_id"], None if value is None else float(value))
+        engine.hub.record("info", "bandwidth-set", f"{row['name']}: bandwidth cap "
+                          + ("removed." if value is None else f"set to {value} Mbit/s."), server=row["name"])
+    engine.inventory.publish(row["server_id"])
+    return _json(engine.inventory.server(row["name"]))
+
+
+async def list_points(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    return _json(engine.replication.points(engine.inventory.row(request.match_info["name"])))
+
+
+async def export_point(request: web.Request) -> web.StreamResponse:
+    from engine.export import stream_export
+
+    return await stream_export(request, _engine(request))
+
+
 def make_admin_app(engine: Engine) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[ENGINE] = engine
@@ -123,6 +189,14 @@ def make_admin_app(engine: Engine) -> web.Application:
     r.add_get("/v1/servers/{name}", show_server)
     r.add_delete("/v1/servers/{name}", forget_server)
     r.add_get("/v1/events", list_events)
+    r.add_get("/v1/policies", list_policies)
+    r.add_post("/v1/policies", create_policy)
+    r.add_get("/v1/policies/{name}", show_policy)
+    r.add_post("/v1/servers/{name}/enable", enable_server)
+    r.add_post("/v1/servers/{name}/disable", disable_server)
+    r.add_post("/v1/servers/{name}/settings", set_server)
+    r.add_get("/v1/servers/{name}/points", list_points)
+    r.add_get("/v1/servers/{name}/export", export_point)
     r.add_get("/v1/stream", stream)
     return app
 
@@ -136,9 +210,57 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
     return web.json_response(_engine(request).inventory.heartbeat(await read_json(request)))
 
 
+async def agent_authorize(request: web.Request) -> web.Response:
+    """May this certificate stream data, and for which disks? (process server, per connection)."""
+    return web.json_response(_engine(request).inventory.authorize(await read_json(request)))
+
+
+async def agent_received(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    body = await read_json(request)
+    if engine.replication.report_received(body):
+        row = engine.state.server(server_id=str(body["server_id"]))
+        if row is not None:
+            engine.hub.record("info", "initial-replication-complete",
+                              f"Initial replication of {row['name']} disk {body['disk']} is complete.",
+                              server=row["name"])
+    engine.inventory.publish(str(body["server_id"]))
+    return web.json_response({"ok": True})
+
+
+async def agent_applied(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    body = await read_json(request)
+    row = engine.state.server(server_id=str(body["server_id"]))
+    if row is None:
+        return web.json_response({"ok": False})
+    before_error = engine.replication.progress(row["server_id"], int(body["disk"])).error
+    engine.replication.report_applied(body)
+    if body.get("error") and body.get("error") != before_error:
+        engine.hub.record("error", "segment-refused", f"{row['name']} disk {body['disk']}: {body['error']}",
+                          server=row["name"])
+    engine.inventory.publish(row["server_id"])
+    return web.json_response({"ok": True})
+
+
+async def agent_replicating(request: web.Request) -> web.Response:
+    """What the log processor should apply: every replicating server, its disks and policy."""
+    engine = _engine(request)
+    out = []
+    for row in engine.state.servers():
+        if row["replicate"]:
+            out.append({"server_id": row["server_id"], "name": row["name"],
+                        **engine.replication.desired_state(row)})
+    return web.json_response(out)
+
+
 def make_agent_app(engine: Engine) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
     app[ENGINE] = engine
     app.router.add_post("/agent/register", agent_register)
     app.router.add_post("/agent/heartbeat", agent_heartbeat)
+    app.router.add_post("/agent/authorize", agent_authorize)
+    app.router.add_post("/agent/received", agent_received)
+    app.router.add_post("/agent/applied", agent_applied)
+    app.router.add_get("/agent/replicating", agent_replicating)
     return app

@@ -36,6 +36,8 @@ class AgentSpec:
 
 AGENTS: tuple[AgentSpec, ...] = (
     AgentSpec(name="replication-manager", module="engine.manager", version=__version__, port="management"),
+    AgentSpec(name="process-server", module="engine.process_server", version=__version__, port="data"),
+    AgentSpec(name="log-processor", module="engine.log_processor", version=__version__),
 )
 
 

@@ -117,6 +117,127 @@ async def cmd_vm_forget(client: AdminClient, args: argparse.Namespace) -> None:
     print(f"{args.name} is forgotten: its certificate is revoked and the appliance refuses it from now on.")
 
 
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "off"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
+async def cmd_policy_list(client: AdminClient, args: argparse.Namespace) -> None:
+    policies = await client.policies()
+    if args.json:
+        _print_json(policies)
+        return
+    rows = [[p.name, human_duration(p.rpo_threshold), human_duration(p.retention),
+             human_duration(p.crash_consistent_every), human_duration(p.app_consistent_every)] for p in policies]
+    print(_table(rows, ["NAME", "RPO THRESHOLD", "RETENTION", "CRASH-CONSISTENT", "APP-CONSISTENT"]))
+
+
+async def cmd_policy_show(client: AdminClient, args: argparse.Namespace) -> None:
+    p = await client.policy(args.name)
+    if args.json:
+        _print_json(p)
+        return
+    print(f"Name:                    {p.name}\nRPO threshold:           {human_duration(p.rpo_threshold)}\n"
+          f"Retention:               {human_duration(p.retention)}\n"
+          f"Crash-consistent every:  {human_duration(p.crash_consistent_every)}\n"
+          f"App-consistent every:    {human_duration(p.app_consistent_every)}")
+
+
+async def cmd_policy_create(client: AdminClient, args: argparse.Namespace) -> None:
+    p = await client.create_policy(name=args.name, rpo_threshold=args.rpo_threshold, retention=args.retention,
+                                   crash_consistent_every=args.crash_consistent_every,
+                                   app_consistent_every=args.app_consistent_every)
+    if args.json:
+        _print_json(p)
+    else:
+        print(f"Policy {p.name} created.")
+
+
+async def cmd_vm_enable(client: AdminClient, args: argparse.Namespace) -> None:
+    s = await client.enable(args.name, args.policy)
+    print(f"Replication of {s.name} enabled with policy {s.policy}; initial replication starts at its next "
+          "heartbeat.")
+
+
+async def cmd_vm_disable(client: AdminClient, args: argparse.Namespace) -> None:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise EngineError(f"Disabling deletes {args.name}'s recovery points and cached data: add --yes to confirm.")
+        answer = input(f"Disable replication of {args.name} and delete its recovery points? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing changed.")
+            return
+    await client.disable(args.name)
+    print(f"Replication of {args.name} disabled; its recovery points and cached data are deleted.")
+
+
+async def cmd_vm_set(client: AdminClient, args: argparse.Namespace) -> None:
+    settings: dict[str, Any] = {}
+    if args.max_mbps is not None:
+        settings["max_mbps"] = None if args.max_mbps == "off" else _positive(args.max_mbps, "--max-mbps")
+    if not settings:
+        raise EngineError("Nothing to set: give --max-mbps N (or off).")
+    s = await client.set_server(args.name, **settings)
+    print(f"{s.name}: bandwidth cap " + ("off." if s.max_mbps is None else f"{s.max_mbps:g} Mbit/s."))
+
+
+def _positive(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise EngineError(f"{flag} {text!r} is not a number (or off).") from None
+    if value <= 0:
+        raise EngineError(f"{flag} must be more than 0 (or off).")
+    return value
+
+
+async def cmd_vm_points(client: AdminClient, args: argparse.Namespace) -> None:
+    points = await client.points(args.name)
+    if args.json:
+        _print_json(points)
+        return
+    if not points:
+        print(f"{args.name} has no recovery point yet.")
+        return
+    rows = [[str(p.id), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.created_at)), p.kind] for p in points]
+    print(_table(rows, ["ID", "CREATED", "KIND"]))
+
+
+async def cmd_vm_export(client: AdminClient, args: argparse.Namespace) -> None:
+    server = await client.server(args.name)
+    disks = [args.disk] if args.disk is not None else list(range(len(server.disks)))
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineError(f"Cannot create {out_dir}: {exc.strerror}.") from exc
+    show = sys.stderr.isatty()
+    for disk in disks:
+        path = out_dir / f"{server.name}-disk{disk}.{'vhd' if args.format == 'vhd' else 'raw'}"
+        started = time.monotonic()
+
+        def progress(done: int, total: int, path: Path = path) -> None:
+            if show and (done == total or done % (64 << 20) < 65536):
+                pct = 100 * done / total if total else 100
+                print(f"\r{path.name}: {pct:5.1f}%  {human_bytes(done)} of {human_bytes(total)}", end="",
+                      file=sys.stderr, flush=True)
+
+        try:
+            with open(path, "wb") as out:
+                point, size = await client.export(server.name, point=args.point, disk=disk, fmt=args.format,
+                                                  out=out, progress=progress)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if show:
+            print(file=sys.stderr)
+        print(f"{path}  point {point}  {human_bytes(size)}  {time.monotonic() - started:.1f} s")
+
+
 def _print_event(e: Event, as_json: bool) -> None:
     if as_json:
         print(json.dumps(to_json(e)), flush=True)
@@ -248,6 +369,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = vm.add_parser("forget", parents=[data_dir], help="revoke a server's certificate and remove it")
     p.add_argument("name")
     p.set_defaults(func=_admin(cmd_vm_forget))
+    p = vm.add_parser("enable", parents=[data_dir], help="start replicating a server")
+    p.add_argument("name")
+    p.add_argument("--policy", help="replication policy (default: default)")
+    p.set_defaults(func=_admin(cmd_vm_enable))
+    p = vm.add_parser("disable", parents=[data_dir], help="stop replicating and delete its target data")
+    p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=_admin(cmd_vm_disable))
+    p = vm.add_parser("set", parents=[data_dir], help="per-server settings (applied live)")
+    p.add_argument("name")
+    p.add_argument("--max-mbps", metavar="N|off", help="bandwidth cap of the server's replication")
+    p.set_defaults(func=_admin(cmd_vm_set))
+    p = vm.add_parser("points", parents=[data_dir, as_json], help="recovery points of a server")
+    p.add_argument("name")
+    p.set_defaults(func=_admin(cmd_vm_points))
+    p = vm.add_parser("export", parents=[data_dir], help="export a recovery point as raw or fixed VHD images")
+    p.add_argument("name")
+    p.add_argument("--point", required=True, metavar="ID|latest")
+    p.add_argument("--format", required=True, choices=("raw", "vhd"))
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--disk", type=int, metavar="N", help="only this disk (default: every disk)")
+    p.set_defaults(func=_admin(cmd_vm_export))
+
+    pol = sub.add_parser("policy", help="replication policies").add_subparsers(
+        dest="policy_command", metavar="ACTION", required=True)
+    p = pol.add_parser("list", parents=[data_dir, as_json], help="list policies")
+    p.set_defaults(func=_admin(cmd_policy_list))
+    p = pol.add_parser("show", parents=[data_dir, as_json], help="one policy")
+    p.add_argument("name")
+    p.set_defaults(func=_admin(cmd_policy_show))
+    p = pol.add_parser("create", parents=[data_dir, as_json], help="create a policy")
+    p.add_argument("name")
+    p.add_argument("--rpo-threshold", default="15m", help="alert when the RPO exceeds this (default 15m)")
+    p.add_argument("--retention", default="24h", help="keep recovery points this long (at most 15d; default 24h)")
+    p.add_argument("--crash-consistent-every", default="5m", help="crash-consistent point cadence (default 5m)")
+    p.add_argument("--app-consistent-every", default="4h", help="app-consistent cadence, 1h-12h or off (default 4h)")
+    p.set_defaults(func=_admin(cmd_policy_create))
 
     p = sub.add_parser("events", parents=[data_dir, as_json], help="what happened on the appliance")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")

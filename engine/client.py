@@ -15,7 +15,7 @@ import aiohttp
 
 from engine.config import DataDir
 from engine.errors import EngineError, EngineNotRunning, ProtocolError, from_code
-from engine.records import EngineStatus, Event, ServerStatus, SetupInfo, from_json
+from engine.records import EngineStatus, Event, Policy, RecoveryPoint, ServerStatus, SetupInfo, from_json
 
 #: Longest line the event stream may carry (a full server snapshot for many servers fits).
 MAX_STREAM_LINE = 16 * 1024 * 1024
@@ -119,6 +119,55 @@ class AdminClient(UnixJsonClient):
 
     async def events(self, *, after: int = 0, limit: int = 200) -> list[Event]:
         return [from_json(Event, e) for e in await self.request("GET", f"/v1/events?after={after}&limit={limit}")]
+
+    async def policies(self) -> list[Policy]:
+        return [from_json(Policy, p) for p in await self.request("GET", "/v1/policies")]
+
+    async def policy(self, name: str) -> Policy:
+        return from_json(Policy, await self.request("GET", f"/v1/policies/{_quote(name)}"))
+
+    async def create_policy(self, **fields: str) -> Policy:
+        return from_json(Policy, await self.request("POST", "/v1/policies", fields))
+
+    async def enable(self, name: str, policy: str | None) -> ServerStatus:
+        return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/enable",
+                                                          {"policy": policy}))
+
+    async def disable(self, name: str) -> ServerStatus:
+        return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/disable", {}))
+
+    async def set_server(self, name: str, **settings: Any) -> ServerStatus:
+        return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/settings", settings))
+
+    async def points(self, name: str) -> list[RecoveryPoint]:
+        return [from_json(RecoveryPoint, p) for p in await self.request("GET", f"/v1/servers/{_quote(name)}/points")]
+
+    async def export(self, name: str, *, point: str, disk: int, fmt: str, out: Any,
+                     progress: Any = None) -> tuple[str, int]:
+        """Stream a recovery point of one disk into the file object ``out`` (sparse where zero).
+        Returns the point id and the size written."""
+        url = f"http://godwit/v1/servers/{_quote(name)}/export?point={_quote(point)}&disk={disk}&format={fmt}"
+        try:
+            async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
+                if resp.status >= 400:
+                    data = await resp.json(content_type=None)
+                    raise from_code(str(data.get("code")), str(data.get("message")))
+                total = int(resp.headers["X-Godwit-Size"])
+                written = 0
+                zero = bytes(65536)
+                async for chunk in resp.content.iter_chunked(65536):
+                    if chunk == zero[:len(chunk)] and written + len(chunk) < total:
+                        out.seek(len(chunk), 1)  # keep the image sparse
+                    else:
+                        out.write(chunk)
+                    written += len(chunk)
+                    if progress:
+                        progress(written, total)
+                out.truncate(written)
+                return resp.headers["X-Godwit-Point"], written
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, FileNotFoundError,
+                ConnectionRefusedError) as exc:
+            raise self._not_running() from exc
 
     def updates(self) -> AsyncIterator[dict[str, Any]]:
         """The engine's push stream: a ``hello`` snapshot first, then ``event``/``server``/... messages."""

@@ -57,6 +57,18 @@ class DataDir:
         return self.root / "pki"
 
     @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
     def secrets_file(self) -> Path:
         """The 0600 fallback secret store, used only when the admin has no OS keyring."""
         return self.root / "secrets.json"

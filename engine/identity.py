@@ -84,6 +84,9 @@ def create_secrets_and_pki(data_dir: DataDir, ident: ApplianceIdentity, store: S
         store.set(KEY_PASSWORD, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
     if store.get(PASSPHRASE) is None:
         store.set(PASSPHRASE, new_passphrase())
+    from engine.keys import master_key
+
+    master_key(store, create=True)
     pki = open_pki(data_dir, store)
     if not pki.exists():
         pki.create(ident.appliance_id)

@@ -17,6 +17,7 @@ from engine.identity import PASSPHRASE, new_passphrase
 from engine.manager.requests import ServerFacts
 from engine.pki import AppliancePKI
 from engine.records import Disk, ServerStatus, to_json
+from engine.replication import Replication
 from engine.secrets import SecretStore
 from engine.state import StateDB, disks_from_row
 
@@ -40,7 +41,8 @@ def _ago(seconds: float) -> str:
 
 class Inventory:
     def __init__(self, *, state: StateDB, pki: AppliancePKI, secrets: SecretStore, hub: EventHub,
-                 heartbeat_interval: float, management_port: int) -> None:
+                 replication: Replication, heartbeat_interval: float, management_port: int) -> None:
+        self.replication = replication
         self._state = state
         self._pki = pki
         self._secrets = secrets
@@ -60,27 +62,39 @@ class Inventory:
         last = row["last_heartbeat"]
         age = now - last if last is not None else float("inf")
         health, cause, detail = "healthy", None, None
+        summary = self.replication.summary(row, now)
         if age > self.heartbeat_interval * MISSED_FOR_WARNING:
             health = "critical" if age > CRITICAL_AFTER else "warning"
             cause = "agent-not-seen"
             detail = (f"No heartbeat for {_ago(age)}. Check that the mobility service runs on {row['hostname']} "
                       f"and reaches the appliance on port {self.management_port}.")
+        elif summary["cause"] is not None:
+            cause, detail = summary["cause"]
+            health = "critical" if summary["state"] == "error" else "warning"
         return ServerStatus(
             server_id=row["server_id"], name=row["name"], hostname=row["hostname"], os=row["os"],
-            agent_version=row["agent_version"], state="registered", health=health,  # type: ignore[arg-type]
+            agent_version=row["agent_version"], state=summary["state"], health=health,  # type: ignore[arg-type]
             health_cause=cause, health_detail=detail, registered_at=row["registered_at"], last_heartbeat=last,
-            address=row["address"], disks=disks_from_row(row),
+            address=row["address"], disks=self.replication.disk_statuses(row, disks_from_row(row)),
+            replicating=bool(row["replicate"]), policy=row["policy"], max_mbps=row["max_mbps"],
+            rpo_seconds=summary["rpo"], last_recovery_point=summary["last_point"],
         )
+
+    def row(self, name: str) -> Any:
+        row = self._state.server(name=name)
+        if row is None:
+            raise UnknownServer(f"No server named {name!r} is registered. `godwit vm list` shows the names.")
+        return row
+
+    def publish(self, server_id: str) -> None:
+        self._publish(server_id)
 
     def servers(self) -> list[ServerStatus]:
         now = time.time()
         return [self.status(r, now) for r in self._state.servers()]
 
     def server(self, name: str) -> ServerStatus:
-        row = self._state.server(name=name)
-        if row is None:
-            raise UnknownServer(f"No server named {name!r} is registered. `godwit vm list` shows the names.")
-        return self.status(row)
+        return self.status(self.row(name))
 
     def _publish(self, server_id: str) -> None:
         row = self._state.server(server_id=server_id)
@@ -133,15 +147,25 @@ class Inventory:
                          server=name)
         self._publish(server_id)
         return {"server_id": server_id, "name": name, "certificate": cert_pem,
-                **self._desired_state()}
+                **self._desired_state(server_id)}
+
+    def _current(self, server_id: str, serial: int, what: str) -> Any:
+        """The server's row if this certificate is its current one; else :class:`Revoked`."""
+        row = self._state.server(server_id=server_id)
+        if self._state.is_revoked(serial) or row is None or int(row["cert_serial"], 16) != serial:
+            log.warning("%s.refused server_id=%s reason=revoked", what, server_id)
+            raise Revoked("This server's registration was revoked by the appliance admin. To register it again, "
+                          "delete its state directory and run the mobility service with the current passphrase.")
+        return row
+
+    def authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
+        server_id = str(payload["server_id"])
+        row = self._current(server_id, int(payload["serial"]), "stream")
+        return {"name": row["name"], **self.replication.desired_state(row)}
 
     def heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
         server_id, serial = str(payload["server_id"]), int(payload["serial"])
-        row = self._state.server(server_id=server_id)
-        if self._state.is_revoked(serial) or row is None or int(row["cert_serial"], 16) != serial:
-            log.warning("heartbeat.refused server_id=%s reason=revoked", server_id)
-            raise Revoked("This server's registration was revoked by the appliance admin. To register it again, "
-                          "delete its state directory and run the mobility service with the current passphrase.")
+        row = self._current(server_id, serial, "heartbeat")
         facts = _facts(payload)
         was = self._health.get(row["name"])
         self._state.record_heartbeat(server_id, hostname=facts.hostname, os=facts.os,
@@ -151,16 +175,18 @@ class Inventory:
             self._hub.record("info", "server-seen-again", f"{row['name']} is sending heartbeats again.",
                              server=row["name"])
         self._publish(server_id)
-        return self._desired_state()
+        return self._desired_state(server_id)
 
-    def _desired_state(self) -> dict[str, Any]:
-        return {"heartbeat_interval": self.heartbeat_interval, "data_port": self.data_port}
+    def _desired_state(self, server_id: str) -> dict[str, Any]:
+        row = self._state.server(server_id=server_id)
+        return {"heartbeat_interval": self.heartbeat_interval, "data_port": self.data_port,
+                **self.replication.desired_state(row)}
 
     # --- admin -----------------------------------------------------------------------------------
     def forget(self, name: str) -> None:
-        row = self._state.server(name=name)
-        if row is None:
-            raise UnknownServer(f"No server named {name!r} is registered. `godwit vm list` shows the names.")
+        row = self.row(name)
+        if row["replicate"]:
+            self.replication.disable(row)
         self._state.revoke_server(row["server_id"])
         self._health.pop(name, None)
         self._hub.record("warning", "server-forgotten",

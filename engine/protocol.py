@@ -15,6 +15,7 @@ A run is at most :data:`MAX_RUN` bytes and starts on a :data:`BLOCK` boundary.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -73,7 +74,7 @@ def digest(data: bytes | bytearray | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
-def encode_batch(header: BatchHeader, runs: list[tuple[int, int, bytes | bytearray | memoryview | None]]) -> bytes:
+def encode_batch(header: BatchHeader, runs: Sequence[tuple[int, int, bytes | bytearray | memoryview | None]]) -> bytes:
     """Build a batch from ``(offset, length, data)`` runs; ``data`` is ``None`` for a zero run."""
     parts: list[bytes | bytearray | memoryview] = [
         _HEADER.pack(MAGIC, header.disk, header.seq, header.kind, header.bookmark, header.cycle,

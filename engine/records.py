@@ -39,11 +39,46 @@ class ServerStatus:
     registered_at: float
     last_heartbeat: float | None
     address: str | None
-    disks: tuple[Disk, ...] = ()
+    disks: tuple[DiskStatus, ...] = ()
+    replicating: bool = False
+    policy: str | None = None
+    max_mbps: float | None = None
+    rpo_seconds: float | None = None
+    last_recovery_point: float | None = None
 
     @property
     def total_size(self) -> int:
         return sum(d.size for d in self.disks)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A replication policy. Durations in seconds; ``app_consistent_every`` None means off."""
+
+    name: str
+    rpo_threshold: float
+    retention: float
+    crash_consistent_every: float
+    app_consistent_every: float | None
+
+
+@dataclass(frozen=True)
+class DiskStatus:
+    """A source disk and how far its replication is."""
+
+    path: str
+    size: int
+    bytes_done: int = 0
+    bytes_total: int = 0
+    throughput_bps: float = 0.0
+    eta_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryPoint:
+    id: int
+    created_at: float
+    kind: str
 
 
 @dataclass(frozen=True)

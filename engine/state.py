@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.records import Disk, Event, Severity
+from engine.records import Disk, Event, Policy, Severity
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -29,7 +29,18 @@ CREATE TABLE IF NOT EXISTS servers (
     registered_at REAL NOT NULL,
     last_heartbeat REAL,
     address TEXT,
-    disks TEXT NOT NULL DEFAULT '[]'
+    disks TEXT NOT NULL DEFAULT '[]',
+    replicate INTEGER NOT NULL DEFAULT 0,
+    policy TEXT,
+    max_mbps REAL,
+    enabled_at REAL
+);
+CREATE TABLE IF NOT EXISTS policies (
+    name TEXT PRIMARY KEY,
+    rpo_threshold REAL NOT NULL,
+    retention REAL NOT NULL,
+    crash_consistent_every REAL NOT NULL,
+    app_consistent_every REAL
 );
 CREATE TABLE IF NOT EXISTS revoked (
     cert_serial TEXT PRIMARY KEY,
@@ -130,6 +141,31 @@ class StateDB:
             db.execute("INSERT OR IGNORE INTO revoked(cert_serial, server_id, name, revoked_at) VALUES(?,?,?,?)",
                        (row["cert_serial"], server_id, row["name"], time.time()))
             db.execute("DELETE FROM servers WHERE server_id=?", (server_id,))
+
+    def set_replication(self, server_id: str, *, replicate: bool, policy: str | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE servers SET replicate=?, policy=?, enabled_at=? WHERE server_id=?",
+                       (int(replicate), policy, time.time() if replicate else None, server_id))
+
+    def set_max_mbps(self, server_id: str, max_mbps: float | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE servers SET max_mbps=? WHERE server_id=?", (max_mbps, server_id))
+
+    # --- policies ---------------------------------------------------------------------------
+    def policies(self) -> list[Policy]:
+        rows = self._db.execute("SELECT * FROM policies ORDER BY name").fetchall()
+        return [Policy(name=r["name"], rpo_threshold=r["rpo_threshold"], retention=r["retention"],
+                       crash_consistent_every=r["crash_consistent_every"],
+                       app_consistent_every=r["app_consistent_every"]) for r in rows]
+
+    def policy(self, name: str) -> Policy | None:
+        return next((p for p in self.policies() if p.name == name), None)
+
+    def add_policy(self, p: Policy) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO policies(name, rpo_threshold, retention, crash_consistent_every,"
+                       " app_consistent_every) VALUES(?,?,?,?,?)",
+                       (p.name, p.rpo_threshold, p.retention, p.crash_consistent_every, p.app_consistent_every))
 
     def is_revoked(self, serial: int) -> bool:
         row = self._db.execute("SELECT 1 FROM revoked WHERE cert_serial=?", (format(serial, "x"),)).fetchone()

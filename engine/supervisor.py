@@ -34,6 +34,7 @@ from engine.identity import ApplianceIdentity, create_secrets_and_pki
 from engine.inventory import Inventory
 from engine.listener import bind_port
 from engine.records import AgentStatus, EngineStatus, SetupInfo, to_json
+from engine.replication import Replication
 from engine.state import StateDB
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,8 @@ class Engine:
         if hasattr(self, "hub"):
             self.hub.publish({"type": "engine", "engine": to_json(self.status())})
 
-    def _open(self) -> socket.socket:
-        """Identity, secrets, PKI, state and ports; returns the bound management socket."""
+    def _open(self) -> dict[str, socket.socket]:
+        """Identity, secrets, PKI, state and ports; returns the bound sockets by port name."""
         self.data_dir.create()
         ident = ApplianceIdentity.load(self.data_dir)
         first_start = ident is None
@@ -204,14 +205,19 @@ class Engine:
         data = self.config.data_port or int(self.state.get_meta("data_port") or DEFAULT_DATA_PORT)
         if mgmt == data:
             raise PortError(f"The management and data ports must differ (both are {mgmt}).")
-        sock = bind_port(self.config.bind_host, mgmt, what="management", flag="--management-port")
-        # The data port is served from the next release's process-server; check it is usable now.
-        bind_port(self.config.bind_host, data, what="data", flag="--data-port").close()
+        mgmt_sock = bind_port(self.config.bind_host, mgmt, what="management", flag="--management-port")
+        try:
+            data_sock = bind_port(self.config.bind_host, data, what="data", flag="--data-port")
+        except PortError:
+            mgmt_sock.close()
+            raise
         self.state.set_meta("management_port", str(mgmt))
         self.state.set_meta("data_port", str(data))
         self.management_port, self.data_port = mgmt, data
+        self.replication = Replication(state=self.state, hub=self.hub, data_root=self.data_dir.root)
         self.inventory = Inventory(state=self.state, pki=pki, secrets=store, hub=self.hub,
-                                   heartbeat_interval=self.config.heartbeat_interval, management_port=mgmt)
+                                   replication=self.replication, heartbeat_interval=self.config.heartbeat_interval,
+                                   management_port=mgmt)
         self.inventory.data_port = data
         if first_start:
             self.hub.record("info", "appliance-created",
@@ -220,7 +226,7 @@ class Engine:
                 self.hub.record("warning", "secrets-in-file",
                                 "No OS keyring is available: the appliance's secrets are kept in "
                                 f"{self.data_dir.secrets_file}, protected by file permissions only.")
-        return sock
+        return {"management": mgmt_sock, "data": data_sock}
 
     async def _start_unix_site(self, app: web.Application, path: Path) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -240,12 +246,11 @@ class Engine:
 
         ``on_ready`` receives one line for the admin once every socket is up.
         """
-        mgmt_sock = self._open()
+        ports = self._open()
         runners: list[web.AppRunner] = []
         tasks: list[asyncio.Task[None]] = []
         try:
             runners.append(await self._start_unix_site(make_agent_app(self), self.data_dir.agent_socket))
-            ports = {"management": mgmt_sock}
             self.agents = [AgentProcess(spec, self.data_dir, ports.get(spec.port or ""), self.hub,
                                         self._publish_engine) for spec in AGENTS]
             tasks = [asyncio.create_task(a.run(), name=a.spec.name) for a in self.agents]
@@ -267,7 +272,8 @@ class Engine:
             self.hub.close()
             for runner in reversed(runners):
                 await runner.cleanup()
-            mgmt_sock.close()
+            for sock in ports.values():
+                sock.close()
             for path in (self.data_dir.admin_socket, self.data_dir.agent_socket):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

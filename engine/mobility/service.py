@@ -28,6 +28,7 @@ from engine.errors import (
     ProtocolError,
     from_code,
 )
+from engine.mobility.replicator import Desired, Replicator
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class MobilityService:
         self.stop = stop
         self.heartbeat_interval = 5.0
         self.data_port: int | None = None
+        self.replicator: Replicator | None = None
         for d in self.disks:
             if not os.path.exists(d):
                 raise BadInput(f"Disk {d} does not exist: give the path of a block device or disk image with --disk.")
@@ -246,12 +248,38 @@ class MobilityService:
         return ident
 
     def _apply(self, answer: dict[str, Any]) -> None:
+        """Follow what the appliance asks for: heartbeat interval, data port, replicate or not."""
         interval = answer.get("heartbeat_interval")
         if isinstance(interval, int | float) and 0.1 <= interval <= 3600:
             self.heartbeat_interval = float(interval)
         port = answer.get("data_port")
         if isinstance(port, int):
             self.data_port = port
+        if not answer.get("replicate"):
+            if self.replicator is not None:
+                log.info("replication disabled by the appliance: stopping and forgetting local change tracking")
+                self._stop_replicator()
+                for f in self.state_dir.glob("disk*.digests"):
+                    f.unlink()
+            return
+        desired = Desired(data_port=int(answer.get("data_port") or 0), policy=dict(answer.get("policy") or {}),
+                          max_mbps=answer.get("max_mbps"), disk_sizes=[disk_size(d) for d in self.disks])
+        if self.replicator is not None and self.replicator.is_alive() and \
+                self.replicator.desired.data_port == desired.data_port:
+            self.replicator.desired = desired  # policy and bandwidth cap apply live
+            return
+        self._stop_replicator()
+        ca_pem = (self.state_dir / "ca.crt").read_bytes()
+        self.replicator = Replicator(host=self.host, state_dir=self.state_dir, disks=self.disks,
+                                     context=self._context(pinned_ca=ca_pem, client=True), desired=desired)
+        self.replicator.start()
+        log.info("replicating %d disk(s) to %s:%d", len(self.disks), self.host, desired.data_port)
+
+    def _stop_replicator(self) -> None:
+        if self.replicator is not None:
+            self.replicator.stop.set()
+            self.replicator.join(timeout=30)
+            self.replicator = None
 
     def run(self) -> None:
         """Register if needed, then heartbeat until stopped. Raises :class:`EngineError` on refusal."""
@@ -261,12 +289,15 @@ class MobilityService:
         ca_pem = (self.state_dir / "ca.crt").read_bytes()
         ctx = self._context(pinned_ca=ca_pem, client=True)
         log.info("sending heartbeats to %s:%d as %s", self.host, self.port, ident.name)
-        while not self.stop.is_set():
-            answer = self._retrying("heartbeat", lambda: self._json(ctx, "/v1/heartbeat", self.facts()))
-            if answer is not None:
-                self._apply(answer)
-                log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
-            self.stop.wait(self.heartbeat_interval)
+        try:
+            while not self.stop.is_set():
+                answer = self._retrying("heartbeat", lambda: self._json(ctx, "/v1/heartbeat", self.facts()))
+                if answer is not None:
+                    self._apply(answer)
+                    log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
+                self.stop.wait(self.heartbeat_interval)
+        finally:
+            self._stop_replicator()
 
 
 def run(args: Any) -> None:

@@ -10,6 +10,7 @@ page blob per seed disk and blob snapshots (points) without changing any caller.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,10 +41,16 @@ class CacheStore(Protocol):
 
     def used_bytes(self) -> int: ...
 
+    def set_aside(self, server_id: str, disk: int, seq: int) -> None:
+        """Keep a refused segment for inspection, out of the apply order."""
+
 
 class TargetDisk(Protocol):
     size: int
     applied_seq: int
+
+    def locked(self) -> AbstractContextManager[None]:
+        """Exclusive use across processes: the log processor while applying, an export while reading."""
 
     def apply(self, seq: int, blocks: list[Block]) -> None:
         """Write a segment's blocks; durable, and idempotent if repeated after a crash."""

@@ -82,10 +82,12 @@ class LocalCache:
     def used_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.seg"))
 
-    def forget_server(self, server_id: str) -> None:
-        import shutil
-
-        shutil.rmtree(self.root / server_id, ignore_errors=True)
+    def set_aside(self, server_id: str, disk: int, seq: int) -> None:
+        src = self._dir(server_id, disk) / f"{seq:016d}.seg"
+        refused = src.parent / "refused"
+        refused.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            src.rename(refused / src.name)
 
 
 class LocalTargetDisk:

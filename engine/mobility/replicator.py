@@ -1,0 +1,296 @@
+"""The mobility service's data path: initial replication, then delta cycles, to the data port.
+
+Per disk it keeps one 16-byte xxh3 digest per 64 KiB block (``disk<N>.digests`` in the state
+directory). A digest is updated only after the process server acknowledged the block, so after any
+crash a block is sent again rather than lost. Where initial replication stands is asked from the
+process server (the source of truth for what is durable), so it resumes, never restarts.
+Runs in its own thread; the heartbeat loop hands it the desired state.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ApplianceUnreachable, EngineError, ProtocolError, from_code
+from engine.protocol import BLOCK, MAX_RUN, BatchHeader, Bookmark, Kind, digest, encode_batch
+
+log = logging.getLogger(__name__)
+
+BATCH_BYTES = 8 * 1024 * 1024
+DIGEST = 16
+ZERO_DIGEST = digest(bytes(BLOCK))
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+#: Seconds between delta cycles at most (sooner if the policy's crash-consistent cadence is shorter).
+MAX_CYCLE_INTERVAL = 5.0
+
+
+@dataclass
+class Desired:
+    """What the appliance last asked for (set by the heartbeat loop)."""
+
+    data_port: int
+    policy: dict[str, Any]
+    max_mbps: float | None
+    disk_sizes: list[int]
+
+
+class Tracker:
+    """The block digests of one source disk, as last acknowledged by the appliance."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.blocks = -(-size // BLOCK)
+        if path.exists() and path.stat().st_size == self.blocks * DIGEST:
+            self.digests = bytearray(path.read_bytes())
+        else:
+            self.digests = bytearray(ZERO_DIGEST * self.blocks)  # the seed disk starts as zeros
+            path.write_bytes(self.digests)
+        self._fd = os.open(path, os.O_RDWR)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def get(self, block: int) -> bytes:
+        return bytes(self.digests[block * DIGEST:(block + 1) * DIGEST])
+
+    def commit(self, updates: dict[int, bytes]) -> None:
+        """Record acknowledged blocks (no fsync needed: a lost update only means sending again)."""
+        for block, dig in updates.items():
+            self.digests[block * DIGEST:(block + 1) * DIGEST] = dig
+            os.pwrite(self._fd, dig, block * DIGEST)
+
+
+class RateLimit:
+    def __init__(self) -> None:
+        self.mbps: float | None = None
+        self._next = time.monotonic()
+
+    def wait(self, nbytes: int, stop: threading.Event) -> None:
+        if not self.mbps:
+            self._next = time.monotonic()
+            return
+        now = time.monotonic()
+        self._next = max(self._next, now) + nbytes * 8 / (self.mbps * 1e6)
+        if self._next - now > 0:
+            stop.wait(self._next - now)
+
+
+class Replicator(threading.Thread):
+    def __init__(self, *, host: str, state_dir: Path, disks: list[str], context: ssl.SSLContext,
+                 desired: Desired) -> None:
+        super().__init__(name="replicator", daemon=True)
+        self.host = host
+        self.state_dir = state_dir
+        self.disks = disks
+        self.context = context
+        self.desired = desired
+        self.stop = threading.Event()
+        self.rate = RateLimit()
+        self._conn: http.client.HTTPSConnection | None = None
+        self._seq: dict[int, int] = {}
+        self._last_point = 0.0
+        self.error: EngineError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Replicator {self.host}:{self.desired.data_port} seq={self._seq}>"
+
+    # --- HTTPS to the data port -------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
+        if self._conn is None:
+            self._conn = http.client.HTTPSConnection(self.host, self.desired.data_port, context=self.context,
+                                                     timeout=120)
+        try:
+            self._conn.request(method, path, body=body,
+                               headers={"Content-Type": "application/octet-stream"} if body is not None else {})
+            resp = self._conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._conn.close()
+            self._conn = None
+            raise ApplianceUnreachable(f"data port {self.host}:{self.desired.data_port}: "
+                                       f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from exc
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ProtocolError(f"The data port answered {resp.status} without JSON.") from exc
+        if resp.status >= 400:
+            if resp.getheader("Connection", "").lower() == "close":
+                self._conn.close()
+                self._conn = None
+            raise from_code(str(data.get("code")), str(data.get("message")))
+        return data  # type: ignore[no-any-return]
+
+    def _send(self, disk: int, header: BatchHeader, runs: list[tuple[int, int, bytes | None]]) -> dict[str, Any]:
+        """Send one batch until it is acknowledged (retrying what is worth retrying)."""
+        body = encode_batch(header, runs)
+        attempt = 0
+        while not self.stop.is_set():
+            self.rate.mbps = self.desired.max_mbps
+            self.rate.wait(len(body), self.stop)
+            try:
+                return self._request("POST", f"/v1/streams/{disk}/batches", body)
+            except ApplianceUnreachable as exc:
+                log.warning("%s; retrying", exc)
+            except EngineError as exc:
+                if exc.code not in ("cache-full", "engine-not-running"):
+                    raise
+                log.warning("appliance busy (%s); retrying", exc.code)
+            self.stop.wait(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+            attempt += 1
+        raise InterruptedError
+
+    def _batch(self, disk: int, kind: Kind, bookmark: Bookmark, cycle: int, initial_done: int,
+               runs: list[tuple[int, int, bytes | None]], tracker: Tracker, pending: dict[int, bytes]) -> None:
+        seq = self._seq[disk]
+        header = BatchHeader(disk, seq, kind, bookmark, cycle, initial_done, time.time(), len(runs))
+        self._send(disk, header, runs)
+        self._seq[disk] = seq + 1
+        tracker.commit(pending)
+
+    # --- reading the source ---------------------------------------------------------------------------
+    @staticmethod
+    def _extents(fd: int, start: int, size: int) -> list[tuple[int, int]]:
+        """Data extents (block-aligned) from ``start``; holes need not be read."""
+        out: list[tuple[int, int]] = []
+        pos = start
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole remains
+                break
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            lo = data // BLOCK * BLOCK
+            hi = min(size, -(-hole // BLOCK) * BLOCK)
+            if out and lo <= out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+            pos = hole
+        return out
+
+    def _scan(self, disk: int, tracker: Tracker, *, start: int, kind: Kind, bookmark: Bookmark, cycle: int) -> int:
+        """Send every block from ``start`` whose content differs from what the appliance has.
+        Returns the bytes sent. The last batch carries ``bookmark``."""
+        path = self.disks[disk]
+        size = self.desired.disk_sizes[disk]
+        fd = os.open(path, os.O_RDONLY)
+        sent = 0
+        runs: list[tuple[int, int, bytes | None]] = []
+        pending: dict[int, bytes] = {}
+        batch_bytes = 0
+        buf = bytearray(MAX_RUN)
+        zero = bytes(BLOCK)
+        try:
+            extents = self._extents(fd, start, size)
+            # Blocks that are holes now but were data before must be sent as zeros.
+            covered = bytearray(tracker.blocks)
+            for lo, hi in extents:
+                covered[lo // BLOCK:-(-hi // BLOCK)] = b"\x01" * (-(-hi // BLOCK) - lo // BLOCK)
+            holes = [b for b in range(start // BLOCK, tracker.blocks)
+                     if not covered[b] and tracker.get(b) != ZERO_DIGEST]
+            work: list[tuple[int, int, bool]] = [(b * BLOCK, min(BLOCK, size - b * BLOCK), True) for b in holes]
+            for lo, hi in extents:
+                work += [(off, min(MAX_RUN, hi - off), False) for off in range(lo, hi, MAX_RUN)]
+            work.sort()
+            for off, length, is_hole in work:
+                if self.stop.is_set():
+                    raise InterruptedError
+                if is_hole:
+                    runs.append((off, length, None))
+                    pending[off // BLOCK] = ZERO_DIGEST
+                else:
+                    view = memoryview(buf)[:length]
+                    got = os.preadv(fd, [view], off)
+                    if got < length:
+                        view[got:] = bytes(length - got)  # the disk shrank under us
+                    run_start = None
+                    for boff in range(0, length, BLOCK):
+                        block = view[boff:boff + BLOCK]
+                        bno = (off + boff) // BLOCK
+                        dig = digest(block)
+                        if dig == tracker.get(bno):
+                            if run_start is not None:
+                                runs.append((off + run_start, boff - run_start, bytes(view[run_start:boff])))
+                                run_start = None
+                            continue
+                        pending[bno] = dig
+                        if bytes(block) == zero[:len(block)]:
+                            if run_start is not None:
+                                runs.append((off + run_start, boff - run_start, bytes(view[run_start:boff])))
+                                run_start = None
+                            runs.append((off + boff, len(block), None))
+                        elif run_start is None:
+                            run_start = boff
+                    if run_start is not None:
+                        runs.append((off + run_start, length - run_start, bytes(view[run_start:length])))
+                batch_bytes = sum(r[1] for r in runs if r[2] is not None)
+                if batch_bytes >= BATCH_BYTES or len(runs) >= 2048:
+                    self._batch(disk, kind, Bookmark.NONE, cycle, off + length if kind == Kind.INITIAL else 0,
+                                runs, tracker, pending)
+                    sent += batch_bytes
+                    runs, pending = [], {}
+            sent += sum(r[1] for r in runs if r[2] is not None)
+            self._batch(disk, kind, bookmark, cycle, size if kind == Kind.INITIAL else 0, runs, tracker, pending)
+        finally:
+            os.close(fd)
+        return sent
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    def _bookmark(self, now: float) -> Bookmark:
+        every = float(self.desired.policy.get("crash_consistent_every", 300))
+        if now - self._last_point >= every:
+            self._last_point = now
+            return Bookmark.CRASH_POINT
+        return Bookmark.CYCLE_END
+
+    def run(self) -> None:
+        trackers: list[Tracker] = []
+        try:
+            streams = {}
+            while not self.stop.is_set():
+                try:
+                    streams = {d["disk"]: d for d in self._request("GET", "/v1/streams")["disks"]}
+                    break
+                except ApplianceUnreachable as exc:
+                    log.warning("%s; retrying", exc)
+                    self.stop.wait(2.0)
+            for i, size in enumerate(self.desired.disk_sizes):
+                trackers.append(Tracker(self.state_dir / f"disk{i}.digests", size))
+                self._seq[i] = int(streams.get(i, {}).get("acked_seq", 0)) + 1
+            for i, tracker in enumerate(trackers):
+                state = streams.get(i, {})
+                if not state.get("initial_complete"):
+                    start = int(state.get("initial_done", 0)) // BLOCK * BLOCK
+                    log.info("initial replication of %s from offset %d", self.disks[i], start)
+                    self._scan(i, tracker, start=start, kind=Kind.INITIAL, bookmark=Bookmark.CYCLE_END,
+                               cycle=int(time.time() * 1000))
+                    log.info("initial replication of %s complete", self.disks[i])
+            self._last_point = 0.0  # the first cycle after (any) initial replication is a recovery point
+            while not self.stop.is_set():
+                started = time.time()
+                cycle = int(started * 1000)
+                bookmark = self._bookmark(started)
+                sent = sum(self._scan(i, t, start=0, kind=Kind.DELTA, bookmark=bookmark, cycle=cycle)
+                           for i, t in enumerate(trackers))
+                log.debug("delta cycle %d: %d bytes in %.3f s", cycle, sent, time.time() - started)
+                interval = min(MAX_CYCLE_INTERVAL, float(self.desired.policy.get("crash_consistent_every", 300)))
+                self.stop.wait(max(0.0, interval - (time.time() - started)))
+        except InterruptedError:
+            pass
+        except EngineError as exc:
+            self.error = exc
+            log.error("replication stopped: %s", exc)
+        finally:
+            for t in trackers:
+                t.close()
+            if self._conn is not None:
+                self._conn.close()

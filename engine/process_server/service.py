@@ -1,0 +1,198 @@
+"""The data port: mobility services stream batches of changed blocks here.
+
+For each batch: the sender's certificate must be its server's current one and the server must be
+replicating; the sequence number must be the next one for that disk; the body must parse and every
+run must match its digest and lie inside the disk. The batch becomes one encrypted, authenticated
+segment in the cache, made durable (fsync) before the acknowledgement is sent. CPU work runs in a
+thread pool, never on the loop that serves the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import zstandard
+from aiohttp import web
+
+from engine.agents import AgentContext
+from engine.client import UnixJsonClient
+from engine.codec import SegmentIdent, seal
+from engine.errors import CertificateRequired, ConfigError, EngineError, ProtocolError
+from engine.identity import ApplianceIdentity, open_pki
+from engine.keys import DataKeys, master_key
+from engine.listener import TlsListener, error_middleware
+from engine.pki import peer_identity
+from engine.process_server.streams import Streams, StreamState
+from engine.protocol import MAX_BATCH, Bookmark, Kind, decode_batch
+from engine.storage import open_local_cache
+
+log = logging.getLogger(__name__)
+
+#: A batch body must arrive at least this fast (bytes/s), plus a grace, or the connection is dropped.
+MIN_RATE = 64 * 1024
+BODY_GRACE = 30.0
+AUTH_TTL = 1.0
+REPORT_EVERY = 0.5
+DEFAULT_CACHE_LIMIT_MB = 4096
+
+
+class OutOfOrder(EngineError):
+    code = "out-of-order"
+    status = 409
+
+
+class NotReplicating(EngineError):
+    code = "not-replicating"
+    status = 403
+
+
+class CacheFull(EngineError):
+    code = "cache-full"
+    status = 503
+
+
+class ProcessServer:
+    def __init__(self, ctx: AgentContext) -> None:
+        ident = ApplianceIdentity.load(ctx.data_dir)
+        if ident is None:
+            raise ConfigError("process-server must be started by the engine supervisor.")
+        store = ident.secrets(ctx.data_dir)
+        self.pki = open_pki(ctx.data_dir, store)
+        self.keys = DataKeys(ctx.data_dir.keys, master_key(store))
+        self.cache = open_local_cache(ctx.data_dir.cache)
+        self.streams = Streams(ctx.data_dir.cache)
+        self.link = UnixJsonClient(ctx.data_dir.agent_socket, what="The engine supervisor is not reachable.")
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="process")
+        self.cache_limit = int(os.environ.get("GODWIT_CACHE_LIMIT_MB", DEFAULT_CACHE_LIMIT_MB)) * 1024 * 1024
+        self.cache_used = 0
+        self._auth: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._reports: dict[tuple[str, int], dict[str, Any]] = {}
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"<ProcessServer streams={self.streams} cache_used={self.cache_used}>"
+
+    async def authorize(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+        peer = peer_identity(request.transport.get_extra_info("peercert") if request.transport else None)
+        if peer is None:
+            raise CertificateRequired("The data port needs the client certificate this appliance issued.")
+        key = (peer.server_id, peer.serial)
+        cached = self._auth.get(key)
+        if cached is None or time.monotonic() - cached[0] > AUTH_TTL:
+            desired = await self.link.request("POST", "/agent/authorize",
+                                              {"server_id": peer.server_id, "serial": peer.serial})
+            cached = (time.monotonic(), desired)
+            self._auth[key] = cached
+        desired = cached[1]
+        if not desired.get("replicate"):
+            self.streams.forget(peer.server_id)
+            raise NotReplicating(f"Replication of {desired.get('name')} is not enabled on the appliance.")
+        return peer.server_id, desired
+
+    def _seal(self, server_id: str, seq: int, body: bytes, disk: int, size: int) -> tuple[bytes, Any]:
+        """Runs in the pool: parse and check the batch, then build the segment."""
+        header, runs = decode_batch(body, disk_size=size)
+        if header.disk != disk:
+            raise ProtocolError("The batch names another disk than its URL.")
+        if header.seq != seq:
+            raise OutOfOrder(f"Expected batch {seq} of disk {disk}, got {header.seq}.")
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:  # one per pool thread: a compressor is not safe to share
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=1)
+        segment = seal(self.keys.get(server_id, create=True), SegmentIdent(server_id, disk, seq), header, runs,
+                       compressor)
+        return segment, header
+
+    async def batch(self, request: web.Request) -> web.Response:
+        server_id, desired = await self.authorize(request)
+        try:
+            disk = int(request.match_info["disk"])
+            size = int(desired["disks"][disk]["size"])
+        except (ValueError, IndexError, KeyError) as exc:
+            raise ProtocolError("No such disk on this server.") from exc
+        length = request.content_length
+        if length is None or length > MAX_BATCH:
+            raise ProtocolError(f"A batch needs a Content-Length of at most {MAX_BATCH} bytes.")
+        lock = self._locks.setdefault((server_id, disk), asyncio.Lock())
+        async with lock:
+            state = self.streams.get(server_id, disk)
+            expected = state.acked_seq + 1
+            try:
+                async with asyncio.timeout(BODY_GRACE + length / MIN_RATE):
+                    body = await request.read()
+            except TimeoutError as exc:
+                raise ProtocolError(f"The batch arrived slower than {MIN_RATE // 1024} KiB/s; "
+                                    "the connection was dropped.") from exc
+            if self.cache_used + len(body) > self.cache_limit:
+                self._report(server_id, disk, state, cache_full=True)
+                raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
+            loop = asyncio.get_running_loop()
+            segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, expected, body, disk, size)
+            await loop.run_in_executor(self.pool, self.cache.put_segment, server_id, disk, expected, segment)
+            self.cache_used += len(segment)
+            new = StreamState(acked_seq=expected, initial_done=max(state.initial_done, header.initial_done),
+                              initial_complete=state.initial_complete or (
+                                  header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
+                              bytes_received=state.bytes_received + len(body))
+            await loop.run_in_executor(self.pool, self.streams.save, server_id, disk, new)
+        log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, expected, len(body))
+        self._report(server_id, disk, new, cache_full=False)
+        return web.json_response(asdict(new))
+
+    async def stream_states(self, request: web.Request) -> web.Response:
+        server_id, desired = await self.authorize(request)
+        states = [{"disk": d["index"], **asdict(self.streams.get(server_id, int(d["index"])))}
+                  for d in desired.get("disks", [])]
+        return web.json_response({"disks": states})
+
+    def _report(self, server_id: str, disk: int, state: StreamState, *, cache_full: bool) -> None:
+        self._reports[(server_id, disk)] = {"server_id": server_id, "disk": disk, **asdict(state),
+                                            "cache_full": cache_full}
+
+    async def report_loop(self) -> None:
+        """Progress to the supervisor, coalesced; and the cache's real size (the log processor frees it)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REPORT_EVERY)
+            self.cache_used = await loop.run_in_executor(self.pool, self.cache.used_bytes)
+            reports, self._reports = self._reports, {}
+            for report in reports.values():
+                try:
+                    await self.link.request("POST", "/agent/received", report)
+                except EngineError as exc:
+                    log.warning("report.failed %s", exc)
+
+
+async def serve(ctx: AgentContext) -> None:
+    if ctx.listen_fd is None:
+        raise ConfigError("process-server must be started by the engine supervisor.")
+    server = ProcessServer(ctx)
+    server.cache_used = server.cache.used_bytes()
+    app = web.Application(client_max_size=MAX_BATCH, middlewares=[error_middleware("data")])
+    app.router.add_get("/v1/streams", server.stream_states)
+    app.router.add_post("/v1/streams/{disk}/batches", server.batch)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=TlsListener.peer_logger())
+    await runner.setup()
+    sock = socket.socket(fileno=ctx.listen_fd)
+    sock.setblocking(False)
+    listener = TlsListener(sock, server.pki.server_context(), runner, port_name="data")
+    listener.start()
+    reporter = asyncio.create_task(server.report_loop())
+    log.info("data.listening address=%s", sock.getsockname())
+    try:
+        await ctx.stop.wait()
+    finally:
+        reporter.cancel()
+        await listener.close()
+        await runner.cleanup()
+        await server.link.aclose()
+        server.pool.shutdown(wait=True)

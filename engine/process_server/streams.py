@@ -1,0 +1,51 @@
+"""Where each disk's stream stands, durably: what was acknowledged, how far initial replication is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.storage.local import write_durably
+
+
+@dataclass
+class StreamState:
+    acked_seq: int = 0
+    initial_done: int = 0
+    initial_complete: bool = False
+    bytes_received: int = 0
+
+
+class Streams:
+    """One JSON file per disk in the cache directory, replaced atomically after each segment."""
+
+    def __init__(self, cache_root: Path) -> None:
+        self._root = cache_root
+        self._states: dict[tuple[str, int], StreamState] = {}
+
+    def __repr__(self) -> str:
+        return f"<Streams {len(self._states)} loaded>"
+
+    def _path(self, server_id: str, disk: int) -> Path:
+        return self._root / server_id / f"disk{disk}" / "stream.json"
+
+    def get(self, server_id: str, disk: int) -> StreamState:
+        key = (server_id, disk)
+        if key not in self._states:
+            path = self._path(server_id, disk)
+            state = StreamState()
+            if path.exists():
+                state = StreamState(**json.loads(path.read_text()))
+            self._states[key] = state
+        return self._states[key]
+
+    def save(self, server_id: str, disk: int, state: StreamState) -> None:
+        path = self._path(server_id, disk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, json.dumps(asdict(state)).encode())
+        self._states[(server_id, disk)] = state
+
+    def forget(self, server_id: str) -> None:
+        for key in [k for k in self._states if k[0] == server_id]:
+            del self._states[key]

@@ -1,0 +1,217 @@
+"""Replication as the supervisor tracks it: policies, enabling, and what the agents report.
+
+The process server reports what it acknowledged per disk, the log processor what it applied and
+which recovery points exist; from these the supervisor derives each server's state, progress,
+RPO and health, and tells the mobility services (through heartbeats) what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import BadInput, NotFound
+from engine.events import EventHub
+from engine.records import Disk, DiskStatus, Policy, RecoveryPoint
+from engine.state import StateDB, disks_from_row
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICY = Policy(name="default", rpo_threshold=15 * 60, retention=24 * 3600, crash_consistent_every=5 * 60,
+                        app_consistent_every=4 * 3600)
+MAX_RETENTION = 15 * 24 * 3600
+#: Seconds without acknowledged progress before an initial replication is called stalled.
+STALL_AFTER = 120.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, what: str) -> float:
+    match = _DURATION.match(text.lower())
+    if not match:
+        raise BadInput(f"{what} {text!r} is not a duration such as 30s, 15m, 4h or 2d.")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def make_policy(name: str, *, rpo_threshold: str, retention: str, crash_consistent_every: str,
+                app_consistent_every: str) -> Policy:
+    """A policy from what an admin typed, checked against the product's limits."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", name):
+        raise BadInput(f"Policy name {name!r}: use letters, digits, '-', '_' or '.' (at most 63).")
+    p = Policy(name=name, rpo_threshold=parse_duration(rpo_threshold, "--rpo-threshold"),
+               retention=parse_duration(retention, "--retention"),
+               crash_consistent_every=parse_duration(crash_consistent_every, "--crash-consistent-every"),
+               app_consistent_every=None if app_consistent_every.strip().lower() == "off"
+               else parse_duration(app_consistent_every, "--app-consistent-every"))
+    if not 0 < p.retention <= MAX_RETENTION:
+        raise BadInput("--retention must be more than 0 and at most 15 days.")
+    if p.crash_consistent_every < 1:
+        raise BadInput("--crash-consistent-every must be at least 1 s.")
+    if p.rpo_threshold < 1:
+        raise BadInput("--rpo-threshold must be at least 1 s.")
+    if p.app_consistent_every is not None and not 3600 <= p.app_consistent_every <= 12 * 3600:
+        raise BadInput("--app-consistent-every must be between 1h and 12h, or off.")
+    return p
+
+
+@dataclass
+class DiskProgress:
+    acked_seq: int = 0
+    initial_done: int = 0
+    initial_complete: bool = False
+    bytes_received: int = 0
+    last_progress_at: float = field(default_factory=time.time)
+    throughput_bps: float = 0.0
+    applied_seq: int = 0
+    last_bookmark_time: float | None = None  # appliance time at which the newest applied cycle ended
+    points: list[RecoveryPoint] = field(default_factory=list)
+    error: str | None = None
+
+
+class Replication:
+    def __init__(self, *, state: StateDB, hub: EventHub, data_root: Path) -> None:
+        self._state = state
+        self._hub = hub
+        self._root = data_root
+        self._disks: dict[tuple[str, int], DiskProgress] = {}
+        self.cache_full: dict[str, bool] = {}
+        if state.policy(DEFAULT_POLICY.name) is None:
+            state.add_policy(DEFAULT_POLICY)
+
+    def __repr__(self) -> str:
+        return f"<Replication disks={len(self._disks)}>"
+
+    # --- policies ------------------------------------------------------------------------------
+    def create_policy(self, p: Policy) -> Policy:
+        if self._state.policy(p.name) is not None:
+            raise BadInput(f"A policy named {p.name!r} exists already; `godwit policy show {p.name}` shows it.")
+        self._state.add_policy(p)
+        self._hub.record("info", "policy-created", f"Replication policy {p.name} created.")
+        return p
+
+    def policy(self, name: str) -> Policy:
+        p = self._state.policy(name)
+        if p is None:
+            raise NotFound(f"No policy named {name!r}. `godwit policy list` shows the policies.")
+        return p
+
+    # --- enabling ------------------------------------------------------------------------------
+    def enable(self, row: Any, policy: str | None) -> None:
+        p = self.policy(policy or DEFAULT_POLICY.name)
+        self._state.set_replication(row["server_id"], replicate=True, policy=p.name)
+        self._hub.record("info", "replication-enabled", f"Replication of {row['name']} enabled with policy "
+                         f"{p.name}; initial replication starts at its next heartbeat.", server=row["name"])
+
+    def disable(self, row: Any) -> None:
+        """Stop replicating and free the server's cache and target data."""
+        self._state.set_replication(row["server_id"], replicate=False, policy=None)
+        for key in [k for k in self._disks if k[0] == row["server_id"]]:
+            del self._disks[key]
+        for sub in ("cache", "target"):
+            shutil.rmtree(self._root / sub / row["server_id"], ignore_errors=True)
+        self._hub.record("warning", "replication-disabled", f"Replication of {row['name']} disabled; its recovery "
+                         "points and cached data were deleted.", server=row["name"])
+
+    def desired_state(self, row: Any) -> dict[str, Any]:
+        """What the mobility service and the agents should do for this server."""
+        replicate = bool(row["replicate"])
+        desired: dict[str, Any] = {"replicate": replicate, "max_mbps": row["max_mbps"]}
+        if replicate:
+            p = self.policy(row["policy"])
+            desired["policy"] = {"name": p.name, "crash_consistent_every": p.crash_consistent_every,
+                                 "app_consistent_every": p.app_consistent_every, "retention": p.retention}
+            desired["disks"] = [{"index": i, "size": d.size} for i, d in enumerate(disks_from_row(row))]
+        return desired
+
+    # --- reports from the agents -------------------------------------------------------------------
+    def progress(self, server_id: str, disk: int) -> DiskProgress:
+        return self._disks.setdefault((server_id, disk), DiskProgress())
+
+    def report_received(self, payload: dict[str, Any]) -> bool:
+        """From the process server; returns True when an initial replication just completed."""
+        p = self.progress(str(payload["server_id"]), int(payload["disk"]))
+        now = time.time()
+        received = int(payload["bytes_received"])
+        if received > p.bytes_received:
+            dt = max(now - p.last_progress_at, 1e-3)
+            rate = (received - p.bytes_received) / dt
+            p.throughput_bps = rate if p.throughput_bps == 0 else 0.7 * p.throughput_bps + 0.3 * rate
+            p.last_progress_at = now
+        p.bytes_received = max(p.bytes_received, received)
+        p.acked_seq = max(p.acked_seq, int(payload["acked_seq"]))
+        p.initial_done = max(p.initial_done, int(payload["initial_done"]))
+        completed = bool(payload["initial_complete"]) and not p.initial_complete
+        p.initial_complete = p.initial_complete or bool(payload["initial_complete"])
+        self.cache_full[str(payload["server_id"])] = bool(payload.get("cache_full"))
+        return completed
+
+    def report_applied(self, payload: dict[str, Any]) -> list[RecoveryPoint]:
+        """From the log processor; returns the recovery points that are new."""
+        p = self.progress(str(payload["server_id"]), int(payload["disk"]))
+        p.applied_seq = int(payload["applied_seq"])
+        if payload.get("bookmark_time"):
+            p.last_bookmark_time = float(payload["bookmark_time"])
+        p.error = payload.get("error")
+        known = {pt.id for pt in p.points}
+        p.points = [RecoveryPoint(id=int(x["id"]), created_at=float(x["created_at"]), kind=str(x["kind"]))
+                    for x in payload.get("points", [])]
+        return [pt for pt in p.points if pt.id not in known]
+
+    # --- what the admin sees ---------------------------------------------------------------------
+    def points(self, row: Any) -> list[RecoveryPoint]:
+        """Recovery points of the whole server: those every disk has."""
+        disks = disks_from_row(row)
+        if not disks:
+            return []
+        per_disk = [{pt.id: pt for pt in self.progress(row["server_id"], i).points} for i in range(len(disks))]
+        common = set(per_disk[0]).intersection(*per_disk[1:])
+        return sorted((per_disk[0][i] for i in common), key=lambda pt: pt.id)
+
+    def disk_statuses(self, row: Any, disks: tuple[Disk, ...]) -> tuple[DiskStatus, ...]:
+        out = []
+        for i, d in enumerate(disks):
+            p = self.progress(row["server_id"], i)
+            done = d.size if p.initial_complete else min(p.initial_done, d.size)
+            eta = None
+            if not p.initial_complete and p.throughput_bps > 0 and row["replicate"]:
+                eta = (d.size - done) / p.throughput_bps
+            out.append(DiskStatus(path=d.path, size=d.size, bytes_done=done if row["replicate"] else 0,
+                                  bytes_total=d.size, throughput_bps=p.throughput_bps if row["replicate"] else 0.0,
+                                  eta_seconds=eta))
+        return tuple(out)
+
+    def summary(self, row: Any, now: float) -> dict[str, Any]:
+        """State, RPO, last point and the replication health cause (if any) of a server."""
+        disks = disks_from_row(row)
+        if not row["replicate"]:
+            return {"state": "registered", "rpo": None, "last_point": None, "cause": None}
+        progress = [self.progress(row["server_id"], i) for i in range(len(disks))]
+        points = self.points(row)
+        errors = [p.error for p in progress if p.error]
+        if errors:
+            return {"state": "error", "rpo": None, "last_point": points[-1].created_at if points else None,
+                    "cause": ("segment-corrupt", errors[0])}
+        complete = bool(progress) and all(p.initial_complete for p in progress)
+        state = "protected" if complete and points else "initial-replication"
+        bookmarks = [p.last_bookmark_time for p in progress if p.last_bookmark_time is not None]
+        rpo = now - min(bookmarks) if complete and len(bookmarks) == len(progress) else None
+        cause = None
+        policy = self._state.policy(row["policy"])
+        if self.cache_full.get(row["server_id"]):
+            cause = ("cache-full", "The appliance's cache is full: replication waits until the log processor "
+                     "catches up. Free space on the appliance or add cache storage.")
+        elif state == "initial-replication" and progress and \
+                min(now - p.last_progress_at for p in progress) > STALL_AFTER:
+            cause = ("initial-replication-stalled", "Initial replication made no progress for "
+                     f"{STALL_AFTER / 60:.0f} min. Check that the source server reaches the data port.")
+        elif rpo is not None and policy is not None and rpo > policy.rpo_threshold:
+            cause = ("rpo-exceeded", f"The RPO is {rpo / 60:.1f} min, above the policy's threshold of "
+                     f"{policy.rpo_threshold / 60:.0f} min. Check the source server's network and the appliance's "
+                     "load.")
+        return {"state": state, "rpo": rpo, "last_point": points[-1].created_at if points else None,
+                "cause": cause}
