@@ -25,7 +25,11 @@ from engine.errors import ProtocolError
 
 BLOCK = 64 * 1024
 MAX_RUN = 1024 * 1024
-MAX_BATCH = 8 * 1024 * 1024 + 64 * 1024
+#: A sender cuts a batch once it holds this much data or MAX_RUNS runs ...
+BATCH_DATA = 8 * 1024 * 1024
+MAX_RUNS = 2048
+#: ... so no batch body is larger than this.
+MAX_BATCH = BATCH_DATA + MAX_RUN + (MAX_RUNS + 1) * 29 + 64
 _HEADER = struct.Struct(">8sIQBBQQdI")
 _RUN = struct.Struct(">QIB16s")
 MAGIC = b"GDWBAT01"

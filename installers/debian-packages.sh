@@ -11,6 +11,8 @@ packages=(
   libxcb-shape0 libxkbcommon-x11-0
   # a real Secret Service (OS keyring) for the keyring test
   dbus gnome-keyring
+  # qemu-img compares exported fixed VHDs with raw images
+  qemu-utils
   # venv for Debian's own python3
   python3-venv
 )

@@ -217,3 +217,38 @@ class Mobility:
         assert self.proc is not None
         self.proc.wait(timeout=timeout)
         return self.proc.returncode, self.output
+
+
+def fill_disk(path: Path, size: int, *, seed: int = 1) -> bytes:
+    """A sparse source disk with text, binary and random regions; returns its full content."""
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.write(b"\xeb\x63\x90GODWIT" + bytes(500))
+        pos = 256 * 1024
+        while pos < size - 512 * 1024:
+            n = rng.randint(1, 8) * 65536
+            kind = rng.choice(("text", "random", "hole"))
+            f.seek(pos)
+            if kind == "text":
+                f.write((b"line %d of the log\n" % pos * (n // 16))[:n])
+            elif kind == "random":
+                f.write(rng.randbytes(n))
+            pos += n + rng.randint(0, 4) * 65536
+    return path.read_bytes()
+
+
+def change_disk(path: Path, *, seed: int, writes: int = 20) -> None:
+    """Random 4 KiB-1 MiB writes, some of zeros, as a running server would make."""
+    import random
+
+    rng = random.Random(seed)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        for _ in range(writes):
+            n = rng.randint(1, 256) * 4096
+            off = rng.randrange(0, size - n) // 4096 * 4096
+            f.seek(off)
+            f.write(bytes(n) if rng.random() < 0.15 else rng.randbytes(n))

@@ -21,11 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ApplianceUnreachable, EngineError, ProtocolError, from_code
-from engine.protocol import BLOCK, MAX_RUN, BatchHeader, Bookmark, Kind, digest, encode_batch
+from engine.protocol import (
+    BATCH_DATA,
+    BLOCK,
+    MAX_RUN,
+    MAX_RUNS,
+    BatchHeader,
+    Bookmark,
+    Kind,
+    digest,
+    encode_batch,
+)
 
 log = logging.getLogger(__name__)
 
-BATCH_BYTES = 8 * 1024 * 1024
 DIGEST = 16
 ZERO_DIGEST = digest(bytes(BLOCK))
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
@@ -233,7 +242,7 @@ class Replicator(threading.Thread):
                     if run_start is not None:
                         runs.append((off + run_start, length - run_start, bytes(view[run_start:length])))
                 batch_bytes = sum(r[1] for r in runs if r[2] is not None)
-                if batch_bytes >= BATCH_BYTES or len(runs) >= 2048:
+                if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK:
                     self._batch(disk, kind, Bookmark.NONE, cycle, off + length if kind == Kind.INITIAL else 0,
                                 runs, tracker, pending)
                     sent += batch_bytes
