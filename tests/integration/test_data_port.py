@@ -1,0 +1,116 @@
+"""Bad input on the data port, and cache segments altered on disk: refused, reported, nothing applied."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.protocol import BLOCK, BatchHeader, Bookmark, Kind, encode_batch
+from tests.appliance import Appliance, Mobility, change_disk, fill_disk, wait_for
+from tests.integration.test_replication import agent_pid, enable, export, points
+
+MiB = 1024 * 1024
+
+
+def _protected(app: Appliance, name: str, size: int = 4 * MiB) -> tuple[Mobility, Path]:
+    disk = app.root / f"{name}.img"
+    fill_disk(disk, size, seed=11)
+    mob = Mobility(app, name, disks=[disk]).start()
+    wait_for(lambda: app.servers().get(name), what="registration")
+    enable(app, name)
+    wait_for(lambda: app.servers()[name]["state"] == "protected", timeout=60, what="protection")
+    return mob, disk
+
+
+def _post(app: Appliance, state_dir: Path, disk: int, body: bytes) -> tuple[int, dict[str, Any]]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(state_dir / "ca.crt")
+    ctx.load_cert_chain(state_dir / "client.crt", state_dir / "client.key")
+    conn = http.client.HTTPSConnection("127.0.0.1", app.data_port, context=ctx, timeout=30)
+    try:
+        conn.request("POST", f"/v1/streams/{disk}/batches", body=body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def _stream(app: Appliance) -> dict[str, Any]:
+    (path,) = list((app.data_dir / "cache").rglob("stream.json"))
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_path: Path) -> None:
+    mob, disk = _protected(appliance, "edge-01")
+    mob.stop()  # hold the stream still while we poke at it
+    before = _stream(appliance)
+    seq = before["acked_seq"] + 1
+    size = disk.stat().st_size
+    good = os.urandom(BLOCK)
+
+    def batch(seq: int, runs: list[tuple[int, int, bytes | None]], disk_index: int = 0) -> bytes:
+        return encode_batch(BatchHeader(disk_index, seq, Kind.DELTA, Bookmark.NONE, 1, 0, time.time(), 0), runs)
+
+    wrong_digest = bytearray(batch(seq, [(0, BLOCK, good)]))
+    wrong_digest[-1] ^= 1
+    cases = [
+        (bytes(wrong_digest), 0, 400, "does not match its digest"),
+        (batch(seq + 1, [(0, BLOCK, good)]), 0, 409, "Expected batch"),          # skips a sequence number
+        (batch(seq - 1, [(0, BLOCK, good)]), 0, 409, "Expected batch"),          # a replay
+        (batch(seq, [(size, BLOCK, good)]), 0, 400, "outside the disk"),         # beyond the disk
+        (batch(seq, [(100, BLOCK, good)]), 0, 400, "block-aligned"),
+        (batch(seq, [(0, BLOCK, good)])[:-10], 0, 400, "truncated"),
+        (batch(seq, [(0, BLOCK, good)], disk_index=3), 3, 400, "No such disk"),
+        (b"GDWBAT01" + b"\xff" * 20, 0, 400, "shorter than its header"),
+    ]
+    for body, disk_index, status, why in cases:
+        code, answer = _post(appliance, mob.state_dir, disk_index, body)
+        assert (code, why in answer["message"]) == (status, True), (why, code, answer)
+    assert _stream(appliance) == before
+    assert "Traceback" not in appliance.log("process-server")
+
+    # A well-formed batch is still accepted afterwards: nothing was left half-done.
+    code, answer = _post(appliance, mob.state_dir, 0, batch(seq, [(0, BLOCK, good)]))
+    assert (code, answer["acked_seq"]) == (200, seq)
+
+    # Revoked: its certificate no longer writes anything.
+    assert appliance.cli("vm", "forget", "edge-01").returncode == 0
+    code, answer = _post(appliance, mob.state_dir, 0, batch(seq + 1, [(0, BLOCK, good)]))
+    assert code == 403 and answer["code"] == "registration-revoked"
+
+
+def test_altered_segment_is_refused_and_reported(appliance: Appliance, tmp_path: Path) -> None:
+    mob, disk = _protected(appliance, "tamper-01")
+    try:
+        good_points = points(appliance, "tamper-01")
+        processor = agent_pid(appliance, "log-processor")
+        os.kill(processor, signal.SIGSTOP)
+        try:
+            change_disk(disk, seed=5, writes=5)
+            cache = appliance.data_dir / "cache"
+            segment = wait_for(lambda: sorted(cache.rglob("*.seg"))[-1:] and sorted(cache.rglob("*.seg"))[0],
+                               what="a new segment waiting in the cache")
+            data = bytearray(segment.read_bytes())
+            data[len(data) // 2] ^= 0x40
+            segment.write_bytes(bytes(data))
+        finally:
+            os.kill(processor, signal.SIGCONT)
+        server = wait_for(lambda: (s := appliance.servers()["tamper-01"])["state"] == "error" and s,
+                          what="the refusal to be reported")
+        assert server["health"] == "critical" and server["health_cause"] == "segment-corrupt"
+        assert "failed authentication" in server["health_detail"] or "truncated" in server["health_detail"]
+        assert "segment-refused" in [e["code"] for e in appliance.events()]
+        assert list((cache).rglob("refused/*.seg"))
+        # Nothing of it was applied: the last good point exports as it was.
+        last = good_points[-1]
+        assert points(appliance, "tamper-01")[: len(good_points)] == good_points
+        assert export(appliance, "tamper-01", last["id"], tmp_path / "p").exists()
+    finally:
+        mob.stop()
