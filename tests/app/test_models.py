@@ -10,14 +10,15 @@ from pytestqt.qtbot import QtBot
 from app.bridge import Event, ServerStatus
 from app.models.events import MAX_ROWS, EventsModel
 from app.models.servers import KeyRole, ServersModel, SortRole
-from engine.records import Disk  # test data only; the console itself gets records from the bridge
+from engine.records import DiskStatus  # test data only; the console itself gets records from the bridge
 
 
 def server(name: str, **kw: object) -> ServerStatus:
     base: dict[str, object] = dict(server_id=name, name=name, hostname=f"{name}.lan", os="Debian 12",
                                    agent_version="0.1.0", state="registered", health="healthy", health_cause=None,
                                    health_detail=None, registered_at=time.time() - 60, last_heartbeat=time.time(),
-                                   address="10.0.0.5", disks=(Disk("/dev/sda", 5 << 30), Disk("/dev/sdb", 1 << 40)))
+                                   address="10.0.0.5",
+                                   disks=(DiskStatus("/dev/sda", 5 << 30), DiskStatus("/dev/sdb", 1 << 40)))
     base.update(kw)
     return ServerStatus(**base)  # type: ignore[arg-type]
 

@@ -8,7 +8,7 @@ import pytest
 from engine.errors import ProtocolError
 from engine.events import EventHub
 from engine.manager.requests import Registration
-from engine.records import Disk, Event, ServerStatus, from_json, to_json
+from engine.records import Disk, DiskStatus, Event, ServerStatus, from_json, to_json
 from engine.state import StateDB
 
 
@@ -38,7 +38,7 @@ def test_events_are_paged_oldest_first(tmp_path: Path) -> None:
 def test_records_survive_json() -> None:
     s = ServerStatus(server_id="1", name="n", hostname="h", os="o", agent_version="v", state="registered",
                      health="healthy", health_cause=None, health_detail=None, registered_at=1.0,
-                     last_heartbeat=None, address=None, disks=(Disk("/a", 1), Disk("/b", 2)))
+                     last_heartbeat=None, address=None, disks=(DiskStatus("/a", 1), DiskStatus("/b", 2)))
     assert from_json(ServerStatus, to_json(s)) == s
     assert from_json(ServerStatus, {**to_json(s), "added_by_a_newer_engine": 1}) == s
     assert s.total_size == 3

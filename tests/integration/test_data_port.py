@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.process_server.service import AUTH_TTL
 from engine.protocol import BLOCK, BatchHeader, Bookmark, Kind, encode_batch
 from tests.appliance import Appliance, Mobility, change_disk, fill_disk, wait_for
 from tests.integration.test_replication import agent_pid, enable, export, points
@@ -80,8 +81,9 @@ def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_pa
     code, answer = _post(appliance, mob.state_dir, 0, batch(seq, [(0, BLOCK, good)]))
     assert (code, answer["acked_seq"]) == (200, seq)
 
-    # Revoked: its certificate no longer writes anything.
+    # Revoked: its certificate no longer writes anything (the data port re-checks within AUTH_TTL).
     assert appliance.cli("vm", "forget", "edge-01").returncode == 0
+    time.sleep(AUTH_TTL + 0.1)
     code, answer = _post(appliance, mob.state_dir, 0, batch(seq + 1, [(0, BLOCK, good)]))
     assert code == 403 and answer["code"] == "registration-revoked"
 

@@ -72,8 +72,9 @@ def test_initial_delta_and_old_points_are_byte_exact(appliance: Appliance, tmp_p
         assert export(appliance, "web-01", first["id"], tmp_path / "c").read_bytes() == v1
         if shutil.which("qemu-img"):
             vhd = export(appliance, "web-01", p2["id"], tmp_path / "d", fmt="vhd")
-            res = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vpc", str(tmp_path / "b" / "web-01-disk0.raw"),
-                                  str(vhd)], capture_output=True, text=True)
+            raw = tmp_path / "b" / "web-01-disk0.raw"
+            res = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vpc", str(raw), str(vhd)],
+                                 capture_output=True, text=True)
             assert res.returncode == 0 and "identical" in res.stdout, res.stdout + res.stderr
         shown = appliance.servers()["web-01"]
         assert shown["rpo_seconds"] is not None and shown["rpo_seconds"] < 30
