@@ -23,7 +23,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from engine.client import AdminClient
 from engine.config import DataDir, default_data_dir
 from engine.errors import EngineError, EngineNotRunning
-from engine.records import EngineStatus, Event, ServerStatus, SetupInfo, from_json
+from engine.records import EngineStatus, Event, Policy, ServerStatus, SetupInfo, from_json
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ EVENTS_ON_ATTACH = 500
 ENGINE_START_TIMEOUT = 60.0
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 3.0)
 
-__all__ = ["DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event", "ServerStatus", "SetupInfo",
+__all__ = ["DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event", "Policy", "ServerStatus", "SetupInfo",
            "default_data_dir", "setup_console_logging"]
 
 
@@ -199,3 +199,12 @@ class EngineBridge(QObject):
 
     async def forget_server(self, name: str) -> None:
         await self.client.forget_server(name)
+
+    async def policies(self) -> list[Policy]:
+        return await self.client.policies()
+
+    async def enable(self, name: str, policy: str) -> ServerStatus:
+        return await self.client.enable(name, policy)
+
+    async def disable(self, name: str) -> ServerStatus:
+        return await self.client.disable(name)

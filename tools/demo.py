@@ -1,9 +1,12 @@
-"""``make demo``: a real appliance with three registered sample source servers, in the console.
+"""``make demo``: a real appliance replicating three sample source servers, in the console.
 
 Starts ``godwit serve`` on a demo data directory (ports above 1024), writes three sparse sample
-disks with realistic content, starts a real mobility service for each, and opens the console. With
-no display it runs the console on a virtual framebuffer (Xvfb), saves screenshots of its pages and
-prints the server list. Everything keeps running in the background until ``make demo-stop``.
+disks with realistic content, starts a real mobility service for each, enables replication with a
+fast demo policy (a crash-consistent point every 30 s), keeps a little churn going on the disks,
+and opens the console. db-01 and files-01 replicate under a bandwidth cap so their initial
+replication can be watched. With no display it runs the console on a virtual framebuffer (Xvfb),
+saves screenshots of its pages and prints the server list. Everything keeps running in the
+background until ``make demo-stop``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 PY = sys.executable
 SERVERS = {"web-01": 256, "db-01": 384, "files-01": 512}  # name -> disk size in MiB
+CAPS = {"db-01": "400", "files-01": "150"}  # Mbit/s, so initial replication is visible
 PORTS = (10443, 19443)
 MiB = 1024 * 1024
 
@@ -142,6 +146,27 @@ def start(demo: Path) -> int:
             return 1
         time.sleep(0.2)
 
+    if godwit("policy", "show", "demo", "--data-dir", str(appliance)).returncode != 0:
+        godwit("policy", "create", "demo", "--rpo-threshold", "5m", "--retention", "2h", "--crash-consistent-every",
+               "30s", "--app-consistent-every", "off", "--data-dir", str(appliance))
+    for name in SERVERS:
+        if not next(s for s in listed if s["name"] == name)["replicating"]:
+            if name in CAPS:
+                godwit("vm", "set", name, "--max-mbps", CAPS[name], "--data-dir", str(appliance))
+            godwit("vm", "enable", name, "--policy", "demo", "--data-dir", str(appliance))
+    churn = demo / "churn.pid"
+    if not (churn.exists() and alive(int(churn.read_text()))):
+        proc = subprocess.Popen([PY, __file__, "--dir", str(demo), "--churn"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        churn.write_text(str(proc.pid))
+    print("demo: replication enabled (policy 'demo'); waiting for web-01's first recovery point")
+    deadline = time.monotonic() + 120
+    while godwit("vm", "points", "web-01", "--json", "--data-dir", str(appliance)).stdout.strip() in ("", "[]"):
+        if time.monotonic() > deadline:
+            print("demo: web-01 has no recovery point after 120 s; see .demo/appliance/logs", file=sys.stderr)
+            break
+        time.sleep(0.5)
+
     console = [PY, "-m", "app", "--data-dir", str(appliance)]
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
         print("demo: opening the console; close it when done (replication keeps running).")
@@ -169,8 +194,26 @@ def start(demo: Path) -> int:
     return 0
 
 
+def churn(demo: Path) -> None:
+    """A little ongoing change on the sample disks: a few 4 KiB-256 KiB writes every few seconds."""
+    rng = random.Random()
+    disks = [demo / "sources" / name / "disk0.img" for name in SERVERS]
+    while True:
+        for disk in disks:
+            size = disk.stat().st_size
+            with open(disk, "r+b") as f:
+                for _ in range(rng.randint(1, 4)):
+                    n = rng.randint(1, 64) * 4096
+                    f.seek(rng.randrange(0, size - n) // 4096 * 4096)
+                    text = b"log line %d\n" % rng.randint(0, 10**6)
+                    f.write(rng.randbytes(n) if rng.random() < 0.5 else (text * (n // len(text) + 1))[:n])
+        time.sleep(rng.uniform(2, 6))
+
+
 def stop(demo: Path) -> int:
     pids = [int(p.read_text()) for p in (demo / "sources").glob("*/mobility.pid") if p.read_text().strip()]
+    if (demo / "churn.pid").exists():
+        pids.append(int((demo / "churn.pid").read_text()))
     engine = engine_pid(demo / "appliance")
     if alive(engine):
         pids.append(engine)  # type: ignore[arg-type]
@@ -180,8 +223,8 @@ def stop(demo: Path) -> int:
     deadline = time.monotonic() + 15
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for p in (demo / "sources").glob("*/mobility.pid"):
-        p.unlink()
+    for p in [*(demo / "sources").glob("*/mobility.pid"), demo / "churn.pid"]:
+        p.unlink(missing_ok=True)
     print(f"demo: stopped ({len(pids)} processes). The demo data stays in {demo}; `make clean` removes it.")
     return 0
 
@@ -190,8 +233,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, default=Path(".demo"))
     parser.add_argument("--stop", action="store_true")
+    parser.add_argument("--churn", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     demo = args.dir.resolve()
+    if args.churn:
+        churn(demo)
+        return 0
     return stop(demo) if args.stop else start(demo)
 
 

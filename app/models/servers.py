@@ -10,15 +10,21 @@ from PySide6.QtGui import QColor
 
 from app.bridge import ServerStatus
 from app.models.table import Index, RecordTableModel
-from app.widgets.formatting import age_text, health_colour, health_text
+from app.widgets.formatting import age_text, duration_text, health_colour, health_text, tr
 
 SortRole = Qt.ItemDataRole.UserRole  #: native, comparable Python value for sorting (sizes overflow Qt ints)
 KeyRole = Qt.ItemDataRole.UserRole + 1  #: the server's name, the row's key
+ProgressRole = Qt.ItemDataRole.UserRole + 2  #: initial replication progress in per mille, or None
+
+
+def progress_of(s: ServerStatus) -> tuple[int, int]:
+    return sum(d.bytes_done for d in s.disks), sum(d.bytes_total for d in s.disks)
 
 
 class ServersModel(RecordTableModel[ServerStatus]):
-    NAME, OS, DISKS, SIZE, LAST_HEARTBEAT, STATE, HEALTH = range(7)
-    HEADERS = ("Name", "OS", "Disks", "Total size", "Last heartbeat", "State", "Health")
+    NAME, OS, SIZE, STATE, PROGRESS, THROUGHPUT, RPO, LAST_POINT, HEALTH, LAST_HEARTBEAT = range(10)
+    HEADERS = ("Name", "OS", "Size", "Status", "Progress", "Throughput", "RPO", "Last point", "Health",
+               "Heartbeat")
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -49,7 +55,9 @@ class ServersModel(RecordTableModel[ServerStatus]):
             self.endInsertRows()
             return
         old, self._rows[row] = self._rows[row], status
-        changed = [c for c in range(len(self.HEADERS)) if self._display(old, c) != self._display(status, c)]
+        changed = [c for c in range(len(self.HEADERS))
+                   if self._display(old, c) != self._display(status, c)
+                   or (c == self.PROGRESS and self._progress(old) != self._progress(status))]
         if changed:
             self.dataChanged.emit(self.index(row, min(changed)), self.index(row, max(changed)))
 
@@ -62,33 +70,60 @@ class ServersModel(RecordTableModel[ServerStatus]):
         self.endRemoveRows()
 
     def refresh_ages(self) -> None:
-        """Last-heartbeat ages move with the clock; repaint that column only."""
+        """Ages move with the clock; repaint those columns only."""
         if self._rows:
-            self.dataChanged.emit(self.index(0, self.LAST_HEARTBEAT),
-                                  self.index(len(self._rows) - 1, self.LAST_HEARTBEAT),
+            self.dataChanged.emit(self.index(0, self.RPO), self.index(len(self._rows) - 1, self.LAST_HEARTBEAT),
                                   [Qt.ItemDataRole.DisplayRole])
 
     def server(self, row: int) -> ServerStatus:
         return self._rows[row]
 
     # --- Qt model -------------------------------------------------------------------------------
-    def _size(self, n: int) -> str:
-        return self._locale.formattedDataSize(n, 1, QLocale.DataSizeFormat.DataSizeIecFormat)
+    def _size(self, n: float) -> str:
+        return self._locale.formattedDataSize(int(n), 1, QLocale.DataSizeFormat.DataSizeIecFormat)
+
+    @staticmethod
+    def _progress(s: ServerStatus) -> int | None:
+        done, total = progress_of(s)
+        if not s.replicating or total == 0:
+            return None
+        return int(1000 * done / total)
 
     def _display(self, s: ServerStatus, column: int) -> str:
         if column == self.NAME:
             return s.name
         if column == self.OS:
             return s.os
-        if column == self.DISKS:
-            return str(len(s.disks))
         if column == self.SIZE:
             return self._size(s.total_size)
-        if column == self.LAST_HEARTBEAT:
-            return age_text(s.last_heartbeat)
         if column == self.STATE:
-            return s.state.replace("-", " ").capitalize()
-        return health_text(s.health, s.health_cause)
+            return tr(s.state.replace("-", " ").capitalize())
+        if column == self.PROGRESS:
+            return self._progress_text(s)
+        if column == self.THROUGHPUT:
+            rate = sum(d.throughput_bps for d in s.disks)
+            return self._size(rate) + "/s" if s.state == "initial-replication" and rate else ""
+        if column == self.RPO:
+            return duration_text(s.rpo_seconds) if s.rpo_seconds is not None else ""
+        if column == self.LAST_POINT:
+            return age_text(s.last_recovery_point) if s.last_recovery_point else ""
+        if column == self.HEALTH:
+            return health_text(s.health, s.health_cause)
+        return age_text(s.last_heartbeat)
+
+    def _progress_text(self, s: ServerStatus) -> str:
+        done, total = progress_of(s)
+        if not s.replicating:
+            return tr("Not replicating")
+        if s.state != "initial-replication":
+            return tr("Done")
+        short = QLocale.DataSizeFormat.DataSizeIecFormat
+        text = (f"{100 * done / total:.0f}% · {self._locale.formattedDataSize(done, 0, short)} / "
+                f"{self._locale.formattedDataSize(total, 0, short)}") if total else ""
+        etas = [d.eta_seconds for d in s.disks if d.eta_seconds is not None]
+        if etas:
+            text += " · " + duration_text(max(etas))
+        return text
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         s, col = self._record(index), index.column()
@@ -96,22 +131,29 @@ class ServersModel(RecordTableModel[ServerStatus]):
             return None
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(s, col)
+        if role == ProgressRole:
+            return self._progress(s) if col == self.PROGRESS and s.state == "initial-replication" else None
         if role == SortRole:
-            return {self.DISKS: len(s.disks), self.SIZE: s.total_size,
+            return {self.SIZE: s.total_size, self.PROGRESS: progress_of(s)[0],
+                    self.THROUGHPUT: sum(d.throughput_bps for d in s.disks), self.RPO: s.rpo_seconds or 0.0,
+                    self.LAST_POINT: -(s.last_recovery_point or 0.0),
                     self.LAST_HEARTBEAT: -(s.last_heartbeat or 0.0)}.get(col, self._display(s, col).lower())
         if role == KeyRole:
             return s.name
         if role == Qt.ItemDataRole.ToolTipRole:
-            if col == self.DISKS:
+            if col == self.SIZE:
                 return "\n".join(f"{d.path}  {self._size(d.size)}" for d in s.disks)
             if col == self.HEALTH and s.health_detail:
                 return s.health_detail
             if col == self.LAST_HEARTBEAT and s.last_heartbeat:
                 return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.last_heartbeat))
+            if col == self.LAST_POINT and s.last_recovery_point:
+                return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.last_recovery_point))
             if col == self.NAME:
-                return f"{s.hostname} · {s.address or 'unknown address'} · mobility {s.agent_version}"
+                policy = f" · policy {s.policy}" if s.policy else ""
+                return f"{s.hostname} · {s.address or 'unknown address'} · mobility {s.agent_version}{policy}"
         if role == Qt.ItemDataRole.ForegroundRole and col == self.HEALTH:
             return QColor(health_colour(s.health))
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (self.DISKS, self.SIZE):
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (self.SIZE, self.THROUGHPUT, self.RPO):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None

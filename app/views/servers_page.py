@@ -6,11 +6,12 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QStackedLayout, QVBoxLayout, QWidget
 from qasync import asyncSlot
 
-from app.bridge import EngineBridge
+from app.bridge import EngineBridge, ServerStatus
 from app.errors import show_error
-from app.models.servers import ServersModel, SortRole
-from app.widgets.dialogs import confirm
+from app.models.servers import ProgressRole, ServersModel, SortRole
+from app.widgets.dialogs import choose, confirm
 from app.widgets.formatting import tr
+from app.widgets.progress_delegate import ProgressDelegate
 from app.widgets.record_table import RecordTable
 
 
@@ -21,8 +22,10 @@ class ServersPage(QWidget):
         self.model = ServersModel(self)
         self.table = RecordTable(self.model, sort_role=SortRole, sort_column=ServersModel.NAME,
                                  order=Qt.SortOrder.AscendingOrder, object_name="servers_table")
-        for col, width in ((ServersModel.NAME, 160), (ServersModel.OS, 240), (ServersModel.DISKS, 60),
-                           (ServersModel.SIZE, 100), (ServersModel.LAST_HEARTBEAT, 120), (ServersModel.STATE, 110)):
+        self.table.setItemDelegateForColumn(ServersModel.PROGRESS, ProgressDelegate(ProgressRole, self.table))
+        for col, width in ((ServersModel.NAME, 85), (ServersModel.OS, 120), (ServersModel.SIZE, 75),
+                           (ServersModel.STATE, 115), (ServersModel.PROGRESS, 205), (ServersModel.THROUGHPUT, 92),
+                           (ServersModel.RPO, 50), (ServersModel.LAST_POINT, 90), (ServersModel.HEALTH, 80)):
             self.table.setColumnWidth(col, width)
 
         self.empty = QLabel(tr("No source servers are registered yet.\n\nOn the Setup page you find the command "
@@ -33,6 +36,11 @@ class ServersPage(QWidget):
         self.stack.addWidget(self.table)
 
         self.count = QLabel(objectName="servers_count")
+        self.enable_button = QPushButton(tr("Enable replication…"), objectName="enable_replication", enabled=False)
+        self.enable_button.clicked.connect(self.on_enable_button_clicked)
+        self.disable_button = QPushButton(tr("Disable…"), objectName="disable_replication", enabled=False)
+        self.disable_button.setToolTip(tr("Stop replicating the selected server and delete its recovery points."))
+        self.disable_button.clicked.connect(self.on_disable_button_clicked)
         self.forget_button = QPushButton(tr("Forget…"), objectName="forget_server", enabled=False)
         self.forget_button.setToolTip(tr("Revoke the selected server's certificate and remove it from the list."))
         self.forget_button.clicked.connect(self.on_forget_button_clicked)
@@ -40,6 +48,8 @@ class ServersPage(QWidget):
         bar.addWidget(QLabel(tr("Replicating servers"), objectName="page_title"))
         bar.addStretch(1)
         bar.addWidget(self.count)
+        bar.addWidget(self.enable_button)
+        bar.addWidget(self.disable_button)
         bar.addWidget(self.forget_button)
 
         layout = QVBoxLayout(self)
@@ -48,6 +58,7 @@ class ServersPage(QWidget):
 
         bridge.servers_reset.connect(self.model.set_rows)
         bridge.server_updated.connect(self.model.update_server)
+        bridge.server_updated.connect(lambda _s: self._update_buttons())
         bridge.server_removed.connect(self.model.remove_server)
         for signal in (self.model.modelReset, self.model.rowsInserted, self.model.rowsRemoved):
             signal.connect(self._update_counts)
@@ -64,13 +75,54 @@ class ServersPage(QWidget):
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        self.forget_button.setEnabled(self.selected_name() is not None)
+        server = self.selected()
+        self.forget_button.setEnabled(server is not None)
+        self.enable_button.setEnabled(server is not None and not server.replicating)
+        self.disable_button.setEnabled(server is not None and server.replicating)
 
-    def selected_name(self) -> str | None:
+    def selected(self) -> ServerStatus | None:
         rows = self.table.selectionModel().selectedRows()
         if not rows:
             return None
-        return self.model.server(self.table.source_row(rows[0].row())).name
+        return self.model.server(self.table.source_row(rows[0].row()))
+
+    def selected_name(self) -> str | None:
+        server = self.selected()
+        return server.name if server else None
+
+    @asyncSlot()
+    async def on_enable_button_clicked(self) -> None:
+        name = self.selected_name()
+        if name is None:
+            return
+        self.enable_button.setEnabled(False)
+        try:
+            policies = [p.name for p in await self.bridge.policies()]
+            policy = await choose(self, tr("Enable replication of %s") % name,
+                                  tr("Choose the replication policy. Initial replication starts at the server's "
+                                     "next heartbeat."), policies, tr("Enable"))
+            if policy is not None:
+                await self.bridge.enable(name, policy)
+        except Exception as exc:
+            show_error(self, exc)
+        finally:
+            self._update_buttons()
+
+    @asyncSlot()
+    async def on_disable_button_clicked(self) -> None:
+        name = self.selected_name()
+        if name is None or not await confirm(
+                self, tr("Disable replication of %s?") % name,
+                tr("Replication stops and %s's recovery points and cached data on the appliance are deleted.") % name,
+                tr("Disable")):
+            return
+        self.disable_button.setEnabled(False)
+        try:
+            await self.bridge.disable(name)
+        except Exception as exc:
+            show_error(self, exc)
+        finally:
+            self._update_buttons()
 
     @asyncSlot()
     async def on_forget_button_clicked(self) -> None:

@@ -27,6 +27,14 @@ def age_text(ts: float | None, now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return tr("%d s") % seconds
+    if seconds < 5400:
+        return tr("%d min") % (seconds / 60)
+    return tr("%.1f h") % (seconds / 3600)
+
+
 def health_text(health: str, cause: str | None) -> str:
     text = tr(health.capitalize())
     if cause:
