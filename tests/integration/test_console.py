@@ -178,3 +178,46 @@ async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QA
         finally:
             await bridge.aclose()
             window.close()
+
+
+async def test_console_enables_and_disables_replication(appliance: Appliance, qapp: QApplication) -> None:
+    from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox
+
+    from tests.appliance import fill_disk
+
+    disk = appliance.root / "src.img"
+    fill_disk(disk, 8 * 1024 * 1024, seed=3)
+    bridge = EngineBridge(appliance.data_dir, start_engine=False)
+    window = MainWindow(bridge)
+    window.show()
+    bridge.start()
+    mob = Mobility(appliance, "app-01", disks=[disk]).start()
+    page = window.servers_page
+    model = page.model
+    try:
+        await until(lambda: model.rowCount() == 1, what="app-01 in the table")
+        page.table.selectRow(0)
+        assert page.enable_button.isEnabled() and not page.disable_button.isEnabled()
+        assert model.data(model.index(0, model.PROGRESS)) == "Not replicating"
+        page.enable_button.click()
+        await until(lambda: isinstance(QApplication.activeModalWidget(), QDialog), what="the policy dialog")
+        dialog = QApplication.activeModalWidget()
+        combo = dialog.findChild(QComboBox, "choice")
+        assert combo is not None and combo.currentText() == "default"
+        buttons = dialog.findChild(QDialogButtonBox)
+        next(b for b in buttons.buttons() if b.text() == "Enable").click()
+        await until(lambda: model.server(0).state == "protected", timeout=60, what="app-01 to be protected")
+        assert model.data(model.index(0, model.STATE)) == "Protected"
+        assert model.server(0).last_recovery_point is not None
+        assert model.data(model.index(0, model.LAST_POINT)) == "just now"
+        assert page.disable_button.isEnabled() and not page.enable_button.isEnabled()
+        page.disable_button.click()
+        await until(lambda: isinstance(QApplication.activeModalWidget(), QMessageBox), what="the confirmation")
+        box = QApplication.activeModalWidget()
+        next(b for b in box.buttons() if b.text() == "Disable").click()
+        await until(lambda: not model.server(0).replicating, what="replication to stop")
+        assert model.data(model.index(0, model.STATE)) == "Registered"
+    finally:
+        mob.stop()
+        await bridge.aclose()
+        window.close()
