@@ -13,6 +13,7 @@ import http.client
 import json
 import logging
 import os
+import queue
 import ssl
 import threading
 import time
@@ -108,6 +109,9 @@ class Replicator(threading.Thread):
         self._seq: dict[int, int] = {}
         self._last_point = 0.0
         self.error: EngineError | None = None
+        #: Batches read and encoded, waiting for the sender thread (2: one in flight, one ready).
+        self._outbox: queue.Queue[tuple[int, bytes, Tracker, dict[int, bytes]]] = queue.Queue(maxsize=2)
+        self._sender_error: EngineError | None = None
 
     def __repr__(self) -> str:
         return f"<Replicator {self.host}:{self.desired.data_port} seq={self._seq}>"
@@ -138,9 +142,8 @@ class Replicator(threading.Thread):
             raise from_code(str(data.get("code")), str(data.get("message")))
         return data  # type: ignore[no-any-return]
 
-    def _send(self, disk: int, header: BatchHeader, runs: list[tuple[int, int, bytes | None]]) -> dict[str, Any]:
+    def _send(self, disk: int, body: bytes) -> dict[str, Any]:
         """Send one batch until it is acknowledged (retrying what is worth retrying)."""
-        body = encode_batch(header, runs)
         attempt = 0
         while not self.stop.is_set():
             self.rate.mbps = self.desired.max_mbps
@@ -159,11 +162,48 @@ class Replicator(threading.Thread):
 
     def _batch(self, disk: int, kind: Kind, bookmark: Bookmark, cycle: int, initial_done: int,
                runs: list[tuple[int, int, bytes | None]], tracker: Tracker, pending: dict[int, bytes]) -> None:
+        """Queue a batch for the sender thread, so that reading the next one overlaps with this one's trip."""
         seq = self._seq[disk]
         header = BatchHeader(disk, seq, kind, bookmark, cycle, initial_done, time.time(), len(runs))
-        self._send(disk, header, runs)
+        body = encode_batch(header, runs)
         self._seq[disk] = seq + 1
-        tracker.commit(pending)
+        while not self.stop.is_set():
+            self._raise_sender_error()
+            try:
+                self._outbox.put((disk, body, tracker, pending), timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise InterruptedError
+
+    def _drain(self) -> None:
+        """Wait until every queued batch is acknowledged (the end of a cycle)."""
+        while self._outbox.unfinished_tasks:
+            self._raise_sender_error()
+            if self.stop.wait(0.005):
+                raise InterruptedError
+        self._raise_sender_error()
+
+    def _raise_sender_error(self) -> None:
+        if self._sender_error is not None:
+            raise self._sender_error
+
+    def _sender(self) -> None:
+        while not self.stop.is_set():
+            try:
+                disk, body, tracker, pending = self._outbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._send(disk, body)
+                tracker.commit(pending)  # only what the appliance acknowledged counts as sent
+            except InterruptedError:
+                return
+            except EngineError as exc:
+                self._sender_error = exc
+                return
+            finally:
+                self._outbox.task_done()
 
     # --- reading the source ---------------------------------------------------------------------------
     @staticmethod
@@ -263,6 +303,8 @@ class Replicator(threading.Thread):
 
     def run(self) -> None:
         trackers: list[Tracker] = []
+        sender = threading.Thread(target=self._sender, name="replicator-sender", daemon=True)
+        sender.start()
         try:
             streams = {}
             while not self.stop.is_set():
@@ -282,6 +324,7 @@ class Replicator(threading.Thread):
                     log.info("initial replication of %s from offset %d", self.disks[i], start)
                     self._scan(i, tracker, start=start, kind=Kind.INITIAL, bookmark=Bookmark.CYCLE_END,
                                cycle=int(time.time() * 1000))
+                    self._drain()
                     log.info("initial replication of %s complete", self.disks[i])
             self._last_point = 0.0  # the first cycle after (any) initial replication is a recovery point
             while not self.stop.is_set():
@@ -290,6 +333,7 @@ class Replicator(threading.Thread):
                 bookmark = self._bookmark(started)
                 sent = sum(self._scan(i, t, start=0, kind=Kind.DELTA, bookmark=bookmark, cycle=cycle)
                            for i, t in enumerate(trackers))
+                self._drain()
                 log.debug("delta cycle %d: %d bytes in %.3f s", cycle, sent, time.time() - started)
                 interval = min(MAX_CYCLE_INTERVAL, float(self.desired.policy.get("crash_consistent_every", 300)))
                 self.stop.wait(max(0.0, interval - (time.time() - started)))
@@ -299,6 +343,8 @@ class Replicator(threading.Thread):
             self.error = exc
             log.error("replication stopped: %s", exc)
         finally:
+            self.stop.set()
+            sender.join(timeout=30)
             for t in trackers:
                 t.close()
             if self._conn is not None:
