@@ -7,6 +7,7 @@ RPO and health, and tells the mobility services (through heartbeats) what to do.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -103,7 +104,11 @@ class Replication:
     # --- enabling ------------------------------------------------------------------------------
     def enable(self, row: Any, policy: str | None) -> None:
         p = self.policy(policy or DEFAULT_POLICY.name)
-        self._state.set_replication(row["server_id"], replicate=True, policy=p.name)
+        disks = disks_from_row(row)
+        if not disks or any(d.size == 0 for d in disks):
+            raise BadInput(f"{row['name']} reports a missing or empty disk; fix it on the source server first.")
+        self._state.set_replication(row["server_id"], replicate=True, policy=p.name,
+                                    disk_sizes=[d.size for d in disks])
         self._hub.record("info", "replication-enabled", f"Replication of {row['name']} enabled with policy "
                          f"{p.name}; initial replication starts at its next heartbeat.", server=row["name"])
 
@@ -125,7 +130,7 @@ class Replication:
             p = self.policy(row["policy"])
             desired["policy"] = {"name": p.name, "crash_consistent_every": p.crash_consistent_every,
                                  "app_consistent_every": p.app_consistent_every, "retention": p.retention}
-            desired["disks"] = [{"index": i, "size": d.size} for i, d in enumerate(disks_from_row(row))]
+            desired["disks"] = [{"index": i, "size": size} for i, size in enumerate(replicated_sizes(row))]
         return desired
 
     # --- reports from the agents -------------------------------------------------------------------
@@ -192,6 +197,10 @@ class Replication:
             return {"state": "registered", "rpo": None, "last_point": None, "cause": None}
         progress = [self.progress(row["server_id"], i) for i in range(len(disks))]
         points = self.points(row)
+        last_point = points[-1].created_at if points else None
+        changed = disk_change(row)
+        if changed is not None:
+            return {"state": "error", "rpo": None, "last_point": last_point, "cause": changed}
         errors = [p.error for p in progress if p.error]
         if errors:
             return {"state": "error", "rpo": None, "last_point": points[-1].created_at if points else None,
@@ -215,3 +224,25 @@ class Replication:
                      "load.")
         return {"state": state, "rpo": rpo, "last_point": points[-1].created_at if points else None,
                 "cause": cause}
+
+
+def replicated_sizes(row: Any) -> list[int]:
+    """Disk sizes as they were when replication was enabled (the seed disks' sizes)."""
+    raw = row["replicated_disks"]
+    return [int(x) for x in json.loads(raw)] if raw else [d.size for d in disks_from_row(row)]
+
+
+def disk_change(row: Any) -> tuple[str, str] | None:
+    """A source disk that vanished or changed size since replication was enabled, as a health cause."""
+    now = disks_from_row(row)
+    then = replicated_sizes(row)
+    for i, size in enumerate(then):
+        if i >= len(now) or now[i].size == 0:
+            path = now[i].path if i < len(now) else f"disk {i}"
+            return ("disk-missing", f"{path} is gone from {row['name']} (or cannot be read): replication of it is "
+                    "paused. Reattach it, or disable and enable replication to start over without it.")
+        if now[i].size != size:
+            return ("disk-size-changed", f"{now[i].path} on {row['name']} changed size from {size} to "
+                    f"{now[i].size} bytes: replication is paused. Disable and enable replication to start over "
+                    "with the new size.")
+    return None

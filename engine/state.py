@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS servers (
     replicate INTEGER NOT NULL DEFAULT 0,
     policy TEXT,
     max_mbps REAL,
-    enabled_at REAL
+    enabled_at REAL,
+    replicated_disks TEXT
 );
 CREATE TABLE IF NOT EXISTS policies (
     name TEXT PRIMARY KEY,
@@ -142,10 +143,13 @@ class StateDB:
                        (row["cert_serial"], server_id, row["name"], time.time()))
             db.execute("DELETE FROM servers WHERE server_id=?", (server_id,))
 
-    def set_replication(self, server_id: str, *, replicate: bool, policy: str | None) -> None:
+    def set_replication(self, server_id: str, *, replicate: bool, policy: str | None,
+                        disk_sizes: list[int] | None = None) -> None:
+        """Start or stop replicating; ``disk_sizes`` are the sizes the seed disks are made with."""
         with self._tx() as db:
-            db.execute("UPDATE servers SET replicate=?, policy=?, enabled_at=? WHERE server_id=?",
-                       (int(replicate), policy, time.time() if replicate else None, server_id))
+            db.execute("UPDATE servers SET replicate=?, policy=?, enabled_at=?, replicated_disks=? WHERE server_id=?",
+                       (int(replicate), policy, time.time() if replicate else None,
+                        json.dumps(disk_sizes) if replicate else None, server_id))
 
     def set_max_mbps(self, server_id: str, max_mbps: float | None) -> None:
         with self._tx() as db:

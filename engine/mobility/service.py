@@ -147,11 +147,9 @@ class MobilityService:
     def facts(self) -> dict[str, Any]:
         disks = []
         for d in self.disks:
-            try:
-                size = disk_size(d)
-            except OSError as exc:
-                log.warning("disk %s cannot be read (%s); reported with size 0", d, exc.strerror)
-                size = 0
+            size = self._size_or_zero(d)
+            if size == 0:
+                log.warning("disk %s is missing or cannot be read; reported with size 0", d)
             disks.append({"path": d, "size": size})
         return {"hostname": socket.gethostname(), "os": describe_os(), "agent_version": __version__, "disks": disks}
 
@@ -262,8 +260,16 @@ class MobilityService:
                 for f in self.state_dir.glob("disk*.digests"):
                     f.unlink()
             return
+        sizes = [int(d["size"]) for d in answer.get("disks", [])]
+        local = [self._size_or_zero(d) for d in self.disks]
+        if sizes != local:
+            if self.replicator is not None:
+                log.error("a disk vanished or changed size (appliance has %s, here %s): replication paused",
+                          sizes, local)
+            self._stop_replicator()
+            return
         desired = Desired(data_port=int(answer.get("data_port") or 0), policy=dict(answer.get("policy") or {}),
-                          max_mbps=answer.get("max_mbps"), disk_sizes=[disk_size(d) for d in self.disks])
+                          max_mbps=answer.get("max_mbps"), disk_sizes=sizes)
         if self.replicator is not None and self.replicator.is_alive() and \
                 self.replicator.desired.data_port == desired.data_port:
             self.replicator.desired = desired  # policy and bandwidth cap apply live
@@ -274,6 +280,13 @@ class MobilityService:
                                      context=self._context(pinned_ca=ca_pem, client=True), desired=desired)
         self.replicator.start()
         log.info("replicating %d disk(s) to %s:%d", len(self.disks), self.host, desired.data_port)
+
+    @staticmethod
+    def _size_or_zero(path: str) -> int:
+        try:
+            return disk_size(path)
+        except OSError:
+            return 0
 
     def _stop_replicator(self) -> None:
         if self.replicator is not None:

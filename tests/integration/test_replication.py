@@ -182,3 +182,27 @@ def test_policy_validation(appliance: Appliance) -> None:
     listed = {p["name"]: p for p in appliance.json("policy", "list")}
     assert set(listed) == {"default", "gold"}
     assert listed["default"]["crash_consistent_every"] == 300 and listed["gold"]["app_consistent_every"] is None
+
+
+def test_disk_that_grows_or_vanishes_is_named(appliance: Appliance) -> None:
+    disk = appliance.root / "grow.img"
+    fill_disk(disk, 8 * MiB, seed=6)
+    mob = Mobility(appliance, "grow-01", disks=[disk]).start()
+    try:
+        wait_for(lambda: appliance.servers().get("grow-01"), what="registration")
+        enable(appliance, "grow-01")
+        wait_for(lambda: appliance.servers()["grow-01"]["state"] == "protected", timeout=60, what="protection")
+        with open(disk, "r+b") as f:
+            f.truncate(12 * MiB)
+        server = wait_for(lambda: (s := appliance.servers()["grow-01"])["health_cause"] == "disk-size-changed" and s,
+                          what="the size change to be named")
+        assert server["state"] == "error" and server["health"] == "critical"
+        assert "changed size from 8388608 to 12582912 bytes" in server["health_detail"]
+        disk.rename(disk.with_suffix(".gone"))
+        server = wait_for(lambda: (s := appliance.servers()["grow-01"])["health_cause"] == "disk-missing" and s,
+                          what="the missing disk to be named")
+        assert "is gone from grow-01" in server["health_detail"]
+        assert points(appliance, "grow-01")  # what was replicated stays exportable
+    finally:
+        _, out = mob.stop()
+    assert "replication paused" in out
