@@ -105,6 +105,22 @@ class FingerprintMismatch(EngineError):
     code = "fingerprint-mismatch"
 
 
+# --- the data port ------------------------------------------------------------------------------
+class OutOfOrder(ProtocolError):
+    code = "out-of-order"
+    status = 409
+
+
+class NotReplicating(EngineError):
+    code = "not-replicating"
+    status = 403
+
+
+class CacheFull(EngineError):
+    code = "cache-full"
+    status = 503
+
+
 class BadInput(EngineError):
     """A file or argument given by the admin cannot be used."""
 

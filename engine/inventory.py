@@ -50,7 +50,8 @@ class Inventory:
         self.heartbeat_interval = heartbeat_interval
         self.management_port = management_port
         self.data_port = 0
-        self._health: dict[str, str] = {}
+        #: The last (health, cause) seen per server name, to turn changes into events.
+        self._health: dict[str, tuple[str, str | None]] = {}
         self._failures: dict[str, list[float]] = {}
 
     def __repr__(self) -> str:
@@ -100,8 +101,28 @@ class Inventory:
         row = self._state.server(server_id=server_id)
         if row is not None:
             status = self.status(row)
-            self._health[status.name] = status.health
+            self._note_health(status)
             self._hub.publish({"type": "server", "server": to_json(status)})
+
+    def _note_health(self, status: ServerStatus) -> bool:
+        """Record an event when a server's health cause changes; True if anything changed."""
+        now = (status.health, status.health_cause)
+        before = self._health.get(status.name)
+        self._health[status.name] = now
+        if before is None or before == now:
+            return before is None
+        cause, old_cause = now[1], before[1]
+        # segment-corrupt is recorded where it happens (the log processor's report)
+        if cause is not None and cause != old_cause and cause != "segment-corrupt":
+            self._hub.record("warning" if status.health == "warning" else "error",
+                             "server-not-seen" if cause == "agent-not-seen" else cause,
+                             f"{status.name}: {status.health_detail}", server=status.name)
+        elif cause is None and old_cause == "agent-not-seen":
+            self._hub.record("info", "server-seen-again", f"{status.name} is sending heartbeats again.",
+                             server=status.name)
+        elif cause is None:
+            self._hub.record("info", "server-healthy", f"{status.name} is healthy again.", server=status.name)
+        return True
 
     # --- passphrase ---------------------------------------------------------------------------
     def passphrase(self) -> str:
@@ -165,15 +186,11 @@ class Inventory:
 
     def heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
         server_id, serial = str(payload["server_id"]), int(payload["serial"])
-        row = self._current(server_id, serial, "heartbeat")
+        self._current(server_id, serial, "heartbeat")
         facts = _facts(payload)
-        was = self._health.get(row["name"])
         self._state.record_heartbeat(server_id, hostname=facts.hostname, os=facts.os,
                                      agent_version=facts.agent_version, address=payload.get("address"),
                                      disks=list(facts.disks), at=time.time())
-        if was in ("warning", "critical"):
-            self._hub.record("info", "server-seen-again", f"{row['name']} is sending heartbeats again.",
-                             server=row["name"])
         self._publish(server_id)
         return self._desired_state(server_id)
 
@@ -200,16 +217,8 @@ class Inventory:
             now = time.time()
             for row in self._state.servers():
                 status = self.status(row, now)
-                before = self._health.get(status.name)
-                if before is not None and before != status.health:
-                    self._health[status.name] = status.health
-                    if status.health != "healthy":
-                        self._hub.record(status.health if status.health == "warning" else "error",
-                                         "server-not-seen", f"{status.name}: {status.health_detail}",
-                                         server=status.name)
+                if self._note_health(status):
                     self._hub.publish({"type": "server", "server": to_json(status)})
-                elif before is None:
-                    self._health[status.name] = status.health
             await asyncio.sleep(min(1.0, self.heartbeat_interval))
 
 

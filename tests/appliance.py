@@ -62,13 +62,13 @@ class Appliance:
         path = self.root / "serve.out"
         return path.read_text() if path.exists() else ""
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> None:
         with open(self.root / "serve.out", "a") as out:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "engine", "serve", "--data-dir", str(self.data_dir), "--management-port",
                  str(self.management_port), "--data-port", str(self.data_port), "--heartbeat-interval",
                  str(HEARTBEAT), *extra],
-                stdout=out, stderr=out, text=True, stdin=subprocess.DEVNULL)
+                stdout=out, stderr=out, text=True, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
         wait_for(self.ready, what="the engine to serve its admin socket and management port")
 
     def ready(self) -> bool:

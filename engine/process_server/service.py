@@ -25,7 +25,15 @@ from aiohttp import web
 from engine.agents import AgentContext
 from engine.client import UnixJsonClient
 from engine.codec import SegmentIdent, seal
-from engine.errors import CertificateRequired, ConfigError, EngineError, ProtocolError
+from engine.errors import (
+    CacheFull,
+    CertificateRequired,
+    ConfigError,
+    EngineError,
+    NotReplicating,
+    OutOfOrder,
+    ProtocolError,
+)
 from engine.identity import ApplianceIdentity, open_pki
 from engine.keys import DataKeys, master_key
 from engine.listener import TlsListener, error_middleware
@@ -42,21 +50,6 @@ BODY_GRACE = 30.0
 AUTH_TTL = 1.0
 REPORT_EVERY = 0.5
 DEFAULT_CACHE_LIMIT_MB = 4096
-
-
-class OutOfOrder(EngineError):
-    code = "out-of-order"
-    status = 409
-
-
-class NotReplicating(EngineError):
-    code = "not-replicating"
-    status = 403
-
-
-class CacheFull(EngineError):
-    code = "cache-full"
-    status = 503
 
 
 class ProcessServer:
@@ -132,7 +125,7 @@ class ProcessServer:
             except TimeoutError as exc:
                 raise ProtocolError(f"The batch arrived slower than {MIN_RATE // 1024} KiB/s; "
                                     "the connection was dropped.") from exc
-            if self.cache_used + len(body) > self.cache_limit:
+            if self.cache_used >= self.cache_limit:  # admitted while below: a batch may be larger than the limit
                 self._report(server_id, disk, state, cache_full=True)
                 raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
             loop = asyncio.get_running_loop()

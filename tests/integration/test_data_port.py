@@ -116,3 +116,28 @@ def test_altered_segment_is_refused_and_reported(appliance: Appliance, tmp_path:
         assert export(appliance, "tamper-01", last["id"], tmp_path / "p").exists()
     finally:
         mob.stop()
+
+
+def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: object, tmp_path: Path) -> None:
+    app = Appliance(tmp_path_factory.mktemp("smallcache"))  # type: ignore[attr-defined]
+    app.start(env={"GODWIT_CACHE_LIMIT_MB": "2"})
+    disk = app.root / "big.img"
+    fill_disk(disk, 24 * MiB, seed=8)
+    mob = Mobility(app, "full-01", disks=[disk]).start()
+    try:
+        wait_for(lambda: app.servers().get("full-01"), what="registration")
+        processor = agent_pid(app, "log-processor")
+        os.kill(processor, signal.SIGSTOP)  # nothing drains the cache
+        try:
+            enable(app, "full-01")
+            server = wait_for(lambda: (s := app.servers()["full-01"])["health_cause"] == "cache-full" and s,
+                              timeout=60, what="back-pressure to be reported")
+            assert server["health"] == "warning" and "cache is full" in server["health_detail"]
+        finally:
+            os.kill(processor, signal.SIGCONT)
+        wait_for(lambda: app.servers()["full-01"]["state"] == "protected", timeout=90, what="the backlog to drain")
+        assert export(app, "full-01", "latest", tmp_path / "f").read_bytes() == disk.read_bytes()
+        assert "cache-full" in [e["code"] for e in app.events()]
+    finally:
+        mob.stop()
+        app.stop()

@@ -203,6 +203,8 @@ def test_disk_that_grows_or_vanishes_is_named(appliance: Appliance) -> None:
                           what="the missing disk to be named")
         assert "is gone from grow-01" in server["health_detail"]
         assert points(appliance, "grow-01")  # what was replicated stays exportable
+        codes = [e["code"] for e in appliance.events()]
+        assert "disk-size-changed" in codes and "disk-missing" in codes
     finally:
         _, out = mob.stop()
     assert "replication paused" in out
