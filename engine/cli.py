@@ -421,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", required=True, metavar="DIR")
     p.add_argument("--disk", required=True, action="append", metavar="PATH")
     p.add_argument("--name", help="name shown on the appliance (default: host name)")
+    p.add_argument("--pre-snapshot", metavar="CMD", help="command that quiesces applications before an "
+                   "app-consistent point (run with sh -c; non-zero exit: the point is crash-consistent)")
+    p.add_argument("--post-snapshot", metavar="CMD", help="command that resumes them afterwards")
+    p.add_argument("--freeze", action="append", metavar="MOUNT", help="file system to fsfreeze around an "
+                   "app-consistent point (repeatable)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every heartbeat")
     p.set_defaults(func=cmd_mobility_run)
     return parser

@@ -169,7 +169,7 @@ class Mobility:
 
     def __init__(self, appliance: Appliance, name: str, *, passphrase_file: Path | None = None,
                  fingerprint: str | None = None, disks: list[Path] | None = None,
-                 state_dir: Path | None = None, address: str | None = None) -> None:
+                 state_dir: Path | None = None, address: str | None = None, extra: list[str] | None = None) -> None:
         self.name = name
         self.state_dir = state_dir or appliance.root / f"mobility-{name}"
         self.disks = disks or [make_disk(appliance.root / f"{name}-disk0.img")]
@@ -178,7 +178,7 @@ class Mobility:
             "--passphrase-file", str(passphrase_file or appliance.write_passphrase()),
             "--ca-fingerprint", fingerprint or appliance.setup()["ca_fingerprint"],
             "--state-dir", str(self.state_dir), "--name", name, "--verbose",
-            *(a for d in self.disks for a in ("--disk", str(d))),
+            *(a for d in self.disks for a in ("--disk", str(d))), *(extra or []),
         ]
         self.proc: subprocess.Popen[str] | None = None
 

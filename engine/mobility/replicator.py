@@ -79,6 +79,55 @@ class Tracker:
             os.pwrite(self._fd, dig, block * DIGEST)
 
 
+@dataclass
+class SnapshotHooks:
+    """Commands that quiesce the source's applications (pre) and resume them (post), and file
+    systems to freeze with fsfreeze around an app-consistent cycle."""
+
+    pre_command: str | None = None
+    post_command: str | None = None
+    freeze: tuple[str, ...] = ()
+    timeout: float = 60.0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.pre_command or self.freeze)
+
+    def _run(self, argv: list[str], what: str) -> bool:
+        import subprocess
+
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("%s failed (%s): this point is crash-consistent only", what, exc)
+            return False
+        if res.returncode != 0:
+            log.warning("%s exited %d (%s): this point is crash-consistent only", what, res.returncode,
+                        (res.stderr.strip().splitlines() or [""])[-1][:200])
+            return False
+        return True
+
+    def pre(self) -> bool:
+        """Quiesce; on failure undo what was done and return False."""
+        if self.pre_command and not self._run(["sh", "-c", self.pre_command], "pre-snapshot hook"):
+            self._resume(())
+            return False
+        for i, mount in enumerate(self.freeze):
+            if not self._run(["fsfreeze", "--freeze", mount], f"fsfreeze of {mount}"):
+                self._resume(self.freeze[:i])
+                return False
+        return True
+
+    def post(self) -> None:
+        self._resume(self.freeze)
+
+    def _resume(self, frozen: tuple[str, ...]) -> None:
+        for mount in reversed(frozen):
+            self._run(["fsfreeze", "--unfreeze", mount], f"fsfreeze --unfreeze of {mount}")
+        if self.post_command:
+            self._run(["sh", "-c", self.post_command], "post-snapshot hook")
+
+
 class RateLimit:
     def __init__(self) -> None:
         self.mbps: float | None = None
@@ -96,9 +145,11 @@ class RateLimit:
 
 class Replicator(threading.Thread):
     def __init__(self, *, host: str, state_dir: Path, disks: list[str], context: ssl.SSLContext,
-                 desired: Desired) -> None:
+                 desired: Desired, hooks: SnapshotHooks | None = None) -> None:
         super().__init__(name="replicator", daemon=True)
         self.host = host
+        self.hooks = hooks or SnapshotHooks()
+        self._last_app_point = 0.0
         self.state_dir = state_dir
         self.disks = disks
         self.context = context
@@ -295,11 +346,26 @@ class Replicator(threading.Thread):
 
     # --- the loop ------------------------------------------------------------------------------------------
     def _bookmark(self, now: float) -> Bookmark:
+        app_every = self.desired.policy.get("app_consistent_every")
+        if self.hooks.configured and app_every is not None and now - self._last_app_point >= float(app_every):
+            self._last_app_point = self._last_point = now
+            return Bookmark.APP_POINT
         every = float(self.desired.policy.get("crash_consistent_every", 300))
         if now - self._last_point >= every:
             self._last_point = now
             return Bookmark.CRASH_POINT
         return Bookmark.CYCLE_END
+
+    def _cycle(self, trackers: list[Tracker], bookmark: Bookmark, cycle: int) -> int:
+        """One pass over every disk; an app-consistent one between the pre- and post-snapshot hooks."""
+        if bookmark == Bookmark.APP_POINT and not self.hooks.pre():
+            bookmark = Bookmark.CRASH_POINT  # still a point, honestly labelled
+        try:
+            return sum(self._scan(i, t, start=0, kind=Kind.DELTA, bookmark=bookmark, cycle=cycle)
+                       for i, t in enumerate(trackers))
+        finally:
+            if bookmark == Bookmark.APP_POINT:
+                self.hooks.post()
 
     def run(self) -> None:
         trackers: list[Tracker] = []
@@ -330,9 +396,7 @@ class Replicator(threading.Thread):
             while not self.stop.is_set():
                 started = time.time()
                 cycle = int(started * 1000)
-                bookmark = self._bookmark(started)
-                sent = sum(self._scan(i, t, start=0, kind=Kind.DELTA, bookmark=bookmark, cycle=cycle)
-                           for i, t in enumerate(trackers))
+                sent = self._cycle(trackers, self._bookmark(started), cycle)
                 self._drain()
                 log.debug("delta cycle %d: %d bytes in %.3f s", cycle, sent, time.time() - started)
                 interval = min(MAX_CYCLE_INTERVAL, float(self.desired.policy.get("crash_consistent_every", 300)))

@@ -28,7 +28,7 @@ from engine.errors import (
     ProtocolError,
     from_code,
 )
-from engine.mobility.replicator import Desired, Replicator
+from engine.mobility.replicator import Desired, Replicator, SnapshotHooks
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,9 @@ class Identity:
 
 class MobilityService:
     def __init__(self, *, appliance: str, passphrase_file: Path, ca_fingerprint: str, state_dir: Path,
-                 disks: list[str], name: str | None, stop: threading.Event) -> None:
+                 disks: list[str], name: str | None, stop: threading.Event,
+                 hooks: SnapshotHooks | None = None) -> None:
+        self.hooks = hooks or SnapshotHooks()
         self.host, self.port = parse_appliance(appliance)
         self.fingerprint = parse_fingerprint(ca_fingerprint)
         self.passphrase_file = passphrase_file
@@ -277,7 +279,8 @@ class MobilityService:
         self._stop_replicator()
         ca_pem = (self.state_dir / "ca.crt").read_bytes()
         self.replicator = Replicator(host=self.host, state_dir=self.state_dir, disks=self.disks,
-                                     context=self._context(pinned_ca=ca_pem, client=True), desired=desired)
+                                     context=self._context(pinned_ca=ca_pem, client=True), desired=desired,
+                                     hooks=self.hooks)
         self.replicator.start()
         log.info("replicating %d disk(s) to %s:%d", len(self.disks), self.host, desired.data_port)
 
@@ -320,8 +323,10 @@ def run(args: Any) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    hooks = SnapshotHooks(pre_command=args.pre_snapshot, post_command=args.post_snapshot,
+                          freeze=tuple(args.freeze or ()))
     service = MobilityService(appliance=args.appliance, passphrase_file=Path(args.passphrase_file),
                               ca_fingerprint=args.ca_fingerprint, state_dir=Path(args.state_dir), disks=args.disk,
-                              name=args.name, stop=stop)
+                              name=args.name, stop=stop, hooks=hooks)
     service.run()
     log.info("mobility service stopped")

@@ -208,3 +208,28 @@ def test_disk_that_grows_or_vanishes_is_named(appliance: Appliance) -> None:
     finally:
         _, out = mob.stop()
     assert "replication paused" in out
+
+
+def test_app_consistent_points_run_the_hooks(appliance: Appliance, tmp_path: Path) -> None:
+    disk = appliance.root / "sql.img"
+    fill_disk(disk, 8 * MiB, seed=12)
+    log = appliance.root / "hooks.log"
+    mob = Mobility(appliance, "sql-01", disks=[disk], extra=[
+        "--pre-snapshot", f"echo pre >> {log}", "--post-snapshot", f"echo post >> {log}"]).start()
+    bad = Mobility(appliance, "sql-02", disks=[disk], extra=["--pre-snapshot", "exit 3"]).start()
+    try:
+        wait_for(lambda: {"sql-01", "sql-02"} <= set(appliance.servers()), what="registration")
+        enable(appliance, "sql-01", **{"--app-consistent-every": "1h"})
+        assert appliance.cli("vm", "enable", "sql-02", "--policy", "fast").returncode == 0
+        app_point = wait_for(lambda: next((p for p in points(appliance, "sql-01") if p["kind"] == "app-consistent"),
+                                          None), timeout=60, what="an app-consistent point")
+        assert log.read_text().split() == ["pre", "post"]  # once: the next is due in an hour
+        assert export(appliance, "sql-01", app_point["id"], tmp_path / "a").read_bytes() == disk.read_bytes()
+        # A failing pre-snapshot hook still gives a point, labelled for what it is.
+        wait_for(lambda: points(appliance, "sql-02"), timeout=60, what="sql-02's first point")
+        time.sleep(1.5)
+        assert {p["kind"] for p in points(appliance, "sql-02")} == {"crash-consistent"}
+    finally:
+        mob.stop()
+        _, out = bad.stop()
+    assert "pre-snapshot hook exited 3" in out
