@@ -103,12 +103,17 @@ def error_middleware(port_name: str) -> Callable[..., Awaitable[web.StreamRespon
     return middleware
 
 
+#: Seconds a small (JSON) request body may take to arrive before the connection is dropped.
+JSON_BODY_TIMEOUT = 30.0
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or a :class:`ProtocolError` that names the problem."""
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise
+        async with asyncio.timeout(JSON_BODY_TIMEOUT):
+            body = await request.read()
+    except TimeoutError as exc:
+        raise ProtocolError(f"The request body did not arrive within {JSON_BODY_TIMEOUT:.0f} s.") from exc
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

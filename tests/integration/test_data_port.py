@@ -141,3 +141,31 @@ def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: ob
     finally:
         mob.stop()
         app.stop()
+
+
+def test_a_trickling_sender_does_not_hold_up_other_servers(appliance: Appliance, tmp_path: Path) -> None:
+    mob, disk = _protected(appliance, "slow-01")
+    other_disk = appliance.root / "other.img"
+    fill_disk(other_disk, 4 * MiB, seed=13)
+    other = Mobility(appliance, "fast-01", disks=[other_disk]).start()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(mob.state_dir / "ca.crt")
+    ctx.load_cert_chain(mob.state_dir / "client.crt", mob.state_dir / "client.key")
+    import socket
+
+    raw = socket.create_connection(("127.0.0.1", appliance.data_port))
+    trickle = ctx.wrap_socket(raw)
+    try:
+        # slow-01's certificate starts a batch and then sends one byte at a time, slowly.
+        trickle.sendall(b"POST /v1/streams/0/batches HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nG")
+        wait_for(lambda: appliance.servers().get("fast-01"), what="fast-01 to register")
+        enable(appliance, "fast-01")
+        wait_for(lambda: appliance.servers()["fast-01"]["state"] == "protected", timeout=60,
+                 what="another server to replicate meanwhile")
+        trickle.sendall(b"D")
+        assert export(appliance, "fast-01", "latest", tmp_path / "o").read_bytes() == other_disk.read_bytes()
+    finally:
+        trickle.close()
+        other.stop()
+        mob.stop()
