@@ -152,6 +152,14 @@ async def disable_server(request: web.Request) -> web.Response:
     return _json(engine.inventory.server(row["name"]))
 
 
+async def resync_server(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    row = engine.inventory.row(request.match_info["name"])
+    engine.replication.resync(row)
+    engine.inventory.publish(row["server_id"])
+    return _json(engine.inventory.server(row["name"]))
+
+
 async def set_server(request: web.Request) -> web.Response:
     engine = _engine(request)
     body = await read_json(request)
@@ -195,6 +203,7 @@ def make_admin_app(engine: Engine) -> web.Application:
     r.add_post("/v1/servers/{name}/enable", enable_server)
     r.add_post("/v1/servers/{name}/disable", disable_server)
     r.add_post("/v1/servers/{name}/settings", set_server)
+    r.add_post("/v1/servers/{name}/resync", resync_server)
     r.add_get("/v1/servers/{name}/points", list_points)
     r.add_get("/v1/servers/{name}/export", export_point)
     r.add_get("/v1/stream", stream)

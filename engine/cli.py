@@ -175,6 +175,11 @@ async def cmd_vm_disable(client: AdminClient, args: argparse.Namespace) -> None:
     print(f"Replication of {args.name} disabled; its recovery points and cached data are deleted.")
 
 
+async def cmd_vm_resync(client: AdminClient, args: argparse.Namespace) -> None:
+    s = await client.resync(args.name)
+    print(f"Resync of {s.name} requested: its next cycle sends every block again; recovery points are kept.")
+
+
 async def cmd_vm_set(client: AdminClient, args: argparse.Namespace) -> None:
     settings: dict[str, Any] = {}
     if args.max_mbps is not None:
@@ -377,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=_admin(cmd_vm_disable))
+    p = vm.add_parser("resync", parents=[data_dir], help="send every block of a server again (keeps points)")
+    p.add_argument("name")
+    p.set_defaults(func=_admin(cmd_vm_resync))
     p = vm.add_parser("set", parents=[data_dir], help="per-server settings (applied live)")
     p.add_argument("name")
     p.add_argument("--max-mbps", metavar="N|off", help="bandwidth cap of the server's replication")

@@ -136,6 +136,9 @@ class AdminClient(UnixJsonClient):
     async def disable(self, name: str) -> ServerStatus:
         return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/disable", {}))
 
+    async def resync(self, name: str) -> ServerStatus:
+        return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/resync", {}))
+
     async def set_server(self, name: str, **settings: Any) -> ServerStatus:
         return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/settings", settings))
 

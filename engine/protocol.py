@@ -38,6 +38,9 @@ MAGIC = b"GDWBAT01"
 class Kind(IntEnum):
     INITIAL = 0
     DELTA = 1
+    #: A full pass the admin asked for: every block is sent (zeros as zero runs). For this kind the
+    #: header's ``initial_done`` field carries the resync generation instead of an offset.
+    RESYNC = 2
 
 
 class Bookmark(IntEnum):
@@ -74,6 +77,10 @@ class BatchHeader:
     count: int
 
 
+def header_kind_is_offset(kind: int) -> bool:
+    return kind != Kind.RESYNC
+
+
 def digest(data: bytes | bytearray | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
@@ -103,7 +110,7 @@ def decode_batch(body: bytes, *, disk_size: int) -> tuple[BatchHeader, list[Run]
         header = BatchHeader(disk, seq, Kind(kind), Bookmark(bookmark), cycle, initial_done, source_time, count)
     except ValueError as exc:
         raise ProtocolError("The batch header has an unknown kind or bookmark.") from exc
-    if initial_done > disk_size:
+    if header_kind_is_offset(kind) and initial_done > disk_size:
         raise ProtocolError("The batch's initial offset lies beyond the disk.")
     view = memoryview(body)
     pos = _HEADER.size

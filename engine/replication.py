@@ -69,6 +69,7 @@ class DiskProgress:
     last_progress_at: float = field(default_factory=time.time)
     throughput_bps: float = 0.0
     applied_seq: int = 0
+    resync_done: int = 0
     last_bookmark_time: float | None = None  # appliance time at which the newest applied cycle ended
     points: list[RecoveryPoint] = field(default_factory=list)
     error: str | None = None
@@ -112,6 +113,13 @@ class Replication:
         self._hub.record("info", "replication-enabled", f"Replication of {row['name']} enabled with policy "
                          f"{p.name}; initial replication starts at its next heartbeat.", server=row["name"])
 
+    def resync(self, row: Any) -> None:
+        if not row["replicate"]:
+            raise BadInput(f"{row['name']} is not replicating; enable it instead.")
+        self._state.request_resync(row["server_id"])
+        self._hub.record("info", "resync-requested", f"Resync of {row['name']} requested: every block is sent "
+                         "again and compared; recovery points are kept.", server=row["name"])
+
     def disable(self, row: Any) -> None:
         """Stop replicating and free the server's cache and target data."""
         self._state.set_replication(row["server_id"], replicate=False, policy=None)
@@ -125,7 +133,8 @@ class Replication:
     def desired_state(self, row: Any) -> dict[str, Any]:
         """What the mobility service and the agents should do for this server."""
         replicate = bool(row["replicate"])
-        desired: dict[str, Any] = {"replicate": replicate, "max_mbps": row["max_mbps"]}
+        desired: dict[str, Any] = {"replicate": replicate, "max_mbps": row["max_mbps"],
+                                   "resync_gen": row["resync_gen"]}
         if replicate:
             p = self.policy(row["policy"])
             desired["policy"] = {"name": p.name, "crash_consistent_every": p.crash_consistent_every,
@@ -159,6 +168,7 @@ class Replication:
         """From the log processor; returns the recovery points that are new."""
         p = self.progress(str(payload["server_id"]), int(payload["disk"]))
         p.applied_seq = int(payload["applied_seq"])
+        p.resync_done = int(payload.get("resync_done", 0))
         if payload.get("bookmark_time"):
             p.last_bookmark_time = float(payload["bookmark_time"])
         p.error = payload.get("error")
@@ -207,6 +217,8 @@ class Replication:
                     "cause": ("segment-corrupt", errors[0])}
         complete = bool(progress) and all(p.initial_complete for p in progress)
         state = "protected" if complete and points else "initial-replication"
+        if complete and any(p.resync_done < row["resync_gen"] for p in progress):
+            state = "resyncing"
         bookmarks = [p.last_bookmark_time for p in progress if p.last_bookmark_time is not None]
         rpo = now - min(bookmarks) if complete and len(bookmarks) == len(progress) else None
         cause = None

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS servers (
     policy TEXT,
     max_mbps REAL,
     enabled_at REAL,
-    replicated_disks TEXT
+    replicated_disks TEXT,
+    resync_gen INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS policies (
     name TEXT PRIMARY KEY,
@@ -150,6 +151,10 @@ class StateDB:
             db.execute("UPDATE servers SET replicate=?, policy=?, enabled_at=?, replicated_disks=? WHERE server_id=?",
                        (int(replicate), policy, time.time() if replicate else None,
                         json.dumps(disk_sizes) if replicate else None, server_id))
+
+    def request_resync(self, server_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE servers SET resync_gen=resync_gen+1 WHERE server_id=?", (server_id,))
 
     def set_max_mbps(self, server_id: str, max_mbps: float | None) -> None:
         with self._tx() as db:

@@ -25,7 +25,7 @@ from engine.config import DataDir
 from engine.errors import ConfigError, EngineError
 from engine.identity import ApplianceIdentity
 from engine.keys import DataKeys, master_key
-from engine.protocol import Bookmark
+from engine.protocol import Bookmark, Kind
 from engine.storage import PointInfo, TargetDisk, open_local_cache, open_local_target
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class DiskJob:
     disk: int
     target: TargetDisk
     retention: float
+    resync_gen: int = 0
     error: str | None = None
     bookmark_time: float | None = None
     dirty: bool = True
@@ -74,15 +75,22 @@ class LogProcessor:
                     target = open_local_target(self.data_dir.target, key[0], key[1], int(d["size"]))
                     self.jobs[key] = DiskJob(key[0], key[1], target, retention, points=target.points())
                 self.jobs[key].retention = retention
+                self.jobs[key].resync_gen = int(s.get("resync_gen", 0))
         for key in set(self.jobs) - wanted:
             del self.jobs[key]
 
     def apply_pending(self, job: DiskJob) -> bool:
         """Runs in the pool: apply every segment that is next in order. True if anything changed."""
-        if job.error:
-            return False
-        changed = False
         target = job.target
+        if target.refused_seq:
+            if job.resync_gen <= target.resync_done:
+                job.error = job.error or (f"Segment {target.refused_seq} of disk {job.disk} was refused (it failed "
+                                          "authentication) and set aside; resync this server.")
+                return False
+            target.start_resync()
+            job.error = None
+            log.info("resync.start server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
+        changed = False
         for seq in self.cache.segments(job.server_id, job.disk):
             if seq <= target.applied_seq:
                 self.cache.delete_segment(job.server_id, job.disk, seq)  # applied before a crash
@@ -95,6 +103,7 @@ class LogProcessor:
                                               SegmentIdent(job.server_id, job.disk, seq), self._decompressor)
             except SegmentCorrupt as exc:
                 job.error = f"{exc.message} It was set aside and not applied; resync this server."
+                target.refuse(seq)
                 self.cache.set_aside(job.server_id, job.disk, seq)
                 log.error("segment.refused server=%s disk=%s seq=%s: %s", job.server_id, job.disk, seq, exc)
                 return True
@@ -102,7 +111,10 @@ class LogProcessor:
                 target.apply(seq, blocks)
                 if header.bookmark != Bookmark.NONE:
                     job.bookmark_time = min(time.time(), header.source_time or time.time())
-                if header.bookmark in _KINDS:
+                    if header.kind == Kind.RESYNC:
+                        target.finish_resync(header.initial_done)  # carries the generation
+                # No point while a resync is under way: the disk is a mix until the pass completes.
+                if header.bookmark in _KINDS and target.resync_done >= job.resync_gen:
                     target.create_point(PointInfo(id=header.cycle, created_at=time.time(),
                                                   kind=_KINDS[header.bookmark], source_time=header.source_time))
                 self._prune(job)
@@ -120,6 +132,7 @@ class LogProcessor:
 
     async def report(self, job: DiskJob) -> None:
         payload = {"server_id": job.server_id, "disk": job.disk, "applied_seq": job.target.applied_seq,
+                   "resync_done": job.target.resync_done,
                    "bookmark_time": job.bookmark_time, "error": job.error,
                    "points": [{"id": p.id, "created_at": p.created_at, "kind": p.kind} for p in job.points]}
         await self.link.request("POST", "/agent/applied", payload)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DIGEST = 16
 ZERO_DIGEST = digest(bytes(BLOCK))
+UNKNOWN_DIGEST = b"\xff" * DIGEST  # matches no block's digest
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 #: Seconds between delta cycles at most (sooner if the policy's crash-consistent cadence is shorter).
 MAX_CYCLE_INTERVAL = 5.0
@@ -51,6 +52,7 @@ class Desired:
     policy: dict[str, Any]
     max_mbps: float | None
     disk_sizes: list[int]
+    resync_gen: int = 0
 
 
 class Tracker:
@@ -71,6 +73,11 @@ class Tracker:
 
     def get(self, block: int) -> bytes:
         return bytes(self.digests[block * DIGEST:(block + 1) * DIGEST])
+
+    def forget(self) -> None:
+        """Assume nothing about the appliance's copy: every block counts as changed (a resync)."""
+        self.digests[:] = UNKNOWN_DIGEST * self.blocks
+        os.pwrite(self._fd, self.digests, 0)
 
     def commit(self, updates: dict[int, bytes]) -> None:
         """Record acknowledged blocks (no fsync needed: a lost update only means sending again)."""
@@ -277,7 +284,8 @@ class Replicator(threading.Thread):
             pos = hole
         return out
 
-    def _scan(self, disk: int, tracker: Tracker, *, start: int, kind: Kind, bookmark: Bookmark, cycle: int) -> int:
+    def _scan(self, disk: int, tracker: Tracker, *, start: int, kind: Kind, bookmark: Bookmark, cycle: int,
+              generation: int = 0) -> int:
         """Send every block from ``start`` whose content differs from what the appliance has.
         Returns the bytes sent. The last batch carries ``bookmark``."""
         path = self.disks[disk]
@@ -334,12 +342,14 @@ class Replicator(threading.Thread):
                         runs.append((off + run_start, length - run_start, bytes(view[run_start:length])))
                 batch_bytes = sum(r[1] for r in runs if r[2] is not None)
                 if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK:
-                    self._batch(disk, kind, Bookmark.NONE, cycle, off + length if kind == Kind.INITIAL else 0,
+                    mark = off + length if kind == Kind.INITIAL else generation
+                    self._batch(disk, kind, Bookmark.NONE, cycle, mark,
                                 runs, tracker, pending)
                     sent += batch_bytes
                     runs, pending = [], {}
             sent += sum(r[1] for r in runs if r[2] is not None)
-            self._batch(disk, kind, bookmark, cycle, size if kind == Kind.INITIAL else 0, runs, tracker, pending)
+            self._batch(disk, kind, bookmark, cycle, size if kind == Kind.INITIAL else generation, runs, tracker,
+                        pending)
         finally:
             os.close(fd)
         return sent
@@ -355,6 +365,25 @@ class Replicator(threading.Thread):
             self._last_point = now
             return Bookmark.CRASH_POINT
         return Bookmark.CYCLE_END
+
+    def _resync_done(self) -> int:
+        try:
+            return int(json.loads((self.state_dir / "resync.json").read_text())["done"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def _resync(self, trackers: list[Tracker], cycle: int) -> None:
+        """A full pass: forget what the appliance is thought to have, send every block, end on a point."""
+        generation = self.desired.resync_gen
+        log.info("resync %d: sending every block again", generation)
+        for i, tracker in enumerate(trackers):
+            tracker.forget()
+            self._scan(i, tracker, start=0, kind=Kind.RESYNC, bookmark=Bookmark.CRASH_POINT, cycle=cycle,
+                       generation=generation)
+        self._drain()
+        (self.state_dir / "resync.json").write_text(json.dumps({"done": generation}))
+        self._last_point = time.time()
+        log.info("resync %d complete", generation)
 
     def _cycle(self, trackers: list[Tracker], bookmark: Bookmark, cycle: int) -> int:
         """One pass over every disk; an app-consistent one between the pre- and post-snapshot hooks."""
@@ -396,6 +425,9 @@ class Replicator(threading.Thread):
             while not self.stop.is_set():
                 started = time.time()
                 cycle = int(started * 1000)
+                if self.desired.resync_gen > self._resync_done():
+                    self._resync(trackers, cycle)
+                    continue
                 sent = self._cycle(trackers, self._bookmark(started), cycle)
                 self._drain()
                 log.debug("delta cycle %d: %d bytes in %.3f s", cycle, sent, time.time() - started)

@@ -271,7 +271,8 @@ class MobilityService:
             self._stop_replicator()
             return
         desired = Desired(data_port=int(answer.get("data_port") or 0), policy=dict(answer.get("policy") or {}),
-                          max_mbps=answer.get("max_mbps"), disk_sizes=sizes)
+                          max_mbps=answer.get("max_mbps"), disk_sizes=sizes,
+                          resync_gen=int(answer.get("resync_gen") or 0))
         if self.replicator is not None and self.replicator.is_alive() and \
                 self.replicator.desired.data_port == desired.data_port:
             self.replicator.desired = desired  # policy and bandwidth cap apply live

@@ -132,7 +132,9 @@ class ProcessServer:
             segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, expected, body, disk, size)
             await loop.run_in_executor(self.pool, self.cache.put_segment, server_id, disk, expected, segment)
             self.cache_used += len(segment)
-            new = StreamState(acked_seq=expected, initial_done=max(state.initial_done, header.initial_done),
+            initial_done = max(state.initial_done, header.initial_done) if header.kind == Kind.INITIAL \
+                else state.initial_done
+            new = StreamState(acked_seq=expected, initial_done=initial_done,
                               initial_complete=state.initial_complete or (
                                   header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
                               bytes_received=state.bytes_received + len(body))

@@ -48,6 +48,16 @@ class CacheStore(Protocol):
 class TargetDisk(Protocol):
     size: int
     applied_seq: int
+    refused_seq: int
+    resync_done: int
+
+    def refuse(self, seq: int) -> None:
+        """Remember durably that segment ``seq`` was refused: applying stops there."""
+
+    def start_resync(self) -> None:
+        """Step over a refused segment (the resync pass rewrites every block)."""
+
+    def finish_resync(self, generation: int) -> None: ...
 
     def locked(self) -> AbstractContextManager[None]:
         """Exclusive use across processes: the log processor while applying, an export while reading."""

@@ -100,6 +100,10 @@ class LocalTargetDisk:
         meta = json.loads(self._meta_path.read_text()) if self._meta_path.exists() else {}
         self.size = int(meta.get("size", size))
         self.applied_seq = int(meta.get("applied_seq", 0))
+        #: A segment refused as corrupt (0: none); applying waits there until a resync.
+        self.refused_seq = int(meta.get("refused_seq", 0))
+        #: The last resync generation fully applied.
+        self.resync_done = int(meta.get("resync_done", 0))
         self._points = [PointInfo(**p) for p in meta.get("points", [])]
         self._seed = root / "seed.img"
         if not self._seed.exists():
@@ -124,7 +128,8 @@ class LocalTargetDisk:
         return self.root / f"undo-{point_id:016d}.log"
 
     def _save_meta(self) -> None:
-        meta = {"size": self.size, "applied_seq": self.applied_seq,
+        meta = {"size": self.size, "applied_seq": self.applied_seq, "refused_seq": self.refused_seq,
+                "resync_done": self.resync_done,
                 "points": [p.__dict__ for p in self._points]}
         write_durably(self._meta_path, json.dumps(meta).encode())
 
@@ -192,6 +197,21 @@ class LocalTargetDisk:
                 f.write(b"".join(records))
                 f.flush()
                 os.fsync(f.fileno())
+
+    def refuse(self, seq: int) -> None:
+        self.refused_seq = seq
+        self._save_meta()
+
+    def start_resync(self) -> None:
+        """Step over a refused segment: the resync pass rewrites every block anyway."""
+        if self.refused_seq:
+            self.applied_seq = max(self.applied_seq, self.refused_seq)
+            self.refused_seq = 0
+            self._save_meta()
+
+    def finish_resync(self, generation: int) -> None:
+        self.resync_done = max(self.resync_done, generation)
+        self._save_meta()
 
     def create_point(self, point: PointInfo) -> None:
         if any(p.id == point.id for p in self._points):

@@ -114,6 +114,20 @@ def test_altered_segment_is_refused_and_reported(appliance: Appliance, tmp_path:
         last = good_points[-1]
         assert points(appliance, "tamper-01")[: len(good_points)] == good_points
         assert export(appliance, "tamper-01", last["id"], tmp_path / "p").exists()
+        # The error survives a restart of the log processor ...
+        os.kill(agent_pid(appliance, "log-processor"), signal.SIGKILL)
+        time.sleep(2.5)
+        assert appliance.servers()["tamper-01"]["state"] == "error"
+        # ... and the admin's resync mends it: every block is sent again, the points stay.
+        res = appliance.cli("vm", "resync", "tamper-01")
+        assert res.returncode == 0, res.stderr
+        t = time.time()
+        wait_for(lambda: appliance.servers()["tamper-01"]["state"] == "protected", timeout=60, what="the resync")
+        after = wait_for(lambda: next((p for p in points(appliance, "tamper-01") if p["id"] / 1000 > t), None),
+                         timeout=60, what="a point after the resync")
+        assert export(appliance, "tamper-01", after["id"], tmp_path / "r").read_bytes() == disk.read_bytes()
+        assert points(appliance, "tamper-01")[: len(good_points)] == good_points
+        assert "resync-requested" in [e["code"] for e in appliance.events()]
     finally:
         mob.stop()
 
