@@ -23,7 +23,7 @@ class ServersPage(QWidget):
         self.table = RecordTable(self.model, sort_role=SortRole, sort_column=ServersModel.NAME,
                                  order=Qt.SortOrder.AscendingOrder, object_name="servers_table")
         self.table.setItemDelegateForColumn(ServersModel.PROGRESS, ProgressDelegate(ProgressRole, self.table))
-        for col, width in ((ServersModel.NAME, 85), (ServersModel.OS, 120), (ServersModel.SIZE, 75),
+        for col, width in ((ServersModel.NAME, 85), (ServersModel.OS, 110), (ServersModel.SIZE, 75),
                            (ServersModel.STATE, 115), (ServersModel.PROGRESS, 205), (ServersModel.THROUGHPUT, 92),
                            (ServersModel.RPO, 50), (ServersModel.LAST_POINT, 90), (ServersModel.HEALTH, 80)):
             self.table.setColumnWidth(col, width)
