@@ -138,24 +138,23 @@ async def create_policy(request: web.Request) -> web.Response:
 async def enable_server(request: web.Request) -> web.Response:
     engine = _engine(request)
     body = await read_json(request)
-    row = engine.inventory.row(request.match_info["name"])
-    engine.replication.enable(row, body.get("policy"))
-    engine.inventory.publish(row["server_id"])
-    return _json(engine.inventory.server(row["name"]))
+    return _changed(engine, engine.inventory.row(request.match_info["name"]),
+                    lambda row: engine.replication.enable(row, body.get("policy")))
 
 
 async def disable_server(request: web.Request) -> web.Response:
     engine = _engine(request)
-    row = engine.inventory.row(request.match_info["name"])
-    engine.replication.disable(row)
-    engine.inventory.publish(row["server_id"])
-    return _json(engine.inventory.server(row["name"]))
+    return _changed(engine, engine.inventory.row(request.match_info["name"]), engine.replication.disable)
 
 
 async def resync_server(request: web.Request) -> web.Response:
     engine = _engine(request)
-    row = engine.inventory.row(request.match_info["name"])
-    engine.replication.resync(row)
+    return _changed(engine, engine.inventory.row(request.match_info["name"]), engine.replication.resync)
+
+
+def _changed(engine: Engine, row: Any, change: Callable[[Any], None]) -> web.Response:
+    """Apply an admin's change to a server, push its new status to every console, and return it."""
+    change(row)
     engine.inventory.publish(row["server_id"])
     return _json(engine.inventory.server(row["name"]))
 

@@ -158,7 +158,7 @@ def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: ob
 
 
 def test_a_trickling_sender_does_not_hold_up_other_servers(appliance: Appliance, tmp_path: Path) -> None:
-    mob, disk = _protected(appliance, "slow-01")
+    mob, _ = _protected(appliance, "slow-01")
     other_disk = appliance.root / "other.img"
     fill_disk(other_disk, 4 * MiB, seed=13)
     other = Mobility(appliance, "fast-01", disks=[other_disk]).start()

@@ -48,6 +48,21 @@ def agent_pid(app: Appliance, name: str) -> int:
                                   if a["name"] == name and a["state"] == "running"), None), what=f"{name} running")
 
 
+def kill_9(app: Appliance, mob: Mobility, victim: str) -> None:
+    """kill -9 one process of the data path and start it again as its owner would (the engine restarts
+    its agents itself)."""
+    if victim == "mobility":
+        assert mob.proc is not None
+        mob.proc.kill()
+        mob.proc.wait()
+        mob.start()
+    elif victim == "engine":
+        app.kill()
+        app.start()
+    else:
+        os.kill(agent_pid(app, victim), signal.SIGKILL)
+
+
 def test_initial_delta_and_old_points_are_byte_exact(appliance: Appliance, tmp_path: Path) -> None:
     disk = appliance.root / "web.img"
     fill_disk(disk, 24 * MiB)
@@ -97,16 +112,7 @@ def test_kill_9_mid_initial_replication_resumes(appliance: Appliance, tmp_path: 
         done = lambda: appliance.servers()["db-01"]["disks"][0]["bytes_done"]  # noqa: E731
         wait_for(lambda: done() > 4 * MiB, timeout=60, what="initial replication to be under way")
         before = done()
-        if victim == "mobility":
-            assert mob.proc is not None
-            mob.proc.kill()
-            mob.proc.wait()
-            mob.start()
-        elif victim == "engine":
-            appliance.kill()
-            appliance.start()
-        else:
-            os.kill(agent_pid(appliance, victim), signal.SIGKILL)
+        kill_9(appliance, mob, victim)
         assert appliance.cli("vm", "set", "db-01", "--max-mbps", "off").returncode == 0
         wait_for(lambda: appliance.servers()["db-01"]["state"] == "protected", timeout=90,
                  what="initial replication to finish after the kill")
@@ -260,16 +266,7 @@ def test_kill_9_during_delta_churn_keeps_every_point_exact(appliance: Appliance,
         churn.start()
         for victim in ("log-processor", "process-server", "mobility", "log-processor", "engine", "process-server"):
             time.sleep(1.2)
-            if victim == "mobility":
-                assert mob.proc is not None
-                mob.proc.kill()
-                mob.proc.wait()
-                mob.start()
-            elif victim == "engine":
-                appliance.kill()
-                appliance.start()
-            else:
-                os.kill(agent_pid(appliance, victim), signal.SIGKILL)
+            kill_9(appliance, mob, victim)
         stop.set()
         churn.join()
         t = time.time()
