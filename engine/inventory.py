@@ -71,7 +71,7 @@ class Inventory:
                       f"and reaches the appliance on port {self.management_port}.")
         elif summary["cause"] is not None:
             cause, detail = summary["cause"]
-            health = "critical" if summary["state"] == "error" else "warning"
+            health = "critical" if summary["state"] in ("error", "paused") else "warning"
         return ServerStatus(
             server_id=row["server_id"], name=row["name"], hostname=row["hostname"], os=row["os"],
             agent_version=row["agent_version"], state=summary["state"], health=health,  # type: ignore[arg-type]

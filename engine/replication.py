@@ -209,8 +209,8 @@ class Replication:
         points = self.points(row)
         last_point = points[-1].created_at if points else None
         changed = disk_change(row)
-        if changed is not None:
-            return {"state": "error", "rpo": None, "last_point": last_point, "cause": changed}
+        if changed is not None:  # nothing is lost, but nothing moves until the disk is back or re-enabled
+            return {"state": "paused", "rpo": None, "last_point": last_point, "cause": changed}
         errors = [p.error for p in progress if p.error]
         if errors:
             return {"state": "error", "rpo": None, "last_point": points[-1].created_at if points else None,

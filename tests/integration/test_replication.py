@@ -202,7 +202,7 @@ def test_disk_that_grows_or_vanishes_is_named(appliance: Appliance) -> None:
             f.truncate(12 * MiB)
         server = wait_for(lambda: (s := appliance.servers()["grow-01"])["health_cause"] == "disk-size-changed" and s,
                           what="the size change to be named")
-        assert server["state"] == "error" and server["health"] == "critical"
+        assert server["state"] == "paused" and server["health"] == "critical"
         assert "changed size from 8388608 to 12582912 bytes" in server["health_detail"]
         disk.rename(disk.with_suffix(".gone"))
         server = wait_for(lambda: (s := appliance.servers()["grow-01"])["health_cause"] == "disk-missing" and s,
@@ -277,4 +277,25 @@ def test_kill_9_during_delta_churn_keeps_every_point_exact(appliance: Appliance,
         stop.set()
         if churn.is_alive():
             churn.join()
+        mob.stop()
+
+
+def test_retention_prunes_old_points(appliance: Appliance, tmp_path: Path) -> None:
+    disk = appliance.root / "short.img"
+    fill_disk(disk, 4 * MiB, seed=14)
+    mob = Mobility(appliance, "short-01", disks=[disk]).start()
+    try:
+        wait_for(lambda: appliance.servers().get("short-01"), what="registration")
+        assert appliance.cli("policy", "create", "brief", "--retention", "3s", "--crash-consistent-every", "1s",
+                             "--app-consistent-every", "off").returncode == 0
+        assert appliance.cli("vm", "enable", "short-01", "--policy", "brief").returncode == 0
+        wait_for(lambda: appliance.servers()["short-01"]["state"] == "protected", timeout=60, what="protection")
+        first = points(appliance, "short-01")[0]
+        wait_for(lambda: points(appliance, "short-01")[0]["id"] != first["id"], timeout=30,
+                 what="the first point to be pruned")
+        now = time.time()
+        kept = points(appliance, "short-01")
+        assert all(p["created_at"] > now - 3 - 2.5 for p in kept), kept  # 3 s retention, a cycle of slack
+        assert export(appliance, "short-01", kept[0]["id"], tmp_path / "k").exists()
+    finally:
         mob.stop()
