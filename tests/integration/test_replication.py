@@ -299,3 +299,24 @@ def test_retention_prunes_old_points(appliance: Appliance, tmp_path: Path) -> No
         assert export(appliance, "short-01", kept[0]["id"], tmp_path / "k").exists()
     finally:
         mob.stop()
+
+
+def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
+    disks = [appliance.root / "sys.img", appliance.root / "data.img"]
+    fill_disk(disks[0], 6 * MiB, seed=31)
+    fill_disk(disks[1], 10 * MiB, seed=32)
+    mob = Mobility(appliance, "two-01", disks=disks).start()
+    try:
+        wait_for(lambda: appliance.servers().get("two-01"), what="registration")
+        enable(appliance, "two-01")
+        wait_for(lambda: appliance.servers()["two-01"]["state"] == "protected", timeout=60, what="protection")
+        t = time.time()
+        change_disk(disks[1], seed=33)
+        point = point_after(appliance, "two-01", t)
+        res = appliance.cli("vm", "export", "two-01", "--point", str(point["id"]), "--format", "raw", "--out",
+                            str(tmp_path / "both"))
+        assert res.returncode == 0, res.stderr
+        for i, disk in enumerate(disks):
+            assert (tmp_path / "both" / f"two-01-disk{i}.raw").read_bytes() == disk.read_bytes(), i
+    finally:
+        mob.stop()
