@@ -77,6 +77,14 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def received(data_dir: Path) -> int:
     return sum(json.loads(p.read_text())["bytes_received"] for p in (data_dir / "cache").rglob("stream.json"))
 
@@ -103,6 +111,10 @@ async def one_run(size: int, seed: int, work: Path) -> dict[str, float]:
             await asyncio.sleep(0.05)
         await client.create_policy(name="bench", rpo_threshold="1m", retention="1h", crash_consistent_every="1s",
                                    app_consistent_every="off")
+        engine = await client.engine_status()
+        pids = {a.name: a.pid for a in engine.agents if a.pid}
+        pids["mobility"] = mob.pid
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
         await client.enable("bench", "bench")
         t0 = time.monotonic()
         t_cached = t_applied = None
@@ -114,6 +126,7 @@ async def one_run(size: int, seed: int, work: Path) -> dict[str, float]:
                 t_applied = time.monotonic()
             await asyncio.sleep(0.02)
         assert t_cached is not None
+        cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
         await asyncio.sleep(2.5)  # let an idle cycle or two pass
         before = received(data_dir)
         changed = churn(disk, 0.01, seed + 1)
@@ -133,7 +146,8 @@ async def one_run(size: int, seed: int, work: Path) -> dict[str, float]:
                 "initial_applied_mbps": size / (t_applied - t0) / 1e6,
                 "delta_cycle_s": point.created_at - point.id / 1000, "change_to_point_s": point.created_at - t_change,
                 "changed_mb": changed / 1e6, "sent_mb": sent / 1e6,
-                **{f"rss_{k}_mb": v / 1e6 for k, v in rss.items()}}
+                **{f"rss_{k}_mb": v / 1e6 for k, v in rss.items()},
+                **{f"initial_cpu_{k}_s": v for k, v in cpu.items()}}
     finally:
         mob.terminate()
         mob.wait(30)
