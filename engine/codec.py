@@ -40,6 +40,12 @@ class SegmentIdent:
     server_id: str
     disk: int
     seq: int
+    #: The replication epoch; bound into every authentication tag (not stored in the header).
+    epoch: int = 0
+
+    @property
+    def bound(self) -> bytes:
+        return struct.pack(">Q", self.epoch)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ def seal(key: bytes, ident: SegmentIdent, batch: BatchHeader, runs: list[Run],
     aead = AESGCM(key)
     header = _header(ident, batch, len(runs))
     parts = [header]
+    bound = header + ident.bound
     chain = hashlib.blake2b(digest_size=32)
     for run in runs:
         flags, payload = 0, b""
@@ -76,13 +83,13 @@ def seal(key: bytes, ident: SegmentIdent, batch: BatchHeader, runs: list[Run],
             if len(packed) < MIN_SAVING * run.length:
                 plain, flags = packed, ZSTD
             ad_head = _RECORD.pack(run.offset, run.length, flags, 0, len(plain) + 16, nonce)
-            payload = aead.encrypt(nonce, bytes(plain), header + ad_head[:-12])
+            payload = aead.encrypt(nonce, bytes(plain), bound + ad_head[:-12])
             record = ad_head
         chain.update(record)
         chain.update(payload[-16:])
         parts += [record, payload]
     trailer_nonce = os.urandom(12)
-    tag = aead.encrypt(trailer_nonce, b"", header + chain.digest())
+    tag = aead.encrypt(trailer_nonce, b"", bound + chain.digest())
     parts.append(_TRAILER.pack(END_MAGIC, len(runs), trailer_nonce, tag))
     return b"".join(parts)
 
@@ -100,6 +107,7 @@ def open_segment(key: bytes, data: bytes, expected: SegmentIdent,
     if (uuid.UUID(bytes=server), disk, seq) != (uuid.UUID(expected.server_id), expected.disk, expected.seq):
         raise SegmentCorrupt(f"{name} was swapped: it belongs to another server, disk or position.")
     header = data[:_HEADER.size]
+    bound = header + expected.bound
     end_magic, end_count, t_nonce, tag = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
     if end_magic != END_MAGIC or end_count != count:
         raise SegmentCorrupt(f"{name} is truncated or its trailer is damaged.")
@@ -125,7 +133,7 @@ def open_segment(key: bytes, data: bytes, expected: SegmentIdent,
             payload = view[pos:pos + payload_len]
             pos += payload_len
             chain.update(payload[-16:])
-            plain = aead.decrypt(nonce, bytes(payload), header + record[:-12])
+            plain = aead.decrypt(nonce, bytes(payload), bound + record[:-12])
             if flags & ZSTD:
                 plain = decompressor.decompress(plain, max_output_size=length)
             if len(plain) != length:
@@ -133,7 +141,7 @@ def open_segment(key: bytes, data: bytes, expected: SegmentIdent,
             blocks.append(Block(offset, length, plain))
         if pos != end:
             raise SegmentCorrupt(f"{name} has bytes after its last record.")
-        aead.decrypt(t_nonce, tag, header + chain.digest())
+        aead.decrypt(t_nonce, tag, bound + chain.digest())
     except InvalidTag as exc:
         raise SegmentCorrupt(f"{name} failed authentication: it was altered.") from exc
     except zstandard.ZstdError as exc:

@@ -111,6 +111,13 @@ class OutOfOrder(ProtocolError):
     status = 409
 
 
+class EpochChanged(EngineError):
+    """The sender works for an earlier (or later) enabling of replication than the appliance."""
+
+    code = "epoch-changed"
+    status = 409
+
+
 class NotReplicating(EngineError):
     code = "not-replicating"
     status = 403

@@ -16,7 +16,7 @@ from aiohttp import web
 from engine.errors import BadInput, NotFound
 from engine.protocol import BLOCK
 from engine.state import disks_from_row
-from engine.storage import open_local_target
+from engine.storage import open_local_target, replica
 
 if TYPE_CHECKING:
     from engine.supervisor import Engine
@@ -80,7 +80,8 @@ async def stream_export(request: web.Request, engine: Engine) -> web.StreamRespo
         if point is None:
             raise NotFound(f"{row['name']} has no recovery point {wanted}; "
                            f"`godwit vm points {row['name']}` lists them.")
-    target = open_local_target(engine.data_dir.target, row["server_id"], disk, size)
+    epoch = int(engine.replication.desired_state(row)["epoch"])
+    target = open_local_target(engine.data_dir.target, replica(row["server_id"], epoch), disk, size)
     padded = -(-target.size // SECTOR) * SECTOR
     total = padded + (SECTOR if fmt == "vhd" else 0)
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Godwit-Size": str(total),

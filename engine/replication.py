@@ -136,6 +136,8 @@ class Replication:
         desired: dict[str, Any] = {"replicate": replicate, "max_mbps": row["max_mbps"],
                                    "resync_gen": row["resync_gen"]}
         if replicate:
+            # Each enabling starts a new epoch: state left from an earlier one is never reused.
+            desired["epoch"] = int(row["enabled_at"] * 1000)
             p = self.policy(row["policy"])
             desired["policy"] = {"name": p.name, "crash_consistent_every": p.crash_consistent_every,
                                  "app_consistent_every": p.app_consistent_every, "retention": p.retention}

@@ -26,7 +26,7 @@ from engine.errors import ConfigError, EngineError
 from engine.identity import ApplianceIdentity
 from engine.keys import DataKeys, master_key
 from engine.protocol import Bookmark, Kind
-from engine.storage import PointInfo, TargetDisk, open_local_cache, open_local_target
+from engine.storage import PointInfo, TargetDisk, open_local_cache, open_local_target, replica
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,16 @@ class DiskJob:
     disk: int
     target: TargetDisk
     retention: float
+    epoch: int = 0
     resync_gen: int = 0
     error: str | None = None
     bookmark_time: float | None = None
     dirty: bool = True
     points: list[PointInfo] = field(default_factory=list)
+
+    @property
+    def replica(self) -> str:
+        return replica(self.server_id, self.epoch)
 
 
 class LogProcessor:
@@ -71,13 +76,30 @@ class LogProcessor:
                 key = (s["server_id"], int(d["index"]))
                 wanted.add(key)
                 retention = float(s["policy"]["retention"])
+                epoch = int(s["epoch"])
+                if key in self.jobs and self.jobs[key].epoch != epoch:
+                    del self.jobs[key]  # disabled and enabled again: that target was deleted
                 if key not in self.jobs:
-                    target = open_local_target(self.data_dir.target, key[0], key[1], int(d["size"]))
-                    self.jobs[key] = DiskJob(key[0], key[1], target, retention, points=target.points())
+                    target = open_local_target(self.data_dir.target, replica(key[0], epoch), key[1], int(d["size"]))
+                    self.jobs[key] = DiskJob(key[0], key[1], target, retention, epoch=epoch, points=target.points())
                 self.jobs[key].retention = retention
                 self.jobs[key].resync_gen = int(s.get("resync_gen", 0))
         for key in set(self.jobs) - wanted:
             del self.jobs[key]
+        self._sweep({s["server_id"]: int(s["epoch"]) for s in servers})
+
+    def _sweep(self, epochs: dict[str, int]) -> None:
+        """Delete what earlier enablings of a replicating server left (a late write can outrun a disable)."""
+        import shutil
+
+        for root in (self.data_dir.cache, self.data_dir.target):
+            for server_id, epoch in epochs.items():
+                base = root / server_id
+                if not base.is_dir():
+                    continue
+                for old in base.iterdir():
+                    if old.name.isdigit() and int(old.name) < epoch:
+                        shutil.rmtree(old, ignore_errors=True)
 
     def apply_pending(self, job: DiskJob) -> bool:
         """Runs in the pool: apply every segment that is next in order. True if anything changed."""
@@ -91,20 +113,20 @@ class LogProcessor:
             job.error = None
             log.info("resync.start server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
         changed = False
-        for seq in self.cache.segments(job.server_id, job.disk):
+        for seq in self.cache.segments(job.replica, job.disk):
             if seq <= target.applied_seq:
-                self.cache.delete_segment(job.server_id, job.disk, seq)  # applied before a crash
+                self.cache.delete_segment(job.replica, job.disk, seq)  # applied before a crash
                 continue
             if seq != target.applied_seq + 1:
                 break  # a gap: the process server writes in order, so it is still arriving
-            raw = self.cache.get_segment(job.server_id, job.disk, seq)
+            raw = self.cache.get_segment(job.replica, job.disk, seq)
             try:
                 header, blocks = open_segment(self.keys.get(job.server_id), raw,
-                                              SegmentIdent(job.server_id, job.disk, seq), self._decompressor)
+                                              SegmentIdent(job.server_id, job.disk, seq, job.epoch), self._decompressor)
             except SegmentCorrupt as exc:
                 job.error = f"{exc.message} It was set aside and not applied; resync this server."
                 target.refuse(seq)
-                self.cache.set_aside(job.server_id, job.disk, seq)
+                self.cache.set_aside(job.replica, job.disk, seq)
                 log.error("segment.refused server=%s disk=%s seq=%s: %s", job.server_id, job.disk, seq, exc)
                 return True
             with target.locked():
@@ -118,7 +140,7 @@ class LogProcessor:
                     target.create_point(PointInfo(id=header.cycle, created_at=time.time(),
                                                   kind=_KINDS[header.bookmark], source_time=header.source_time))
                 self._prune(job)
-            self.cache.delete_segment(job.server_id, job.disk, seq)
+            self.cache.delete_segment(job.replica, job.disk, seq)
             changed = True
         job.points = job.target.points()
         return changed

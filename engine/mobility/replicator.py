@@ -53,6 +53,7 @@ class Desired:
     max_mbps: float | None
     disk_sizes: list[int]
     resync_gen: int = 0
+    epoch: int = 0
 
 
 class Tracker:
@@ -174,14 +175,23 @@ class Replicator(threading.Thread):
     def __repr__(self) -> str:
         return f"<Replicator {self.host}:{self.desired.data_port} seq={self._seq}>"
 
+    @staticmethod
+    def tracking_dir(state_dir: Path, epoch: int) -> Path:
+        """Change tracking of one enabling of replication: never mixed with an earlier one's."""
+        path = state_dir / f"epoch-{epoch}"
+        path.mkdir(exist_ok=True, mode=0o700)
+        return path
+
     # --- HTTPS to the data port -------------------------------------------------------------------
     def _request(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
         if self._conn is None:
             self._conn = http.client.HTTPSConnection(self.host, self.desired.data_port, context=self.context,
                                                      timeout=120)
         try:
-            self._conn.request(method, path, body=body,
-                               headers={"Content-Type": "application/octet-stream"} if body is not None else {})
+            headers = {"X-Godwit-Epoch": str(self.desired.epoch)}
+            if body is not None:
+                headers["Content-Type"] = "application/octet-stream"
+            self._conn.request(method, path, body=body, headers=headers)
             resp = self._conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -368,7 +378,8 @@ class Replicator(threading.Thread):
 
     def _resync_done(self) -> int:
         try:
-            return int(json.loads((self.state_dir / "resync.json").read_text())["done"])
+            path = self.tracking_dir(self.state_dir, self.desired.epoch) / "resync.json"
+            return int(json.loads(path.read_text())["done"])
         except (OSError, ValueError, KeyError):
             return 0
 
@@ -381,7 +392,8 @@ class Replicator(threading.Thread):
             self._scan(i, tracker, start=0, kind=Kind.RESYNC, bookmark=Bookmark.CRASH_POINT, cycle=cycle,
                        generation=generation)
         self._drain()
-        (self.state_dir / "resync.json").write_text(json.dumps({"done": generation}))
+        path = self.tracking_dir(self.state_dir, self.desired.epoch) / "resync.json"
+        path.write_text(json.dumps({"done": generation}))
         self._last_point = time.time()
         log.info("resync %d complete", generation)
 
@@ -410,7 +422,8 @@ class Replicator(threading.Thread):
                     log.warning("%s; retrying", exc)
                     self.stop.wait(2.0)
             for i, size in enumerate(self.desired.disk_sizes):
-                trackers.append(Tracker(self.state_dir / f"disk{i}.digests", size))
+                trackers.append(Tracker(self.tracking_dir(self.state_dir, self.desired.epoch) / f"disk{i}.digests",
+                                        size))
                 self._seq[i] = int(streams.get(i, {}).get("acked_seq", 0)) + 1
             for i, tracker in enumerate(trackers):
                 state = streams.get(i, {})

@@ -259,8 +259,7 @@ class MobilityService:
             if self.replicator is not None:
                 log.info("replication disabled by the appliance: stopping and forgetting local change tracking")
                 self._stop_replicator()
-                for f in self.state_dir.glob("disk*.digests"):
-                    f.unlink()
+                self._forget_tracking()
             return
         sizes = [int(d["size"]) for d in answer.get("disks", [])]
         local = [self._size_or_zero(d) for d in self.disks]
@@ -272,7 +271,14 @@ class MobilityService:
             return
         desired = Desired(data_port=int(answer.get("data_port") or 0), policy=dict(answer.get("policy") or {}),
                           max_mbps=answer.get("max_mbps"), disk_sizes=sizes,
-                          resync_gen=int(answer.get("resync_gen") or 0))
+                          resync_gen=int(answer.get("resync_gen") or 0), epoch=int(answer.get("epoch") or 0))
+        if desired.epoch != self._epoch():
+            # Replication was (re-)enabled: what we tracked belongs to an earlier copy; start over.
+            self._stop_replicator()
+            self._forget_tracking()
+            tracking = Replicator.tracking_dir(self.state_dir, desired.epoch)
+            (tracking / "resync.json").write_text(json.dumps({"done": desired.resync_gen}))
+            (self.state_dir / "epoch.json").write_text(json.dumps({"epoch": desired.epoch}))
         if self.replicator is not None and self.replicator.is_alive() and \
                 self.replicator.desired.data_port == desired.data_port:
             self.replicator.desired = desired  # policy and bandwidth cap apply live
@@ -284,6 +290,18 @@ class MobilityService:
                                      hooks=self.hooks)
         self.replicator.start()
         log.info("replicating %d disk(s) to %s:%d", len(self.disks), self.host, desired.data_port)
+
+    def _epoch(self) -> int:
+        try:
+            return int(json.loads((self.state_dir / "epoch.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def _forget_tracking(self) -> None:
+        import shutil
+
+        for d in self.state_dir.glob("epoch-*"):
+            shutil.rmtree(d, ignore_errors=True)
 
     @staticmethod
     def _size_or_zero(path: str) -> int:

@@ -30,6 +30,7 @@ from engine.errors import (
     CertificateRequired,
     ConfigError,
     EngineError,
+    EpochChanged,
     NotReplicating,
     OutOfOrder,
     ProtocolError,
@@ -40,7 +41,7 @@ from engine.listener import TlsListener, error_middleware
 from engine.pki import peer_identity
 from engine.process_server.streams import Streams, StreamState
 from engine.protocol import MAX_BATCH, Bookmark, Kind, decode_batch
-from engine.storage import open_local_cache
+from engine.storage import open_local_cache, replica
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +80,25 @@ class ProcessServer:
         if peer is None:
             raise CertificateRequired("The data port needs the client certificate this appliance issued.")
         key = (peer.server_id, peer.serial)
+        sender_epoch = request.headers.get("X-Godwit-Epoch", "")
         cached = self._auth.get(key)
-        if cached is None or time.monotonic() - cached[0] > AUTH_TTL:
+        stale = cached is None or time.monotonic() - cached[0] > AUTH_TTL or \
+            str(cached[1].get("epoch")) != sender_epoch  # the admin may just have re-enabled it
+        if stale:
             desired = await self.link.request("POST", "/agent/authorize",
                                               {"server_id": peer.server_id, "serial": peer.serial})
             cached = (time.monotonic(), desired)
             self._auth[key] = cached
-        desired = cached[1]
+        desired = cached[1]  # type: ignore[index]
         if not desired.get("replicate"):
             self.streams.forget(peer.server_id)
             raise NotReplicating(f"Replication of {desired.get('name')} is not enabled on the appliance.")
+        if str(desired.get("epoch")) != sender_epoch:
+            raise EpochChanged(f"Replication of {desired.get('name')} was enabled anew; start over from the "
+                               "appliance's stream state.")
         return peer.server_id, desired
 
-    def _seal(self, server_id: str, seq: int, body: bytes, disk: int, size: int) -> tuple[bytes, Any]:
+    def _seal(self, server_id: str, epoch: int, seq: int, body: bytes, disk: int, size: int) -> tuple[bytes, Any]:
         """Runs in the pool: parse and check the batch, then build the segment."""
         header, runs = decode_batch(body, disk_size=size)
         if header.disk != disk:
@@ -101,7 +108,7 @@ class ProcessServer:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:  # one per pool thread: a compressor is not safe to share
             compressor = self._local.compressor = zstandard.ZstdCompressor(level=1)
-        segment = seal(self.keys.get(server_id, create=True), SegmentIdent(server_id, disk, seq), header, runs,
+        segment = seal(self.keys.get(server_id, create=True), SegmentIdent(server_id, disk, seq, epoch), header, runs,
                        compressor)
         return segment, header
 
@@ -117,7 +124,7 @@ class ProcessServer:
             raise ProtocolError(f"A batch needs a Content-Length of at most {MAX_BATCH} bytes.")
         lock = self._locks.setdefault((server_id, disk), asyncio.Lock())
         async with lock:
-            state = self.streams.get(server_id, disk)
+            state = self.streams.get(server_id, disk, int(desired["epoch"]))
             expected = state.acked_seq + 1
             try:
                 async with asyncio.timeout(BODY_GRACE + length / MIN_RATE):
@@ -129,12 +136,14 @@ class ProcessServer:
                 self._report(server_id, disk, state, cache_full=True)
                 raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
             loop = asyncio.get_running_loop()
-            segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, expected, body, disk, size)
-            await loop.run_in_executor(self.pool, self.cache.put_segment, server_id, disk, expected, segment)
+            segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, state.epoch, expected, body,
+                                                         disk, size)
+            await loop.run_in_executor(self.pool, self.cache.put_segment, replica(server_id, state.epoch), disk,
+                                       expected, segment)
             self.cache_used += len(segment)
             initial_done = max(state.initial_done, header.initial_done) if header.kind == Kind.INITIAL \
                 else state.initial_done
-            new = StreamState(acked_seq=expected, initial_done=initial_done,
+            new = StreamState(epoch=state.epoch, acked_seq=expected, initial_done=initial_done,
                               initial_complete=state.initial_complete or (
                                   header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
                               bytes_received=state.bytes_received + len(body))
@@ -145,7 +154,7 @@ class ProcessServer:
 
     async def stream_states(self, request: web.Request) -> web.Response:
         server_id, desired = await self.authorize(request)
-        states = [{"disk": d["index"], **asdict(self.streams.get(server_id, int(d["index"])))}
+        states = [{"disk": d["index"], **asdict(self.streams.get(server_id, int(d["index"]), int(desired["epoch"])))}
                   for d in desired.get("disks", [])]
         return web.json_response({"disks": states})
 

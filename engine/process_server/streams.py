@@ -6,11 +6,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.storage import replica
 from engine.storage.local import write_durably
 
 
 @dataclass
 class StreamState:
+    epoch: int = 0
     acked_seq: int = 0
     initial_done: int = 0
     initial_complete: bool = False
@@ -27,21 +29,24 @@ class Streams:
     def __repr__(self) -> str:
         return f"<Streams {len(self._states)} loaded>"
 
-    def _path(self, server_id: str, disk: int) -> Path:
-        return self._root / server_id / f"disk{disk}" / "stream.json"
+    def _path(self, server_id: str, disk: int, epoch: int) -> Path:
+        return self._root / replica(server_id, epoch) / f"disk{disk}" / "stream.json"
 
-    def get(self, server_id: str, disk: int) -> StreamState:
+    def get(self, server_id: str, disk: int, epoch: int) -> StreamState:
+        """The disk's stream in this replication epoch (a fresh one if the stored state is older)."""
         key = (server_id, disk)
         if key not in self._states:
-            path = self._path(server_id, disk)
-            state = StreamState()
+            path = self._path(server_id, disk, epoch)
+            state = StreamState(epoch=epoch)
             if path.exists():
                 state = StreamState(**json.loads(path.read_text()))
             self._states[key] = state
+        if self._states[key].epoch != epoch:
+            self._states[key] = StreamState(epoch=epoch)
         return self._states[key]
 
     def save(self, server_id: str, disk: int, state: StreamState) -> None:
-        path = self._path(server_id, disk)
+        path = self._path(server_id, disk, state.epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_durably(path, json.dumps(asdict(state)).encode())
         self._states[(server_id, disk)] = state

@@ -29,19 +29,19 @@ class PointInfo:
 
 
 class CacheStore(Protocol):
-    def put_segment(self, server_id: str, disk: int, seq: int, data: bytes) -> None:
+    def put_segment(self, replica: str, disk: int, seq: int, data: bytes) -> None:
         """Store a segment durably (it survives a power cut once this returns)."""
 
-    def segments(self, server_id: str, disk: int) -> list[int]:
+    def segments(self, replica: str, disk: int) -> list[int]:
         """Sequence numbers present, ascending."""
 
-    def get_segment(self, server_id: str, disk: int, seq: int) -> bytes: ...
+    def get_segment(self, replica: str, disk: int, seq: int) -> bytes: ...
 
-    def delete_segment(self, server_id: str, disk: int, seq: int) -> None: ...
+    def delete_segment(self, replica: str, disk: int, seq: int) -> None: ...
 
     def used_bytes(self) -> int: ...
 
-    def set_aside(self, server_id: str, disk: int, seq: int) -> None:
+    def set_aside(self, replica: str, disk: int, seq: int) -> None:
         """Keep a refused segment for inspection, out of the apply order."""
 
 
@@ -82,7 +82,13 @@ def open_local_cache(root: Path) -> CacheStore:
     return LocalCache(root)
 
 
-def open_local_target(root: Path, server_id: str, disk: int, size: int) -> TargetDisk:
+def replica(server_id: str, epoch: int) -> str:
+    """Which copy of a server: each enabling of replication is a new epoch with storage of its own,
+    so nothing left from an earlier copy (segments, seed disks, stream state) is ever mistaken for it."""
+    return f"{server_id}/{epoch}"
+
+
+def open_local_target(root: Path, replica: str, disk: int, size: int) -> TargetDisk:
     from engine.storage.local import LocalTargetDisk
 
-    return LocalTargetDisk(root / server_id / f"disk{disk}", size)
+    return LocalTargetDisk(root / replica / f"disk{disk}", size)

@@ -58,32 +58,32 @@ class LocalCache:
     def __repr__(self) -> str:
         return f"<LocalCache {self.root} used={self.used_bytes()}>"
 
-    def _dir(self, server_id: str, disk: int) -> Path:
-        return self.root / server_id / f"disk{disk}"
+    def _dir(self, replica: str, disk: int) -> Path:
+        return self.root / replica / f"disk{disk}"
 
-    def put_segment(self, server_id: str, disk: int, seq: int, data: bytes) -> None:
-        d = self._dir(server_id, disk)
+    def put_segment(self, replica: str, disk: int, seq: int, data: bytes) -> None:
+        d = self._dir(replica, disk)
         d.mkdir(parents=True, exist_ok=True)
         write_durably(d / f"{seq:016d}.seg", data)
 
-    def segments(self, server_id: str, disk: int) -> list[int]:
-        d = self._dir(server_id, disk)
+    def segments(self, replica: str, disk: int) -> list[int]:
+        d = self._dir(replica, disk)
         if not d.is_dir():
             return []
         return sorted(int(p.name[:16]) for p in d.iterdir() if p.name.endswith(".seg") and p.name[:16].isdigit())
 
-    def get_segment(self, server_id: str, disk: int, seq: int) -> bytes:
-        return (self._dir(server_id, disk) / f"{seq:016d}.seg").read_bytes()
+    def get_segment(self, replica: str, disk: int, seq: int) -> bytes:
+        return (self._dir(replica, disk) / f"{seq:016d}.seg").read_bytes()
 
-    def delete_segment(self, server_id: str, disk: int, seq: int) -> None:
+    def delete_segment(self, replica: str, disk: int, seq: int) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self._dir(server_id, disk) / f"{seq:016d}.seg").unlink()
+            (self._dir(replica, disk) / f"{seq:016d}.seg").unlink()
 
     def used_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.seg"))
 
-    def set_aside(self, server_id: str, disk: int, seq: int) -> None:
-        src = self._dir(server_id, disk) / f"{seq:016d}.seg"
+    def set_aside(self, replica: str, disk: int, seq: int) -> None:
+        src = self._dir(replica, disk) / f"{seq:016d}.seg"
         refused = src.parent / "refused"
         refused.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):

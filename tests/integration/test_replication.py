@@ -170,7 +170,7 @@ def test_disable_stops_and_frees_target_data(appliance: Appliance) -> None:
         assert appliance.servers()["tmp-01"]["state"] == "registered"
         assert not (appliance.data_dir / "target" / server_id).exists()
         assert points(appliance, "tmp-01") == []
-        wait_for(lambda: not list(mob.state_dir.glob("disk*.digests")), what="the source to drop its tracking")
+        wait_for(lambda: not list(mob.state_dir.glob("epoch-*/disk*.digests")), what="the source to drop its tracking")
         res = appliance.cli("vm", "export", "tmp-01", "--point", "latest", "--format", "raw", "--out", "/tmp/nope")
         assert res.returncode == 1 and "no recovery point" in res.stderr
     finally:
@@ -318,5 +318,24 @@ def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         for i, disk in enumerate(disks):
             assert (tmp_path / "both" / f"two-01-disk{i}.raw").read_bytes() == disk.read_bytes(), i
+    finally:
+        mob.stop()
+
+
+def test_disable_and_enable_at_once_starts_a_fresh_copy(appliance: Appliance, tmp_path: Path) -> None:
+    disk = appliance.root / "again.img"
+    fill_disk(disk, 8 * MiB, seed=41)
+    mob = Mobility(appliance, "again-01", disks=[disk]).start()
+    try:
+        wait_for(lambda: appliance.servers().get("again-01"), what="registration")
+        enable(appliance, "again-01")
+        wait_for(lambda: appliance.servers()["again-01"]["state"] == "protected", timeout=60, what="protection")
+        # Faster than any heartbeat or cache in the agents can notice the gap in between.
+        assert appliance.cli("vm", "disable", "again-01", "--yes").returncode == 0
+        assert appliance.cli("vm", "enable", "again-01", "--policy", "fast").returncode == 0
+        change_disk(disk, seed=42)
+        t = time.time()
+        point = point_after(appliance, "again-01", t)
+        assert export(appliance, "again-01", point["id"], tmp_path / "n").read_bytes() == disk.read_bytes()
     finally:
         mob.stop()
