@@ -29,14 +29,16 @@ def _protected(app: Appliance, name: str, size: int = 4 * MiB) -> tuple[Mobility
     return mob, disk
 
 
-def _post(app: Appliance, state_dir: Path, disk: int, body: bytes) -> tuple[int, dict[str, Any]]:
+def _post(app: Appliance, state_dir: Path, disk: int, body: bytes,
+          epoch: int | None = None) -> tuple[int, dict[str, Any]]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.load_verify_locations(state_dir / "ca.crt")
     ctx.load_cert_chain(state_dir / "client.crt", state_dir / "client.key")
     conn = http.client.HTTPSConnection("127.0.0.1", app.data_port, context=ctx, timeout=30)
+    epoch = json.loads((state_dir / "epoch.json").read_text())["epoch"] if epoch is None else epoch
     try:
-        conn.request("POST", f"/v1/streams/{disk}/batches", body=body)
+        conn.request("POST", f"/v1/streams/{disk}/batches", body=body, headers={"X-Godwit-Epoch": str(epoch)})
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())
     finally:
@@ -74,6 +76,9 @@ def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_pa
     for body, disk_index, status, why in cases:
         code, answer = _post(appliance, mob.state_dir, disk_index, body)
         assert (code, why in answer["message"]) == (status, True), (why, code, answer)
+    # A sender still working for an earlier enabling of replication is told to start over.
+    code, answer = _post(appliance, mob.state_dir, 0, batch(seq, [(0, BLOCK, good)]), epoch=1)
+    assert (code, answer["code"]) == (409, "epoch-changed")
     assert _stream(appliance) == before
     assert "Traceback" not in appliance.log("process-server")
 
