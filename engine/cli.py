@@ -106,10 +106,22 @@ async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
           f"Address:         {s.address or '-'}\nOS:              {s.os}\nMobility:        {s.agent_version}\n"
           f"State:           {s.state}\nHealth:          {s.health}"
           + (f" ({s.health_cause}: {s.health_detail})" if s.health_cause else "")
-          + f"\nLast heartbeat:  {human_age(s.last_heartbeat)}\nRegistered:      {human_age(s.registered_at)}\n"
-          f"Disks:")
+          + f"\nLast heartbeat:  {human_age(s.last_heartbeat)}\nRegistered:      {human_age(s.registered_at)}")
+    if s.replicating:
+        rpo = "-" if s.rpo_seconds is None else f"{s.rpo_seconds:.0f} s"
+        cap = "none" if s.max_mbps is None else f"{s.max_mbps:g} Mbit/s"
+        print(f"Policy:          {s.policy}\nRPO:             {rpo}\n"
+              f"Last point:      {human_age(s.last_recovery_point)}\nBandwidth cap:   {cap}")
+    print("Disks:")
     for d in s.disks:
-        print(f"  {d.path}  {human_bytes(d.size)}")
+        line = f"  {d.path}  {human_bytes(d.size)}"
+        if s.replicating and d.bytes_done < d.bytes_total:
+            line += f"  initial {100 * d.bytes_done / d.bytes_total:.0f}% ({human_bytes(d.bytes_done)})"
+            if d.throughput_bps:
+                line += f"  {human_bytes(int(d.throughput_bps))}/s"
+            if d.eta_seconds is not None:
+                line += f"  ETA {d.eta_seconds:.0f} s"
+        print(line)
 
 
 async def cmd_vm_forget(client: AdminClient, args: argparse.Namespace) -> None:
