@@ -128,6 +128,35 @@ class Appliance:
         path = self.data_dir / "logs" / f"{name}.log"
         return path.read_text() if path.exists() else ""
 
+    # --- replication, as the admin drives it ----------------------------------------------------
+    def enable(self, name: str, **policy: str) -> None:
+        """Enable a server with the test policy ``fast`` (a point every second), created on first use."""
+        args = {"--crash-consistent-every": "1s", "--retention": "1h", "--rpo-threshold": "1m",
+                "--app-consistent-every": "off", **policy}
+        if self.cli("policy", "show", "fast").returncode != 0:
+            res = self.cli("policy", "create", "fast", *[x for kv in args.items() for x in kv])
+            assert res.returncode == 0, res.stderr
+        res = self.cli("vm", "enable", name, "--policy", "fast")
+        assert res.returncode == 0, res.stderr
+
+    def points(self, name: str) -> list[dict[str, Any]]:
+        return self.json("vm", "points", name)  # type: ignore[no-any-return]
+
+    def point_after(self, name: str, t: float, timeout: float = 60) -> dict[str, Any]:
+        """The first recovery point whose cycle started after ``t`` (it holds every write made before t)."""
+        return wait_for(lambda: next((p for p in self.points(name) if p["id"] / 1000 > t), None), timeout=timeout,
+                        what=f"a recovery point of {name} newer than the last change")
+
+    def export(self, name: str, point: int | str, out: Path, fmt: str = "raw") -> Path:
+        res = self.cli("vm", "export", name, "--point", str(point), "--format", fmt, "--out", str(out), timeout=120)
+        assert res.returncode == 0, res.stderr
+        return out / f"{name}-disk0.{fmt}"
+
+    def agent_pid(self, name: str) -> int:
+        return wait_for(lambda: next((a["pid"] for a in self.json("engine", "status")["agents"]
+                                      if a["name"] == name and a["state"] == "running"), None),
+                        what=f"{name} running")
+
     def write_passphrase(self, text: str | None = None) -> Path:
         path = self.root / "passphrase.txt"
         path.write_text((text if text is not None else self.setup()["passphrase"]) + "\n")
@@ -252,3 +281,29 @@ def change_disk(path: Path, *, seed: int, writes: int = 20) -> None:
             off = rng.randrange(0, size - n) // 4096 * 4096
             f.seek(off)
             f.write(bytes(n) if rng.random() < 0.15 else rng.randbytes(n))
+
+
+def replicating(app: Appliance, name: str, size: int, *, seed: int, **policy: str) -> tuple[Mobility, Path]:
+    """A source server with a filled disk, registered, enabled and protected (its first point exists)."""
+    disk = app.root / f"{name}.img"
+    fill_disk(disk, size, seed=seed)
+    mob = Mobility(app, name, disks=[disk]).start()
+    wait_for(lambda: app.servers().get(name), what=f"{name} to register")
+    app.enable(name, **policy)
+    wait_for(lambda: app.servers()[name]["state"] == "protected", timeout=60, what=f"{name} to be protected")
+    return mob, disk
+
+
+def kill_9(app: Appliance, mob: Mobility, victim: str) -> None:
+    """kill -9 one process of the data path and start it again as its owner would (the engine restarts
+    its agents itself)."""
+    if victim == "mobility":
+        assert mob.proc is not None
+        mob.proc.kill()
+        mob.proc.wait()
+        mob.start()
+    elif victim == "engine":
+        app.kill()
+        app.start()
+    else:
+        os.kill(app.agent_pid(victim), signal.SIGKILL)

@@ -13,20 +13,9 @@ from typing import Any
 
 from engine.process_server.service import AUTH_TTL
 from engine.protocol import BLOCK, BatchHeader, Bookmark, Kind, encode_batch
-from tests.appliance import Appliance, Mobility, change_disk, fill_disk, wait_for
-from tests.integration.test_replication import agent_pid, enable, export, points
+from tests.appliance import Appliance, Mobility, change_disk, fill_disk, replicating, wait_for
 
 MiB = 1024 * 1024
-
-
-def _protected(app: Appliance, name: str, size: int = 4 * MiB) -> tuple[Mobility, Path]:
-    disk = app.root / f"{name}.img"
-    fill_disk(disk, size, seed=11)
-    mob = Mobility(app, name, disks=[disk]).start()
-    wait_for(lambda: app.servers().get(name), what="registration")
-    enable(app, name)
-    wait_for(lambda: app.servers()[name]["state"] == "protected", timeout=60, what="protection")
-    return mob, disk
 
 
 def _post(app: Appliance, state_dir: Path, disk: int, body: bytes,
@@ -51,7 +40,7 @@ def _stream(app: Appliance) -> dict[str, Any]:
 
 
 def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_path: Path) -> None:
-    mob, disk = _protected(appliance, "edge-01")
+    mob, disk = replicating(appliance, "edge-01", 4 * MiB, seed=11)
     mob.stop()  # hold the stream still while we poke at it
     before = _stream(appliance)
     seq = before["acked_seq"] + 1
@@ -94,10 +83,10 @@ def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_pa
 
 
 def test_altered_segment_is_refused_and_reported(appliance: Appliance, tmp_path: Path) -> None:
-    mob, disk = _protected(appliance, "tamper-01")
+    mob, disk = replicating(appliance, "tamper-01", 4 * MiB, seed=11)
     try:
-        good_points = points(appliance, "tamper-01")
-        processor = agent_pid(appliance, "log-processor")
+        good_points = appliance.points("tamper-01")
+        processor = appliance.agent_pid("log-processor")
         os.kill(processor, signal.SIGSTOP)
         try:
             change_disk(disk, seed=5, writes=5)
@@ -117,10 +106,10 @@ def test_altered_segment_is_refused_and_reported(appliance: Appliance, tmp_path:
         assert list((cache).rglob("refused/*.seg"))
         # Nothing of it was applied: the last good point exports as it was.
         last = good_points[-1]
-        assert points(appliance, "tamper-01")[: len(good_points)] == good_points
-        assert export(appliance, "tamper-01", last["id"], tmp_path / "p").exists()
+        assert appliance.points("tamper-01")[: len(good_points)] == good_points
+        assert appliance.export("tamper-01", last["id"], tmp_path / "p").exists()
         # The error survives a restart of the log processor ...
-        os.kill(agent_pid(appliance, "log-processor"), signal.SIGKILL)
+        os.kill(appliance.agent_pid("log-processor"), signal.SIGKILL)
         time.sleep(2.5)
         assert appliance.servers()["tamper-01"]["state"] == "error"
         # ... and the admin's resync mends it: every block is sent again, the points stay.
@@ -128,10 +117,10 @@ def test_altered_segment_is_refused_and_reported(appliance: Appliance, tmp_path:
         assert res.returncode == 0, res.stderr
         t = time.time()
         wait_for(lambda: appliance.servers()["tamper-01"]["state"] == "protected", timeout=60, what="the resync")
-        after = wait_for(lambda: next((p for p in points(appliance, "tamper-01") if p["id"] / 1000 > t), None),
+        after = wait_for(lambda: next((p for p in appliance.points("tamper-01") if p["id"] / 1000 > t), None),
                          timeout=60, what="a point after the resync")
-        assert export(appliance, "tamper-01", after["id"], tmp_path / "r").read_bytes() == disk.read_bytes()
-        assert points(appliance, "tamper-01")[: len(good_points)] == good_points
+        assert appliance.export("tamper-01", after["id"], tmp_path / "r").read_bytes() == disk.read_bytes()
+        assert appliance.points("tamper-01")[: len(good_points)] == good_points
         assert "resync-requested" in [e["code"] for e in appliance.events()]
     finally:
         mob.stop()
@@ -145,17 +134,17 @@ def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: ob
     mob = Mobility(app, "full-01", disks=[disk]).start()
     try:
         wait_for(lambda: app.servers().get("full-01"), what="registration")
-        processor = agent_pid(app, "log-processor")
+        processor = app.agent_pid("log-processor")
         os.kill(processor, signal.SIGSTOP)  # nothing drains the cache
         try:
-            enable(app, "full-01")
+            app.enable("full-01")
             server = wait_for(lambda: (s := app.servers()["full-01"])["health_cause"] == "cache-full" and s,
                               timeout=60, what="back-pressure to be reported")
             assert server["health"] == "warning" and "cache is full" in server["health_detail"]
         finally:
             os.kill(processor, signal.SIGCONT)
         wait_for(lambda: app.servers()["full-01"]["state"] == "protected", timeout=90, what="the backlog to drain")
-        assert export(app, "full-01", "latest", tmp_path / "f").read_bytes() == disk.read_bytes()
+        assert app.export("full-01", "latest", tmp_path / "f").read_bytes() == disk.read_bytes()
         assert "cache-full" in [e["code"] for e in app.events()]
     finally:
         mob.stop()
@@ -163,7 +152,7 @@ def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: ob
 
 
 def test_a_trickling_sender_does_not_hold_up_other_servers(appliance: Appliance, tmp_path: Path) -> None:
-    mob, _ = _protected(appliance, "slow-01")
+    mob, _ = replicating(appliance, "slow-01", 4 * MiB, seed=11)
     other_disk = appliance.root / "other.img"
     fill_disk(other_disk, 4 * MiB, seed=13)
     other = Mobility(appliance, "fast-01", disks=[other_disk]).start()
@@ -179,11 +168,11 @@ def test_a_trickling_sender_does_not_hold_up_other_servers(appliance: Appliance,
         # slow-01's certificate starts a batch and then sends one byte at a time, slowly.
         trickle.sendall(b"POST /v1/streams/0/batches HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nG")
         wait_for(lambda: appliance.servers().get("fast-01"), what="fast-01 to register")
-        enable(appliance, "fast-01")
+        appliance.enable("fast-01")
         wait_for(lambda: appliance.servers()["fast-01"]["state"] == "protected", timeout=60,
                  what="another server to replicate meanwhile")
         trickle.sendall(b"D")
-        assert export(appliance, "fast-01", "latest", tmp_path / "o").read_bytes() == other_disk.read_bytes()
+        assert appliance.export("fast-01", "latest", tmp_path / "o").read_bytes() == other_disk.read_bytes()
     finally:
         trickle.close()
         other.stop()

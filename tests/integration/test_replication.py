@@ -2,65 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.appliance import Appliance, Mobility, change_disk, fill_disk, wait_for
+from tests.appliance import Appliance, Mobility, change_disk, fill_disk, kill_9, replicating, wait_for
 
 MiB = 1024 * 1024
-
-
-def enable(app: Appliance, name: str, **policy: str) -> None:
-    args = {"--crash-consistent-every": "1s", "--retention": "1h", "--rpo-threshold": "1m",
-            "--app-consistent-every": "off", **policy}
-    if app.cli("policy", "show", "fast").returncode != 0:
-        res = app.cli("policy", "create", "fast", *[x for kv in args.items() for x in kv])
-        assert res.returncode == 0, res.stderr
-    res = app.cli("vm", "enable", name, "--policy", "fast")
-    assert res.returncode == 0, res.stderr
-
-
-def points(app: Appliance, name: str) -> list[dict[str, Any]]:
-    return app.json("vm", "points", name)  # type: ignore[no-any-return]
-
-
-def point_after(app: Appliance, name: str, t: float, timeout: float = 60) -> dict[str, Any]:
-    """The first recovery point whose cycle started after ``t`` (it holds every write made before t)."""
-    return wait_for(lambda: next((p for p in points(app, name) if p["id"] / 1000 > t), None), timeout=timeout,
-                    what=f"a recovery point of {name} newer than the last change")
-
-
-def export(app: Appliance, name: str, point: int | str, out: Path, fmt: str = "raw") -> Path:
-    res = app.cli("vm", "export", name, "--point", str(point), "--format", fmt, "--out", str(out), timeout=120)
-    assert res.returncode == 0, res.stderr
-    return out / f"{name}-disk0.{fmt}"
-
-
-def agent_pid(app: Appliance, name: str) -> int:
-    return wait_for(lambda: next((a["pid"] for a in app.json("engine", "status")["agents"]
-                                  if a["name"] == name and a["state"] == "running"), None), what=f"{name} running")
-
-
-def kill_9(app: Appliance, mob: Mobility, victim: str) -> None:
-    """kill -9 one process of the data path and start it again as its owner would (the engine restarts
-    its agents itself)."""
-    if victim == "mobility":
-        assert mob.proc is not None
-        mob.proc.kill()
-        mob.proc.wait()
-        mob.start()
-    elif victim == "engine":
-        app.kill()
-        app.start()
-    else:
-        os.kill(agent_pid(app, victim), signal.SIGKILL)
 
 
 def test_initial_delta_and_old_points_are_byte_exact(appliance: Appliance, tmp_path: Path) -> None:
@@ -69,24 +20,24 @@ def test_initial_delta_and_old_points_are_byte_exact(appliance: Appliance, tmp_p
     mob = Mobility(appliance, "web-01", disks=[disk]).start()
     try:
         wait_for(lambda: appliance.servers().get("web-01"), what="registration")
-        enable(appliance, "web-01")
+        appliance.enable("web-01")
         server = wait_for(lambda: (s := appliance.servers()["web-01"])["state"] == "protected" and s, timeout=60,
                           what="initial replication to finish")
         assert server["disks"][0]["bytes_done"] == server["disks"][0]["bytes_total"] == 24 * MiB
-        first = points(appliance, "web-01")[0]
+        first = appliance.points("web-01")[0]
         assert first["kind"] == "crash-consistent"
         v1 = disk.read_bytes()
-        assert export(appliance, "web-01", "latest", tmp_path / "a").read_bytes() == v1
+        assert appliance.export("web-01", "latest", tmp_path / "a").read_bytes() == v1
 
         t = time.time()
         change_disk(disk, seed=2)
         v2 = disk.read_bytes()
-        p2 = point_after(appliance, "web-01", t)
-        assert export(appliance, "web-01", p2["id"], tmp_path / "b").read_bytes() == v2
+        p2 = appliance.point_after("web-01", t)
+        assert appliance.export("web-01", p2["id"], tmp_path / "b").read_bytes() == v2
         # The first point still shows the disk as it was then.
-        assert export(appliance, "web-01", first["id"], tmp_path / "c").read_bytes() == v1
+        assert appliance.export("web-01", first["id"], tmp_path / "c").read_bytes() == v1
         if shutil.which("qemu-img"):
-            vhd = export(appliance, "web-01", p2["id"], tmp_path / "d", fmt="vhd")
+            vhd = appliance.export("web-01", p2["id"], tmp_path / "d", fmt="vhd")
             raw = tmp_path / "b" / "web-01-disk0.raw"
             res = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vpc", str(raw), str(vhd)],
                                  capture_output=True, text=True)
@@ -108,7 +59,7 @@ def test_kill_9_mid_initial_replication_resumes(appliance: Appliance, tmp_path: 
     try:
         wait_for(lambda: appliance.servers().get("db-01"), what="registration")
         assert appliance.cli("vm", "set", "db-01", "--max-mbps", "60").returncode == 0  # ~7 MB/s: time to aim
-        enable(appliance, "db-01")
+        appliance.enable("db-01")
         done = lambda: appliance.servers()["db-01"]["disks"][0]["bytes_done"]  # noqa: E731
         wait_for(lambda: done() > 4 * MiB, timeout=60, what="initial replication to be under way")
         before = done()
@@ -118,28 +69,23 @@ def test_kill_9_mid_initial_replication_resumes(appliance: Appliance, tmp_path: 
                  what="initial replication to finish after the kill")
         # Resumed, not restarted: the appliance never saw progress go back below what it had.
         assert done() >= before
-        assert export(appliance, "db-01", "latest", tmp_path / "x").read_bytes() == disk.read_bytes()
+        assert appliance.export("db-01", "latest", tmp_path / "x").read_bytes() == disk.read_bytes()
     finally:
         mob.stop()
 
 
 def test_completed_initial_replication_is_never_repeated(appliance: Appliance, tmp_path: Path) -> None:
-    disk = appliance.root / "app.img"
-    fill_disk(disk, 16 * MiB, seed=9)
-    mob = Mobility(appliance, "app-01", disks=[disk]).start()
+    mob, disk = replicating(appliance, "app-01", 16 * MiB, seed=9)
     try:
-        wait_for(lambda: appliance.servers().get("app-01"), what="registration")
-        enable(appliance, "app-01")
-        wait_for(lambda: appliance.servers()["app-01"]["state"] == "protected", timeout=60, what="protection")
         received = _received(appliance)
         mob.stop()
         mob.start()
         t = time.time()
         change_disk(disk, seed=3, writes=3)
-        p = point_after(appliance, "app-01", t)
+        p = appliance.point_after("app-01", t)
         # After the restart only the few changed blocks travelled, not the 16 MiB disk again.
         assert _received(appliance) - received < 4 * MiB
-        assert export(appliance, "app-01", p["id"], tmp_path / "y").read_bytes() == disk.read_bytes()
+        assert appliance.export("app-01", p["id"], tmp_path / "y").read_bytes() == disk.read_bytes()
         assert "initial replication of" not in mob.output.split("sending heartbeats")[-1]
     finally:
         mob.stop()
@@ -160,7 +106,7 @@ def test_disable_stops_and_frees_target_data(appliance: Appliance) -> None:
     mob = Mobility(appliance, "tmp-01", disks=[disk]).start()
     try:
         wait_for(lambda: appliance.servers().get("tmp-01"), what="registration")
-        enable(appliance, "tmp-01")
+        appliance.enable("tmp-01")
         server_id = wait_for(lambda: (s := appliance.servers()["tmp-01"])["state"] == "protected" and s["server_id"],
                              timeout=60, what="protection")
         assert (appliance.data_dir / "target" / server_id).exists()
@@ -169,7 +115,7 @@ def test_disable_stops_and_frees_target_data(appliance: Appliance) -> None:
         assert appliance.cli("vm", "disable", "tmp-01", "--yes").returncode == 0
         assert appliance.servers()["tmp-01"]["state"] == "registered"
         assert not (appliance.data_dir / "target" / server_id).exists()
-        assert points(appliance, "tmp-01") == []
+        assert appliance.points("tmp-01") == []
         wait_for(lambda: not list(mob.state_dir.glob("epoch-*/disk*.digests")), what="the source to drop its tracking")
         res = appliance.cli("vm", "export", "tmp-01", "--point", "latest", "--format", "raw", "--out", "/tmp/nope")
         assert res.returncode == 1 and "no recovery point" in res.stderr
@@ -191,13 +137,8 @@ def test_policy_validation(appliance: Appliance) -> None:
 
 
 def test_disk_that_grows_or_vanishes_is_named(appliance: Appliance) -> None:
-    disk = appliance.root / "grow.img"
-    fill_disk(disk, 8 * MiB, seed=6)
-    mob = Mobility(appliance, "grow-01", disks=[disk]).start()
+    mob, disk = replicating(appliance, "grow-01", 8 * MiB, seed=6)
     try:
-        wait_for(lambda: appliance.servers().get("grow-01"), what="registration")
-        enable(appliance, "grow-01")
-        wait_for(lambda: appliance.servers()["grow-01"]["state"] == "protected", timeout=60, what="protection")
         with open(disk, "r+b") as f:
             f.truncate(12 * MiB)
         server = wait_for(lambda: (s := appliance.servers()["grow-01"])["health_cause"] == "disk-size-changed" and s,
@@ -208,7 +149,7 @@ def test_disk_that_grows_or_vanishes_is_named(appliance: Appliance) -> None:
         server = wait_for(lambda: (s := appliance.servers()["grow-01"])["health_cause"] == "disk-missing" and s,
                           what="the missing disk to be named")
         assert "is gone from grow-01" in server["health_detail"]
-        assert points(appliance, "grow-01")  # what was replicated stays exportable
+        assert appliance.points("grow-01")  # what was replicated stays exportable
         codes = [e["code"] for e in appliance.events()]
         assert "disk-size-changed" in codes and "disk-missing" in codes
     finally:
@@ -225,16 +166,16 @@ def test_app_consistent_points_run_the_hooks(appliance: Appliance, tmp_path: Pat
     bad = Mobility(appliance, "sql-02", disks=[disk], extra=["--pre-snapshot", "exit 3"]).start()
     try:
         wait_for(lambda: {"sql-01", "sql-02"} <= set(appliance.servers()), what="registration")
-        enable(appliance, "sql-01", **{"--app-consistent-every": "1h"})
+        appliance.enable("sql-01", **{"--app-consistent-every": "1h"})
         assert appliance.cli("vm", "enable", "sql-02", "--policy", "fast").returncode == 0
-        app_point = wait_for(lambda: next((p for p in points(appliance, "sql-01") if p["kind"] == "app-consistent"),
+        app_point = wait_for(lambda: next((p for p in appliance.points("sql-01") if p["kind"] == "app-consistent"),
                                           None), timeout=60, what="an app-consistent point")
         assert log.read_text().split() == ["pre", "post"]  # once: the next is due in an hour
-        assert export(appliance, "sql-01", app_point["id"], tmp_path / "a").read_bytes() == disk.read_bytes()
+        assert appliance.export("sql-01", app_point["id"], tmp_path / "a").read_bytes() == disk.read_bytes()
         # A failing pre-snapshot hook still gives a point, labelled for what it is.
-        wait_for(lambda: points(appliance, "sql-02"), timeout=60, what="sql-02's first point")
+        wait_for(lambda: appliance.points("sql-02"), timeout=60, what="sql-02's first point")
         time.sleep(1.5)
-        assert {p["kind"] for p in points(appliance, "sql-02")} == {"crash-consistent"}
+        assert {p["kind"] for p in appliance.points("sql-02")} == {"crash-consistent"}
     finally:
         mob.stop()
         _, out = bad.stop()
@@ -246,9 +187,7 @@ def test_kill_9_during_delta_churn_keeps_every_point_exact(appliance: Appliance,
     a segment or of applying one: the final point still equals the source byte for byte."""
     import threading
 
-    disk = appliance.root / "busy.img"
-    fill_disk(disk, 32 * MiB, seed=21)
-    mob = Mobility(appliance, "busy-01", disks=[disk]).start()
+    mob, disk = replicating(appliance, "busy-01", 32 * MiB, seed=21)
     stop = threading.Event()
 
     def writer() -> None:
@@ -260,9 +199,6 @@ def test_kill_9_during_delta_churn_keeps_every_point_exact(appliance: Appliance,
 
     churn = threading.Thread(target=writer)
     try:
-        wait_for(lambda: appliance.servers().get("busy-01"), what="registration")
-        enable(appliance, "busy-01")
-        wait_for(lambda: appliance.servers()["busy-01"]["state"] == "protected", timeout=60, what="protection")
         churn.start()
         for victim in ("log-processor", "process-server", "mobility", "log-processor", "engine", "process-server"):
             time.sleep(1.2)
@@ -270,8 +206,8 @@ def test_kill_9_during_delta_churn_keeps_every_point_exact(appliance: Appliance,
         stop.set()
         churn.join()
         t = time.time()
-        final = point_after(appliance, "busy-01", t, timeout=90)
-        assert export(appliance, "busy-01", final["id"], tmp_path / "z").read_bytes() == disk.read_bytes()
+        final = appliance.point_after("busy-01", t, timeout=90)
+        assert appliance.export("busy-01", final["id"], tmp_path / "z").read_bytes() == disk.read_bytes()
         assert appliance.servers()["busy-01"]["state"] == "protected"
     finally:
         stop.set()
@@ -290,13 +226,13 @@ def test_retention_prunes_old_points(appliance: Appliance, tmp_path: Path) -> No
                              "--app-consistent-every", "off").returncode == 0
         assert appliance.cli("vm", "enable", "short-01", "--policy", "brief").returncode == 0
         wait_for(lambda: appliance.servers()["short-01"]["state"] == "protected", timeout=60, what="protection")
-        first = points(appliance, "short-01")[0]
-        wait_for(lambda: points(appliance, "short-01")[0]["id"] != first["id"], timeout=30,
+        first = appliance.points("short-01")[0]
+        wait_for(lambda: appliance.points("short-01")[0]["id"] != first["id"], timeout=30,
                  what="the first point to be pruned")
         now = time.time()
-        kept = points(appliance, "short-01")
+        kept = appliance.points("short-01")
         assert all(p["created_at"] > now - 3 - 2.5 for p in kept), kept  # 3 s retention, a cycle of slack
-        assert export(appliance, "short-01", kept[0]["id"], tmp_path / "k").exists()
+        assert appliance.export("short-01", kept[0]["id"], tmp_path / "k").exists()
     finally:
         mob.stop()
 
@@ -308,11 +244,11 @@ def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
     mob = Mobility(appliance, "two-01", disks=disks).start()
     try:
         wait_for(lambda: appliance.servers().get("two-01"), what="registration")
-        enable(appliance, "two-01")
+        appliance.enable("two-01")
         wait_for(lambda: appliance.servers()["two-01"]["state"] == "protected", timeout=60, what="protection")
         t = time.time()
         change_disk(disks[1], seed=33)
-        point = point_after(appliance, "two-01", t)
+        point = appliance.point_after("two-01", t)
         res = appliance.cli("vm", "export", "two-01", "--point", str(point["id"]), "--format", "raw", "--out",
                             str(tmp_path / "both"))
         assert res.returncode == 0, res.stderr
@@ -323,19 +259,14 @@ def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
 
 
 def test_disable_and_enable_at_once_starts_a_fresh_copy(appliance: Appliance, tmp_path: Path) -> None:
-    disk = appliance.root / "again.img"
-    fill_disk(disk, 8 * MiB, seed=41)
-    mob = Mobility(appliance, "again-01", disks=[disk]).start()
+    mob, disk = replicating(appliance, "again-01", 8 * MiB, seed=41)
     try:
-        wait_for(lambda: appliance.servers().get("again-01"), what="registration")
-        enable(appliance, "again-01")
-        wait_for(lambda: appliance.servers()["again-01"]["state"] == "protected", timeout=60, what="protection")
         # Faster than any heartbeat or cache in the agents can notice the gap in between.
         assert appliance.cli("vm", "disable", "again-01", "--yes").returncode == 0
         assert appliance.cli("vm", "enable", "again-01", "--policy", "fast").returncode == 0
         change_disk(disk, seed=42)
         t = time.time()
-        point = point_after(appliance, "again-01", t)
-        assert export(appliance, "again-01", point["id"], tmp_path / "n").read_bytes() == disk.read_bytes()
+        point = appliance.point_after("again-01", t)
+        assert appliance.export("again-01", point["id"], tmp_path / "n").read_bytes() == disk.read_bytes()
     finally:
         mob.stop()
