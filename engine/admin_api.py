@@ -226,13 +226,13 @@ async def agent_authorize(request: web.Request) -> web.Response:
 async def agent_received(request: web.Request) -> web.Response:
     engine = _engine(request)
     body = await read_json(request)
+    row = engine.state.server(server_id=str(body["server_id"]))
+    if row is None or engine.replication.desired_state(row).get("epoch") != body.get("epoch"):
+        return web.json_response({"ok": False})  # about a copy that is no longer the current one
     if engine.replication.report_received(body):
-        row = engine.state.server(server_id=str(body["server_id"]))
-        if row is not None:
-            engine.hub.record("info", "initial-replication-complete",
-                              f"Initial replication of {row['name']} disk {body['disk']} is complete.",
-                              server=row["name"])
-    engine.inventory.publish(str(body["server_id"]))
+        engine.hub.record("info", "initial-replication-complete",
+                          f"Initial replication of {row['name']} disk {body['disk']} is complete.", server=row["name"])
+    engine.inventory.publish(row["server_id"])
     return web.json_response({"ok": True})
 
 

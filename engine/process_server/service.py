@@ -181,6 +181,8 @@ async def serve(ctx: AgentContext) -> None:
         raise ConfigError("process-server must be started by the engine supervisor.")
     server = ProcessServer(ctx)
     server.cache_used = server.cache.used_bytes()
+    for server_id, disk, state in server.streams.stored():  # the supervisor may have restarted too
+        server._report(server_id, disk, state, cache_full=False)
     app = web.Application(client_max_size=MAX_BATCH, middlewares=[error_middleware("data")])
     app.router.add_get("/v1/streams", server.stream_states)
     app.router.add_post("/v1/streams/{disk}/batches", server.batch)

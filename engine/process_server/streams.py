@@ -51,6 +51,17 @@ class Streams:
         write_durably(path, json.dumps(asdict(state)).encode())
         self._states[(server_id, disk)] = state
 
+    def stored(self) -> list[tuple[str, int, StreamState]]:
+        """Every stream state on disk (``(server id, disk, state)``), e.g. to report them after a restart."""
+        out = []
+        for path in self._root.glob("*/*/disk*/stream.json"):
+            try:
+                state = StreamState(**json.loads(path.read_text()))
+                out.append((path.parents[2].name, int(path.parent.name.removeprefix("disk")), state))
+            except (OSError, ValueError, TypeError):
+                continue
+        return out
+
     def forget(self, server_id: str) -> None:
         for key in [k for k in self._states if k[0] == server_id]:
             del self._states[key]

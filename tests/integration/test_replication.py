@@ -270,3 +270,15 @@ def test_disable_and_enable_at_once_starts_a_fresh_copy(appliance: Appliance, tm
         assert appliance.export("again-01", point["id"], tmp_path / "n").read_bytes() == disk.read_bytes()
     finally:
         mob.stop()
+
+
+def test_engine_restart_while_the_source_is_down_keeps_the_state(appliance: Appliance) -> None:
+    mob, _ = replicating(appliance, "quiet-01", 4 * MiB, seed=51)
+    mob.stop()  # the source server is switched off
+    appliance.stop()
+    appliance.start()
+    # Nothing will arrive from the source, yet the appliance knows where the copy stands.
+    server = wait_for(lambda: (s := appliance.servers()["quiet-01"])["state"] == "protected" and s,
+                      what="the state to be known again")
+    assert server["disks"][0]["bytes_done"] == server["disks"][0]["bytes_total"]
+    assert appliance.points("quiet-01")
