@@ -208,3 +208,6 @@ class EngineBridge(QObject):
 
     async def disable(self, name: str) -> ServerStatus:
         return await self.client.disable(name)
+
+    async def resync(self, name: str) -> ServerStatus:
+        return await self.client.resync(name)

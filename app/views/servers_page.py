@@ -38,6 +38,10 @@ class ServersPage(QWidget):
         self.count = QLabel(objectName="servers_count")
         self.enable_button = QPushButton(tr("Enable replication…"), objectName="enable_replication", enabled=False)
         self.enable_button.clicked.connect(self.on_enable_button_clicked)
+        self.resync_button = QPushButton(tr("Resync…"), objectName="resync_replication", enabled=False)
+        self.resync_button.setToolTip(tr("Send every block of the selected server again (after an error). "
+                                         "Recovery points are kept."))
+        self.resync_button.clicked.connect(self.on_resync_button_clicked)
         self.disable_button = QPushButton(tr("Disable…"), objectName="disable_replication", enabled=False)
         self.disable_button.setToolTip(tr("Stop replicating the selected server and delete its recovery points."))
         self.disable_button.clicked.connect(self.on_disable_button_clicked)
@@ -49,6 +53,7 @@ class ServersPage(QWidget):
         bar.addStretch(1)
         bar.addWidget(self.count)
         bar.addWidget(self.enable_button)
+        bar.addWidget(self.resync_button)
         bar.addWidget(self.disable_button)
         bar.addWidget(self.forget_button)
 
@@ -79,6 +84,7 @@ class ServersPage(QWidget):
         self.forget_button.setEnabled(server is not None)
         self.enable_button.setEnabled(server is not None and not server.replicating)
         self.disable_button.setEnabled(server is not None and server.replicating)
+        self.resync_button.setEnabled(server is not None and server.replicating and server.state != "resyncing")
 
     def selected(self) -> ServerStatus | None:
         rows = self.table.selectionModel().selectedRows()
@@ -103,6 +109,22 @@ class ServersPage(QWidget):
                                      "next heartbeat."), policies, tr("Enable"))
             if policy is not None:
                 await self.bridge.enable(name, policy)
+        except Exception as exc:
+            show_error(self, exc)
+        finally:
+            self._update_buttons()
+
+    @asyncSlot()
+    async def on_resync_button_clicked(self) -> None:
+        name = self.selected_name()
+        if name is None or not await confirm(
+                self, tr("Resync %s?") % name,
+                tr("%s sends every block again and the appliance compares it with its copy; this takes as long as "
+                   "an initial replication. Recovery points are kept.") % name, tr("Resync")):
+            return
+        self.resync_button.setEnabled(False)
+        try:
+            await self.bridge.resync(name)
         except Exception as exc:
             show_error(self, exc)
         finally:

@@ -211,6 +211,14 @@ async def test_console_enables_and_disables_replication(appliance: Appliance, qa
         assert model.server(0).last_recovery_point is not None
         assert model.data(model.index(0, model.LAST_POINT)) == "just now"
         assert page.disable_button.isEnabled() and not page.enable_button.isEnabled()
+        page.resync_button.click()
+        await until(lambda: isinstance(QApplication.activeModalWidget(), QMessageBox), what="the confirmation")
+        box = QApplication.activeModalWidget()
+        next(b for b in box.buttons() if b.text() == "Resync").click()
+        await until(lambda: "resync-requested" in [e.code for e in (
+            window.events_page.model.event_at(i) for i in range(window.events_page.model.rowCount()))],
+            what="the resync to be requested")
+        await until(lambda: model.server(0).state == "protected", timeout=60, what="the resync to finish")
         page.disable_button.click()
         await until(lambda: isinstance(QApplication.activeModalWidget(), QMessageBox), what="the confirmation")
         box = QApplication.activeModalWidget()
