@@ -81,18 +81,22 @@ async def stream_export(request: web.Request, engine: Engine) -> web.StreamRespo
             raise NotFound(f"{row['name']} has no recovery point {wanted}; "
                            f"`godwit vm points {row['name']}` lists them.")
     epoch = int(engine.replication.desired_state(row)["epoch"])
-    target = open_local_target(engine.data_dir.target, replica(row["server_id"], epoch), disk, size)
-    padded = -(-target.size // SECTOR) * SECTOR
-    total = padded + (SECTOR if fmt == "vhd" else 0)
-    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Godwit-Size": str(total),
-                                       "X-Godwit-Point": str(point.id)})
-    resp.content_length = total
-    await resp.prepare(request)
+    disk_dir = engine.data_dir.target / replica(row["server_id"], epoch) / f"disk{disk}"
     loop = asyncio.get_running_loop()
-    lock = os.open(target.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)  # type: ignore[attr-defined]
+    lock = os.open(disk_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        # The log processor applies nothing to this disk while the export reads it.
+        # The log processor applies nothing to this disk (it skips it) while the export reads it; the
+        # disk's metadata is read only now, under the lock, so the point cannot be pruned meanwhile.
         await loop.run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
+        target = open_local_target(engine.data_dir.target, replica(row["server_id"], epoch), disk, size)
+        if point.id not in {p.id for p in target.points()}:
+            raise NotFound(f"Recovery point {point.id} of {row['name']} was just pruned; export a newer one.")
+        padded = -(-target.size // SECTOR) * SECTOR
+        total = padded + (SECTOR if fmt == "vhd" else 0)
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Godwit-Size": str(total),
+                                           "X-Godwit-Point": str(point.id)})
+        resp.content_length = total
+        await resp.prepare(request)
         chunks = target.read_point(point.id, BLOCK)
         zero = bytes(BLOCK)
         while True:

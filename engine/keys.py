@@ -57,6 +57,11 @@ class DataKeys:
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)  # the first writer wins; a racing one reads the winner's key
             tmp.unlink()
+            dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)  # the key must outlive a power cut, or acknowledged segments could not be read
+            finally:
+                os.close(dir_fd)
         raw = path.read_bytes()
         try:
             key = self._aead.decrypt(raw[:12], raw[12:], server_id.encode())

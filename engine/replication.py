@@ -105,6 +105,12 @@ class Replication:
     # --- enabling ------------------------------------------------------------------------------
     def enable(self, row: Any, policy: str | None) -> None:
         p = self.policy(policy or DEFAULT_POLICY.name)
+        if row["replicate"]:  # already replicating: only the policy changes, the copy and its points stay
+            if p.name != row["policy"]:
+                self._state.set_policy(row["server_id"], p.name)
+                self._hub.record("info", "policy-changed", f"{row['name']} now replicates with policy {p.name}.",
+                                 server=row["name"])
+            return
         disks = disks_from_row(row)
         if not disks or any(d.size == 0 for d in disks):
             raise BadInput(f"{row['name']} reports a missing or empty disk; fix it on the source server first.")

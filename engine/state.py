@@ -148,9 +148,13 @@ class StateDB:
                         disk_sizes: list[int] | None = None) -> None:
         """Start or stop replicating; ``disk_sizes`` are the sizes the seed disks are made with."""
         with self._tx() as db:
-            db.execute("UPDATE servers SET replicate=?, policy=?, enabled_at=?, replicated_disks=? WHERE server_id=?",
-                       (int(replicate), policy, time.time() if replicate else None,
-                        json.dumps(disk_sizes) if replicate else None, server_id))
+            db.execute("UPDATE servers SET replicate=?, policy=?, enabled_at=?, replicated_disks=?, resync_gen=0"
+                       " WHERE server_id=?", (int(replicate), policy, time.time() if replicate else None,
+                                              json.dumps(disk_sizes) if replicate else None, server_id))
+
+    def set_policy(self, server_id: str, policy: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE servers SET policy=? WHERE server_id=?", (policy, server_id))
 
     def request_resync(self, server_id: str) -> None:
         with self._tx() as db:

@@ -102,10 +102,12 @@ class LogProcessor:
                         shutil.rmtree(old, ignore_errors=True)
 
     def apply_pending(self, job: DiskJob) -> bool:
-        """Runs in the pool: apply every segment that is next in order. True if anything changed."""
+        """Runs in the pool: apply every acknowledged segment that is next in order. True if anything changed."""
         target = job.target
         if target.refused_seq:
-            if job.resync_gen <= target.resync_done:
+            # Only a resync asked for after the refusal mends it: one already under way then would end
+            # without the refused segment's blocks.
+            if job.resync_gen <= target.refused_gen:
                 job.error = job.error or (f"Segment {target.refused_seq} of disk {job.disk} was refused (it failed "
                                           "authentication) and set aside; resync this server.")
                 return False
@@ -113,33 +115,37 @@ class LogProcessor:
             job.error = None
             log.info("resync.start server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
         changed = False
+        acked = self.cache.acked_seq(job.replica, job.disk)
         for seq in self.cache.segments(job.replica, job.disk):
             if seq <= target.applied_seq:
                 self.cache.delete_segment(job.replica, job.disk, seq)  # applied before a crash
                 continue
-            if seq != target.applied_seq + 1:
-                break  # a gap: the process server writes in order, so it is still arriving
+            if seq != target.applied_seq + 1 or seq > acked:
+                break  # a gap (still arriving), or written but not yet acknowledged
             raw = self.cache.get_segment(job.replica, job.disk, seq)
             try:
                 header, blocks = open_segment(self.keys.get(job.server_id), raw,
                                               SegmentIdent(job.server_id, job.disk, seq, job.epoch), self._decompressor)
             except SegmentCorrupt as exc:
                 job.error = f"{exc.message} It was set aside and not applied; resync this server."
-                target.refuse(seq)
+                target.refuse(seq, job.resync_gen)
                 self.cache.set_aside(job.replica, job.disk, seq)
                 log.error("segment.refused server=%s disk=%s seq=%s: %s", job.server_id, job.disk, seq, exc)
                 return True
-            with target.locked():
-                target.apply(seq, blocks)
-                if header.bookmark != Bookmark.NONE:
-                    job.bookmark_time = min(time.time(), header.source_time or time.time())
-                    if header.kind == Kind.RESYNC:
-                        target.finish_resync(header.initial_done)  # carries the generation
-                # No point while a resync is under way: the disk is a mix until the pass completes.
-                if header.bookmark in _KINDS and target.resync_done >= job.resync_gen:
-                    target.create_point(PointInfo(id=header.cycle, created_at=time.time(),
-                                                  kind=_KINDS[header.bookmark], source_time=header.source_time))
-                self._prune(job)
+            resync_done = header.initial_done if header.kind == Kind.RESYNC and header.bookmark else None
+            point = None
+            # No point while a resync is under way: the disk is a mix until the pass completes.
+            if header.bookmark in _KINDS and max(target.resync_done, resync_done or 0) >= job.resync_gen:
+                point = PointInfo(id=header.cycle, created_at=time.time(), kind=_KINDS[header.bookmark],
+                                  source_time=header.source_time)
+            try:
+                with target.locked(blocking=False):  # an export holds it: come back to this disk later
+                    target.apply(seq, blocks, point=point, resync_done=resync_done)
+                    self._prune(job)
+            except BlockingIOError:
+                break
+            if header.bookmark != Bookmark.NONE:
+                job.bookmark_time = min(time.time(), header.source_time or time.time())
             self.cache.delete_segment(job.replica, job.disk, seq)
             changed = True
         job.points = job.target.points()

@@ -9,6 +9,7 @@ Runs in its own thread; the heartbeat loop hands it the desired state.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import logging
@@ -62,7 +63,9 @@ class Tracker:
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.blocks = -(-size // BLOCK)
-        if path.exists() and path.stat().st_size == self.blocks * DIGEST:
+        #: True when no usable tracking was found (first start, or lost with a power cut).
+        self.fresh = not (path.exists() and path.stat().st_size == self.blocks * DIGEST)
+        if not self.fresh:
             self.digests = bytearray(path.read_bytes())
         else:
             self.digests = bytearray(ZERO_DIGEST * self.blocks)  # the seed disk starts as zeros
@@ -282,8 +285,11 @@ class Replicator(threading.Thread):
         while pos < size:
             try:
                 data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole remains
-                break
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole remains
+                    break
+                # Block devices (and some file systems) cannot tell holes: all of it is data.
+                return [(start // BLOCK * BLOCK, size)]
             hole = os.lseek(fd, data, os.SEEK_HOLE)
             lo = data // BLOCK * BLOCK
             hi = min(size, -(-hole // BLOCK) * BLOCK)
@@ -422,8 +428,10 @@ class Replicator(threading.Thread):
                     log.warning("%s; retrying", exc)
                     self.stop.wait(2.0)
             for i, size in enumerate(self.desired.disk_sizes):
-                trackers.append(Tracker(self.tracking_dir(self.state_dir, self.desired.epoch) / f"disk{i}.digests",
-                                        size))
+                tracker = Tracker(self.tracking_dir(self.state_dir, self.desired.epoch) / f"disk{i}.digests", size)
+                if tracker.fresh and int(streams.get(i, {}).get("acked_seq", 0)) > 0:
+                    tracker.forget()  # the appliance has data we no longer know about: compare everything
+                trackers.append(tracker)
                 self._seq[i] = int(streams.get(i, {}).get("acked_seq", 0)) + 1
             for i, tracker in enumerate(trackers):
                 state = streams.get(i, {})
@@ -453,8 +461,9 @@ class Replicator(threading.Thread):
             log.error("replication stopped: %s", exc)
         finally:
             self.stop.set()
-            sender.join(timeout=30)
-            for t in trackers:
-                t.close()
             if self._conn is not None:
-                self._conn.close()
+                self._conn.close()  # unblocks a sender waiting on the network
+            sender.join(timeout=30)
+            if not sender.is_alive():  # else it may still commit to them; leave them to the process's end
+                for t in trackers:
+                    t.close()

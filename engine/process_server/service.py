@@ -167,7 +167,10 @@ class ProcessServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(REPORT_EVERY)
-            self.cache_used = await loop.run_in_executor(self.pool, self.cache.used_bytes)
+            try:
+                self.cache_used = await loop.run_in_executor(self.pool, self.cache.used_bytes)
+            except OSError as exc:  # keep the last figure; never let back-pressure stick
+                log.warning("cache.size-unknown %s", exc)
             reports, self._reports = self._reports, {}
             for report in reports.values():
                 try:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.storage import replica
-from engine.storage.local import write_durably
+from engine.storage.local import STREAM_FILE, write_durably
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Streams:
         return f"<Streams {len(self._states)} loaded>"
 
     def _path(self, server_id: str, disk: int, epoch: int) -> Path:
-        return self._root / replica(server_id, epoch) / f"disk{disk}" / "stream.json"
+        return self._root / replica(server_id, epoch) / f"disk{disk}" / STREAM_FILE
 
     def get(self, server_id: str, disk: int, epoch: int) -> StreamState:
         """The disk's stream in this replication epoch (a fresh one if the stored state is older)."""

@@ -41,6 +41,9 @@ class CacheStore(Protocol):
 
     def used_bytes(self) -> int: ...
 
+    def acked_seq(self, replica: str, disk: int) -> int:
+        """The last acknowledged sequence number: only segments up to it may be applied."""
+
     def set_aside(self, replica: str, disk: int, seq: int) -> None:
         """Keep a refused segment for inspection, out of the apply order."""
 
@@ -49,21 +52,22 @@ class TargetDisk(Protocol):
     size: int
     applied_seq: int
     refused_seq: int
+    refused_gen: int
     resync_done: int
 
-    def refuse(self, seq: int) -> None:
-        """Remember durably that segment ``seq`` was refused: applying stops there."""
+    def refuse(self, seq: int, generation: int) -> None:
+        """Remember durably that segment ``seq`` was refused while ``generation`` was the resync in force."""
 
     def start_resync(self) -> None:
         """Step over a refused segment (the resync pass rewrites every block)."""
 
-    def finish_resync(self, generation: int) -> None: ...
-
-    def locked(self) -> AbstractContextManager[None]:
+    def locked(self, *, blocking: bool = True) -> AbstractContextManager[None]:
         """Exclusive use across processes: the log processor while applying, an export while reading."""
 
-    def apply(self, seq: int, blocks: list[Block]) -> None:
-        """Write a segment's blocks; durable, and idempotent if repeated after a crash."""
+    def apply(self, seq: int, blocks: list[Block], *, point: PointInfo | None = None,
+              resync_done: int | None = None) -> None:
+        """Write a segment's blocks; durable, and idempotent if repeated after a crash. The point and
+        the completed resync generation are recorded atomically with ``applied_seq``."""
 
     def create_point(self, point: PointInfo) -> None: ...
 

@@ -22,6 +22,7 @@ from engine.codec import Block
 from engine.protocol import BLOCK
 from engine.storage import PointInfo
 
+STREAM_FILE = "stream.json"  #: the process server's durable state of a disk's stream, next to its segments
 _UNDO = struct.Struct(">QIBI")  # offset, length, flags (1 = was zeros), crc32 of the data
 _WAS_ZERO = 1
 _ZERO_BLOCK = bytes(BLOCK)
@@ -80,7 +81,20 @@ class LocalCache:
             (self._dir(replica, disk) / f"{seq:016d}.seg").unlink()
 
     def used_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*.seg"))
+        """Bytes of segments waiting to be applied (refused ones are kept aside and not counted)."""
+        total = 0
+        for p in self.root.glob("*/*/disk*/*.seg"):
+            with contextlib.suppress(FileNotFoundError):  # the log processor deletes as we count
+                total += p.stat().st_size
+        return total
+
+    def acked_seq(self, replica: str, disk: int) -> int:
+        """The last segment the process server acknowledged: only those may be applied. A segment
+        written but not acknowledged (a crash in between) is sent again and replaced."""
+        try:
+            return int(json.loads((self._dir(replica, disk) / STREAM_FILE).read_text())["acked_seq"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return 0
 
     def set_aside(self, replica: str, disk: int, seq: int) -> None:
         src = self._dir(replica, disk) / f"{seq:016d}.seg"
@@ -102,6 +116,8 @@ class LocalTargetDisk:
         self.applied_seq = int(meta.get("applied_seq", 0))
         #: A segment refused as corrupt (0: none); applying waits there until a resync.
         self.refused_seq = int(meta.get("refused_seq", 0))
+        #: The resync generation in force when that segment was refused; a later one mends it.
+        self.refused_gen = int(meta.get("refused_gen", 0))
         #: The last resync generation fully applied.
         self.resync_done = int(meta.get("resync_done", 0))
         self._points = [PointInfo(**p) for p in meta.get("points", [])]
@@ -115,11 +131,12 @@ class LocalTargetDisk:
         return f"<LocalTargetDisk {self.root} applied={self.applied_seq} points={[p.id for p in self._points]}>"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive use of this disk across processes (the log processor applies, an export reads)."""
+    def locked(self, *, blocking: bool = True) -> Iterator[None]:
+        """Exclusive use of this disk across processes (the log processor applies, an export reads).
+        Non-blocking: raises BlockingIOError if someone else holds it."""
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             yield
         finally:
             os.close(fd)
@@ -129,6 +146,7 @@ class LocalTargetDisk:
 
     def _save_meta(self) -> None:
         meta = {"size": self.size, "applied_seq": self.applied_seq, "refused_seq": self.refused_seq,
+                "refused_gen": self.refused_gen,
                 "resync_done": self.resync_done,
                 "points": [p.__dict__ for p in self._points]}
         write_durably(self._meta_path, json.dumps(meta).encode())
@@ -155,13 +173,21 @@ class LocalTargetDisk:
                 f.truncate(pos)
         return index
 
-    def apply(self, seq: int, blocks: list[Block]) -> None:
+    def apply(self, seq: int, blocks: list[Block], *, point: PointInfo | None = None,
+              resync_done: int | None = None) -> None:
+        """Write a segment's blocks durably; then, in the same metadata write as ``applied_seq``, the
+        point its bookmark takes and the resync generation it completes (so a crash never keeps one
+        without the other)."""
         if seq <= self.applied_seq:
             return
         fd = os.open(self._seed, os.O_RDWR)
         try:
             if self._points:
-                self._save_old(fd, blocks)
+                try:
+                    self._save_old(fd, blocks)
+                except BaseException:
+                    self._saved = None  # rescan (and repair) the log before trusting it again
+                    raise
             for b in blocks:
                 if b.data is None:
                     for off in range(b.offset, b.offset + b.length, BLOCK):
@@ -172,6 +198,12 @@ class LocalTargetDisk:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if point is not None and not any(p.id == point.id for p in self._points):
+            write_durably(self._undo_path(point.id), b"")
+            self._points.append(point)
+            self._saved = set()
+        if resync_done is not None:
+            self.resync_done = max(self.resync_done, resync_done)
         self.applied_seq = seq
         self._save_meta()
 
@@ -181,9 +213,10 @@ class LocalTargetDisk:
         if self._saved is None:
             self._saved = set(self._scan_undo(path, repair=True))
         records = []
+        offsets = set()
         for b in blocks:
             for off in range(b.offset, b.offset + b.length, BLOCK):
-                if off in self._saved:
+                if off in self._saved or off in offsets:
                     continue
                 n = min(BLOCK, self.size - off)
                 old = os.pread(fd, n, off)
@@ -191,15 +224,16 @@ class LocalTargetDisk:
                     records.append(_UNDO.pack(off, n, _WAS_ZERO, 0))
                 else:
                     records += [_UNDO.pack(off, n, 0, zlib.crc32(old)), old]
-                self._saved.add(off)
+                offsets.add(off)
         if records:
             with open(path, "ab") as f:
                 f.write(b"".join(records))
                 f.flush()
                 os.fsync(f.fileno())
+        self._saved |= offsets  # only once they are durable
 
-    def refuse(self, seq: int) -> None:
-        self.refused_seq = seq
+    def refuse(self, seq: int, generation: int) -> None:
+        self.refused_seq, self.refused_gen = seq, generation
         self._save_meta()
 
     def start_resync(self) -> None:
@@ -208,10 +242,6 @@ class LocalTargetDisk:
             self.applied_seq = max(self.applied_seq, self.refused_seq)
             self.refused_seq = 0
             self._save_meta()
-
-    def finish_resync(self, generation: int) -> None:
-        self.resync_done = max(self.resync_done, generation)
-        self._save_meta()
 
     def create_point(self, point: PointInfo) -> None:
         if any(p.id == point.id for p in self._points):

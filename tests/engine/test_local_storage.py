@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.codec import Block
 from engine.protocol import BLOCK
-from engine.storage import PointInfo
+from engine.storage import PointInfo, replica
 from engine.storage.local import LocalCache, LocalTargetDisk
 
 SIZE = 40 * BLOCK + 1000  # a last partial block, as real disks may have
@@ -93,10 +93,29 @@ def test_reapplying_after_a_crash_mid_apply_is_exact(tmp_path: Path) -> None:
 
 def test_cache_segments_are_ordered_and_counted(tmp_path: Path) -> None:
     cache = LocalCache(tmp_path / "cache")
+    r = replica("server", 1)
     for seq in (3, 1, 2):
-        cache.put_segment("s", 0, seq, b"x" * seq)
-    assert cache.segments("s", 0) == [1, 2, 3]
+        cache.put_segment(r, 0, seq, b"x" * seq)
+    assert cache.segments(r, 0) == [1, 2, 3]
     assert cache.used_bytes() == 6
-    cache.delete_segment("s", 0, 1)
-    assert cache.get_segment("s", 0, 2) == b"xx"
-    assert cache.segments("s", 1) == []
+    cache.delete_segment(r, 0, 1)
+    assert cache.get_segment(r, 0, 2) == b"xx"
+    assert cache.segments(r, 1) == []
+    cache.set_aside(r, 0, 3)
+    assert cache.used_bytes() == 2  # a refused segment no longer counts
+    assert cache.acked_seq(r, 0) == 0
+
+
+def test_a_point_is_recorded_with_the_segment_that_takes_it(tmp_path: Path) -> None:
+    disk = LocalTargetDisk(tmp_path / "d", SIZE)
+    disk.apply(1, [Block(0, BLOCK, b"\x01" * BLOCK)], point=PointInfo(9, 1.0, "crash-consistent", 1.0),
+               resync_done=2)
+    again = LocalTargetDisk(tmp_path / "d", SIZE)
+    assert (again.applied_seq, [p.id for p in again.points()], again.resync_done) == (1, [9], 2)
+    with again.locked():
+        other = LocalTargetDisk(tmp_path / "d", SIZE)
+        try:
+            with other.locked(blocking=False):
+                raise AssertionError("the lock was not exclusive")
+        except BlockingIOError:
+            pass

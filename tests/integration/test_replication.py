@@ -261,6 +261,13 @@ def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
 def test_disable_and_enable_at_once_starts_a_fresh_copy(appliance: Appliance, tmp_path: Path) -> None:
     mob, disk = replicating(appliance, "again-01", 8 * MiB, seed=41)
     try:
+        # Enabling a server that replicates already changes nothing but its policy: same copy, same points.
+        before = appliance.points("again-01")
+        assert appliance.cli("policy", "create", "slow", "--crash-consistent-every", "1h").returncode == 0
+        assert appliance.cli("vm", "enable", "again-01", "--policy", "slow").returncode == 0
+        assert appliance.servers()["again-01"]["policy"] == "slow"
+        assert appliance.points("again-01")[: len(before)] == before
+        assert "policy-changed" in [e["code"] for e in appliance.events()]
         # Faster than any heartbeat or cache in the agents can notice the gap in between.
         assert appliance.cli("vm", "disable", "again-01", "--yes").returncode == 0
         assert appliance.cli("vm", "enable", "again-01", "--policy", "fast").returncode == 0
@@ -282,3 +289,24 @@ def test_engine_restart_while_the_source_is_down_keeps_the_state(appliance: Appl
                       what="the state to be known again")
     assert server["disks"][0]["bytes_done"] == server["disks"][0]["bytes_total"]
     assert appliance.points("quiet-01")
+
+
+def test_a_block_device_is_replicated(appliance: Appliance, tmp_path: Path) -> None:
+    """Block devices cannot tell holes (SEEK_DATA fails with EINVAL): all of it must be read."""
+    image = appliance.root / "lo.img"
+    fill_disk(image, 8 * MiB, seed=61)
+    res = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"no loop device here ({res.stderr.strip()})")
+    device = res.stdout.strip()
+    try:
+        mob = Mobility(appliance, "blk-01", disks=[Path(device)]).start()
+        try:
+            wait_for(lambda: appliance.servers().get("blk-01"), what="registration")
+            appliance.enable("blk-01")
+            wait_for(lambda: appliance.servers()["blk-01"]["state"] == "protected", timeout=60, what="protection")
+            assert appliance.export("blk-01", "latest", tmp_path / "b").read_bytes() == image.read_bytes()
+        finally:
+            mob.stop()
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
