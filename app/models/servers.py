@@ -115,6 +115,10 @@ class ServersModel(RecordTableModel[ServerStatus]):
         done, total = progress_of(s)
         if not s.replicating:
             return tr("Not replicating")
+        if s.state in ("paused", "error"):
+            return tr("Stopped: see Health")
+        if s.state == "resyncing":
+            return tr("Resyncing every block")
         if s.state != "initial-replication":
             return tr("Done")
         short = QLocale.DataSizeFormat.DataSizeIecFormat
