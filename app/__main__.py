@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from app.bridge import setup_console_logging
 
-    setup_console_logging(data_dir)
+    os.umask(0o077)  # the console's log and settings are the admin's alone
+    try:
+        setup_console_logging(data_dir)
+    except OSError as exc:
+        print(f"godwit: cannot use the data directory {data_dir} ({exc.strerror}). Run the console as the user "
+              "who owns it, or give another --data-dir.", file=sys.stderr)
+        return 1
 
     import qasync
     from PySide6.QtWidgets import QApplication

@@ -32,6 +32,8 @@ COALESCE_MS = 100
 EVENTS_ON_ATTACH = 500
 ENGINE_START_TIMEOUT = 60.0
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 3.0)
+#: Seconds between attempts to start an engine whose start failed (say, a port in use).
+FAILED_START_RETRY = 15.0
 
 __all__ = ["DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event", "Policy", "ServerStatus", "SetupInfo",
            "default_data_dir", "setup_console_logging"]
@@ -69,6 +71,7 @@ class EngineBridge(QObject):
         self._flush = QTimer(self, singleShot=True, interval=COALESCE_MS)
         self._flush.timeout.connect(self._flush_servers)
         self.attach_count = 0
+        self._spawned = False
 
     def __repr__(self) -> str:
         return f"<EngineBridge {self.data_dir.root} state={self.state} attached={self.attach_count}x>"
@@ -104,13 +107,18 @@ class EngineBridge(QObject):
                 attempt = 0  # the stream ended (engine stopped or we fell behind): re-attach
                 self._set_state("lost", "Lost the engine; re-attaching…")
             except EngineNotRunning:
-                if self._start_engine and not self._engine_alive():
+                # Start the embedded engine when there is none at first, or again after one we started
+                # died; an engine the admin runs and stops (systemd, a terminal) is theirs to restart.
+                may_start = self._start_engine and (self.attach_count == 0 or self._spawned)
+                if may_start and not self._engine_alive():
                     try:
                         await self._spawn_engine()
+                        self._spawned = True
                         attempt = 0
                         continue
                     except EngineError as exc:
                         self._set_state("failed", exc.message)
+                        attempt = len(RETRY_DELAYS)  # do not hammer a start that fails
                 elif self.state == "attached" or self.state == "connecting":
                     self._set_state("lost", "The engine is not answering; re-attaching…")
             except EngineError as exc:
@@ -118,7 +126,7 @@ class EngineBridge(QObject):
             except Exception:  # a bug must not leave the console detached for good
                 log.exception("bridge.unexpected")
                 self._set_state("lost", "Lost the engine after an unexpected error; re-attaching…")
-            await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+            await asyncio.sleep(RETRY_DELAYS[attempt] if attempt < len(RETRY_DELAYS) else FAILED_START_RETRY)
             attempt += 1
 
     async def _follow(self) -> None:
@@ -167,6 +175,8 @@ class EngineBridge(QObject):
             fd = os.open(self.data_dir.lock_file, os.O_RDONLY)
         except FileNotFoundError:
             return False
+        except OSError:
+            return True  # not ours to read: someone else's engine; never start a second one
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -178,8 +188,8 @@ class EngineBridge(QObject):
     async def _spawn_engine(self) -> None:
         """Start ``godwit serve --background`` for this data directory and wait until it serves."""
         self._set_state("starting", f"Starting the engine for {self.data_dir.root}…")
-        cmd = [sys.executable, "-m", "engine", "serve", "--background", "--data-dir", str(self.data_dir.root),
-               *self._engine_args]
+        cmd = [sys.executable, "-P", "-m", "engine", "serve", "--background", "--data-dir",
+               str(self.data_dir.root), *self._engine_args]
         loop = asyncio.get_running_loop()
         # The launcher returns as soon as the detached engine serves or has failed; a thread keeps
         # the console's loop free meanwhile.

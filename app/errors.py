@@ -36,7 +36,9 @@ def install_excepthook() -> None:
     """Unhandled exceptions (e.g. from async slots) are logged at CRITICAL and shown, never fatal."""
 
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        from PySide6.QtWidgets import QApplication
+
         log.critical("console.uncaught", exc_info=(kind, exc, tb))
-        show_error(None, exc)
+        show_error(QApplication.activeWindow(), exc)  # a parent keeps the dialog alive
 
     sys.excepthook = hook

@@ -103,12 +103,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
         last = engine.state.events(limit=1)
         hello = {"type": "hello", "engine": to_json(engine.status()), "setup": to_json(engine.setup_info()),
                  "servers": to_json(engine.inventory.servers()), "last_event_id": last[-1].id if last else 0}
-        await resp.write(json.dumps(hello).encode() + b"\n")
-        while True:
-            message = await queue.get()
-            if message is None:
-                break
-            await resp.write(json.dumps(message).encode() + b"\n")
+        try:
+            await resp.write(json.dumps(hello).encode() + b"\n")
+            while True:
+                message = await queue.get()
+                if message is None:
+                    break
+                await resp.write(json.dumps(message).encode() + b"\n")
+        except ConnectionResetError:
+            pass  # the console or CLI went away: nothing to report
     return resp
 
 

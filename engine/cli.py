@@ -20,8 +20,8 @@ from typing import Any, NoReturn
 from engine import __version__
 from engine.client import AdminClient
 from engine.config import DataDir, EngineConfig, default_data_dir
-from engine.errors import EngineError
-from engine.records import Event, ServerStatus, to_json
+from engine.errors import EngineError, EngineNotRunning
+from engine.records import Event, ServerStatus, from_json, to_json
 
 EXIT_ERROR = 1
 
@@ -273,19 +273,23 @@ async def cmd_events(client: AdminClient, args: argparse.Namespace) -> None:
     if not args.follow:
         return
     last = events[-1].id if events else 0
-    async for message in client.updates():
-        if message.get("type") == "hello":  # catch up on what happened between the two requests
-            for e in await client.events(after=last):
-                _print_event(e, args.json)
-                last = e.id
-        elif message.get("type") == "event":
-            from engine.records import from_json
-
-            event = from_json(Event, message["event"])
-            if event.id > last:
-                _print_event(event, args.json)
-                last = event.id
-    raise EngineError(f"The engine of {client.data_dir.root} stopped; no more events will come.")
+    stopped = EngineError(f"The engine of {client.data_dir.root} stopped; no more events will come.")
+    while True:
+        try:
+            async for message in client.updates():
+                if message.get("type") == "hello":  # catch up on what happened since the last one printed
+                    for e in await client.events(after=last, limit=10_000):
+                        _print_event(e, args.json)
+                        last = e.id
+                elif message.get("type") == "event":
+                    event = from_json(Event, message["event"])
+                    if event.id > last:
+                        _print_event(event, args.json)
+                        last = event.id
+            # The stream ended: the engine stopped, or dropped us for reading too slowly (then go on).
+            await client.engine_status()
+        except EngineNotRunning:
+            raise stopped from None
 
 
 def _admin(fn: Callable[[AdminClient, argparse.Namespace], Coroutine[Any, Any, None]]
@@ -324,7 +328,12 @@ def cmd_mobility_run(args: argparse.Namespace) -> None:
 
 def cmd_console(args: argparse.Namespace) -> None:
     # The console is the app package; the engine never imports it, it hands over the process.
-    argv = [sys.executable, "-m", "app", "--data-dir", str(args.data_dir)]
+    # -P: never import a module of that name from the current directory instead of ours.
+    argv = [sys.executable, "-P", "-m", "app", "--data-dir", str(args.data_dir)]
+    if args.management_port:
+        argv += ["--management-port", str(args.management_port)]
+    if args.data_port:
+        argv += ["--data-port", str(args.data_port)]
     os.execv(sys.executable, argv)
 
 
@@ -359,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("console", parents=[data_dir], help="open the desktop console (the default)")
+    p.add_argument("--management-port", type=_port, help="management port for an engine the console starts")
+    p.add_argument("--data-port", type=_port, help="data port for an engine the console starts")
     p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("serve", parents=[data_dir], help="run the engine daemon in the foreground")
@@ -456,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "data_dir"):
         args.data_dir = default_data_dir()
+    args.data_dir = Path(args.data_dir).absolute()  # the daemon leaves the current directory
     func = getattr(args, "func", cmd_console)
+    if func is cmd_console:
+        args.management_port = getattr(args, "management_port", None)
+        args.data_port = getattr(args, "data_port", None)
     try:
         func(args)
     except EngineError as exc:

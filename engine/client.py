@@ -48,12 +48,20 @@ class UnixJsonClient:
     def _not_running(self) -> EngineNotRunning:
         return EngineNotRunning(self._what)
 
+    def _not_yours(self) -> EngineError:
+        return EngineError(f"{self.socket_path} belongs to another user: run this as the user who runs the engine "
+                           "(often root).")
+
     async def request(self, method: str, path: str, body: Any = None, *, timeout: float = 30) -> Any:
         try:
             async with self._http().request(method, f"http://godwit{path}", json=body,
                                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 data = await resp.json(content_type=None)
+        except PermissionError as exc:
+            raise self._not_yours() from exc
         except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
+            if isinstance(getattr(exc, "os_error", None), PermissionError):
+                raise self._not_yours() from exc
             raise self._not_running() from exc
         except TimeoutError as exc:
             raise EngineError(f"The engine did not answer within {timeout:.0f} s; see its log in the data "
@@ -85,6 +93,8 @@ class UnixJsonClient:
                         raise ProtocolError("The engine's event stream sent an over-long line.")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, FileNotFoundError,
                 ConnectionRefusedError) as exc:
+            if isinstance(getattr(exc, "os_error", None), PermissionError):
+                raise self._not_yours() from exc
             raise self._not_running() from exc
 
 

@@ -214,11 +214,14 @@ class Inventory:
     async def watch_health(self) -> None:
         """Notice servers that stop sending heartbeats (nobody else would: they are silent)."""
         while True:
-            now = time.time()
-            for row in self._state.servers():
-                status = self.status(row, now)
-                if self._note_health(status):
-                    self._hub.publish({"type": "server", "server": to_json(status)})
+            try:
+                now = time.time()
+                for row in self._state.servers():
+                    status = self.status(row, now)
+                    if self._note_health(status):
+                        self._hub.publish({"type": "server", "server": to_json(status)})
+            except Exception:  # e.g. a full disk for the event: keep watching
+                log.exception("health.watch-failed")
             await asyncio.sleep(min(1.0, self.heartbeat_interval))
 
 

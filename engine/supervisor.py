@@ -102,7 +102,7 @@ class AgentProcess:
         self._on_change()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        cmd = [sys.executable, "-m", self.spec.module, "--data-dir", str(self._data_dir.root),
+        cmd = [sys.executable, "-P", "-m", self.spec.module, "--data-dir", str(self._data_dir.root),
                "--parent-pid", str(os.getpid())]
         fds: tuple[int, ...] = ()
         if self._listen is not None:
@@ -116,27 +116,42 @@ class AgentProcess:
             out.close()
 
     async def run(self) -> None:
+        """Keep the agent running until :meth:`stop`. Never ends on an error of its own: a failed
+        spawn or a failed event write is logged and retried, or the agent would silently stay down."""
         attempt = 0
         while not self._stopping:
-            started = time.monotonic()
-            self._proc = await self._spawn()
-            self._set_state("running")
-            log.info("agent.started name=%s pid=%s", self.spec.name, self._proc.pid)
-            code = await self._proc.wait()
-            if self._stopping:
-                break
-            if time.monotonic() - started >= HEALTHY_RUN:
-                attempt = 0
-            delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
-            attempt += 1
-            self.restarts += 1
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            self._hub.record("warning", "agent-restarted",
-                             f"Appliance agent {self.spec.name} {how}; restarting it in {delay:.0f} s. "
-                             f"Its log is {self._data_dir.logs / (self.spec.name + '.log')}.")
-            self._set_state("restarting")
-            await asyncio.sleep(delay)
+            try:
+                attempt = await self._run_once(attempt)
+            except Exception:
+                log.exception("agent.supervise-failed name=%s", self.spec.name)
+                self._set_state("restarting")
+                await asyncio.sleep(BACKOFF[-1])
         self._set_state("stopped")
+
+    async def _run_once(self, attempt: int) -> int:
+        """Start the agent, wait for it to exit, back off. Returns the next backoff step."""
+        started = time.monotonic()
+        self._proc = await self._spawn()
+        if self._stopping:  # stop() came while we were starting it
+            self._proc.terminate()
+            await self._proc.wait()
+            return attempt
+        self._set_state("running")
+        log.info("agent.started name=%s pid=%s", self.spec.name, self._proc.pid)
+        code = await self._proc.wait()
+        if self._stopping:
+            return attempt
+        if time.monotonic() - started >= HEALTHY_RUN:
+            attempt = 0
+        delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+        self.restarts += 1
+        self._set_state("restarting")
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        self._hub.record("warning", "agent-restarted",
+                         f"Appliance agent {self.spec.name} {how}; restarting it in {delay:.0f} s. "
+                         f"Its log is {self._data_dir.logs / (self.spec.name + '.log')}.")
+        await asyncio.sleep(delay)
+        return attempt + 1
 
     async def stop(self) -> None:
         self._stopping = True
@@ -222,10 +237,11 @@ class Engine:
         if first_start:
             self.hub.record("info", "appliance-created",
                             f"Appliance {self.identity.appliance_id} created; CA fingerprint {self._fingerprint}.")
-            if store.kind == "file":
-                self.hub.record("warning", "secrets-in-file",
-                                "No OS keyring is available: the appliance's secrets are kept in "
-                                f"{self.data_dir.secrets_file}, protected by file permissions only.")
+        if store.kind == "file" and self.state.get_meta("secrets_in_file_reported") is None:
+            self.hub.record("warning", "secrets-in-file",
+                            "No OS keyring is available: the appliance's secrets are kept in "
+                            f"{self.data_dir.secrets_file}, protected by file permissions only.")
+            self.state.set_meta("secrets_in_file_reported", "1")
         return {"management": mgmt_sock, "data": data_sock}
 
     async def _start_unix_site(self, app: web.Application, path: Path) -> web.AppRunner:
@@ -352,6 +368,7 @@ def serve_in_background(config: EngineConfig, *, timeout: float = 50.0) -> str:
 
 def _run_daemon(config: EngineConfig, report_fd: int) -> NoReturn:  # pragma: no cover - forked child
     """The daemon's body: detach from the terminal, serve, and report readiness or the start-up error."""
+    os.chdir("/")  # hold no directory busy, and import nothing from wherever we were started
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     code = 0

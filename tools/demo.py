@@ -79,20 +79,31 @@ def write_sample_disk(path: Path, size_mib: int, seed: int) -> None:
 
 
 def engine_pid(appliance: Path) -> int | None:
+    """The pid of the engine holding the demo's lock; None if no engine holds it (a stale pid file)."""
+    import fcntl
+
     try:
-        return int((appliance / "engine.lock").read_text().strip())
-    except (OSError, ValueError):
+        fd = os.open(appliance / "engine.lock", os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it
+    except BlockingIOError:
+        return int(os.read(fd, 32).decode().strip() or 0) or None
+    finally:
+        os.close(fd)
 
 
 def alive(pid: int | None) -> bool:
+    """Whether ``pid`` is one of the demo's processes (not a stranger that reused the number)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
-    return True
+    return b"engine" in cmdline or b"demo.py" in cmdline
 
 
 def start(demo: Path) -> int:
@@ -124,7 +135,9 @@ def start(demo: Path) -> int:
             continue
         disk = src / "disk0.img"
         write_sample_disk(disk, size, seed=i)
-        (src / "passphrase.txt").write_text(setup["passphrase"] + "\n")
+        fd = os.open(src / "passphrase.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(setup["passphrase"] + "\n")
         with open(src / "mobility.out", "ab") as out:
             proc = subprocess.Popen(
                 [PY, "-m", "engine", "mobility", "run", "--appliance", f"127.0.0.1:{setup['management_port']}",

@@ -229,3 +229,18 @@ async def test_console_enables_and_disables_replication(appliance: Appliance, qa
         mob.stop()
         await bridge.aclose()
         window.close()
+
+
+async def test_console_leaves_an_engine_the_admin_stopped_stopped(appliance: Appliance, qapp: QApplication) -> None:
+    bridge = EngineBridge(appliance.data_dir)  # may start engines, but did not start this one
+    bridge.start()
+    try:
+        await until(lambda: bridge.state == "attached", what="the console to attach")
+        await asyncio.get_running_loop().run_in_executor(None, appliance.stop)
+        await until(lambda: bridge.state == "lost", what="the console to notice")
+        await asyncio.sleep(3.0)
+        assert not (appliance.data_dir / "admin.sock").exists()
+        assert bridge.state == "lost"
+    finally:
+        await bridge.aclose()
+        _stop_engine_of(appliance.data_dir)
