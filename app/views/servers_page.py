@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QStackedLayout, QVBoxLayout, QWidget
 from qasync import asyncSlot
@@ -114,51 +116,37 @@ class ServersPage(QWidget):
         finally:
             self._update_buttons()
 
-    @asyncSlot()
-    async def on_resync_button_clicked(self) -> None:
+    async def _confirmed(self, button: QPushButton, title: str, text: str, action: str,
+                         call: Callable[[str], Awaitable[object]]) -> None:
+        """Ask, then run one engine command for the selected server with its button disabled."""
         name = self.selected_name()
-        if name is None or not await confirm(
-                self, tr("Resync %s?") % name,
-                tr("%s sends every block again and the appliance compares it with its copy; this takes as long as "
-                   "an initial replication. Recovery points are kept.") % name, tr("Resync")):
+        if name is None or not await confirm(self, title % name, text % name, action):
             return
-        self.resync_button.setEnabled(False)
+        button.setEnabled(False)
         try:
-            await self.bridge.resync(name)
+            await call(name)
         except Exception as exc:
             show_error(self, exc)
         finally:
             self._update_buttons()
+
+    @asyncSlot()
+    async def on_resync_button_clicked(self) -> None:
+        await self._confirmed(
+            self.resync_button, tr("Resync %s?"),
+            tr("%s sends every block again and the appliance compares it with its copy; this takes as long as an "
+               "initial replication. Recovery points are kept."), tr("Resync"), self.bridge.resync)
 
     @asyncSlot()
     async def on_disable_button_clicked(self) -> None:
-        name = self.selected_name()
-        if name is None or not await confirm(
-                self, tr("Disable replication of %s?") % name,
-                tr("Replication stops and %s's recovery points and cached data on the appliance are deleted.") % name,
-                tr("Disable")):
-            return
-        self.disable_button.setEnabled(False)
-        try:
-            await self.bridge.disable(name)
-        except Exception as exc:
-            show_error(self, exc)
-        finally:
-            self._update_buttons()
+        await self._confirmed(
+            self.disable_button, tr("Disable replication of %s?"),
+            tr("Replication stops and %s's recovery points and cached data on the appliance are deleted."),
+            tr("Disable"), self.bridge.disable)
 
     @asyncSlot()
     async def on_forget_button_clicked(self) -> None:
-        name = self.selected_name()
-        if name is None:
-            return
-        if not await confirm(self, tr("Forget %s?") % name,
-                             tr("%s's certificate is revoked and the appliance refuses it from now on. To add it "
-                                "again, register it anew from the source server.") % name, tr("Forget")):
-            return
-        self.forget_button.setEnabled(False)
-        try:
-            await self.bridge.forget_server(name)
-        except Exception as exc:
-            show_error(self, exc)
-        finally:
-            self._update_buttons()
+        await self._confirmed(
+            self.forget_button, tr("Forget %s?"),
+            tr("%s's certificate is revoked and the appliance refuses it from now on. To add it again, register "
+               "it anew from the source server."), tr("Forget"), self.bridge.forget_server)
