@@ -243,14 +243,6 @@ class LocalTargetDisk:
             self.refused_seq = 0
             self._save_meta()
 
-    def create_point(self, point: PointInfo) -> None:
-        if any(p.id == point.id for p in self._points):
-            return  # the bookmark was applied again after a crash
-        write_durably(self._undo_path(point.id), b"")
-        self._points.append(point)
-        self._saved = set()
-        self._save_meta()
-
     def points(self) -> list[PointInfo]:
         return list(self._points)
 

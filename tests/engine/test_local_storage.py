@@ -44,10 +44,12 @@ def test_points_reconstruct_exactly(tmp_path: Path) -> None:
     expected: dict[int, bytes] = {}
     seq = 0
     for point in range(1, 8):
-        for _ in range(rng.randint(1, 4)):
+        writes = rng.randint(1, 4)
+        for i in range(writes):
             seq += 1
-            disk.apply(seq, random_blocks(rng, source))
-        disk.create_point(PointInfo(point, float(point), "crash-consistent", float(point)))
+            # The last segment before a point carries its bookmark, as in the log processor.
+            taken = PointInfo(point, float(point), "crash-consistent", float(point)) if i == writes - 1 else None
+            disk.apply(seq, random_blocks(rng, source), point=taken)
         expected[point] = bytes(source)
     seq += 1
     disk.apply(seq, random_blocks(rng, source))
@@ -69,8 +71,7 @@ def test_points_reconstruct_exactly(tmp_path: Path) -> None:
 def test_reapplying_after_a_crash_mid_apply_is_exact(tmp_path: Path) -> None:
     disk = LocalTargetDisk(tmp_path / "d", SIZE)
     first = os.urandom(SIZE)
-    disk.apply(1, [Block(0, SIZE, first)])
-    disk.create_point(PointInfo(1, 1.0, "crash-consistent", 1.0))
+    disk.apply(1, [Block(0, SIZE, first)], point=PointInfo(1, 1.0, "crash-consistent", 1.0))
     change = [Block(BLOCK, BLOCK, os.urandom(BLOCK)), Block(5 * BLOCK, BLOCK, None)]
     # Crash after the old data was saved and half the new data written, before applied_seq moved.
     fd = os.open(disk._seed, os.O_RDWR)
