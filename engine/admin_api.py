@@ -17,6 +17,7 @@ from aiohttp import web
 from engine.errors import EngineError, ProtocolError
 from engine.listener import read_json
 from engine.records import to_json
+from engine.replication import epoch
 
 if TYPE_CHECKING:
     from engine.supervisor import Engine
@@ -230,7 +231,7 @@ async def agent_received(request: web.Request) -> web.Response:
     engine = _engine(request)
     body = await read_json(request)
     row = engine.state.server(server_id=str(body["server_id"]))
-    if row is None or engine.replication.desired_state(row).get("epoch") != body.get("epoch"):
+    if row is None or epoch(row) != body.get("epoch"):
         return web.json_response({"ok": False})  # about a copy that is no longer the current one
     if engine.replication.report_received(body):
         engine.hub.record("info", "initial-replication-complete",

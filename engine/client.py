@@ -17,6 +17,10 @@ from engine.config import DataDir
 from engine.errors import EngineError, EngineNotRunning, ProtocolError, from_code
 from engine.records import EngineStatus, Event, Policy, RecoveryPoint, ServerStatus, SetupInfo, from_json
 
+#: What failing to reach (or losing) the socket looks like.
+_UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, FileNotFoundError, ConnectionRefusedError,
+                PermissionError)
+
 #: Longest line the event stream may carry (a full server snapshot for many servers fits).
 MAX_STREAM_LINE = 16 * 1024 * 1024
 
@@ -45,24 +49,20 @@ class UnixJsonClient:
             await self._session.close()
             self._session = None
 
-    def _not_running(self) -> EngineNotRunning:
+    def _unreachable(self, exc: BaseException) -> EngineError:
+        """The one translation of "cannot talk to the socket": not ours, or nobody there."""
+        if isinstance(exc, PermissionError) or isinstance(getattr(exc, "os_error", None), PermissionError):
+            return EngineError(f"{self.socket_path} belongs to another user: run this as the user who runs the "
+                               "engine (often root).")
         return EngineNotRunning(self._what)
-
-    def _not_yours(self) -> EngineError:
-        return EngineError(f"{self.socket_path} belongs to another user: run this as the user who runs the engine "
-                           "(often root).")
 
     async def request(self, method: str, path: str, body: Any = None, *, timeout: float = 30) -> Any:
         try:
             async with self._http().request(method, f"http://godwit{path}", json=body,
                                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 data = await resp.json(content_type=None)
-        except PermissionError as exc:
-            raise self._not_yours() from exc
-        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
-            if isinstance(getattr(exc, "os_error", None), PermissionError):
-                raise self._not_yours() from exc
-            raise self._not_running() from exc
+        except _UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
         except TimeoutError as exc:
             raise EngineError(f"The engine did not answer within {timeout:.0f} s; see its log in the data "
                               "directory.") from exc
@@ -91,11 +91,8 @@ class UnixJsonClient:
                             yield json.loads(line)
                     if len(buf) > MAX_STREAM_LINE:
                         raise ProtocolError("The engine's event stream sent an over-long line.")
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, FileNotFoundError,
-                ConnectionRefusedError) as exc:
-            if isinstance(getattr(exc, "os_error", None), PermissionError):
-                raise self._not_yours() from exc
-            raise self._not_running() from exc
+        except _UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
 
 
 class AdminClient(UnixJsonClient):
@@ -178,9 +175,8 @@ class AdminClient(UnixJsonClient):
                         progress(written, total)
                 out.truncate(written)
                 return resp.headers["X-Godwit-Point"], written
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, FileNotFoundError,
-                ConnectionRefusedError) as exc:
-            raise self._not_running() from exc
+        except _UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
 
     def updates(self) -> AsyncIterator[dict[str, Any]]:
         """The engine's push stream: a ``hello`` snapshot first, then ``event``/``server``/... messages."""

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from engine.errors import BadInput, NotFound
 from engine.protocol import BLOCK
+from engine.replication import epoch
 from engine.state import disks_from_row
 from engine.storage import open_local_target, replica
 
@@ -80,15 +81,15 @@ async def stream_export(request: web.Request, engine: Engine) -> web.StreamRespo
         if point is None:
             raise NotFound(f"{row['name']} has no recovery point {wanted}; "
                            f"`godwit vm points {row['name']}` lists them.")
-    epoch = int(engine.replication.desired_state(row)["epoch"])
-    disk_dir = engine.data_dir.target / replica(row["server_id"], epoch) / f"disk{disk}"
+    copy = replica(row["server_id"], epoch(row) or 0)
+    disk_dir = engine.data_dir.target / copy / f"disk{disk}"
     loop = asyncio.get_running_loop()
     lock = os.open(disk_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         # The log processor applies nothing to this disk (it skips it) while the export reads it; the
         # disk's metadata is read only now, under the lock, so the point cannot be pruned meanwhile.
         await loop.run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
-        target = open_local_target(engine.data_dir.target, replica(row["server_id"], epoch), disk, size)
+        target = open_local_target(engine.data_dir.target, copy, disk, size)
         if point.id not in {p.id for p in target.points()}:
             raise NotFound(f"Recovery point {point.id} of {row['name']} was just pruned; export a newer one.")
         padded = -(-target.size // SECTOR) * SECTOR

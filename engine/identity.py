@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.config import DataDir
 from engine.errors import ConfigError
+from engine.files import write_atomically
 from engine.pki import AppliancePKI
 from engine.secrets import SecretStore, StoreKind, choose_store
 
@@ -55,13 +56,9 @@ class ApplianceIdentity:
     @classmethod
     def create(cls, data_dir: DataDir) -> ApplianceIdentity:
         ident = cls(appliance_id=str(uuid.uuid4()), secret_store=choose_store(), created_at=time.time())
-        tmp = cls.path(data_dir) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"appliance_id": ident.appliance_id, "secret_store": ident.secret_store,
-                       "created_at": ident.created_at}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cls.path(data_dir))
+        write_atomically(Path(cls.path(data_dir)), json.dumps(
+            {"appliance_id": ident.appliance_id, "secret_store": ident.secret_store,
+             "created_at": ident.created_at}).encode())
         return ident
 
     def secrets(self, data_dir: DataDir) -> SecretStore:

@@ -168,7 +168,7 @@ class Inventory:
                          server=name)
         self._publish(server_id)
         return {"server_id": server_id, "name": name, "certificate": cert_pem,
-                **self._desired_state(server_id)}
+                **self._desired_state(self._state.server(server_id=server_id))}
 
     def _current(self, server_id: str, serial: int, what: str) -> Any:
         """The server's row if this certificate is its current one; else :class:`Revoked`."""
@@ -186,16 +186,15 @@ class Inventory:
 
     def heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
         server_id, serial = str(payload["server_id"]), int(payload["serial"])
-        self._current(server_id, serial, "heartbeat")
+        row = self._current(server_id, serial, "heartbeat")
         facts = _facts(payload)
         self._state.record_heartbeat(server_id, hostname=facts.hostname, os=facts.os,
                                      agent_version=facts.agent_version, address=payload.get("address"),
                                      disks=list(facts.disks), at=time.time())
         self._publish(server_id)
-        return self._desired_state(server_id)
+        return self._desired_state(row)  # a heartbeat changes nothing the desired state depends on
 
-    def _desired_state(self, server_id: str) -> dict[str, Any]:
-        row = self._state.server(server_id=server_id)
+    def _desired_state(self, row: Any) -> dict[str, Any]:
         return {"heartbeat_interval": self.heartbeat_interval, "data_port": self.data_port,
                 **self.replication.desired_state(row)}
 

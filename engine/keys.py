@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engine.errors import SecretStoreError
+from engine.files import fsync_dir
 from engine.secrets import SecretStore
 
 MASTER_KEY = "master-key"
@@ -57,11 +58,7 @@ class DataKeys:
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)  # the first writer wins; a racing one reads the winner's key
             tmp.unlink()
-            dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)  # the key must outlive a power cut, or acknowledged segments could not be read
-            finally:
-                os.close(dir_fd)
+            fsync_dir(self._dir)  # the key must outlive a power cut, or acknowledged segments could not be read
         raw = path.read_bytes()
         try:
             key = self._aead.decrypt(raw[:12], raw[12:], server_id.encode())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from engine.errors import BadInput, FingerprintMismatch
+from engine.files import write_atomically
 
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=825)
@@ -223,10 +223,10 @@ class AppliancePKI:
         """Create the CA and the port certificate. Files are written 0600, then renamed in place."""
         ca_cert, ca_key = create_ca(appliance_id)
         server_cert, server_key = issue_server_cert(ca_cert, ca_key)
-        _write(self.ca_key_path, key_pem(ca_key, self._password))
-        _write(self.server_key_path, key_pem(server_key, self._password))
-        _write(self.server_cert_path, cert_pem(server_cert) + cert_pem(ca_cert))
-        _write(self.ca_cert_path, cert_pem(ca_cert))
+        write_atomically(self.ca_key_path, key_pem(ca_key, self._password))
+        write_atomically(self.server_key_path, key_pem(server_key, self._password))
+        write_atomically(self.server_cert_path, cert_pem(server_cert) + cert_pem(ca_cert))
+        write_atomically(self.ca_cert_path, cert_pem(ca_cert))
 
     def ca_cert(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
@@ -267,13 +267,3 @@ def verify_pinned_ca(ca_pem: bytes, expected: str) -> x509.Certificate:
         )
     return cert
 
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

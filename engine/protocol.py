@@ -77,10 +77,6 @@ class BatchHeader:
     count: int
 
 
-def header_kind_is_offset(kind: int) -> bool:
-    return kind != Kind.RESYNC
-
-
 def digest(data: bytes | bytearray | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
@@ -110,7 +106,7 @@ def decode_batch(body: bytes, *, disk_size: int) -> tuple[BatchHeader, list[Run]
         header = BatchHeader(disk, seq, Kind(kind), Bookmark(bookmark), cycle, initial_done, source_time, count)
     except ValueError as exc:
         raise ProtocolError("The batch header has an unknown kind or bookmark.") from exc
-    if header_kind_is_offset(kind) and initial_done > disk_size:
+    if kind != Kind.RESYNC and initial_done > disk_size:  # for a resync it is the generation
         raise ProtocolError("The batch's initial offset lies beyond the disk.")
     view = memoryview(body)
     pos = _HEADER.size

@@ -142,8 +142,7 @@ class Replication:
         desired: dict[str, Any] = {"replicate": replicate, "max_mbps": row["max_mbps"],
                                    "resync_gen": row["resync_gen"]}
         if replicate:
-            # Each enabling starts a new epoch: state left from an earlier one is never reused.
-            desired["epoch"] = int(row["enabled_at"] * 1000)
+            desired["epoch"] = epoch(row)
             p = self.policy(row["policy"])
             desired["policy"] = {"name": p.name, "crash_consistent_every": p.crash_consistent_every,
                                  "app_consistent_every": p.app_consistent_every, "retention": p.retention}
@@ -266,3 +265,9 @@ def disk_change(row: Any) -> tuple[str, str] | None:
                     f"{now[i].size} bytes: replication is paused. Disable and enable replication to start over "
                     "with the new size.")
     return None
+
+
+def epoch(row: Any) -> int | None:
+    """Which enabling of replication is current (ms timestamp): state left from an earlier one is
+    never reused. None when the server does not replicate."""
+    return int(row["enabled_at"] * 1000) if row["replicate"] else None

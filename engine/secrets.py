@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.errors import SecretStoreError
+from engine.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,4 @@ class SecretStore:
         return {str(k): str(v) for k, v in data.items()}
 
     def _write_file(self, data: dict[str, str]) -> None:
-        tmp = self._file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(data, indent=1).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._file)
+        write_atomically(self._file, json.dumps(data, indent=1).encode())

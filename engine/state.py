@@ -166,13 +166,11 @@ class StateDB:
 
     # --- policies ---------------------------------------------------------------------------
     def policies(self) -> list[Policy]:
-        rows = self._db.execute("SELECT * FROM policies ORDER BY name").fetchall()
-        return [Policy(name=r["name"], rpo_threshold=r["rpo_threshold"], retention=r["retention"],
-                       crash_consistent_every=r["crash_consistent_every"],
-                       app_consistent_every=r["app_consistent_every"]) for r in rows]
+        return [_policy(r) for r in self._db.execute("SELECT * FROM policies ORDER BY name")]
 
     def policy(self, name: str) -> Policy | None:
-        return next((p for p in self.policies() if p.name == name), None)
+        row = self._db.execute("SELECT * FROM policies WHERE name=?", (name,)).fetchone()
+        return None if row is None else _policy(row)
 
     def add_policy(self, p: Policy) -> None:
         with self._tx() as db:
@@ -200,6 +198,11 @@ class StateDB:
         ).fetchall()
         return [Event(id=r["id"], ts=r["ts"], severity=r["severity"], code=r["code"], message=r["message"],
                       server=r["server"]) for r in rows]
+
+
+def _policy(r: sqlite3.Row) -> Policy:
+    return Policy(name=r["name"], rpo_threshold=r["rpo_threshold"], retention=r["retention"],
+                  crash_consistent_every=r["crash_consistent_every"], app_consistent_every=r["app_consistent_every"])
 
 
 def _disks_json(disks: list[Disk]) -> str:

@@ -313,6 +313,20 @@ class Replicator(threading.Thread):
         batch_bytes = 0
         buf = bytearray(MAX_RUN)
         zero = bytes(BLOCK)
+
+        def add(offset: int, length: int, data: bytes | None) -> None:
+            nonlocal batch_bytes
+            runs.append((offset, length, data))
+            batch_bytes += length if data is not None else 0
+
+        def cut(mark_bookmark: Bookmark, initial_done: int) -> None:
+            """Hand the runs gathered so far to the sender as one batch."""
+            nonlocal runs, pending, batch_bytes, sent
+            self._batch(disk, kind, mark_bookmark, cycle, initial_done if kind == Kind.INITIAL else generation,
+                        runs, tracker, pending)
+            sent += batch_bytes
+            runs, pending, batch_bytes = [], {}, 0
+
         try:
             extents = self._extents(fd, start, size)
             # Blocks that are holes now but were data before must be sent as zeros.
@@ -329,43 +343,35 @@ class Replicator(threading.Thread):
                 if self.stop.is_set():
                     raise InterruptedError
                 if is_hole:
-                    runs.append((off, length, None))
+                    add(off, length, None)
                     pending[off // BLOCK] = ZERO_DIGEST
                 else:
                     view = memoryview(buf)[:length]
                     got = os.preadv(fd, [view], off)
                     if got < length:
                         view[got:] = bytes(length - got)  # the disk shrank under us
-                    run_start = None
+                    run_start = None  # where the current run of changed, non-zero blocks began
                     for boff in range(0, length, BLOCK):
                         block = view[boff:boff + BLOCK]
                         bno = (off + boff) // BLOCK
                         dig = digest(block)
-                        if dig == tracker.get(bno):
-                            if run_start is not None:
-                                runs.append((off + run_start, boff - run_start, bytes(view[run_start:boff])))
-                                run_start = None
+                        changed = dig != tracker.get(bno)
+                        is_zero = changed and bytes(block) == zero[:len(block)]
+                        if run_start is not None and (not changed or is_zero):
+                            add(off + run_start, boff - run_start, bytes(view[run_start:boff]))
+                            run_start = None
+                        if not changed:
                             continue
                         pending[bno] = dig
-                        if bytes(block) == zero[:len(block)]:
-                            if run_start is not None:
-                                runs.append((off + run_start, boff - run_start, bytes(view[run_start:boff])))
-                                run_start = None
-                            runs.append((off + boff, len(block), None))
+                        if is_zero:
+                            add(off + boff, len(block), None)
                         elif run_start is None:
                             run_start = boff
                     if run_start is not None:
-                        runs.append((off + run_start, length - run_start, bytes(view[run_start:length])))
-                batch_bytes = sum(r[1] for r in runs if r[2] is not None)
+                        add(off + run_start, length - run_start, bytes(view[run_start:length]))
                 if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK:
-                    mark = off + length if kind == Kind.INITIAL else generation
-                    self._batch(disk, kind, Bookmark.NONE, cycle, mark,
-                                runs, tracker, pending)
-                    sent += batch_bytes
-                    runs, pending = [], {}
-            sent += sum(r[1] for r in runs if r[2] is not None)
-            self._batch(disk, kind, bookmark, cycle, size if kind == Kind.INITIAL else generation, runs, tracker,
-                        pending)
+                    cut(Bookmark.NONE, off + length)
+            cut(bookmark, size)
         finally:
             os.close(fd)
         return sent

@@ -28,6 +28,7 @@ from engine.errors import (
     ProtocolError,
     from_code,
 )
+from engine.files import write_atomically
 from engine.mobility.replicator import Desired, Replicator, SnapshotHooks
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
 
@@ -136,14 +137,7 @@ class MobilityService:
         return ident
 
     def _save(self, name: str, data: bytes, mode: int = 0o600) -> None:
-        tmp = self.state_dir / (name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.state_dir / name)
+        write_atomically(self.state_dir / name, data, mode=mode)
 
     # --- HTTPS -------------------------------------------------------------------------------------
     def facts(self) -> dict[str, Any]:

@@ -6,8 +6,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.files import write_atomically
 from engine.storage import replica
-from engine.storage.local import STREAM_FILE, write_durably
+from engine.storage.local import STREAM_FILE
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Streams:
     def save(self, server_id: str, disk: int, state: StreamState) -> None:
         path = self._path(server_id, disk, state.epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, json.dumps(asdict(state)).encode())
+        write_atomically(path, json.dumps(asdict(state)).encode())
         self._states[(server_id, disk)] = state
 
     def stored(self) -> list[tuple[str, int, StreamState]]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.codec import Block
+from engine.files import write_atomically
 from engine.protocol import BLOCK
 from engine.storage import PointInfo
 
@@ -26,29 +27,6 @@ STREAM_FILE = "stream.json"  #: the process server's durable state of a disk's s
 _UNDO = struct.Struct(">QIBI")  # offset, length, flags (1 = was zeros), crc32 of the data
 _WAS_ZERO = 1
 _ZERO_BLOCK = bytes(BLOCK)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write-to-temp, fsync, rename, fsync the directory: the file is whole or absent."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class LocalCache:
@@ -65,7 +43,7 @@ class LocalCache:
     def put_segment(self, replica: str, disk: int, seq: int, data: bytes) -> None:
         d = self._dir(replica, disk)
         d.mkdir(parents=True, exist_ok=True)
-        write_durably(d / f"{seq:016d}.seg", data)
+        write_atomically(d / f"{seq:016d}.seg", data)
 
     def segments(self, replica: str, disk: int) -> list[int]:
         d = self._dir(replica, disk)
@@ -149,7 +127,7 @@ class LocalTargetDisk:
                 "refused_gen": self.refused_gen,
                 "resync_done": self.resync_done,
                 "points": [p.__dict__ for p in self._points]}
-        write_durably(self._meta_path, json.dumps(meta).encode())
+        write_atomically(self._meta_path, json.dumps(meta).encode())
 
     def _scan_undo(self, path: Path, *, repair: bool) -> dict[int, tuple[int, int, bool]]:
         """Block offset -> (data position, length, was zero) of each valid record; cut a torn tail."""
@@ -199,7 +177,7 @@ class LocalTargetDisk:
         finally:
             os.close(fd)
         if point is not None and not any(p.id == point.id for p in self._points):
-            write_durably(self._undo_path(point.id), b"")
+            write_atomically(self._undo_path(point.id), b"")
             self._points.append(point)
             self._saved = set()
         if resync_done is not None:
