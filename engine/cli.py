@@ -122,6 +122,8 @@ async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
             if d.eta_seconds is not None:
                 line += f"  ETA {d.eta_seconds:.0f} s"
         print(line)
+        if d.note:
+            print(f"    points: {d.note}")
 
 
 async def cmd_vm_forget(client: AdminClient, args: argparse.Namespace) -> None:
@@ -457,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--post-snapshot", metavar="CMD", help="command that resumes them afterwards")
     p.add_argument("--freeze", action="append", metavar="MOUNT", help="file system to fsfreeze around an "
                    "app-consistent point (repeatable)")
+    p.add_argument("--freeze-budget-ms", type=int, default=200, metavar="N", help="longest a point may hold up "
+                   "writers (default 200); a point whose remainder does not fit is deferred")
     p.add_argument("--verbose", "-v", action="store_true", help="log every heartbeat")
     p.set_defaults(func=cmd_mobility_run)
     return parser

@@ -16,7 +16,7 @@ from engine.events import EventHub
 from engine.identity import PASSPHRASE, new_passphrase
 from engine.manager.requests import ServerFacts
 from engine.pki import AppliancePKI
-from engine.records import Disk, ServerStatus, to_json
+from engine.records import ServerStatus, from_json, to_json
 from engine.replication import Replication
 from engine.secrets import SecretStore
 from engine.state import StateDB, disks_from_row
@@ -163,8 +163,9 @@ class Inventory:
         self._state.add_server(server_id=server_id, name=name, hostname=facts.hostname, os=facts.os,
                                agent_version=facts.agent_version, cert_serial=serial, address=address,
                                disks=list(facts.disks))
-        self._hub.record("info", "server-registered",
-                         f"{name} ({facts.hostname}, {facts.os}) registered with {len(facts.disks)} disk(s).",
+        caveats = "".join(f" {d.path}: {d.note}" for d in facts.disks if d.capture == "none")
+        self._hub.record("warning" if caveats else "info", "server-registered",
+                         f"{name} ({facts.hostname}, {facts.os}) registered with {len(facts.disks)} disk(s).{caveats}",
                          server=name)
         self._publish(server_id)
         return {"server_id": server_id, "name": name, "certificate": cert_pem,
@@ -191,6 +192,10 @@ class Inventory:
         self._state.record_heartbeat(server_id, hostname=facts.hostname, os=facts.os,
                                      agent_version=facts.agent_version, address=payload.get("address"),
                                      disks=list(facts.disks), at=time.time())
+        for notice in facts.notices:
+            self._hub.record(notice.severity, notice.code, f"{row['name']}: {notice.message}",  # type: ignore[arg-type]
+                             server=row["name"])
+        self.replication.points_taken[server_id] = facts.points
         self._publish(server_id)
         return self._desired_state(row)  # a heartbeat changes nothing the desired state depends on
 
@@ -225,6 +230,4 @@ class Inventory:
 
 
 def _facts(payload: dict[str, Any]) -> ServerFacts:
-    raw = payload["facts"]
-    return ServerFacts(hostname=raw["hostname"], os=raw["os"], agent_version=raw["agent_version"],
-                       disks=tuple(Disk(path=d["path"], size=int(d["size"])) for d in raw["disks"]))
+    return from_json(ServerFacts, payload["facts"])

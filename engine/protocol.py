@@ -51,6 +51,9 @@ class Bookmark(IntEnum):
     CRASH_POINT = 2
     #: A cycle end taken between the pre- and post-snapshot hooks: an app-consistent point.
     APP_POINT = 3
+    #: A point is due but the disks could not be taken at one instant (a disk that can be neither
+    #: frozen nor cloned was written meanwhile): a point, labelled for what it is.
+    INCONSISTENT_POINT = 4
 
 
 ZERO = 1  # run flag: the run is all zeros and carries no data

@@ -19,8 +19,17 @@ Severity = Literal["info", "warning", "error"]
 
 @dataclass(frozen=True)
 class Disk:
+    """A source disk as its mobility service describes it."""
+
     path: str
     size: int
+    #: How a point takes it at one instant: "freeze" (its file systems), "clone" (reflink),
+    #: "idle-check" (consistent only while not written), "none" (never crash-consistent).
+    capture: str = ""
+    #: How its changes are found: "block-trace", "extent-map", "file-stamp", "full-compare".
+    tracking: str = ""
+    #: The same in a sentence for the admin.
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,9 @@ class DiskStatus:
     bytes_total: int = 0
     throughput_bps: float = 0.0
     eta_seconds: float | None = None
+    capture: str = ""
+    tracking: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True)

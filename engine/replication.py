@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.errors import BadInput, NotFound
 from engine.events import EventHub
+from engine.manager.requests import PointFacts
 from engine.records import Disk, DiskStatus, Policy, RecoveryPoint
 from engine.state import StateDB, disks_from_row
 
@@ -82,6 +83,8 @@ class Replication:
         self._root = data_root
         self._disks: dict[tuple[str, int], DiskProgress] = {}
         self.cache_full: dict[str, bool] = {}
+        #: How each server's mobility service last said it takes points (from heartbeats).
+        self.points_taken: dict[str, PointFacts | None] = {}
         if state.policy(DEFAULT_POLICY.name) is None:
             state.add_policy(DEFAULT_POLICY)
 
@@ -204,7 +207,7 @@ class Replication:
                 eta = (d.size - done) / p.throughput_bps
             out.append(DiskStatus(path=d.path, size=d.size, bytes_done=done if row["replicate"] else 0,
                                   bytes_total=d.size, throughput_bps=p.throughput_bps if row["replicate"] else 0.0,
-                                  eta_seconds=eta))
+                                  eta_seconds=eta, capture=d.capture, tracking=d.tracking, note=d.note))
         return tuple(out)
 
     def summary(self, row: Any, now: float) -> dict[str, Any]:
@@ -237,6 +240,12 @@ class Replication:
                 min(now - p.last_progress_at for p in progress) > STALL_AFTER:
             cause = ("initial-replication-stalled", "Initial replication made no progress for "
                      f"{STALL_AFTER / 60:.0f} min. Check that the source server reaches the data port.")
+        elif (taken := self.points_taken.get(row["server_id"])) is not None and taken.deferred:
+            cause = ("point-deferred", taken.deferred)
+        elif taken is not None and taken.inconsistent:
+            cause = ("points-not-crash-consistent", f"The last recovery point is not crash-consistent: "
+                     f"{taken.inconsistent}. Stop that writer during points, or add a pre-snapshot hook that "
+                     "quiesces it.")
         elif rpo is not None and policy is not None and rpo > policy.rpo_threshold:
             cause = ("rpo-exceeded", f"The RPO is {rpo / 60:.1f} min, above the policy's threshold of "
                      f"{policy.rpo_threshold / 60:.0f} min. Check the source server's network and the appliance's "

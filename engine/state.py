@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.records import Disk, Event, Policy, Severity
+from engine.records import Disk, Event, Policy, Severity, from_json, to_json
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -206,9 +206,9 @@ def _policy(r: sqlite3.Row) -> Policy:
 
 
 def _disks_json(disks: list[Disk]) -> str:
-    return json.dumps([{"path": d.path, "size": d.size} for d in disks])
+    return json.dumps([to_json(d) for d in disks])
 
 
 def disks_from_row(row: sqlite3.Row) -> tuple[Disk, ...]:
     raw: list[dict[str, Any]] = json.loads(row["disks"])
-    return tuple(Disk(path=str(d["path"]), size=int(d["size"])) for d in raw)
+    return tuple(from_json(Disk, d) for d in raw)

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 POLL = 0.1
 REFRESH = 1.0
-_KINDS = {Bookmark.CRASH_POINT: "crash-consistent", Bookmark.APP_POINT: "app-consistent"}
+_KINDS = {Bookmark.CRASH_POINT: "crash-consistent", Bookmark.APP_POINT: "app-consistent",
+          Bookmark.INCONSISTENT_POINT: "not-crash-consistent"}
 
 
 @dataclass

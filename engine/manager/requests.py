@@ -9,6 +9,7 @@ from engine.errors import ProtocolError
 from engine.records import Disk
 
 MAX_DISKS = 64
+MAX_NOTICES = 16
 _MAX_TEXT = 256
 
 
@@ -34,8 +35,59 @@ def _disks(data: dict[str, Any]) -> tuple[Disk, ...]:
         size = item.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**63:
             raise ProtocolError("A disk's 'size' must be a non-negative integer of bytes.")
-        disks.append(Disk(path=_text(item, "path", max_len=4096), size=size))
+        disks.append(Disk(path=_text(item, "path", max_len=4096), size=size,
+                          capture=_text(item, "capture", max_len=32, required=False),
+                          tracking=_text(item, "tracking", max_len=32, required=False),
+                          note=_text(item, "note", max_len=512, required=False)))
     return tuple(disks)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the mobility service tells the admin once (an event), e.g. that tracking lost writes."""
+
+    severity: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PointFacts:
+    """How the mobility service is taking points: the last freeze, and why points are deferred or
+    not crash-consistent (None when they are not)."""
+
+    last_freeze_ms: float | None = None
+    deferred: str | None = None
+    inconsistent: str | None = None
+
+
+def _notices(data: dict[str, Any]) -> tuple[Notice, ...]:
+    raw = data.get("notices", [])
+    if not isinstance(raw, list) or len(raw) > MAX_NOTICES:
+        raise ProtocolError(f"Field 'notices' must be a list of at most {MAX_NOTICES} notices.")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict) or item.get("severity") not in ("info", "warning"):
+            raise ProtocolError("Each notice must be an object with a severity of 'info' or 'warning'.")
+        code = _text(item, "code", max_len=64)
+        if not all(c.isalnum() or c == "-" for c in code):
+            raise ProtocolError("A notice's 'code' may hold only letters, digits and '-'.")
+        out.append(Notice(severity=item["severity"], code=code, message=_text(item, "message", max_len=512)))
+    return tuple(out)
+
+
+def _point_facts(data: dict[str, Any]) -> PointFacts | None:
+    raw = data.get("points")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ProtocolError("Field 'points' must be an object.")
+    ms = raw.get("last_freeze_ms")
+    if ms is not None and (not isinstance(ms, int | float) or isinstance(ms, bool) or not 0 <= ms < 1e9):
+        raise ProtocolError("Field 'points.last_freeze_ms' must be a number of milliseconds or null.")
+    return PointFacts(last_freeze_ms=None if ms is None else float(ms),
+                      deferred=_text(raw, "deferred", max_len=512, required=False) or None,
+                      inconsistent=_text(raw, "inconsistent", max_len=512, required=False) or None)
 
 
 @dataclass(frozen=True)
@@ -46,11 +98,14 @@ class ServerFacts:
     os: str
     agent_version: str
     disks: tuple[Disk, ...]
+    notices: tuple[Notice, ...] = ()
+    points: PointFacts | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ServerFacts:
         return cls(hostname=_text(data, "hostname"), os=_text(data, "os"),
-                   agent_version=_text(data, "agent_version", max_len=64), disks=_disks(data))
+                   agent_version=_text(data, "agent_version", max_len=64), disks=_disks(data),
+                   notices=_notices(data), points=_point_facts(data))
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,17 @@
 """The mobility service's data path: initial replication, then delta cycles, to the data port.
 
-Per disk it keeps one 16-byte xxh3 digest per 64 KiB block (``disk<N>.digests`` in the state
-directory). A digest is updated only after the process server acknowledged the block, so after any
-crash a block is sent again rather than lost. Where initial replication stands is asked from the
-process server (the source of truth for what is durable), so it resumes, never restarts.
+Which blocks to read comes from each disk's change tracking (``sources.py``); whether to send a
+block read comes from its digest. Per disk the service keeps one 16-byte xxh3 digest per 64 KiB
+block (``disk<N>.digests`` in the state directory), updated only after the process server
+acknowledged the block, so after any crash a block is sent again rather than lost. Where initial
+replication stands is asked from the process server (the source of truth for what is durable), so it
+resumes, never restarts. A cycle that is due a recovery point catches up in passes while the server
+writes, then takes every disk at one instant in a short window (``_window``).
 Runs in its own thread; the heartbeat loop hands it the desired state.
 """
 
 from __future__ import annotations
 
-import errno
 import http.client
 import json
 import logging
@@ -18,11 +20,15 @@ import queue
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ApplianceUnreachable, EngineError, ProtocolError, from_code
+from engine.mobility import consistency
+from engine.mobility.sources import Captured, Reader, SourceDisk, TrackedDevice, WindowOverrun, Work, open_disk
 from engine.protocol import (
     BATCH_DATA,
     BLOCK,
@@ -43,6 +49,12 @@ UNKNOWN_DIGEST = b"\xff" * DIGEST  # matches no block's digest
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 #: Seconds between delta cycles at most (sooner if the policy's crash-consistent cadence is shorter).
 MAX_CYCLE_INTERVAL = 5.0
+#: Catch-up passes before a point's window, at most; windows tried before a point is labelled
+#: not crash-consistent.
+MAX_PASSES = 4
+WINDOW_ATTEMPTS = 2
+#: How long writers may be held up for a point, by default.
+FREEZE_BUDGET = 0.2
 
 
 @dataclass
@@ -139,6 +151,31 @@ class SnapshotHooks:
             self._run(["sh", "-c", self.post_command], "post-snapshot hook")
 
 
+class ReadRate:
+    """How fast the source's disks read (bytes/s, smoothed): sizes what fits in a freeze."""
+
+    def __init__(self, initial: float = 200e6) -> None:
+        self.bytes_per_second = initial
+
+    def add(self, nbytes: int, seconds: float) -> None:
+        if nbytes >= BLOCK and seconds > 0:
+            self.bytes_per_second = 0.8 * self.bytes_per_second + 0.2 * (nbytes / seconds)
+
+
+@dataclass
+class CaptureStats:
+    """How points are being taken, for heartbeats (the admin's health view) and the logs."""
+
+    freeze_budget: float = FREEZE_BUDGET
+    freezes: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    deferred: str | None = None  #: why the last point was deferred, if it was
+    inconsistent: str | None = None  #: why the last point is not crash-consistent, if it is not
+
+    def facts(self) -> dict[str, Any]:
+        return {"last_freeze_ms": round(self.freezes[-1] * 1000, 1) if self.freezes else None,
+                "deferred": self.deferred, "inconsistent": self.inconsistent}
+
+
 class RateLimit:
     def __init__(self) -> None:
         self.mbps: float | None = None
@@ -156,10 +193,17 @@ class RateLimit:
 
 class Replicator(threading.Thread):
     def __init__(self, *, host: str, state_dir: Path, disks: list[str], context: ssl.SSLContext,
-                 desired: Desired, hooks: SnapshotHooks | None = None) -> None:
+                 desired: Desired, hooks: SnapshotHooks | None = None, freeze_budget: float = FREEZE_BUDGET,
+                 notify: Callable[[str, str, str], None] | None = None) -> None:
         super().__init__(name="replicator", daemon=True)
         self.host = host
         self.hooks = hooks or SnapshotHooks()
+        #: Tells the admin (through the next heartbeat): ``notify(severity, code, message)``.
+        self.notify = notify or (lambda severity, code, message: None)
+        self.capture = CaptureStats(freeze_budget=freeze_budget)
+        self.sources: list[SourceDisk] = []
+        self._freezer = consistency.Freezer(state_dir / "frozen.json")
+        self._read_rate = ReadRate()
         self._last_app_point = 0.0
         self.state_dir = state_dir
         self.disks = disks
@@ -213,7 +257,7 @@ class Replicator(threading.Thread):
             raise from_code(str(data.get("code")), str(data.get("message")))
         return data  # type: ignore[no-any-return]
 
-    def _send(self, disk: int, body: bytes) -> dict[str, Any]:
+    def _post(self, disk: int, body: bytes) -> dict[str, Any]:
         """Send one batch until it is acknowledged (retrying what is worth retrying)."""
         attempt = 0
         while not self.stop.is_set():
@@ -266,7 +310,7 @@ class Replicator(threading.Thread):
             except queue.Empty:
                 continue
             try:
-                self._send(disk, body)
+                self._post(disk, body)
                 tracker.commit(pending)  # only what the appliance acknowledged counts as sent
             except InterruptedError:
                 return
@@ -277,41 +321,17 @@ class Replicator(threading.Thread):
                 self._outbox.task_done()
 
     # --- reading the source ---------------------------------------------------------------------------
-    @staticmethod
-    def _extents(fd: int, start: int, size: int) -> list[tuple[int, int]]:
-        """Data extents (block-aligned) from ``start``; holes need not be read."""
-        out: list[tuple[int, int]] = []
-        pos = start
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole remains
-                    break
-                # Block devices (and some file systems) cannot tell holes: all of it is data.
-                return [(start // BLOCK * BLOCK, size)]
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            lo = data // BLOCK * BLOCK
-            hi = min(size, -(-hole // BLOCK) * BLOCK)
-            if out and lo <= out[-1][1]:
-                out[-1] = (out[-1][0], hi)
-            else:
-                out.append((lo, hi))
-            pos = hole
-        return out
-
-    def _scan(self, disk: int, tracker: Tracker, *, start: int, kind: Kind, bookmark: Bookmark, cycle: int,
-              generation: int = 0) -> int:
-        """Send every block from ``start`` whose content differs from what the appliance has.
-        Returns the bytes sent. The last batch carries ``bookmark``."""
-        path = self.disks[disk]
+    def _send(self, disk: int, tracker: Tracker, work: Work, reader: Reader, *, kind: Kind, bookmark: Bookmark,
+              cycle: int, generation: int = 0) -> int:
+        """Read the work's blocks and send those whose content differs from what the appliance has.
+        Returns the bytes sent. The last batch carries ``bookmark`` (nothing is sent for an empty work
+        without a bookmark)."""
         size = self.desired.disk_sizes[disk]
-        fd = os.open(path, os.O_RDONLY)
         sent = 0
         runs: list[tuple[int, int, bytes | None]] = []
         pending: dict[int, bytes] = {}
         batch_bytes = 0
-        buf = bytearray(MAX_RUN)
+        buf = self.sources[disk].buf
         zero = bytes(BLOCK)
 
         def add(offset: int, length: int, data: bytes | None) -> None:
@@ -327,64 +347,51 @@ class Replicator(threading.Thread):
             sent += batch_bytes
             runs, pending, batch_bytes = [], {}, 0
 
-        try:
-            extents = self._extents(fd, start, size)
-            # Blocks that are holes now but were data before must be sent as zeros.
-            covered = bytearray(tracker.blocks)
-            for lo, hi in extents:
-                covered[lo // BLOCK:-(-hi // BLOCK)] = b"\x01" * (-(-hi // BLOCK) - lo // BLOCK)
-            holes = [b for b in range(start // BLOCK, tracker.blocks)
-                     if not covered[b] and tracker.get(b) != ZERO_DIGEST]
-            work: list[tuple[int, int, bool]] = [(b * BLOCK, min(BLOCK, size - b * BLOCK), True) for b in holes]
-            for lo, hi in extents:
-                work += [(off, min(MAX_RUN, hi - off), False) for off in range(lo, hi, MAX_RUN)]
-            work.sort()
-            for off, length, is_hole in work:
-                if self.stop.is_set():
-                    raise InterruptedError
-                if is_hole:
-                    add(off, length, None)
-                    pending[off // BLOCK] = ZERO_DIGEST
-                else:
-                    view = memoryview(buf)[:length]
-                    got = os.preadv(fd, [view], off)
-                    if got < length:
-                        view[got:] = bytes(length - got)  # the disk shrank under us
-                    run_start = None  # where the current run of changed, non-zero blocks began
-                    for boff in range(0, length, BLOCK):
-                        block = view[boff:boff + BLOCK]
-                        bno = (off + boff) // BLOCK
-                        dig = digest(block)
-                        changed = dig != tracker.get(bno)
-                        is_zero = changed and bytes(block) == zero[:len(block)]
-                        if run_start is not None and (not changed or is_zero):
-                            add(off + run_start, boff - run_start, bytes(view[run_start:boff]))
-                            run_start = None
-                        if not changed:
-                            continue
-                        pending[bno] = dig
-                        if is_zero:
-                            add(off + boff, len(block), None)
-                        elif run_start is None:
-                            run_start = boff
-                    if run_start is not None:
-                        add(off + run_start, length - run_start, bytes(view[run_start:length]))
-                if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK:
-                    cut(Bookmark.NONE, off + length)
+        for off, length, is_hole in work:
+            if self.stop.is_set():
+                raise InterruptedError
+            if is_hole:
+                add(off, length, None)
+                pending[off // BLOCK] = ZERO_DIGEST
+            else:
+                view = memoryview(buf)[:length]
+                began = time.perf_counter()
+                got = reader(off, view)
+                self._read_rate.add(got, time.perf_counter() - began)
+                if got < length:
+                    view[got:] = bytes(length - got)  # the disk shrank under us
+                run_start = None  # where the current run of changed, non-zero blocks began
+                for boff in range(0, length, BLOCK):
+                    block = view[boff:boff + BLOCK]
+                    bno = (off + boff) // BLOCK
+                    dig = digest(block)
+                    changed = dig != tracker.get(bno)
+                    is_zero = changed and bytes(block) == zero[:len(block)]
+                    if run_start is not None and (not changed or is_zero):
+                        add(off + run_start, boff - run_start, bytes(view[run_start:boff]))
+                        run_start = None
+                    if not changed:
+                        continue
+                    pending[bno] = dig
+                    if is_zero:
+                        add(off + boff, len(block), None)
+                    elif run_start is None:
+                        run_start = boff
+                if run_start is not None:
+                    add(off + run_start, length - run_start, bytes(view[run_start:length]))
+            if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK:
+                cut(Bookmark.NONE, off + length)
+        if bookmark != Bookmark.NONE or runs:
             cut(bookmark, size)
-        finally:
-            os.close(fd)
         return sent
 
     # --- the loop ------------------------------------------------------------------------------------------
     def _bookmark(self, now: float) -> Bookmark:
         app_every = self.desired.policy.get("app_consistent_every")
         if self.hooks.configured and app_every is not None and now - self._last_app_point >= float(app_every):
-            self._last_app_point = self._last_point = now
             return Bookmark.APP_POINT
         every = float(self.desired.policy.get("crash_consistent_every", 300))
         if now - self._last_point >= every:
-            self._last_point = now
             return Bookmark.CRASH_POINT
         return Bookmark.CYCLE_END
 
@@ -396,35 +403,144 @@ class Replicator(threading.Thread):
             return 0
 
     def _resync(self, trackers: list[Tracker], cycle: int) -> None:
-        """A full pass: forget what the appliance is thought to have, send every block, end on a point."""
+        """A full pass: forget what the appliance is thought to have, send every block; the next cycle
+        takes a point."""
         generation = self.desired.resync_gen
         log.info("resync %d: sending every block again", generation)
         for i, tracker in enumerate(trackers):
             tracker.forget()
-            self._scan(i, tracker, start=0, kind=Kind.RESYNC, bookmark=Bookmark.CRASH_POINT, cycle=cycle,
+            self.sources[i].need_full(None)
+            work, reader = self.sources[i].pass_work(self._was_data(tracker))
+            self._send(i, tracker, work, reader, kind=Kind.RESYNC, bookmark=Bookmark.CYCLE_END, cycle=cycle,
                        generation=generation)
         self._drain()
         path = self.tracking_dir(self.state_dir, self.desired.epoch) / "resync.json"
         path.write_text(json.dumps({"done": generation}))
-        self._last_point = time.time()
+        self._last_point = 0.0
         log.info("resync %d complete", generation)
 
-    def _cycle(self, trackers: list[Tracker], bookmark: Bookmark, cycle: int) -> int:
-        """One pass over every disk; an app-consistent one between the pre- and post-snapshot hooks."""
-        if bookmark == Bookmark.APP_POINT and not self.hooks.pre():
-            bookmark = Bookmark.CRASH_POINT  # still a point, honestly labelled
+    @staticmethod
+    def _was_data(tracker: Tracker) -> Callable[[int], bool]:
+        return lambda block: tracker.get(block) != ZERO_DIGEST
+
+    def _note_lost(self) -> None:
+        """Disks whose tracking lost writes get a full compare, and the admin an event saying why."""
+        for src in self.sources:
+            why = src.lost()
+            if why:
+                src.need_full(why)
+                self.notify("warning", "tracking-lost", f"{src.path}: change tracking lost writes ({why}); "
+                            "comparing the whole disk once.")
+            elif src.full and src.full_reason:
+                self.notify("info", "full-compare", f"{src.path}: {src.full_reason}; comparing the whole disk once.")
+
+    def _pass(self, trackers: list[Tracker], cycle: int, bookmark: Bookmark) -> int:
+        """One pass over every disk: send what changed, while the server keeps writing."""
+        sent = 0
+        for i, (src, tracker) in enumerate(zip(self.sources, trackers, strict=True)):
+            work, reader = src.pass_work(self._was_data(tracker))
+            sent += self._send(i, tracker, work, reader, kind=Kind.DELTA, bookmark=bookmark, cycle=cycle)
+        return sent
+
+    def _window_bytes(self) -> int:
+        """What can be read inside the freeze budget, with room to spare."""
+        return int(self._read_rate.bytes_per_second * self.capture.freeze_budget * 0.5)
+
+    def _window(self, trackers: list[Tracker], app: bool) -> tuple[list[Captured], bool] | None:
+        """Freeze, take every disk at this instant, thaw. Returns what was captured and whether the
+        app hooks ran; None when the remainder did not fit in the budget (nothing was taken)."""
+        hooks_ok = app and self.hooks.pre()
+        mounts = [m for src in self.sources if isinstance(src, TrackedDevice) for m in src.mounts()]
         try:
-            return sum(self._scan(i, t, start=0, kind=Kind.DELTA, bookmark=bookmark, cycle=cycle)
-                       for i, t in enumerate(trackers))
+            for mount in mounts:  # outside the freeze, so the freeze has little left to flush
+                consistency.syncfs(mount)
+            began = time.perf_counter()
+            self._freezer.freeze(mounts)
+            try:
+                deadline = began + self.capture.freeze_budget
+                captured = [src.capture(self._was_data(t), deadline)
+                            for src, t in zip(self.sources, trackers, strict=True)]
+                for src, c in zip(self.sources, captured, strict=True):
+                    src.verify(c)
+            except WindowOverrun:
+                return None
+            finally:
+                self._freezer.thaw()
+                frozen = time.perf_counter() - began
         finally:
-            if bookmark == Bookmark.APP_POINT:
+            if hooks_ok:
                 self.hooks.post()
+        self.capture.freezes.append(frozen)
+        log.info("point.window frozen_ms=%.1f mounts=%d bytes=%d consistent=%s", frozen * 1000, len(mounts),
+                 sum(n for c in captured for _, n, _ in c.work), all(c.consistent for c in captured))
+        return captured, hooks_ok
+
+    def _point_cycle(self, trackers: list[Tracker], bookmark: Bookmark, cycle: int) -> int:
+        """Catch up while the server writes, then take every disk at one instant (see sources.py).
+        A point whose remainder does not fit the freeze budget is deferred to the next cycle."""
+        sent = 0
+        for attempt in range(1, WINDOW_ATTEMPTS + 1):
+            for _ in range(MAX_PASSES):
+                sent += self._pass(trackers, cycle, Bookmark.NONE)
+                if sum(src.pending_bytes() for src in self.sources) <= self._window_bytes():
+                    break
+            pending = sum(src.pending_bytes() for src in self.sources)
+            window = self._window(trackers, bookmark == Bookmark.APP_POINT) if pending <= self._window_bytes() \
+                else None
+            if window is None:
+                self.capture.deferred = (f"The point was deferred: {pending / 1e6:.1f} MB changed faster than it "
+                                         f"could be read within the {self.capture.freeze_budget * 1000:.0f} ms freeze "
+                                         "budget. Raise --freeze-budget-ms or reduce the write load.")
+                log.warning("point.deferred pending=%d budget_ms=%.0f", pending, self.capture.freeze_budget * 1000)
+                return sent + self._pass(trackers, cycle, Bookmark.CYCLE_END)
+            self.capture.deferred = None
+            captured, hooks_ok = window
+            consistent = all(c.consistent for c in captured)
+            if consistent or attempt == WINDOW_ATTEMPTS:
+                mark = (Bookmark.APP_POINT if hooks_ok else Bookmark.CRASH_POINT) if consistent \
+                    else Bookmark.INCONSISTENT_POINT
+                if not consistent:
+                    why = next(c.why_not for c in captured if not c.consistent)
+                    log.warning("point.not-crash-consistent %s", why)
+                    self.capture.inconsistent = why
+                else:
+                    self.capture.inconsistent = None
+            else:
+                mark = Bookmark.NONE  # valid data all the same; try another instant
+            for i, (c, tracker) in enumerate(zip(captured, trackers, strict=True)):
+                if c.later is not None:
+                    c.work, c.reader = c.later()
+                assert c.reader is not None or not c.work
+                sent += self._send(i, tracker, c.work, c.reader or self.sources[i].read, kind=Kind.DELTA,
+                                   bookmark=mark, cycle=cycle)
+            if mark != Bookmark.NONE:
+                now = time.time()
+                self._last_point = now
+                if mark == Bookmark.APP_POINT or (bookmark == Bookmark.APP_POINT and not hooks_ok):
+                    self._last_app_point = now
+                return sent
+        raise AssertionError("unreachable: the last attempt always marks")
+
+    def _cycle(self, trackers: list[Tracker], bookmark: Bookmark, cycle: int) -> int:
+        self._note_lost()
+        if bookmark == Bookmark.CYCLE_END:
+            return self._pass(trackers, cycle, Bookmark.CYCLE_END)
+        return self._point_cycle(trackers, bookmark, cycle)
+
+    def _open_sources(self) -> None:
+        for i, path in enumerate(self.disks):
+            self.sources.append(open_disk(i, path, self.desired.disk_sizes[i],
+                                          tracer_name=f"godwit-{self.desired.epoch}-{os.getpid()}-disk{i}"))
 
     def run(self) -> None:
         trackers: list[Tracker] = []
         sender = threading.Thread(target=self._sender, name="replicator-sender", daemon=True)
         sender.start()
         try:
+            for mount in self._freezer.thaw_leftovers():
+                self.notify("warning", "thawed", f"{mount} was left frozen by a mobility service that was killed; "
+                            "thawed it.")
+            self._open_sources()  # tracking starts before anything is read
             streams = {}
             while not self.stop.is_set():
                 try:
@@ -439,14 +555,22 @@ class Replicator(threading.Thread):
                     tracker.forget()  # the appliance has data we no longer know about: compare everything
                 trackers.append(tracker)
                 self._seq[i] = int(streams.get(i, {}).get("acked_seq", 0)) + 1
+                self.sources[i].need_full("the mobility service started, so writes made while it was not running "
+                                          "are unknown")
             for i, tracker in enumerate(trackers):
                 state = streams.get(i, {})
                 if not state.get("initial_complete"):
                     start = int(state.get("initial_done", 0)) // BLOCK * BLOCK
                     log.info("initial replication of %s from offset %d", self.disks[i], start)
-                    self._scan(i, tracker, start=start, kind=Kind.INITIAL, bookmark=Bookmark.CYCLE_END,
+                    src = self.sources[i]
+                    src.need_full(None)
+                    src.full_reason = None
+                    work, reader = src.pass_work(self._was_data(tracker), start=start)
+                    self._send(i, tracker, work, reader, kind=Kind.INITIAL, bookmark=Bookmark.CYCLE_END,
                                cycle=int(time.time() * 1000))
                     self._drain()
+                    if start:
+                        src.need_full(None)  # what was written before the restart below ``start`` is unknown
                     log.info("initial replication of %s complete", self.disks[i])
             self._last_point = 0.0  # the first cycle after (any) initial replication is a recovery point
             while not self.stop.is_set():
@@ -473,3 +597,5 @@ class Replicator(threading.Thread):
             if not sender.is_alive():  # else it may still commit to them; leave them to the process's end
                 for t in trackers:
                     t.close()
+            for src in self.sources:
+                src.close()

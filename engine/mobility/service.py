@@ -8,6 +8,7 @@ certificate, and the appliance CA it pinned.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
@@ -29,12 +30,15 @@ from engine.errors import (
     from_code,
 )
 from engine.files import write_atomically
-from engine.mobility.replicator import Desired, Replicator, SnapshotHooks
+from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks
+from engine.mobility.sources import describe
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+#: Notices waiting for a heartbeat, at most (older ones are kept, newer dropped: the first says why).
+MAX_PENDING_NOTICES = 64
 REQUEST_TIMEOUT = 15.0
 
 
@@ -94,7 +98,7 @@ class Identity:
 class MobilityService:
     def __init__(self, *, appliance: str, passphrase_file: Path, ca_fingerprint: str, state_dir: Path,
                  disks: list[str], name: str | None, stop: threading.Event,
-                 hooks: SnapshotHooks | None = None) -> None:
+                 hooks: SnapshotHooks | None = None, freeze_budget: float = FREEZE_BUDGET) -> None:
         self.hooks = hooks or SnapshotHooks()
         self.host, self.port = parse_appliance(appliance)
         self.fingerprint = parse_fingerprint(ca_fingerprint)
@@ -106,6 +110,10 @@ class MobilityService:
         self.heartbeat_interval = 5.0
         self.data_port: int | None = None
         self.replicator: Replicator | None = None
+        self.freeze_budget = freeze_budget
+        self._described: dict[str, dict[str, str]] = {}
+        self._notices: list[dict[str, str]] = []
+        self._notices_lock = threading.Lock()
         for d in self.disks:
             if not os.path.exists(d):
                 raise BadInput(f"Disk {d} does not exist: give the path of a block device or disk image with --disk.")
@@ -140,14 +148,39 @@ class MobilityService:
         write_atomically(self.state_dir / name, data, mode=mode)
 
     # --- HTTPS -------------------------------------------------------------------------------------
+    def notify(self, severity: str, code: str, message: str) -> None:
+        """Tell the admin once, as an event, with the next heartbeat."""
+        with self._notices_lock:
+            if len(self._notices) < MAX_PENDING_NOTICES:
+                self._notices.append({"severity": severity, "code": code, "message": message[:512]})
+
     def facts(self) -> dict[str, Any]:
         disks = []
-        for d in self.disks:
+        replicator = self.replicator
+        sources = replicator.sources if replicator is not None and replicator.is_alive() else []
+        for i, d in enumerate(self.disks):
             size = self._size_or_zero(d)
             if size == 0:
                 log.warning("disk %s is missing or cannot be read; reported with size 0", d)
-            disks.append({"path": d, "size": size})
-        return {"hostname": socket.gethostname(), "os": describe_os(), "agent_version": __version__, "disks": disks}
+            if i < len(sources):
+                how = sources[i].facts()
+            else:
+                if d not in self._described:
+                    self._described[d] = describe(d)
+                how = self._described[d]
+            disks.append({"path": d, "size": size, **how})
+        with self._notices_lock:
+            notices = self._notices[:16]
+        facts: dict[str, Any] = {"hostname": socket.gethostname(), "os": describe_os(), "agent_version": __version__,
+                                 "disks": disks, "notices": notices}
+        if sources:
+            facts["points"] = self.replicator.capture.facts()  # type: ignore[union-attr]
+        return facts
+
+    def _sent(self, facts: dict[str, Any]) -> None:
+        """The appliance has these notices now."""
+        with self._notices_lock:
+            del self._notices[:len(facts.get("notices", []))]
 
     def _context(self, *, pinned_ca: bytes | None, client: bool) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -281,7 +314,7 @@ class MobilityService:
         ca_pem = (self.state_dir / "ca.crt").read_bytes()
         self.replicator = Replicator(host=self.host, state_dir=self.state_dir, disks=self.disks,
                                      context=self._context(pinned_ca=ca_pem, client=True), desired=desired,
-                                     hooks=self.hooks)
+                                     hooks=self.hooks, freeze_budget=self.freeze_budget, notify=self.notify)
         self.replicator.start()
         log.info("replicating %d disk(s) to %s:%d", len(self.disks), self.host, desired.data_port)
 
@@ -320,8 +353,10 @@ class MobilityService:
         log.info("sending heartbeats to %s:%d as %s", self.host, self.port, ident.name)
         try:
             while not self.stop.is_set():
-                answer = self._retrying("heartbeat", lambda: self._json(ctx, "/v1/heartbeat", self.facts()))
+                facts = self.facts()
+                answer = self._retrying("heartbeat", functools.partial(self._json, ctx, "/v1/heartbeat", facts))
                 if answer is not None:
+                    self._sent(facts)
                     self._apply(answer)
                     log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
                 self.stop.wait(self.heartbeat_interval)
@@ -338,8 +373,10 @@ def run(args: Any) -> None:
         signal.signal(sig, lambda *_: stop.set())
     hooks = SnapshotHooks(pre_command=args.pre_snapshot, post_command=args.post_snapshot,
                           freeze=tuple(args.freeze or ()))
+    if not 1 <= args.freeze_budget_ms <= 60_000:
+        raise BadInput("--freeze-budget-ms must be between 1 and 60000.")
     service = MobilityService(appliance=args.appliance, passphrase_file=Path(args.passphrase_file),
                               ca_fingerprint=args.ca_fingerprint, state_dir=Path(args.state_dir), disks=args.disk,
-                              name=args.name, stop=stop, hooks=hooks)
+                              name=args.name, stop=stop, hooks=hooks, freeze_budget=args.freeze_budget_ms / 1000)
     service.run()
     log.info("mobility service stopped")

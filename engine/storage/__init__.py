@@ -24,7 +24,7 @@ class PointInfo:
 
     id: int
     created_at: float
-    kind: str  # "crash-consistent" | "app-consistent"
+    kind: str  # "crash-consistent" | "app-consistent" | "not-crash-consistent"
     source_time: float
 
 

@@ -1,0 +1,251 @@
+"""Taking a source server's disks at one instant: freezing file systems, cloning files, extent maps.
+
+- A block device with mounted file systems: ``FIFREEZE`` on each (after a ``syncfs`` outside the
+  freeze, so the freeze itself has little to flush) blocks writers for the few milliseconds in which
+  the remainder of a point is read; ``FITHAW`` lets them go. Mounts are found in
+  ``/proc/self/mountinfo`` by device number (the disk or one of its partitions).
+- A file on a file system with reflinks (XFS, btrfs): ``FICLONE`` is an instant copy. Consecutive
+  clones share every extent that was not written in between, so comparing their extent maps
+  (``FIEMAP``) finds the changed ranges without reading.
+- Anything else is checked instead of frozen: a point is consistent only if nothing was written
+  while it was read (see ``replicator.py``).
+
+A frozen file system that nobody thaws stops its server, so a marker file lists what is frozen
+until it is thawed; the next start of the mobility service thaws whatever a killed one left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import logging
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+FICLONE = 0x40049409
+FS_IOC_FIEMAP = 0xC020660B
+FIEMAP_FLAG_SYNC = 0x1
+FIEMAP_EXTENT_LAST = 0x1
+FIEMAP_EXTENT_UNKNOWN = 0x2
+FIEMAP_EXTENT_DELALLOC = 0x4
+FIEMAP_EXTENT_UNWRITTEN = 0x800
+_FIEMAP = struct.Struct("=QQIIII")  # start, length, flags, mapped extents (out), extent count, reserved
+_EXTENT = struct.Struct("=QQQQQIIII")  # logical, physical, length, reserved x2, flags, reserved x3
+_EXTENTS_PER_CALL = 512
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mounts_on(device: str) -> list[str]:
+    """Mount points of file systems on a block device or on one of its partitions."""
+    rdev = os.stat(device).st_rdev
+    major, minor = os.major(rdev), os.minor(rdev)
+    devices = {f"{major}:{minor}"}
+    sys_dir = Path(f"/sys/dev/block/{major}:{minor}")
+    with contextlib.suppress(OSError):
+        for part in sys_dir.resolve().iterdir():
+            dev_file = part / "dev"
+            if (part / "partition").exists() and dev_file.exists():
+                devices.add(dev_file.read_text().strip())
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[2] in devices:
+            out.append(fields[4].replace("\\040", " "))
+    return out
+
+
+def syncfs(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    finally:
+        os.close(fd)
+
+
+class Freezer:
+    """Freezes and thaws file systems, keeping a durable list of what is frozen."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+        self._frozen: list[tuple[str, int]] = []
+
+    def thaw_leftovers(self) -> list[str]:
+        """Thaw what a killed mobility service left frozen; returns those mount points."""
+        try:
+            mounts = list(json.loads(self.marker.read_text()))
+        except (OSError, ValueError):
+            return []
+        for mount in mounts:
+            with contextlib.suppress(OSError):
+                fd = os.open(mount, os.O_RDONLY)
+                try:
+                    fcntl.ioctl(fd, FITHAW, 0)
+                finally:
+                    os.close(fd)
+        self.marker.unlink(missing_ok=True)
+        return mounts
+
+    def freeze(self, mounts: list[str]) -> None:
+        """Freeze every mount, or none (raises ``OSError`` after thawing what it froze)."""
+        # Written before, so that a kill -9 inside the window is mended at the next start; never
+        # written while frozen (the state directory may be on a frozen file system).
+        self.marker.write_text(json.dumps(mounts))
+        try:
+            for mount in mounts:
+                fd = os.open(mount, os.O_RDONLY)
+                try:
+                    fcntl.ioctl(fd, FIFREEZE, 0)
+                except OSError as exc:
+                    os.close(fd)
+                    if exc.errno == errno.EBUSY:  # frozen by someone else (a hook): leave it to them
+                        continue
+                    raise
+                self._frozen.append((mount, fd))
+        except OSError:
+            self.thaw()
+            raise
+
+    def thaw(self) -> None:
+        while self._frozen:
+            mount, fd = self._frozen.pop()
+            try:
+                fcntl.ioctl(fd, FITHAW, 0)
+            except OSError as exc:
+                log.error("thaw of %s failed: %s", mount, exc)
+            finally:
+                os.close(fd)
+        self.marker.unlink(missing_ok=True)
+
+
+def clone(src: str, dst: str) -> None:
+    """An instant copy of ``src`` sharing its extents (raises ``OSError`` where reflinks do not exist)."""
+    s = os.open(src, os.O_RDONLY)
+    try:
+        d = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fcntl.ioctl(d, FICLONE, s)
+        except OSError:
+            os.close(d)
+            os.unlink(dst)
+            raise
+        os.close(d)
+    finally:
+        os.close(s)
+
+
+def can_clone(path: str) -> bool:
+    probe = f"{os.path.dirname(path)}/.godwit-reflink-probe-{os.getpid()}"
+    try:
+        clone(path, probe)
+    except OSError:
+        return False
+    os.unlink(probe)
+    return True
+
+
+@dataclass(frozen=True)
+class Extent:
+    logical: int
+    physical: int
+    length: int
+    unwritten: bool
+
+
+def extents(path: str) -> list[Extent]:
+    """The file's extent map (FIEMAP, after a sync of its data)."""
+    fd = os.open(path, os.O_RDONLY)
+    out: list[Extent] = []
+    try:
+        start = 0
+        while True:
+            buf = bytearray(_FIEMAP.size + _EXTENT.size * _EXTENTS_PER_CALL)
+            _FIEMAP.pack_into(buf, 0, start, 2**64 - 1 - start, FIEMAP_FLAG_SYNC, 0, _EXTENTS_PER_CALL, 0)
+            fcntl.ioctl(fd, FS_IOC_FIEMAP, buf)
+            mapped = _FIEMAP.unpack_from(buf, 0)[3]
+            if not mapped:
+                return out
+            last = False
+            for i in range(mapped):
+                at = _FIEMAP.size + i * _EXTENT.size
+                logical, physical, length, _r1, _r2, flags, *_ = _EXTENT.unpack_from(buf, at)
+                if flags & (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC):
+                    physical = -1  # no stable address: counts as changed
+                out.append(Extent(logical, physical, length, bool(flags & FIEMAP_EXTENT_UNWRITTEN)))
+                last = bool(flags & FIEMAP_EXTENT_LAST)
+                start = logical + length
+            if last:
+                return out
+    finally:
+        os.close(fd)
+
+
+def changed_ranges(old: list[Extent], new: list[Extent], size: int, block: int) -> list[tuple[int, int]]:
+    """Block-aligned byte ranges where two clones of a file may differ: wherever the same logical
+    bytes do not map to the same physical bytes (a write moved them), or one is a hole."""
+
+    def where(exts: list[Extent], pos: int) -> tuple[int, int, bool] | None:
+        """(physical address at pos, bytes until the mapping changes, unwritten) or None for a hole."""
+        lo, hi = 0, len(exts)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if exts[mid].logical + exts[mid].length <= pos:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(exts) and exts[lo].logical <= pos:
+            e = exts[lo]
+            return e.physical + (pos - e.logical), e.logical + e.length - pos, e.unwritten
+        return None
+
+    def next_start(exts: list[Extent], pos: int) -> int:
+        return next((e.logical for e in exts if e.logical > pos), size)
+
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        a, b = where(old, pos), where(new, pos)
+        span_a = a[1] if a else next_start(old, pos) - pos
+        span_b = b[1] if b else next_start(new, pos) - pos
+        step = max(1, min(span_a, span_b, size - pos))
+        same = (a is None and b is None) or (a is not None and b is not None and a[0] == b[0] and a[2] == b[2]
+                                             and a[0] >= 0)
+        if not same:
+            lo, hi = pos // block * block, min(size, -(-(pos + step) // block) * block)
+            if out and lo <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], hi))
+            else:
+                out.append((lo, hi))
+        pos += step
+    return out
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What changes when a file is written: compared before and after reading it."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: str) -> FileStamp:
+        st = os.stat(path)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def is_block_device(path: str) -> bool:
+    return stat.S_ISBLK(os.stat(path).st_mode)
