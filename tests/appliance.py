@@ -198,8 +198,10 @@ class Mobility:
 
     def __init__(self, appliance: Appliance, name: str, *, passphrase_file: Path | None = None,
                  fingerprint: str | None = None, disks: list[Path] | None = None,
-                 state_dir: Path | None = None, address: str | None = None, extra: list[str] | None = None) -> None:
+                 state_dir: Path | None = None, address: str | None = None, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
+        self.env = {**os.environ, **(env or {})}
         self.state_dir = state_dir or appliance.root / f"mobility-{name}"
         self.disks = disks or [make_disk(appliance.root / f"{name}-disk0.img")]
         self.args = [
@@ -219,7 +221,7 @@ class Mobility:
         self._out = self.state_dir.parent / f"{self.name}.{os.getpid()}.{time.monotonic_ns()}.out"
         with open(self._out, "w") as out:
             self.proc = subprocess.Popen([PYTHON, "-m", "engine", *self.args], stdout=out, stderr=out, text=True,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, env=self.env)
         return self
 
     @property
@@ -281,6 +283,15 @@ def change_disk(path: Path, *, seed: int, writes: int = 20) -> None:
             off = rng.randrange(0, size - n) // 4096 * 4096
             f.seek(off)
             f.write(bytes(n) if rng.random() < 0.15 else rng.randbytes(n))
+
+
+def protect(app: Appliance, mob: Mobility, **policy: str) -> Mobility:
+    """Start a mobility service, enable it and wait until its first point exists."""
+    mob.start()
+    wait_for(lambda: app.servers().get(mob.name), what=f"{mob.name} to register")
+    app.enable(mob.name, **policy)
+    wait_for(lambda: app.servers()[mob.name]["state"] == "protected", timeout=90, what=f"{mob.name} to be protected")
+    return mob
 
 
 def replicating(app: Appliance, name: str, size: int, *, seed: int, **policy: str) -> tuple[Mobility, Path]:

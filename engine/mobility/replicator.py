@@ -452,8 +452,8 @@ class Replicator(threading.Thread):
         hooks_ok = app and self.hooks.pre()
         mounts = [m for src in self.sources if isinstance(src, TrackedDevice) for m in src.mounts()]
         try:
-            for mount in mounts:  # outside the freeze, so the freeze has little left to flush
-                consistency.syncfs(mount)
+            for src in self.sources:  # outside the freeze, so the freeze has little left to flush
+                src.flush()
             began = time.perf_counter()
             self._freezer.freeze(mounts)
             try:

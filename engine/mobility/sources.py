@@ -155,6 +155,9 @@ class SourceDisk:
         """Roughly what a capture would have to read in the window."""
         return 0
 
+    def flush(self) -> None:
+        """Before the window: push what writers left in caches to the disk (so the freeze has little to do)."""
+
     def capture(self, was_data: Callable[[int], bool], deadline: float) -> Captured:
         """Inside the window: what is left, and whether the disk is consistent at this instant.
         Raises :class:`WindowOverrun` past ``deadline`` (``perf_counter`` clock)."""
@@ -188,6 +191,11 @@ class TrackedDevice(SourceDisk):
 
     def mounts(self) -> list[str]:
         return consistency.mounts_on(self.path)
+
+    def flush(self) -> None:
+        for mount in self.mounts():
+            consistency.syncfs(mount)
+        os.fsync(self._fd)  # what was written to the raw device through its page cache
 
     def start(self) -> None:
         if self.tracer is None:

@@ -1,0 +1,317 @@
+"""Recovery points taken while the source writes: real loop devices with ext4 and XFS mounted inside the
+test's own directory, real writer processes, a real mobility service, every point exported and checked.
+
+The ordered writer writes a counter to X, fsyncs, then the same counter to Y, fsyncs: in an image of one
+instant Y can never be newer than X.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.appliance import Appliance, Mobility, protect, wait_for
+from tests.source_disks import (
+    MiB,
+    filesystem_on_loop,
+    loop_device,
+    mounted,
+    need_loop_devices,
+    read_counter,
+    sectors_read,
+    writer,
+)
+
+POINTS = 20
+
+
+@pytest.fixture(autouse=True)
+def _root_and_loop_devices() -> None:
+    need_loop_devices()
+
+
+def points_under_load(app: Appliance, name: str, since: float, count: int,
+                      timeout: float = 120) -> list[dict[str, Any]]:
+    """Wait for ``count`` points taken after ``since`` (while the writer runs)."""
+    return wait_for(lambda: (p := [x for x in app.points(name) if x["id"] / 1000 > since])[count - 1:] and p,
+                    timeout=timeout, what=f"{count} points of {name} under load")
+
+
+def export_all(app: Appliance, name: str, point: int, out: Path) -> list[Path]:
+    res = app.cli("vm", "export", name, "--point", str(point), "--format", "raw", "--out", str(out), timeout=120)
+    assert res.returncode == 0, res.stderr
+    return sorted(out.glob(f"{name}-disk*.raw"))
+
+
+def freeze_times(mob: Mobility) -> list[float]:
+    return [float(line.split("frozen_ms=")[1].split()[0]) for line in mob.output.splitlines() if "frozen_ms=" in line]
+
+
+def check_ordered(app: Appliance, mob: Mobility, root: Path, read_xy: Any) -> list[tuple[int, int]]:
+    """Export every point taken under load and read (X, Y) from it; no point may have Y newer than X."""
+    pairs = []
+    for p in app.points(mob.name):
+        if p["kind"] == "crash-consistent":
+            out = root / f"export-{p['id']}"
+            images = export_all(app, mob.name, p["id"], out)
+            pairs.append(read_xy(images, root / f"check-{p['id']}"))
+            for image in images:
+                image.unlink()
+    return pairs
+
+
+def test_ordered_writes_on_a_frozen_ext4_device(appliance: Appliance) -> None:
+    root = appliance.root
+    with filesystem_on_loop(root, "src0") as (device, mnt):
+        mob = protect(appliance, Mobility(appliance, "ord-01", disks=[Path(device)]))
+        try:
+            disk = appliance.servers()["ord-01"]["disks"][0]
+            assert disk["capture"] == "freeze" and disk["tracking"] == "block-trace", disk
+            with writer("ordered", mnt / "x", mnt / "y"):
+                t = time.time()
+                taken = points_under_load(appliance, "ord-01", t, POINTS)
+        finally:
+            mob.stop()
+    assert {p["kind"] for p in taken} == {"crash-consistent"}
+
+    def read_xy(images: list[Path], mnt: Path) -> tuple[int, int]:
+        with mounted(images[0], mnt, options="loop"):
+            return read_counter(mnt / "x"), read_counter(mnt / "y")
+
+    pairs = check_ordered(appliance, mob, root, read_xy)
+    violations = [(x, y) for x, y in pairs if y > x]
+    assert not violations, f"Y newer than X in {len(violations)} of {len(pairs)} points: {violations[:5]}"
+    under_load = [x for x, _ in pairs if x > 0]
+    assert len(set(under_load)) >= POINTS - 2, pairs  # the writer really ran while the points were taken
+    assert freeze_times(mob), "no freeze was logged"
+
+
+def test_ordered_writes_across_two_devices(appliance: Appliance) -> None:
+    root = appliance.root
+    with filesystem_on_loop(root, "sys") as (dev0, mnt0), filesystem_on_loop(root, "data") as (dev1, mnt1):
+        mob = protect(appliance, Mobility(appliance, "two-01", disks=[Path(dev0), Path(dev1)]))
+        try:
+            with writer("ordered", mnt0 / "x", mnt1 / "y"):
+                t = time.time()
+                taken = points_under_load(appliance, "two-01", t, POINTS)
+        finally:
+            mob.stop()
+    assert {p["kind"] for p in taken} == {"crash-consistent"}
+
+    def read_xy(images: list[Path], mnt: Path) -> tuple[int, int]:
+        assert len(images) == 2
+        with mounted(images[0], mnt / "0", options="loop"), mounted(images[1], mnt / "1", options="loop"):
+            return read_counter(mnt / "0" / "x"), read_counter(mnt / "1" / "y")
+
+    pairs = check_ordered(appliance, mob, root, read_xy)
+    violations = [(x, y) for x, y in pairs if y > x]
+    assert not violations, f"Y newer than X in {len(violations)} of {len(pairs)} points: {violations[:5]}"
+    assert len({x for x, _ in pairs if x > 0}) >= POINTS - 2, pairs
+
+
+def test_ordered_writes_in_an_image_file_on_xfs_are_cloned(appliance: Appliance) -> None:
+    root = appliance.root
+    x_at, y_at = 1 * MiB, 56 * MiB
+    with filesystem_on_loop(root, "host", size=320 * MiB, fs="xfs") as (_, mnt):
+        image = mnt / "vm-disk.img"
+        with open(image, "wb") as f:
+            f.truncate(64 * MiB)
+        mob = protect(appliance, Mobility(appliance, "xfs-01", disks=[image]))
+        try:
+            disk = appliance.servers()["xfs-01"]["disks"][0]
+            assert disk["capture"] == "clone" and disk["tracking"] == "extent-map", disk
+            with writer("ordered", f"{image}@{x_at}", f"{image}@{y_at}"):
+                t = time.time()
+                taken = points_under_load(appliance, "xfs-01", t, POINTS)
+        finally:
+            mob.stop()
+        assert not list(mnt.glob(".vm-disk.img.godwit-clone-*")), "clones left behind"
+    assert {p["kind"] for p in taken} == {"crash-consistent"}
+    pairs = check_ordered(appliance, mob, root,
+                          lambda images, _: (read_counter(images[0], x_at), read_counter(images[0], y_at)))
+    violations = [(x, y) for x, y in pairs if y > x]
+    assert not violations, f"Y newer than X in {len(violations)} of {len(pairs)} points: {violations[:5]}"
+    assert len({x for x, _ in pairs if x > 0}) >= POINTS - 2, pairs
+
+
+def test_sqlite_in_wal_mode_recovers_from_every_point(appliance: Appliance) -> None:
+    root = appliance.root
+    with filesystem_on_loop(root, "db", size=128 * MiB) as (device, mnt):
+        mob = protect(appliance, Mobility(appliance, "sql-01", disks=[Path(device)]))
+        try:
+            with writer("sqlite", mnt / "app.db"):
+                wait_for(lambda: (mnt / "app.db-wal").exists(), what="the database to be written")
+                t = time.time()
+                taken = points_under_load(appliance, "sql-01", t, 6)
+        finally:
+            mob.stop()
+    rows = []
+    for p in taken:
+        (image,) = export_all(appliance, "sql-01", p["id"], root / f"sql-{p['id']}")
+        with mounted(image, root / f"sql-mnt-{p['id']}", options="loop") as check:  # replays the journal
+            conn = sqlite3.connect(check / "app.db")
+            try:
+                assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok", p
+                rows.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+            finally:
+                conn.close()
+        image.unlink()
+    assert rows == sorted(rows), f"row counts went back between points: {rows}"
+    assert len(set(rows)) >= 3 and rows[-1] > 0, rows  # taken while rows were being inserted
+
+
+def test_a_writer_that_nothing_freezes_gets_points_labelled_not_crash_consistent(appliance: Appliance) -> None:
+    """A raw device (no file system to freeze) written without pause: its points must never be called
+    crash-consistent, and the admin is told why."""
+    root = appliance.root
+    with loop_device(root / "raw.img", 16 * MiB) as device:
+        mob = protect(appliance, Mobility(appliance, "raw-01", disks=[Path(device)]))
+        try:
+            with writer("busy", device):
+                t = time.time()
+                taken = points_under_load(appliance, "raw-01", t, 3)
+                server = wait_for(lambda: (s := appliance.servers()["raw-01"])["health_cause"] and s,
+                                  what="a health cause")
+            assert {p["kind"] for p in taken} == {"not-crash-consistent"}, taken
+            assert server["health_cause"] == "points-not-crash-consistent", server
+            assert "was written while its point was read" in server["health_detail"]
+            # Once the writer stops, points are crash-consistent again, and exact.
+            t = time.time()
+            p = wait_for(lambda: next((x for x in appliance.points("raw-01")
+                                       if x["id"] / 1000 > t and x["kind"] == "crash-consistent"), None),
+                         what="a crash-consistent point after the writes stopped")
+            (image,) = export_all(appliance, "raw-01", p["id"], root / "raw-export")
+            assert image.read_bytes() == (root / "raw.img").read_bytes()
+        finally:
+            mob.stop()
+
+
+def test_lost_tracking_falls_back_to_a_full_compare(appliance: Appliance) -> None:
+    """A trace buffer that overflows (the service is stopped while the disk is written), and a
+    restart in the middle of writes: each is reported, compared in full, and the next point is exact."""
+    root = appliance.root
+    with loop_device(root / "lost.img", 32 * MiB) as device:
+        mob = protect(appliance, Mobility(appliance, "lost-01", disks=[Path(device)],
+                                          env={"GODWIT_TRACE_BUFFER_KB": "4"}))
+        try:
+            assert mob.proc is not None
+            os.kill(mob.proc.pid, signal.SIGSTOP)
+            fd = os.open(device, os.O_WRONLY)
+            try:
+                for i in range(3000):  # far more events than 4 KiB per CPU holds
+                    os.pwrite(fd, os.urandom(4096), (i * 7919 % 8192) * 4096)
+                    if i % 10 == 0:
+                        os.fsync(fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.kill(mob.proc.pid, signal.SIGCONT)
+            wait_for(lambda: "tracking-lost" in [e["code"] for e in appliance.events()], timeout=30,
+                     what="the lost tracking to be reported")
+            t = time.time()
+            p = appliance.point_after("lost-01", t)
+            (image,) = export_all(appliance, "lost-01", p["id"], root / "after-overrun")
+            assert image.read_bytes() == (root / "lost.img").read_bytes()
+            image.unlink()
+
+            # kill -9 while writing, write more while it is down, start it again.
+            fd = os.open(device, os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"A" * 65536, 5 * MiB)
+                os.fsync(fd)
+                mob.proc.kill()
+                mob.proc.wait()
+                os.pwrite(fd, b"B" * 65536, 20 * MiB)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            mob.start()
+            wait_for(lambda: any(e["code"] == "full-compare" and "started" in e["message"]
+                                 for e in appliance.events()), timeout=30, what="the full compare to be reported")
+            t = time.time()
+            p = appliance.point_after("lost-01", t)
+            (image,) = export_all(appliance, "lost-01", p["id"], root / "after-restart")
+            assert image.read_bytes() == (root / "lost.img").read_bytes()
+        finally:
+            mob.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_source_reads_nothing_and_a_change_reads_about_what_changed(appliance: Appliance) -> None:
+    root = appliance.root
+    with loop_device(root / "idle.img", 256 * MiB) as device:
+        mob = protect(appliance, Mobility(appliance, "idle-01", disks=[Path(device)]))
+        try:
+            assert mob.proc is not None
+            appliance.point_after("idle-01", time.time())  # settled: initial replication and its first point
+            read0, cpu0, t0 = sectors_read(device), _cpu_seconds(mob.proc.pid), time.monotonic()
+            time.sleep(20)
+            idle_read = (sectors_read(device) - read0) * 512
+            idle_cpu = (_cpu_seconds(mob.proc.pid) - cpu0) / (time.monotonic() - t0)
+            # Points every second, heartbeats every 0.3 s here: still nothing read from the disk.
+            assert idle_read < 1 * MiB, f"an idle minute's third read {idle_read} bytes"
+            assert idle_cpu < 0.15, f"idle mobility service used {idle_cpu:.1%} of a core"
+
+            import random
+
+            rng = random.Random(7)
+            fd = os.open(device, os.O_WRONLY)
+            changed = 0
+            try:
+                while changed < 256 * MiB // 100:  # 1 %
+                    n = rng.randint(1, 256) * 4096
+                    os.pwrite(fd, rng.randbytes(n), rng.randrange(0, 256 * MiB - n) // 4096 * 4096)
+                    changed += n
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            before = sectors_read(device)
+            t = time.time()
+            p = appliance.point_after("idle-01", t)
+            delta_read = (sectors_read(device) - before) * 512
+            assert delta_read <= 2 * changed, f"read {delta_read} bytes for {changed} changed"
+            (image,) = export_all(appliance, "idle-01", p["id"], root / "idle-export")
+            assert image.read_bytes() == (root / "idle.img").read_bytes()
+        finally:
+            mob.stop()
+
+
+def test_points_of_a_file_on_ext4_are_labelled_by_whether_it_was_written(appliance: Appliance) -> None:
+    """An image file on a file system without reflinks can be neither frozen nor cloned: a point is
+    crash-consistent only if the file was not written while it was read, and says so."""
+    root = appliance.root
+    x_at, y_at = 1 * MiB, 30 * MiB
+    with filesystem_on_loop(root, "plain", size=96 * MiB) as (_, mnt):
+        image = mnt / "guest.img"
+        with open(image, "wb") as f:
+            f.truncate(32 * MiB)
+        mob = protect(appliance, Mobility(appliance, "plain-01", disks=[image]))
+        try:
+            disk = appliance.servers()["plain-01"]["disks"][0]
+            assert disk["capture"] == "idle-check", disk
+            assert "not crash-consistent" in appliance.cli("vm", "show", "plain-01").stdout
+            with writer("busy", image):
+                t = time.time()
+                taken = points_under_load(appliance, "plain-01", t, 3)
+            assert {p["kind"] for p in taken} == {"not-crash-consistent"}, taken
+            # An fsync-bound writer leaves quiet moments: points taken in one are labelled crash-consistent,
+            # and those must really be of one instant.
+            with writer("ordered", f"{image}@{x_at}", f"{image}@{y_at}"):
+                t = time.time()
+                points_under_load(appliance, "plain-01", t, 8)
+        finally:
+            mob.stop()
+        pairs = check_ordered(appliance, mob, root,
+                              lambda images, _: (read_counter(images[0], x_at), read_counter(images[0], y_at)))
+    violations = [(x, y) for x, y in pairs if y > x]
+    assert not violations, f"Y newer than X in {len(violations)} of {len(pairs)} points: {violations[:5]}"
