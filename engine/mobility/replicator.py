@@ -51,7 +51,7 @@ RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 MAX_CYCLE_INTERVAL = 5.0
 #: Catch-up passes before a point's window, at most; windows tried before a point is labelled
 #: not crash-consistent.
-MAX_PASSES = 4
+MAX_PASSES = 6
 WINDOW_ATTEMPTS = 2
 #: How long writers may be held up for a point, by default.
 FREEZE_BUDGET = 0.2
@@ -168,6 +168,7 @@ class CaptureStats:
 
     freeze_budget: float = FREEZE_BUDGET
     freezes: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    freezing: float = 0.0  #: how long the freeze call itself takes (smoothed, seconds)
     deferred: str | None = None  #: why the last point was deferred, if it was
     inconsistent: str | None = None  #: why the last point is not crash-consistent, if it is not
 
@@ -443,8 +444,10 @@ class Replicator(threading.Thread):
         return sent
 
     def _window_bytes(self) -> int:
-        """What can be read inside the freeze budget, with room to spare."""
-        return int(self._read_rate.bytes_per_second * self.capture.freeze_budget * 0.5)
+        """What can be read inside the freeze budget once freezing itself took its usual time, with room
+        to spare (freezing a busy file system flushes its journal: tens of milliseconds)."""
+        left = self.capture.freeze_budget - self.capture.freezing
+        return int(self._read_rate.bytes_per_second * max(0.0, left) * 0.5)
 
     def _window(self, trackers: list[Tracker], app: bool) -> tuple[list[Captured], bool] | None:
         """Freeze, take every disk at this instant, thaw. Returns what was captured and whether the
@@ -456,6 +459,7 @@ class Replicator(threading.Thread):
                 src.flush()
             began = time.perf_counter()
             self._freezer.freeze(mounts)
+            frozen_at = time.perf_counter()
             try:
                 deadline = began + self.capture.freeze_budget
                 captured = [src.capture(self._was_data(t), deadline)
@@ -471,8 +475,10 @@ class Replicator(threading.Thread):
             if hooks_ok:
                 self.hooks.post()
         self.capture.freezes.append(frozen)
-        log.info("point.window frozen_ms=%.1f mounts=%d bytes=%d consistent=%s", frozen * 1000, len(mounts),
-                 sum(n for c in captured for _, n, _ in c.work), all(c.consistent for c in captured))
+        self.capture.freezing = 0.7 * self.capture.freezing + 0.3 * (frozen_at - began)
+        log.info("point.window frozen_ms=%.1f freezing_ms=%.1f mounts=%d bytes=%d consistent=%s", frozen * 1000,
+                 (frozen_at - began) * 1000, len(mounts), sum(n for c in captured for _, n, _ in c.work),
+                 all(c.consistent for c in captured))
         return captured, hooks_ok
 
     def _point_cycle(self, trackers: list[Tracker], bookmark: Bookmark, cycle: int) -> int:
