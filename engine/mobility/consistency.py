@@ -25,6 +25,7 @@ import logging
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,11 +77,15 @@ def syncfs(path: str) -> None:
 
 
 class Freezer:
-    """Freezes and thaws file systems, keeping a durable list of what is frozen."""
+    """Freezes and thaws file systems, keeping a durable list of what is frozen. A watchdog thaws
+    them if the window is not closed within ``limit`` seconds (a hung read must not stop the server)."""
 
-    def __init__(self, marker: Path) -> None:
+    def __init__(self, marker: Path, limit: float = 5.0) -> None:
         self.marker = marker
+        self.limit = limit
         self._frozen: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+        self._watchdog: threading.Timer | None = None
 
     def thaw_leftovers(self) -> list[str]:
         """Thaw what a killed mobility service left frozen; returns those mount points."""
@@ -103,6 +108,9 @@ class Freezer:
         # Written before, so that a kill -9 inside the window is mended at the next start; never
         # written while frozen (the state directory may be on a frozen file system).
         self.marker.write_text(json.dumps(mounts))
+        self._watchdog = threading.Timer(self.limit, self._expired)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         try:
             for mount in mounts:
                 fd = os.open(mount, os.O_RDONLY)
@@ -113,21 +121,33 @@ class Freezer:
                     if exc.errno == errno.EBUSY:  # frozen by someone else (a hook): leave it to them
                         continue
                     raise
-                self._frozen.append((mount, fd))
+                with self._lock:
+                    self._frozen.append((mount, fd))
         except OSError:
             self.thaw()
             raise
 
+    def _expired(self) -> None:
+        if self._frozen:
+            log.error("a point's window stayed open %.0f s: thawing its file systems", self.limit)
+            self._thaw()
+
     def thaw(self) -> None:
-        while self._frozen:
-            mount, fd = self._frozen.pop()
-            try:
-                fcntl.ioctl(fd, FITHAW, 0)
-            except OSError as exc:
-                log.error("thaw of %s failed: %s", mount, exc)
-            finally:
-                os.close(fd)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._thaw()
         self.marker.unlink(missing_ok=True)
+
+    def _thaw(self) -> None:
+        with self._lock:
+            while self._frozen:
+                mount, fd = self._frozen.pop()
+                try:
+                    fcntl.ioctl(fd, FITHAW, 0)
+                except OSError as exc:
+                    log.error("thaw of %s failed: %s", mount, exc)
+                finally:
+                    os.close(fd)
 
 
 def clone(src: str, dst: str) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from engine.errors import ApplianceUnreachable, EngineError, ProtocolError, from_code
 from engine.mobility import consistency
 from engine.mobility.sources import Captured, Reader, SourceDisk, TrackedDevice, WindowOverrun, Work, open_disk
+from engine.mobility.tracking import remove_stale_instances
 from engine.protocol import (
     BATCH_DATA,
     BLOCK,
@@ -458,7 +459,11 @@ class Replicator(threading.Thread):
             for src in self.sources:  # outside the freeze, so the freeze has little left to flush
                 src.flush()
             began = time.perf_counter()
-            self._freezer.freeze(mounts)
+            try:
+                self._freezer.freeze(mounts)
+            except OSError as exc:  # e.g. a file system that cannot be frozen: the check below still holds
+                log.warning("freezing %s failed (%s): this point is checked, not frozen", ", ".join(mounts),
+                            exc.strerror or exc)
             frozen_at = time.perf_counter()
             try:
                 deadline = began + self.capture.freeze_budget
@@ -534,6 +539,7 @@ class Replicator(threading.Thread):
         return self._point_cycle(trackers, bookmark, cycle)
 
     def _open_sources(self) -> None:
+        remove_stale_instances()
         for i, path in enumerate(self.disks):
             self.sources.append(open_disk(i, path, self.desired.disk_sizes[i],
                                           tracer_name=f"godwit-{self.desired.epoch}-{os.getpid()}-disk{i}"))
@@ -595,6 +601,9 @@ class Replicator(threading.Thread):
         except EngineError as exc:
             self.error = exc
             log.error("replication stopped: %s", exc)
+        except OSError as exc:  # a disk that vanished or cannot be read; the next heartbeat restarts us
+            log.error("replication stopped: %s: %s", getattr(exc, "filename", None) or "a source disk",
+                      exc.strerror or exc)
         finally:
             self.stop.set()
             if self._conn is not None:

@@ -131,6 +131,28 @@ def _mount_tracefs() -> None:
         raise TrackingUnavailable(f"tracefs cannot be mounted ({res.stderr.strip() or res.returncode})")
 
 
+def remove_stale_instances() -> None:
+    """Remove trace instances of mobility services that were killed (their pid is in the name)."""
+    instances = TRACEFS / "instances"
+    if os.geteuid() != 0 or not instances.is_dir():
+        return
+    for inst in instances.glob("godwit-*-*-disk*"):
+        try:
+            pid = int(inst.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            _remove_instance(inst)
+
+
+def _remove_instance(instance: Path) -> None:
+    for event in ("block_bio_queue", "block_rq_complete", "block_bio_complete"):
+        with contextlib.suppress(OSError):
+            (instance / "events" / "block" / event / "enable").write_text("0")
+    with contextlib.suppress(OSError):
+        instance.rmdir()
+
+
 class BlockTracer:
     """Writes to one block device, as they reach the block layer, into a :class:`DirtyMap`."""
 
@@ -153,8 +175,7 @@ class BlockTracer:
         kernel_dev = major << 20 | minor
         request_based = Path(f"/sys/dev/block/{major}:{minor}/mq").is_dir()
         events = ["block_bio_queue", "block_rq_complete" if request_based else "block_bio_complete"]
-        with contextlib.suppress(FileNotFoundError):
-            self._instance.rmdir()  # left by a process that was killed: its events are of no use
+        _remove_instance(self._instance)  # left by a process that was killed: its events are of no use
         try:
             self._instance.mkdir()
             (self._instance / "buffer_size_kb").write_text(str(BUFFER_KB))
@@ -243,8 +264,4 @@ class BlockTracer:
         self._remove()
 
     def _remove(self) -> None:
-        for event in ("block_bio_queue", "block_rq_complete", "block_bio_complete"):
-            with contextlib.suppress(OSError):
-                (self._instance / "events" / "block" / event / "enable").write_text("0")
-        with contextlib.suppress(OSError):
-            self._instance.rmdir()
+        _remove_instance(self._instance)

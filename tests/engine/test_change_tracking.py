@@ -1,0 +1,64 @@
+"""The pure parts of change tracking: the dirty map and the comparison of two clones' extent maps."""
+
+from __future__ import annotations
+
+from engine.mobility.consistency import Extent, changed_ranges
+from engine.mobility.tracking import DirtyMap
+from engine.protocol import BLOCK
+
+MiB = 1024 * 1024
+
+
+def test_dirty_map_marks_whole_blocks_and_take_starts_afresh() -> None:
+    size = 10 * BLOCK + 100  # a short last block
+    m = DirtyMap(size)
+    m.mark(BLOCK + 1, BLOCK + 2)  # one byte: its block
+    m.mark(3 * BLOCK - 1, 3 * BLOCK + 1)  # straddles two blocks
+    m.mark(10 * BLOCK, 10 * BLOCK + 50)  # the short last block
+    m.mark(size + BLOCK, size + 2 * BLOCK)  # beyond the end: ignored
+    assert m.count() == 4
+    bits = m.take()
+    assert m.count() == 0 and m.marks == 4
+    assert m.runs(bits, size) == [(BLOCK, 4 * BLOCK), (10 * BLOCK, size)]
+
+
+def test_put_back_restores_what_was_not_read() -> None:
+    m = DirtyMap(64 * BLOCK)
+    m.mark(0, BLOCK)
+    bits = m.take()
+    m.mark(5 * BLOCK, 6 * BLOCK)
+    m.put_back(bits)
+    assert m.runs(m.take(), 64 * BLOCK) == [(0, BLOCK), (5 * BLOCK, 6 * BLOCK)]
+
+
+def test_mark_all_covers_the_disk() -> None:
+    m = DirtyMap(3 * MiB)
+    m.mark_all()
+    assert m.runs(m.take(), 3 * MiB) == [(0, 3 * MiB)]
+
+
+def test_unchanged_extents_give_no_ranges() -> None:
+    exts = [Extent(0, 10 * MiB, 2 * MiB, False), Extent(4 * MiB, 50 * MiB, MiB, False)]
+    assert changed_ranges(exts, list(exts), 8 * MiB, BLOCK) == []
+
+
+def test_a_moved_range_a_new_extent_and_a_punched_hole_are_found() -> None:
+    old = [Extent(0, 10 * MiB, 2 * MiB, False), Extent(4 * MiB, 50 * MiB, MiB, False)]
+    new = [
+        Extent(0, 10 * MiB, 256 * 1024, False),
+        Extent(256 * 1024, 90 * MiB, 4096, False),  # a 4 KiB write moved (copy on write)
+        Extent(256 * 1024 + 4096, 10 * MiB + 256 * 1024 + 4096, 2 * MiB - 256 * 1024 - 4096, False),
+        Extent(3 * MiB, 70 * MiB, BLOCK, False),  # written where there was a hole
+        # the extent at 4 MiB is gone: punched back to a hole
+    ]
+    assert changed_ranges(old, new, 8 * MiB, BLOCK) == [
+        (256 * 1024, 256 * 1024 + BLOCK),
+        (3 * MiB, 3 * MiB + BLOCK),
+        (4 * MiB, 5 * MiB),
+    ]
+
+
+def test_unwritten_and_unknown_extents_count_as_changed() -> None:
+    old = [Extent(0, 10 * MiB, MiB, False)]
+    assert changed_ranges(old, [Extent(0, 10 * MiB, MiB, True)], MiB, BLOCK) == [(0, MiB)]
+    assert changed_ranges([Extent(0, -1, MiB, False)], [Extent(0, -1, MiB, False)], MiB, BLOCK) == [(0, MiB)]
