@@ -103,29 +103,34 @@ class Freezer:
         self.marker.unlink(missing_ok=True)
         return mounts
 
-    def freeze(self, mounts: list[str]) -> None:
-        """Freeze every mount, or none (raises ``OSError`` after thawing what it froze)."""
-        # Written before, so that a kill -9 inside the window is mended at the next start; never
-        # written while frozen (the state directory may be on a frozen file system).
+    def freeze(self, mounts: list[str]) -> list[tuple[str, str]]:
+        """Freeze every mount that can be; returns ``(mount, why)`` for those that could not (frozen by
+        someone else, or a file system without freezing). Logs nothing: a log file may be on one of
+        them. The marker is written first, so that a kill -9 inside the window is mended at the next
+        start; it goes once :meth:`finish` is called (after any hook that froze file systems is undone)."""
+        if not mounts:
+            return []
         self.marker.write_text(json.dumps(mounts))
         self._watchdog = threading.Timer(self.limit, self._expired)
         self._watchdog.daemon = True
         self._watchdog.start()
-        try:
-            for mount in mounts:
+        skipped = []
+        for mount in mounts:
+            try:
                 fd = os.open(mount, os.O_RDONLY)
-                try:
-                    fcntl.ioctl(fd, FIFREEZE, 0)
-                except OSError as exc:
-                    os.close(fd)
-                    if exc.errno == errno.EBUSY:  # frozen by someone else (a hook): leave it to them
-                        continue
-                    raise
-                with self._lock:
-                    self._frozen.append((mount, fd))
-        except OSError:
-            self.thaw()
-            raise
+            except OSError as exc:
+                skipped.append((mount, exc.strerror or str(exc)))
+                continue
+            try:
+                fcntl.ioctl(fd, FIFREEZE, 0)
+            except OSError as exc:
+                os.close(fd)
+                skipped.append((mount, "frozen by someone else" if exc.errno == errno.EBUSY
+                                else exc.strerror or str(exc)))
+                continue
+            with self._lock:
+                self._frozen.append((mount, fd))
+        return skipped
 
     def _expired(self) -> None:
         if self._frozen:
@@ -136,6 +141,9 @@ class Freezer:
         if self._watchdog is not None:
             self._watchdog.cancel()
         self._thaw()
+
+    def finish(self) -> None:
+        """The window is closed and every hook undone: forget the marker."""
         self.marker.unlink(missing_ok=True)
 
     def _thaw(self) -> None:

@@ -359,7 +359,8 @@ class Replicator(threading.Thread):
                 view = memoryview(buf)[:length]
                 began = time.perf_counter()
                 got = reader(off, view)
-                self._read_rate.add(got, time.perf_counter() - began)
+                if reader == self.sources[disk].read:  # the disk itself, not memory or a clone
+                    self._read_rate.add(got, time.perf_counter() - began)
                 if got < length:
                     view[got:] = bytes(length - got)  # the disk shrank under us
                 run_start = None  # where the current run of changed, non-zero blocks began
@@ -452,26 +453,27 @@ class Replicator(threading.Thread):
 
     def _window(self, trackers: list[Tracker], app: bool) -> tuple[list[Captured], bool] | None:
         """Freeze, take every disk at this instant, thaw. Returns what was captured and whether the
-        app hooks ran; None when the remainder did not fit in the budget (nothing was taken)."""
+        app hooks ran; None when the remainder did not fit in the budget (nothing was taken).
+        Nothing in the window logs or writes a file: either may be on a frozen file system."""
         hooks_ok = app and self.hooks.pre()
         mounts = [m for src in self.sources if isinstance(src, TrackedDevice) for m in src.mounts()]
+        captured: list[Captured] = []
         try:
             for src in self.sources:  # outside the freeze, so the freeze has little left to flush
                 src.flush()
             began = time.perf_counter()
-            try:
-                self._freezer.freeze(mounts)
-            except OSError as exc:  # e.g. a file system that cannot be frozen: the check below still holds
-                log.warning("freezing %s failed (%s): this point is checked, not frozen", ", ".join(mounts),
-                            exc.strerror or exc)
+            skipped = self._freezer.freeze(mounts)
             frozen_at = time.perf_counter()
             try:
                 deadline = began + self.capture.freeze_budget
-                captured = [src.capture(self._was_data(t), deadline)
-                            for src, t in zip(self.sources, trackers, strict=True)]
+                for src, t in zip(self.sources, trackers, strict=True):
+                    captured.append(src.capture(self._was_data(t), deadline))
                 for src, c in zip(self.sources, captured, strict=True):
                     src.verify(c)
             except WindowOverrun:
+                for c in captured:  # give back what the disks before the overrun took
+                    if c.undo is not None:
+                        c.undo()
                 return None
             finally:
                 self._freezer.thaw()
@@ -479,10 +481,13 @@ class Replicator(threading.Thread):
         finally:
             if hooks_ok:
                 self.hooks.post()
+            self._freezer.finish()
+        for mount, why in skipped:
+            log.warning("%s was not frozen (%s): this point is checked instead", mount, why)
         self.capture.freezes.append(frozen)
         self.capture.freezing = 0.7 * self.capture.freezing + 0.3 * (frozen_at - began)
         log.info("point.window frozen_ms=%.1f freezing_ms=%.1f mounts=%d bytes=%d consistent=%s", frozen * 1000,
-                 (frozen_at - began) * 1000, len(mounts), sum(n for c in captured for _, n, _ in c.work),
+                 (frozen_at - began) * 1000, len(mounts) - len(skipped), sum(n for c in captured for _, n, _ in c.work),
                  all(c.consistent for c in captured))
         return captured, hooks_ok
 
@@ -491,8 +496,13 @@ class Replicator(threading.Thread):
         A point whose remainder does not fit the freeze budget is deferred to the next cycle."""
         sent = 0
         for attempt in range(1, WINDOW_ATTEMPTS + 1):
+            if attempt > 1:
+                self._note_lost()
             for _ in range(MAX_PASSES):
                 sent += self._pass(trackers, cycle, Bookmark.NONE)
+                # The digests compared next must be the acknowledged ones: a block that went A -> B -> A
+                # while B was in flight would otherwise look unchanged and the replica keep B.
+                self._drain()
                 if sum(src.pending_bytes() for src in self.sources) <= self._window_bytes():
                     break
             pending = sum(src.pending_bytes() for src in self.sources)
@@ -503,6 +513,7 @@ class Replicator(threading.Thread):
                                          f"could be read within the {self.capture.freeze_budget * 1000:.0f} ms freeze "
                                          "budget. Raise --freeze-budget-ms or reduce the write load.")
                 log.warning("point.deferred pending=%d budget_ms=%.0f", pending, self.capture.freeze_budget * 1000)
+                self.capture.freezing *= 0.7  # never locked out by one slow freeze: measure again soon
                 return sent + self._pass(trackers, cycle, Bookmark.CYCLE_END)
             self.capture.deferred = None
             captured, hooks_ok = window
@@ -549,9 +560,6 @@ class Replicator(threading.Thread):
         sender = threading.Thread(target=self._sender, name="replicator-sender", daemon=True)
         sender.start()
         try:
-            for mount in self._freezer.thaw_leftovers():
-                self.notify("warning", "thawed", f"{mount} was left frozen by a mobility service that was killed; "
-                            "thawed it.")
             self._open_sources()  # tracking starts before anything is read
             streams = {}
             while not self.stop.is_set():
@@ -581,8 +589,8 @@ class Replicator(threading.Thread):
                     self._send(i, tracker, work, reader, kind=Kind.INITIAL, bookmark=Bookmark.CYCLE_END,
                                cycle=int(time.time() * 1000))
                     self._drain()
-                    if start:
-                        src.need_full(None)  # what was written before the restart below ``start`` is unknown
+                    if start:  # what was written below ``start`` while the service was not running is unknown
+                        src.need_full("initial replication resumed after a restart")
                     log.info("initial replication of %s complete", self.disks[i])
             self._last_point = 0.0  # the first cycle after (any) initial replication is a recovery point
             while not self.stop.is_set():

@@ -30,6 +30,7 @@ from engine.errors import (
     from_code,
 )
 from engine.files import write_atomically
+from engine.mobility.consistency import Freezer
 from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks
 from engine.mobility.sources import describe
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
@@ -345,6 +346,10 @@ class MobilityService:
 
     def run(self) -> None:
         """Register if needed, then heartbeat until stopped. Raises :class:`EngineError` on refusal."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for mount in Freezer(self.state_dir / "frozen.json").thaw_leftovers():
+            self.notify("warning", "thawed", f"{mount} was left frozen by a mobility service that was killed; "
+                        "thawed it.")
         ident = self.load_identity() or self.register()
         if ident is None:
             return

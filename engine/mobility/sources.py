@@ -52,6 +52,8 @@ class Captured:
     why_not: str | None = None
     #: Work that is worked out after the window (reading extent maps is not instant).
     later: Callable[[], tuple[Work, Reader]] | None = None
+    #: Gives back what the capture took, when the window is abandoned.
+    undo: Callable[[], None] | None = None
 
 
 def pieces(ranges: list[tuple[int, int]]) -> Work:
@@ -116,7 +118,9 @@ class SourceDisk:
         return f"<{type(self).__name__} {self.index}:{self.path} full={self.full}>"
 
     def _open_flags(self) -> int:
-        return os.O_RDONLY
+        # A device is read past its page cache: that can hold stale pages of blocks a file system wrote
+        # with its own bios.
+        return os.O_RDONLY | (os.O_DIRECT if consistency.is_block_device(self.path) else 0)
 
     NOTE = "Neither frozen nor cloned, and its changes are not tracked: points are labelled not crash-consistent."
 
@@ -179,9 +183,6 @@ class TrackedDevice(SourceDisk):
         self.tracer: BlockTracer | None = None
         self._marks = 0
 
-    def _open_flags(self) -> int:
-        return os.O_RDONLY | os.O_DIRECT  # never a stale page of the device's own cache
-
     UNMOUNTED_NOTE = ("No mounted file system to freeze: a point is crash-consistent only if nothing writes to the "
                       "device while its remainder is read; writes tracked in the block layer.")
 
@@ -223,8 +224,8 @@ class TrackedDevice(SourceDisk):
 
     def capture(self, was_data: Callable[[int], bool], deadline: float) -> Captured:
         assert self.tracer is not None
-        if not self.tracer.barrier():
-            return Captured(consistent=False, why_not="block-layer tracking fell behind")
+        if not self.tracer.barrier() or self.tracer.lost:
+            return Captured(consistent=False, why_not=f"change tracking of {self.path} lost writes")
         self._marks = self.tracer.map.marks
         bits = self.tracer.map.take()
         saved: dict[int, bytes] = {}
@@ -245,11 +246,16 @@ class TrackedDevice(SourceDisk):
             view[:len(data)] = data
             return len(data)
 
-        return Captured(work=work, reader=from_memory)
+        return Captured(work=work, reader=from_memory, undo=lambda: self.tracer.map.put_back(bits))  # type: ignore[union-attr]
 
     def verify(self, captured: Captured) -> None:
         assert self.tracer is not None
-        if not self.tracer.barrier() or self.tracer.map.marks != self._marks:
+        if not captured.consistent:
+            return
+        if not self.tracer.barrier() or self.tracer.lost:
+            captured.consistent = False
+            captured.why_not = f"change tracking of {self.path} lost writes"
+        elif self.tracer.map.marks != self._marks:
             captured.consistent = False
             captured.why_not = f"{self.path} was written while its point was read (nothing froze the writer)"
 
@@ -274,9 +280,6 @@ class PlainFile(SourceDisk):
             return [], self.read
         self._read_stamp = stamp
         return super().pass_work(was_data, start)
-
-    def pending_bytes(self) -> int:
-        return 0 if FileStamp.of(self.path) == self._read_stamp else self.size
 
     def capture(self, was_data: Callable[[int], bool], deadline: float) -> Captured:
         if self.full or FileStamp.of(self.path) != self._read_stamp:
@@ -362,7 +365,7 @@ class ClonedFile(SourceDisk):
             self._clone_stamp = stamp
             return work, reader
 
-        return Captured(later=later)
+        return Captured(later=later, undo=lambda: os.unlink(name))
 
     def verify(self, captured: Captured) -> None:
         # Several clones are taken one after another: one written in between is not of this instant.

@@ -180,6 +180,8 @@ class BlockTracer:
             self._instance.mkdir()
             (self._instance / "buffer_size_kb").write_text(str(BUFFER_KB))
             (self._instance / "options" / "context-info").write_text("0")
+            # trace_pipe merges the per-CPU buffers by timestamp: the barrier needs one clock for all CPUs.
+            (self._instance / "trace_clock").write_text("global")
             for event in events:
                 folder = self._instance / "events" / "block" / event
                 (folder / "filter").write_text(f'dev == {kernel_dev} && rwbs ~ "*[WD]*"')
