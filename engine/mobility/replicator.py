@@ -554,6 +554,7 @@ class Replicator(threading.Thread):
         for i, path in enumerate(self.disks):
             self.sources.append(open_disk(i, path, self.desired.disk_sizes[i],
                                           tracer_name=f"godwit-{self.desired.epoch}-{os.getpid()}-disk{i}"))
+        self.sources[0].alone = len(self.sources) == 1
 
     def run(self) -> None:
         trackers: list[Tracker] = []

@@ -111,6 +111,8 @@ class SourceDisk:
         self.full = True
         #: Why the next full pass runs (an event for the admin), or None if nothing was lost.
         self.full_reason: str | None = None
+        #: The server's only disk: its capture need not be of the same instant as any other's.
+        self.alone = False
         self.buf = mmap.mmap(-1, MAX_RUN)  # page-aligned: O_DIRECT reads need it
         self._fd = os.open(path, self._open_flags())
 
@@ -286,6 +288,12 @@ class PlainFile(SourceDisk):
             return Captured(consistent=False, why_not=f"{self.path} was written while it was read")
         return Captured()
 
+    def verify(self, captured: Captured) -> None:
+        # Unchanged until every other disk was captured too: the instants overlap.
+        if captured.consistent and not self.alone and FileStamp.of(self.path) != self._read_stamp:
+            captured.consistent = False
+            captured.why_not = f"{self.path} was written while the point was taken"
+
 
 class ClonedFile(SourceDisk):
     """An image file on a file system with reflinks: each pass reads from a fresh clone, and only the
@@ -368,8 +376,9 @@ class ClonedFile(SourceDisk):
         return Captured(later=later, undo=lambda: os.unlink(name))
 
     def verify(self, captured: Captured) -> None:
-        # Several clones are taken one after another: one written in between is not of this instant.
-        if FileStamp.of(self.path) != self._stamp_before:
+        # A clone is an instant by itself; with other disks, it must not have moved until every one of
+        # them was captured (clones are taken one after another).
+        if not self.alone and FileStamp.of(self.path) != self._stamp_before:
             captured.consistent = False
             captured.why_not = f"{self.path} was written while the point's clones were taken"
 
