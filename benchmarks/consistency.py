@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.appliance import Appliance, Mobility, wait_for  # noqa: E402
-from tests.source_disks import MiB, filesystem_on_loop, loop_device, sectors_read  # noqa: E402
+from tests.source_disks import MiB, change_device, filesystem_on_loop, loop_device, sectors_read  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -67,17 +66,7 @@ def idle_and_change(app: Appliance, root: Path, size: int, idle_seconds: float) 
             idle_cpu = (cpu_seconds(mob.proc.pid) - cpu0) / elapsed
             print(f"idle {elapsed:.0f} s: read {idle_read} bytes from the disk; mobility CPU {idle_cpu:.2%} of a core")
 
-            rng = random.Random(3)
-            fd = os.open(device, os.O_WRONLY)
-            changed = 0
-            try:
-                while changed < size // 100:
-                    n = rng.randint(1, 256) * 4096
-                    os.pwrite(fd, rng.randbytes(n), rng.randrange(0, size - n) // 4096 * 4096)
-                    changed += n
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            changed = change_device(device, 0.01, seed=3)
             before = sectors_read(device)
             t = time.time()
             app.point_after("big-01", t, timeout=300)

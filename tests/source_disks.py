@@ -115,6 +115,25 @@ def read_counter(path: Path, offset: int = 0) -> int:
     return COUNTER.unpack(raw)[0] if len(raw) == COUNTER.size else 0
 
 
+def change_device(device: str, fraction: float, *, seed: int) -> int:
+    """Random 4 KiB-1 MiB writes to ``fraction`` of a device, made durable; returns the bytes written."""
+    import random
+
+    rng = random.Random(seed)
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        changed = 0
+        while changed < size * fraction:
+            n = rng.randint(1, 256) * 4096
+            os.pwrite(fd, rng.randbytes(n), rng.randrange(0, size - n) // 4096 * 4096)
+            changed += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return changed
+
+
 def sectors_read(device: str) -> int:
     """Sectors read from a block device so far (its /sys/block stat)."""
     return int(Path(f"/sys/block/{os.path.basename(device)}/stat").read_text().split()[2])

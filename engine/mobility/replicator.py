@@ -71,7 +71,9 @@ class Desired:
 
 
 class Tracker:
-    """The block digests of one source disk, as last acknowledged by the appliance."""
+    """The block digests of one source disk: as the appliance acknowledged them (on disk), and as it
+    will have them once the batches in flight land (what a new read is compared with: a block that
+    went A -> B -> A while B was in flight must be sent again)."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
@@ -84,23 +86,35 @@ class Tracker:
             self.digests = bytearray(ZERO_DIGEST * self.blocks)  # the seed disk starts as zeros
             path.write_bytes(self.digests)
         self._fd = os.open(path, os.O_RDWR)
+        self._in_flight: dict[int, bytes] = {}
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         os.close(self._fd)
 
     def get(self, block: int) -> bytes:
-        return bytes(self.digests[block * DIGEST:(block + 1) * DIGEST])
+        return self._in_flight.get(block) or bytes(self.digests[block * DIGEST:(block + 1) * DIGEST])
 
     def forget(self) -> None:
         """Assume nothing about the appliance's copy: every block counts as changed (a resync)."""
-        self.digests[:] = UNKNOWN_DIGEST * self.blocks
-        os.pwrite(self._fd, self.digests, 0)
+        with self._lock:
+            self._in_flight.clear()
+            self.digests[:] = UNKNOWN_DIGEST * self.blocks
+            os.pwrite(self._fd, self.digests, 0)
+
+    def sending(self, updates: dict[int, bytes]) -> None:
+        """These blocks are queued to be sent with these digests."""
+        with self._lock:
+            self._in_flight.update(updates)
 
     def commit(self, updates: dict[int, bytes]) -> None:
         """Record acknowledged blocks (no fsync needed: a lost update only means sending again)."""
-        for block, dig in updates.items():
-            self.digests[block * DIGEST:(block + 1) * DIGEST] = dig
-            os.pwrite(self._fd, dig, block * DIGEST)
+        with self._lock:
+            for block, dig in updates.items():
+                self.digests[block * DIGEST:(block + 1) * DIGEST] = dig
+                os.pwrite(self._fd, dig, block * DIGEST)
+                if self._in_flight.get(block) == dig:  # else a later batch changed it again
+                    del self._in_flight[block]
 
 
 @dataclass
@@ -344,6 +358,7 @@ class Replicator(threading.Thread):
         def cut(mark_bookmark: Bookmark, initial_done: int) -> None:
             """Hand the runs gathered so far to the sender as one batch."""
             nonlocal runs, pending, batch_bytes, sent
+            tracker.sending(pending)
             self._batch(disk, kind, mark_bookmark, cycle, initial_done if kind == Kind.INITIAL else generation,
                         runs, tracker, pending)
             sent += batch_bytes
@@ -500,9 +515,6 @@ class Replicator(threading.Thread):
                 self._note_lost()
             for _ in range(MAX_PASSES):
                 sent += self._pass(trackers, cycle, Bookmark.NONE)
-                # The digests compared next must be the acknowledged ones: a block that went A -> B -> A
-                # while B was in flight would otherwise look unchanged and the replica keep B.
-                self._drain()
                 if sum(src.pending_bytes() for src in self.sources) <= self._window_bytes():
                     break
             pending = sum(src.pending_bytes() for src in self.sources)

@@ -114,15 +114,12 @@ class SourceDisk:
         #: The server's only disk: its capture need not be of the same instant as any other's.
         self.alone = False
         self.buf = mmap.mmap(-1, MAX_RUN)  # page-aligned: O_DIRECT reads need it
-        self._fd = os.open(path, self._open_flags())
+        # A device is read past its page cache: that can hold stale pages of blocks a file system wrote
+        # with its own bios.
+        self._fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if consistency.is_block_device(path) else 0))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.index}:{self.path} full={self.full}>"
-
-    def _open_flags(self) -> int:
-        # A device is read past its page cache: that can hold stale pages of blocks a file system wrote
-        # with its own bios.
-        return os.O_RDONLY | (os.O_DIRECT if consistency.is_block_device(self.path) else 0)
 
     NOTE = "Neither frozen nor cloned, and its changes are not tracked: points are labelled not crash-consistent."
 

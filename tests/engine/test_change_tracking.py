@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from engine.mobility.consistency import Extent, changed_ranges
+from engine.mobility.replicator import Tracker
 from engine.mobility.tracking import DirtyMap
-from engine.protocol import BLOCK
+from engine.protocol import BLOCK, digest
 
 MiB = 1024 * 1024
 
@@ -62,3 +65,23 @@ def test_unwritten_and_unknown_extents_count_as_changed() -> None:
     old = [Extent(0, 10 * MiB, MiB, False)]
     assert changed_ranges(old, [Extent(0, 10 * MiB, MiB, True)], MiB, BLOCK) == [(0, MiB)]
     assert changed_ranges([Extent(0, -1, MiB, False)], [Extent(0, -1, MiB, False)], MiB, BLOCK) == [(0, MiB)]
+
+
+def test_digests_in_flight_win_over_acknowledged_ones(tmp_path: Path) -> None:
+    """A block that goes A -> B -> A while B is in flight must be sent again: compared with the
+    acknowledged A it would look unchanged and the replica would keep B."""
+    a, b = digest(b"a" * BLOCK), digest(b"b" * BLOCK)
+    t = Tracker(tmp_path / "disk0.digests", 4 * BLOCK)
+    t.sending({1: a})
+    t.commit({1: a})
+    t.sending({1: b})
+    assert t.get(1) == b  # so a read of A now counts as a change
+    t.sending({1: a})
+    t.commit({1: b})  # the first batch lands; the second is still in flight
+    assert t.get(1) == a
+    t.commit({1: a})
+    assert t.get(1) == a
+    t.close()
+    reopened = Tracker(tmp_path / "disk0.digests", 4 * BLOCK)
+    assert not reopened.fresh and reopened.get(1) == a  # only acknowledged digests are on disk
+    reopened.close()
