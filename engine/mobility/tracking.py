@@ -215,8 +215,10 @@ class BlockTracer:
             for line in lines:
                 m = _EVENT.search(line)
                 if m:
-                    start = int(m.group(1)) * _SECTOR
-                    self.map.mark(start, start + max(1, int(m.group(2))) * _SECTOR)
+                    sectors = int(m.group(2))
+                    if sectors:  # a flush ("FWS 0 + 0") carries no data
+                        start = int(m.group(1)) * _SECTOR
+                        self.map.mark(start, start + sectors * _SECTOR)
                 elif _MARK in line:
                     with self._cond:
                         self._seen = max(self._seen, int(line.rsplit(b"-", 1)[1] or 0))

@@ -256,8 +256,9 @@ def test_an_idle_source_reads_nothing_and_a_change_reads_about_what_changed(appl
             time.sleep(20)
             idle_read = (sectors_read(device) - read0) * 512
             idle_cpu = (_cpu_seconds(mob.proc.pid) - cpu0) / (time.monotonic() - t0)
-            # Points every second, heartbeats every 0.3 s here: still nothing read from the disk.
-            assert idle_read < 1 * MiB, f"an idle minute's third read {idle_read} bytes"
+            # Points every second, heartbeats every 0.3 s here: still nothing read from the disk (a block
+            # at most, should something else on this machine probe the device).
+            assert idle_read <= 64 * 1024, f"an idle minute's third read {idle_read} bytes"
             assert idle_cpu < 0.15, f"idle mobility service used {idle_cpu:.1%} of a core"
 
             changed = change_device(device, 0.01, seed=7)
