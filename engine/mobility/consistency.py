@@ -134,8 +134,8 @@ class Freezer:
 
     def _expired(self) -> None:
         if self._frozen:
-            log.error("a point's window stayed open %.0f s: thawing its file systems", self.limit)
-            self._thaw()
+            self._thaw()  # first: the log may be on one of them
+            log.error("a point's window stayed open %.0f s: its file systems were thawed", self.limit)
 
     def thaw(self) -> None:
         if self._watchdog is not None:

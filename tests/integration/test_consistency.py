@@ -7,15 +7,18 @@ instant Y can never be newer than X.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from engine.mobility.consistency import Freezer
 from tests.appliance import Appliance, Mobility, protect, wait_for
 from tests.source_disks import (
     MiB,
@@ -300,3 +303,39 @@ def test_points_of_a_file_on_ext4_are_labelled_by_whether_it_was_written(applian
             mob.stop()
         assert_ordered(appliance, mob, root,
                        lambda images, _: (read_counter(images[0], x_at), read_counter(images[0], y_at)), under_load=0)
+
+
+def test_file_systems_left_frozen_by_a_killed_service_are_thawed_when_it_starts(appliance: Appliance) -> None:
+    """A kill -9 inside a point's window leaves its file systems frozen: the next start thaws them."""
+    with filesystem_on_loop(appliance.root, "left") as (device, mnt):
+        mob = Mobility(appliance, "left-01", disks=[Path(device)])
+        mob.state_dir.mkdir(parents=True)
+        (mob.state_dir / "frozen.json").write_text(json.dumps([str(mnt)]))  # as the killed one left it
+        subprocess.run(["fsfreeze", "--freeze", str(mnt)], check=True)
+        try:
+            mob.start()
+            wait_for(lambda: "thawed" in [e["code"] for e in appliance.events()], what="the thaw to be reported")
+            res = subprocess.run(["timeout", "5", "touch", str(mnt / "writable")], capture_output=True)
+            assert res.returncode == 0, "the file system is still frozen"
+            assert not (mob.state_dir / "frozen.json").exists()
+        finally:
+            subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], capture_output=True)
+            mob.stop()
+
+
+def test_a_window_that_stays_open_is_thawed_by_the_watchdog(tmp_path: Path) -> None:
+    with filesystem_on_loop(tmp_path, "dog") as (_, mnt):
+        freezer = Freezer(tmp_path / "frozen.json", limit=0.3)
+        try:
+            assert freezer.freeze([str(mnt)]) == []
+            assert json.loads((tmp_path / "frozen.json").read_text()) == [str(mnt)]
+            stuck = subprocess.run(["timeout", "0.2", "touch", str(mnt / "a")], capture_output=True)
+            assert stuck.returncode == 124, "the freeze did not hold writers"
+            time.sleep(0.5)  # the watchdog's limit passes
+            res = subprocess.run(["timeout", "5", "touch", str(mnt / "b")], capture_output=True)
+            assert res.returncode == 0, "the watchdog did not thaw"
+        finally:
+            freezer.thaw()
+            freezer.finish()
+            subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], capture_output=True)
+        assert not (tmp_path / "frozen.json").exists()
