@@ -61,8 +61,17 @@ def mounts_on(device: str) -> list[str]:
     out = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
-        if len(fields) > 4 and fields[2] in devices:
-            out.append(fields[4].replace("\\040", " "))
+        if len(fields) < 5:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        if fields[2] in devices:
+            out.append(mount)
+        elif fields[2].startswith("0:") and " - " in line:  # btrfs shows an anonymous device: use the source
+            source = line.split(" - ", 1)[1].split()[1:2]
+            with contextlib.suppress(OSError, IndexError):
+                st = os.stat(source[0])
+                if stat.S_ISBLK(st.st_mode) and f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" in devices:
+                    out.append(mount)
     return out
 
 
@@ -76,44 +85,54 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
+def _fithaw(mount: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(mount, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+        finally:
+            os.close(fd)
+
+
 class Freezer:
-    """Freezes and thaws file systems, keeping a durable list of what is frozen. A watchdog thaws
-    them if the window is not closed within ``limit`` seconds (a hung read must not stop the server)."""
+    """Freezes and thaws file systems, keeping a durable list of what may be frozen (ours, and those a
+    ``--freeze`` hook freezes). A watchdog thaws them all if a window is not closed within ``limit``
+    seconds: a hung read or hook must not stop the server."""
 
     def __init__(self, marker: Path, limit: float = 5.0) -> None:
         self.marker = marker
         self.limit = limit
         self._frozen: list[tuple[str, int]] = []
+        self._armed: list[str] = []
         self._lock = threading.Lock()
         self._watchdog: threading.Timer | None = None
 
     def thaw_leftovers(self) -> list[str]:
         """Thaw what a killed mobility service left frozen; returns those mount points."""
         try:
-            mounts = list(json.loads(self.marker.read_text()))
-        except (OSError, ValueError):
+            mounts = [str(m) for m in json.loads(self.marker.read_text())]
+        except (OSError, ValueError, TypeError):
             return []
         for mount in mounts:
-            with contextlib.suppress(OSError):
-                fd = os.open(mount, os.O_RDONLY)
-                try:
-                    fcntl.ioctl(fd, FITHAW, 0)
-                finally:
-                    os.close(fd)
+            _fithaw(mount)
         self.marker.unlink(missing_ok=True)
         return mounts
 
-    def freeze(self, mounts: list[str]) -> list[tuple[str, str]]:
-        """Freeze every mount that can be; returns ``(mount, why)`` for those that could not (frozen by
-        someone else, or a file system without freezing). Logs nothing: a log file may be on one of
-        them. The marker is written first, so that a kill -9 inside the window is mended at the next
-        start; it goes once :meth:`finish` is called (after any hook that froze file systems is undone)."""
+    def arm(self, mounts: list[str]) -> None:
+        """Before anything is frozen (by us or by a hook): write the marker, so that a kill -9 inside
+        the window is mended at the next start, and start the watchdog. :meth:`finish` undoes both."""
+        self._armed = list(mounts)
         if not mounts:
-            return []
+            return
         self.marker.write_text(json.dumps(mounts))
         self._watchdog = threading.Timer(self.limit, self._expired)
         self._watchdog.daemon = True
         self._watchdog.start()
+
+    def freeze(self, mounts: list[str]) -> list[tuple[str, str]]:
+        """Freeze every mount that can be (each must have been armed); returns ``(mount, why)`` for those
+        that could not (frozen by someone else, or a file system without freezing). Logs nothing and
+        writes no file: either may be on a frozen file system."""
         skipped = []
         for mount in mounts:
             try:
@@ -133,29 +152,40 @@ class Freezer:
         return skipped
 
     def _expired(self) -> None:
-        if self._frozen:
-            self._thaw()  # first: the log may be on one of them
-            log.error("a point's window stayed open %.0f s: its file systems were thawed", self.limit)
+        failed = self._thaw()
+        for mount in self._armed:  # what a hook froze too
+            _fithaw(mount)
+        log.error("a point's window stayed open %.0f s: its file systems were thawed%s", self.limit,
+                  f" (thaw failed: {failed})" if failed else "")
 
     def thaw(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        self._thaw()
+        """Thaw what :meth:`freeze` froze."""
+        failed = self._thaw()
+        if failed:
+            log.error("thaw failed: %s", failed)
 
     def finish(self) -> None:
-        """The window is closed and every hook undone: forget the marker."""
-        self.marker.unlink(missing_ok=True)
+        """The window is closed and every hook undone: stop the watchdog, forget the marker."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._armed:
+            self.marker.unlink(missing_ok=True)
+        self._armed = []
 
-    def _thaw(self) -> None:
+    def _thaw(self) -> list[str]:
+        """Thaw ours; returns what failed (logged by the caller, once nothing is frozen)."""
+        failed = []
         with self._lock:
             while self._frozen:
                 mount, fd = self._frozen.pop()
                 try:
                     fcntl.ioctl(fd, FITHAW, 0)
                 except OSError as exc:
-                    log.error("thaw of %s failed: %s", mount, exc)
+                    failed.append(f"{mount}: {exc.strerror or exc}")
                 finally:
                     os.close(fd)
+        return failed
 
 
 def clone(src: str, dst: str) -> None:

@@ -86,14 +86,16 @@ class Tracker:
             self.digests = bytearray(ZERO_DIGEST * self.blocks)  # the seed disk starts as zeros
             path.write_bytes(self.digests)
         self._fd = os.open(path, os.O_RDWR)
-        self._in_flight: dict[int, bytes] = {}
+        self._in_flight: dict[int, tuple[bytes, int]] = {}  # block -> (digest, batch token)
+        self._tokens = 0
         self._lock = threading.Lock()
 
     def close(self) -> None:
         os.close(self._fd)
 
     def get(self, block: int) -> bytes:
-        return self._in_flight.get(block) or bytes(self.digests[block * DIGEST:(block + 1) * DIGEST])
+        flying = self._in_flight.get(block)
+        return flying[0] if flying else bytes(self.digests[block * DIGEST:(block + 1) * DIGEST])
 
     def forget(self) -> None:
         """Assume nothing about the appliance's copy: every block counts as changed (a resync)."""
@@ -102,18 +104,22 @@ class Tracker:
             self.digests[:] = UNKNOWN_DIGEST * self.blocks
             os.pwrite(self._fd, self.digests, 0)
 
-    def sending(self, updates: dict[int, bytes]) -> None:
-        """These blocks are queued to be sent with these digests."""
+    def sending(self, updates: dict[int, bytes]) -> int:
+        """These blocks are queued to be sent with these digests; returns the batch's token for :meth:`commit`."""
         with self._lock:
-            self._in_flight.update(updates)
+            self._tokens += 1
+            for block, dig in updates.items():
+                self._in_flight[block] = (dig, self._tokens)
+            return self._tokens
 
-    def commit(self, updates: dict[int, bytes]) -> None:
+    def commit(self, updates: dict[int, bytes], token: int) -> None:
         """Record acknowledged blocks (no fsync needed: a lost update only means sending again)."""
         with self._lock:
             for block, dig in updates.items():
                 self.digests[block * DIGEST:(block + 1) * DIGEST] = dig
                 os.pwrite(self._fd, dig, block * DIGEST)
-                if self._in_flight.get(block) == dig:  # else a later batch changed it again
+                flying = self._in_flight.get(block)
+                if flying is not None and flying[1] == token:  # else a later batch is in flight for it
                     del self._in_flight[block]
 
 
@@ -232,8 +238,8 @@ class Replicator(threading.Thread):
         self._last_point = 0.0
         self.error: EngineError | None = None
         #: Batches read and encoded, waiting for the sender thread (2: one in flight, one ready).
-        self._outbox: queue.Queue[tuple[int, bytes, Tracker, dict[int, bytes]]] = queue.Queue(maxsize=2)
-        self._sender_error: EngineError | None = None
+        self._outbox: queue.Queue[tuple[int, bytes, Tracker, dict[int, bytes], int]] = queue.Queue(maxsize=2)
+        self._sender_error: Exception | None = None
 
     def __repr__(self) -> str:
         return f"<Replicator {self.host}:{self.desired.data_port} seq={self._seq}>"
@@ -292,7 +298,8 @@ class Replicator(threading.Thread):
         raise InterruptedError
 
     def _batch(self, disk: int, kind: Kind, bookmark: Bookmark, cycle: int, initial_done: int,
-               runs: list[tuple[int, int, bytes | None]], tracker: Tracker, pending: dict[int, bytes]) -> None:
+               runs: list[tuple[int, int, bytes | None]], tracker: Tracker, pending: dict[int, bytes],
+               token: int) -> None:
         """Queue a batch for the sender thread, so that reading the next one overlaps with this one's trip."""
         seq = self._seq[disk]
         header = BatchHeader(disk, seq, kind, bookmark, cycle, initial_done, time.time(), len(runs))
@@ -301,7 +308,7 @@ class Replicator(threading.Thread):
         while not self.stop.is_set():
             self._raise_sender_error()
             try:
-                self._outbox.put((disk, body, tracker, pending), timeout=0.2)
+                self._outbox.put((disk, body, tracker, pending, token), timeout=0.2)
                 return
             except queue.Full:
                 continue
@@ -322,15 +329,15 @@ class Replicator(threading.Thread):
     def _sender(self) -> None:
         while not self.stop.is_set():
             try:
-                disk, body, tracker, pending = self._outbox.get(timeout=0.2)
+                disk, body, tracker, pending, token = self._outbox.get(timeout=0.2)
             except queue.Empty:
                 continue
             try:
                 self._post(disk, body)
-                tracker.commit(pending)  # only what the appliance acknowledged counts as sent
+                tracker.commit(pending, token)  # only what the appliance acknowledged counts as sent
             except InterruptedError:
                 return
-            except EngineError as exc:
+            except Exception as exc:  # handed to the replicator thread, which stops (and is restarted)
                 self._sender_error = exc
                 return
             finally:
@@ -358,9 +365,9 @@ class Replicator(threading.Thread):
         def cut(mark_bookmark: Bookmark, initial_done: int) -> None:
             """Hand the runs gathered so far to the sender as one batch."""
             nonlocal runs, pending, batch_bytes, sent
-            tracker.sending(pending)
+            token = tracker.sending(pending)
             self._batch(disk, kind, mark_bookmark, cycle, initial_done if kind == Kind.INITIAL else generation,
-                        runs, tracker, pending)
+                        runs, tracker, pending, token)
             sent += batch_bytes
             runs, pending, batch_bytes = [], {}, 0
 
@@ -470,10 +477,13 @@ class Replicator(threading.Thread):
         """Freeze, take every disk at this instant, thaw. Returns what was captured and whether the
         app hooks ran; None when the remainder did not fit in the budget (nothing was taken).
         Nothing in the window logs or writes a file: either may be on a frozen file system."""
-        hooks_ok = app and self.hooks.pre()
-        mounts = [m for src in self.sources if isinstance(src, TrackedDevice) for m in src.mounts()]
+        mounts = list(dict.fromkeys(m for src in self.sources if isinstance(src, TrackedDevice) for m in src.mounts()))
+        # Armed before the hook runs: a --freeze mount may hold the state directory or a cloned image.
+        self._freezer.arm(mounts + list(self.hooks.freeze if app else ()))
+        hooks_ok = False
         captured: list[Captured] = []
         try:
+            hooks_ok = app and self.hooks.pre()
             for src in self.sources:  # outside the freeze, so the freeze has little left to flush
                 src.flush()
             began = time.perf_counter()
@@ -565,7 +575,7 @@ class Replicator(threading.Thread):
         remove_stale_instances()
         for i, path in enumerate(self.disks):
             self.sources.append(open_disk(i, path, self.desired.disk_sizes[i],
-                                          tracer_name=f"godwit-{self.desired.epoch}-{os.getpid()}-disk{i}"))
+                                          tracer_name=f"godwit-{self.desired.epoch}-{os.getpid()}-{id(self):x}-disk{i}"))
         self.sources[0].alone = len(self.sources) == 1
 
     def run(self) -> None:
@@ -625,10 +635,13 @@ class Replicator(threading.Thread):
         except OSError as exc:  # a disk that vanished or cannot be read; the next heartbeat restarts us
             log.error("replication stopped: %s: %s", getattr(exc, "filename", None) or "a source disk",
                       exc.strerror or exc)
+        except Exception:  # a bug: logged with its traceback; the next heartbeat restarts replication
+            log.exception("replication stopped by an internal error")
         finally:
             self.stop.set()
-            if self._conn is not None:
-                self._conn.close()  # unblocks a sender waiting on the network
+            conn = self._conn  # the sender may drop it meanwhile
+            if conn is not None:
+                conn.close()  # unblocks a sender waiting on the network
             sender.join(timeout=30)
             if not sender.is_alive():  # else it may still commit to them; leave them to the process's end
                 for t in trackers:

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 #: Notices waiting for a heartbeat, at most (older ones are kept, newer dropped: the first says why).
 MAX_PENDING_NOTICES = 64
+#: The management port refuses longer text fields.
+MAX_TEXT = 512
 REQUEST_TIMEOUT = 15.0
 
 
@@ -153,7 +155,7 @@ class MobilityService:
         """Tell the admin once, as an event, with the next heartbeat."""
         with self._notices_lock:
             if len(self._notices) < MAX_PENDING_NOTICES:
-                self._notices.append({"severity": severity, "code": code, "message": message[:512]})
+                self._notices.append({"severity": severity, "code": code, "message": message[:MAX_TEXT]})
 
     def facts(self) -> dict[str, Any]:
         disks = []
@@ -169,13 +171,14 @@ class MobilityService:
                 if d not in self._described:
                     self._described[d] = describe(d)
                 how = self._described[d]
-            disks.append({"path": d, "size": size, **how})
+            disks.append({"path": d, "size": size, **{k: v[:MAX_TEXT] for k, v in how.items()}})
         with self._notices_lock:
             notices = self._notices[:16]
         facts: dict[str, Any] = {"hostname": socket.gethostname(), "os": describe_os(), "agent_version": __version__,
                                  "disks": disks, "notices": notices}
         if sources:
-            facts["points"] = self.replicator.capture.facts()  # type: ignore[union-attr]
+            facts["points"] = {k: v[:MAX_TEXT] if isinstance(v, str) else v
+                               for k, v in self.replicator.capture.facts().items()}  # type: ignore[union-attr]
         return facts
 
     def _sent(self, facts: dict[str, Any]) -> None:

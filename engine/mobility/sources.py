@@ -277,6 +277,9 @@ class PlainFile(SourceDisk):
         stamp = FileStamp.of(self.path)
         if not self.full and stamp == self._read_stamp:
             return [], self.read
+        if stamp.ino != os.fstat(self._fd).st_ino:  # replaced by another file (rsync, mv): read the new one
+            os.close(self._fd)
+            self._fd = os.open(self.path, os.O_RDONLY)
         self._read_stamp = stamp
         return super().pass_work(was_data, start)
 

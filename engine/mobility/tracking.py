@@ -21,7 +21,6 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from engine.protocol import BLOCK
@@ -57,8 +56,17 @@ class DirtyMap:
         first, last = start // BLOCK, min(self.blocks, -(-end // BLOCK))
         with self._lock:
             self.marks += 1
-            for b in range(first, last):
+            b = first
+            while b < last and b & 7:
                 self._bits[b >> 3] |= 1 << (b & 7)
+                b += 1
+            whole = last & ~7  # a discard of a terabyte must not stall the reader
+            if b < whole:
+                self._bits[b >> 3:whole >> 3] = b"\xff" * ((whole - b) >> 3)
+                b = whole
+            while b < last:
+                self._bits[b >> 3] |= 1 << (b & 7)
+                b += 1
 
     def mark_all(self) -> None:
         with self._lock:
@@ -73,45 +81,40 @@ class DirtyMap:
 
     def put_back(self, bits: bytearray) -> None:
         """Mark again what a :meth:`take` returned but was not read after all."""
+        n = len(self._bits)
         with self._lock:
-            for i in _nonzero(bits):
-                self._bits[i] |= bits[i]
+            merged = int.from_bytes(self._bits, "little") | int.from_bytes(bits, "little")
+            self._bits[:] = merged.to_bytes(n, "little")
 
     def count(self) -> int:
         with self._lock:
-            return sum(bin(b).count("1") for b in _bytes_at(self._bits))
+            return int.from_bytes(self._bits, "little").bit_count()
 
     def runs(self, bits: bytearray, size: int) -> list[tuple[int, int]]:
         """Byte ranges ``[lo, hi)`` of the dirty blocks in ``bits``, ascending and merged."""
         out: list[tuple[int, int]] = []
-        for i in _nonzero(bits):
-            byte = bits[i]
+
+        def add(first: int, last: int) -> None:  # blocks [first, last)
+            last = min(last, self.blocks)
+            if first < last:
+                lo, hi = first * BLOCK, min(size, last * BLOCK)
+                if out and out[-1][1] == lo:
+                    out[-1] = (out[-1][0], hi)
+                else:
+                    out.append((lo, hi))
+
+        for m in _DIRTY.finditer(bits):  # whole bytes at once (a big discard), else bit by bit
+            if bits[m.start()] == 0xFF:
+                add(m.start() * 8, m.end() * 8)
+                continue
+            byte, base = bits[m.start()], m.start() * 8
             for j in range(8):
-                if byte & (1 << j):
-                    b = i * 8 + j
-                    if b >= self.blocks:
-                        break
-                    lo, hi = b * BLOCK, min(size, (b + 1) * BLOCK)
-                    if out and out[-1][1] == lo:
-                        out[-1] = (out[-1][0], hi)
-                    else:
-                        out.append((lo, hi))
+                if byte >> j & 1:
+                    add(base + j, base + j + 1)
         return out
 
 
-_NONZERO = re.compile(rb"[^\x00]+")
-
-
-def _nonzero(bits: bytearray) -> Iterator[int]:
-    for m in _NONZERO.finditer(bits):
-        yield from range(m.start(), m.end())
-
-
-def _bytes_at(bits: bytearray) -> Iterator[int]:
-    for i in _nonzero(bits):
-        yield bits[i]
-
-
+_DIRTY = re.compile(rb"\xff+|[^\x00]")
 def device_number(path: str) -> int:
     st = os.stat(path)
     if not stat.S_ISBLK(st.st_mode):
@@ -136,7 +139,7 @@ def remove_stale_instances() -> None:
     instances = TRACEFS / "instances"
     if os.geteuid() != 0 or not instances.is_dir():
         return
-    for inst in instances.glob("godwit-*-*-disk*"):
+    for inst in instances.glob("godwit-*-disk*"):  # godwit-<epoch>-<pid>-<replicator>-disk<N>
         try:
             pid = int(inst.name.split("-")[2])
         except (IndexError, ValueError):
@@ -184,7 +187,9 @@ class BlockTracer:
             (self._instance / "trace_clock").write_text("global")
             for event in events:
                 folder = self._instance / "events" / "block" / event
-                (folder / "filter").write_text(f'dev == {kernel_dev} && rwbs ~ "*[WD]*"')
+                # W write, D discard, N anything else with data such as write-zeroes (blk_fill_rwbs); R and F
+                # (flush) carry no change.
+                (folder / "filter").write_text(f'dev == {kernel_dev} && rwbs ~ "*[WDN]*"')
                 (folder / "enable").write_text("1")
             self._pipe = os.open(self._instance / "trace_pipe", os.O_RDONLY)
         except OSError as exc:

@@ -72,16 +72,26 @@ def test_digests_in_flight_win_over_acknowledged_ones(tmp_path: Path) -> None:
     acknowledged A it would look unchanged and the replica would keep B."""
     a, b = digest(b"a" * BLOCK), digest(b"b" * BLOCK)
     t = Tracker(tmp_path / "disk0.digests", 4 * BLOCK)
-    t.sending({1: a})
-    t.commit({1: a})
-    t.sending({1: b})
+    t.commit({1: a}, t.sending({1: a}))
+    first = t.sending({1: b})
     assert t.get(1) == b  # so a read of A now counts as a change
-    t.sending({1: a})
-    t.commit({1: b})  # the first batch lands; the second is still in flight
-    assert t.get(1) == a
-    t.commit({1: a})
-    assert t.get(1) == a
+    second = t.sending({1: a})
+    third = t.sending({1: b})
+    t.commit({1: b}, first)  # batch 1 lands; batches 2 and 3 are still in flight
+    assert t.get(1) == b
+    t.commit({1: a}, second)
+    assert t.get(1) == b  # what the replica will hold once batch 3 lands
+    t.commit({1: b}, third)
+    assert t.get(1) == b
     t.close()
     reopened = Tracker(tmp_path / "disk0.digests", 4 * BLOCK)
-    assert not reopened.fresh and reopened.get(1) == a  # only acknowledged digests are on disk
+    assert not reopened.fresh and reopened.get(1) == b  # only acknowledged digests are on disk
     reopened.close()
+
+
+def test_a_large_discard_marks_every_block_quickly() -> None:
+    size = 2**40  # a terabyte: 16 Mi blocks, marked as whole bytes
+    m = DirtyMap(size)
+    m.mark(3 * BLOCK + 5, size - BLOCK - 1)  # blocks 3 up to (not including) the last one
+    assert m.count() == m.blocks - 4
+    assert m.runs(m.take(), size) == [(3 * BLOCK, size - BLOCK)]

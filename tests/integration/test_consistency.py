@@ -327,6 +327,7 @@ def test_a_window_that_stays_open_is_thawed_by_the_watchdog(tmp_path: Path) -> N
     with filesystem_on_loop(tmp_path, "dog") as (_, mnt):
         freezer = Freezer(tmp_path / "frozen.json", limit=0.3)
         try:
+            freezer.arm([str(mnt)])
             assert freezer.freeze([str(mnt)]) == []
             assert json.loads((tmp_path / "frozen.json").read_text()) == [str(mnt)]
             stuck = subprocess.run(["timeout", "0.2", "touch", str(mnt / "a")], capture_output=True)
