@@ -221,6 +221,21 @@ def test_lost_tracking_falls_back_to_a_full_compare(appliance: Appliance) -> Non
             assert image.read_bytes() == (root / "lost.img").read_bytes()
             image.unlink()
 
+            # Write-zeroes requests (rwbs "N", e.g. ext4 zeroing an extent) are changes too.
+            fd = os.open(device, os.O_WRONLY)
+            try:
+                os.pwrite(fd, os.urandom(MiB), 8 * MiB)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            appliance.point_after("lost-01", time.time())
+            subprocess.run(["fallocate", "--zero-range", "--offset", str(8 * MiB), "--length", str(MiB), device],
+                           check=True)
+            p = appliance.point_after("lost-01", time.time())
+            (image,) = export_all(appliance, "lost-01", p["id"], root / "after-zeroing")
+            assert image.read_bytes() == (root / "lost.img").read_bytes()
+            image.unlink()
+
             # kill -9 while writing, write more while it is down, start it again.
             fd = os.open(device, os.O_WRONLY)
             try:
