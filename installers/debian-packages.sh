@@ -13,6 +13,8 @@ packages=(
   dbus gnome-keyring
   # qemu-img compares exported fixed VHDs with raw images
   qemu-utils
+  # XFS (reflink clones) for the consistency tests; ext4, losetup and fsfreeze come with Debian
+  xfsprogs
   # venv for Debian's own python3
   python3-venv
 )
