@@ -10,17 +10,38 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from engine.errors import EngineError, ProtocolError
+from engine.export import stream_export
 from engine.listener import read_json
 from engine.records import to_json
 from engine.replication import epoch
 
 if TYPE_CHECKING:
-    from engine.supervisor import Engine
+    from engine.config import DataDir
+    from engine.events import EventHub
+    from engine.inventory import Inventory
+    from engine.records import EngineStatus, SetupInfo
+    from engine.replication import Replication
+    from engine.state import StateDB
+
+
+class Engine(Protocol):
+    """What the admin API needs of the engine supervisor (which imports this module, not the reverse)."""
+
+    data_dir: DataDir
+    state: StateDB
+    hub: EventHub
+    inventory: Inventory
+    replication: Replication
+
+    def status(self) -> EngineStatus: ...
+
+    def setup_info(self) -> SetupInfo: ...
+
 
 log = logging.getLogger(__name__)
 ENGINE = web.AppKey("engine", object)
@@ -184,9 +205,8 @@ async def list_points(request: web.Request) -> web.Response:
 
 
 async def export_point(request: web.Request) -> web.StreamResponse:
-    from engine.export import stream_export
-
-    return await stream_export(request, _engine(request))
+    engine = _engine(request)
+    return await stream_export(request, engine.inventory, engine.replication, engine.data_dir.target)
 
 
 def make_admin_app(engine: Engine) -> web.Application:

@@ -20,7 +20,10 @@ from engine.state import disks_from_row
 from engine.storage import open_local_target, replica
 
 if TYPE_CHECKING:
-    from engine.supervisor import Engine
+    from pathlib import Path
+
+    from engine.inventory import Inventory
+    from engine.replication import Replication
 
 SECTOR = 512
 _VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z
@@ -59,8 +62,9 @@ def vhd_footer(size: int, *, now: float | None = None, unique_id: bytes | None =
     return footer[:64] + struct.pack(">I", checksum) + footer[68:]
 
 
-async def stream_export(request: web.Request, engine: Engine) -> web.StreamResponse:
-    row = engine.inventory.row(request.match_info["name"])
+async def stream_export(request: web.Request, inventory: Inventory, replication: Replication,
+                        target_root: Path) -> web.StreamResponse:
+    row = inventory.row(request.match_info["name"])
     fmt = request.query.get("format", "raw")
     if fmt not in ("raw", "vhd"):
         raise BadInput(f"Format {fmt!r} is not raw or vhd.")
@@ -70,7 +74,7 @@ async def stream_export(request: web.Request, engine: Engine) -> web.StreamRespo
         size = disks[disk].size
     except (ValueError, IndexError) as exc:
         raise BadInput(f"{row['name']} has disks 0 to {len(disks) - 1}.") from exc
-    points = engine.replication.points(row)
+    points = replication.points(row)
     if not points:
         raise NotFound(f"{row['name']} has no recovery point yet: wait for its initial replication to finish.")
     wanted = request.query.get("point", "latest")
@@ -82,14 +86,14 @@ async def stream_export(request: web.Request, engine: Engine) -> web.StreamRespo
             raise NotFound(f"{row['name']} has no recovery point {wanted}; "
                            f"`godwit vm points {row['name']}` lists them.")
     copy = replica(row["server_id"], epoch(row) or 0)
-    disk_dir = engine.data_dir.target / copy / f"disk{disk}"
+    disk_dir = target_root / copy / f"disk{disk}"
     loop = asyncio.get_running_loop()
     lock = os.open(disk_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         # The log processor applies nothing to this disk (it skips it) while the export reads it; the
         # disk's metadata is read only now, under the lock, so the point cannot be pruned meanwhile.
         await loop.run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
-        target = open_local_target(engine.data_dir.target, copy, disk, size)
+        target = open_local_target(target_root, copy, disk, size)
         if point.id not in {p.id for p in target.points()}:
             raise NotFound(f"Recovery point {point.id} of {row['name']} was just pruned; export a newer one.")
         padded = -(-target.size // SECTOR) * SECTOR
