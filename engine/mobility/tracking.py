@@ -267,6 +267,11 @@ class BlockTracer:
         with contextlib.suppress(OSError):
             os.write(self._marker, b"godwit-barrier-0")
         self._reader.join(timeout=2)
+        if self._reader.is_alive():
+            # Closing its pipe under it could hand the number to another tracer's pipe: leave both to the
+            # process's end (the instance is removed as stale at the next start).
+            log.warning("tracking.close reader still busy disk=%s", self.path)
+            return
         for fd in (self._pipe, self._marker):
             with contextlib.suppress(OSError):
                 os.close(fd)
