@@ -525,9 +525,9 @@ class Replicator(threading.Thread):
                 self._note_lost()
             for _ in range(MAX_PASSES):
                 sent += self._pass(trackers, cycle, Bookmark.NONE)
-                if sum(src.pending_bytes() for src in self.sources) <= self._window_bytes():
+                pending = sum(src.pending_bytes() for src in self.sources)
+                if pending <= self._window_bytes():
                     break
-            pending = sum(src.pending_bytes() for src in self.sources)
             window = self._window(trackers, bookmark == Bookmark.APP_POINT) if pending <= self._window_bytes() \
                 else None
             if window is None:

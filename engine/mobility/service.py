@@ -30,6 +30,7 @@ from engine.errors import (
     from_code,
 )
 from engine.files import write_atomically
+from engine.manager.requests import MAX_NOTICES
 from engine.mobility.consistency import Freezer
 from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks
 from engine.mobility.sources import describe
@@ -82,6 +83,11 @@ def disk_size(path: str) -> int:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
+
+
+def _clipped(values: dict[str, Any]) -> dict[str, Any]:
+    """Texts cut to what the management port accepts (a long list of mounts must not stop heartbeats)."""
+    return {k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in values.items()}
 
 
 def describe_os() -> str:
@@ -171,14 +177,13 @@ class MobilityService:
                 if d not in self._described:
                     self._described[d] = describe(d)
                 how = self._described[d]
-            disks.append({"path": d, "size": size, **{k: v[:MAX_TEXT] for k, v in how.items()}})
+            disks.append({"path": d, "size": size, **_clipped(how)})
         with self._notices_lock:
-            notices = self._notices[:16]
+            notices = self._notices[:MAX_NOTICES]
         facts: dict[str, Any] = {"hostname": socket.gethostname(), "os": describe_os(), "agent_version": __version__,
                                  "disks": disks, "notices": notices}
         if sources:
-            facts["points"] = {k: v[:MAX_TEXT] if isinstance(v, str) else v
-                               for k, v in self.replicator.capture.facts().items()}  # type: ignore[union-attr]
+            facts["points"] = _clipped(self.replicator.capture.facts())  # type: ignore[union-attr]
         return facts
 
     def _sent(self, facts: dict[str, Any]) -> None:

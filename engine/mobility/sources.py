@@ -130,9 +130,6 @@ class SourceDisk:
     def facts(self) -> dict[str, str]:
         return {"capture": self.capture_method, "tracking": self.tracking_method, "note": self.note}
 
-    def start(self) -> None:
-        """Begin tracking changes (before initial replication reads the disk)."""
-
     def close(self) -> None:
         os.close(self._fd)
         self.buf.close()
@@ -177,9 +174,13 @@ class TrackedDevice(SourceDisk):
     tracking_method = "block-trace"
 
     def __init__(self, index: int, path: str, size: int, tracer_name: str) -> None:
+        """Tracking starts here, before anything of the disk is read (initial replication included)."""
         super().__init__(index, path, size)
-        self._tracer_name = tracer_name
-        self.tracer: BlockTracer | None = None
+        try:
+            self.tracer = BlockTracer(path, size, name=tracer_name)
+        except TrackingUnavailable:
+            super().close()
+            raise
         self._marks = 0
 
     UNMOUNTED_NOTE = ("No mounted file system to freeze: a point is crash-consistent only if nothing writes to the "
@@ -197,20 +198,14 @@ class TrackedDevice(SourceDisk):
             consistency.syncfs(mount)
         os.fsync(self._fd)  # what was written to the raw device through its page cache
 
-    def start(self) -> None:
-        if self.tracer is None:
-            self.tracer = BlockTracer(self.path, self.size, name=self._tracer_name)
-
     def close(self) -> None:
-        if self.tracer is not None:
-            self.tracer.close()
+        self.tracer.close()
         super().close()
 
     def lost(self) -> str | None:
-        return self.tracer.reset_lost() if self.tracer else None
+        return self.tracer.reset_lost()
 
     def pass_work(self, was_data: Callable[[int], bool], start: int = 0) -> tuple[Work, Reader]:
-        assert self.tracer is not None
         self.tracer.barrier()
         bits = self.tracer.map.take()
         if self.full:
@@ -218,11 +213,9 @@ class TrackedDevice(SourceDisk):
         return pieces(self.tracer.map.runs(bits, self.size)), self.read
 
     def pending_bytes(self) -> int:
-        assert self.tracer is not None
         return self.size if self.full else self.tracer.map.count() * BLOCK
 
     def capture(self, was_data: Callable[[int], bool], deadline: float) -> Captured:
-        assert self.tracer is not None
         if not self.tracer.barrier() or self.tracer.lost:
             return Captured(consistent=False, why_not=f"change tracking of {self.path} lost writes")
         self._marks = self.tracer.map.marks
@@ -245,10 +238,9 @@ class TrackedDevice(SourceDisk):
             view[:len(data)] = data
             return len(data)
 
-        return Captured(work=work, reader=from_memory, undo=lambda: self.tracer.map.put_back(bits))  # type: ignore[union-attr]
+        return Captured(work=work, reader=from_memory, undo=lambda: self.tracer.map.put_back(bits))
 
     def verify(self, captured: Captured) -> None:
-        assert self.tracer is not None
         if not captured.consistent:
             return
         if not self.tracer.barrier() or self.tracer.lost:
@@ -387,12 +379,8 @@ def open_disk(index: int, path: str, size: int, *, tracer_name: str) -> SourceDi
     """The right kind of :class:`SourceDisk` for ``path``; says why when it falls back."""
     if consistency.is_block_device(path):
         try:
-            disk: SourceDisk = TrackedDevice(index, path, size, tracer_name=tracer_name)
-            disk.start()
-            return disk
+            return TrackedDevice(index, path, size, tracer_name=tracer_name)
         except TrackingUnavailable as exc:
-            with contextlib.suppress(UnboundLocalError):
-                disk.close()
             log.warning("disk %s: block-layer tracking unavailable (%s); every cycle compares the whole disk", path,
                         exc)
             return SourceDisk(index, path, size)
