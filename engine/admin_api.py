@@ -266,11 +266,19 @@ async def agent_applied(request: web.Request) -> web.Response:
     row = engine.state.server(server_id=str(body["server_id"]))
     if row is None:
         return web.json_response({"ok": False})
-    before_error = engine.replication.progress(row["server_id"], int(body["disk"])).error
+    before = engine.replication.progress(row["server_id"], int(body["disk"]))
+    before_error, before_code = before.error, before.error_code
     engine.replication.report_applied(body)
-    if body.get("error") and body.get("error") != before_error:
-        engine.hub.record("error", "segment-refused", f"{row['name']} disk {body['disk']}: {body['error']}",
-                          server=row["name"])
+    code = body.get("error_code") or "segment-corrupt"
+    if body.get("error") and (body.get("error"), code) != (before_error, before_code):
+        text = f"{row['name']} disk {body['disk']}: {body['error']}"
+        if code == "segment-corrupt":
+            engine.hub.record("error", "segment-refused", text, server=row["name"])
+        else:
+            engine.hub.record("warning", "apply-paused", text, server=row["name"])
+    elif before_code in ("target-full", "target-unwritable") and not body.get("error"):
+        engine.hub.record("info", "apply-resumed", f"{row['name']} disk {body['disk']}: recovery points are "
+                          "being created again.", server=row["name"])
     engine.inventory.publish(row["server_id"])
     return web.json_response({"ok": True})
 

@@ -9,7 +9,9 @@ A batch is one HTTP request body::
 
 Sequence numbers count from 1 per disk and never repeat; the process server accepts only
 ``last acknowledged + 1`` and acknowledges a batch only when it is durable in the cache.
-A run is at most :data:`MAX_RUN` bytes and starts on a :data:`BLOCK` boundary.
+A run is at most :data:`MAX_RUN` bytes and starts on a :data:`BLOCK` boundary. A batch holds at most
+:data:`MAX_RUNS` runs, :data:`MAX_DATA` bytes of data and describes at most :data:`MAX_DESCRIBED`
+bytes of the disk (zero runs included), so that applying one costs what its size says.
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ MAX_RUN = 1024 * 1024
 #: A sender cuts a batch once it holds this much data or MAX_RUNS runs ...
 BATCH_DATA = 8 * 1024 * 1024
 MAX_RUNS = 2048
-#: ... so no batch body is larger than this.
-MAX_BATCH = BATCH_DATA + MAX_RUN + (MAX_RUNS + 1) * 29 + 64
+#: ... so it never holds more data than this (it cuts after the run that crossed BATCH_DATA) ...
+MAX_DATA = BATCH_DATA + MAX_RUN
+#: ... nor describes more of the disk than this, zero runs included (a zero run costs the log
+#: processor a write, not the sender a byte) ...
+MAX_DESCRIBED = 256 * 1024 * 1024
+#: ... and no batch body is larger than this.
+MAX_BATCH = MAX_DATA + (MAX_RUNS + 1) * 29 + 64
 _HEADER = struct.Struct(">8sIQBBQQdI")
 _RUN = struct.Struct(">QIB16s")
 MAGIC = b"GDWBAT01"
@@ -111,9 +118,14 @@ def decode_batch(body: bytes, *, disk_size: int) -> tuple[BatchHeader, list[Run]
         raise ProtocolError("The batch header has an unknown kind or bookmark.") from exc
     if kind != Kind.RESYNC and initial_done > disk_size:  # for a resync it is the generation
         raise ProtocolError("The batch's initial offset lies beyond the disk.")
+    if len(body) > MAX_BATCH:
+        raise ProtocolError(f"The batch is larger than {MAX_BATCH} bytes.")
+    if count > MAX_RUNS:
+        raise ProtocolError(f"The batch has {count} runs; at most {MAX_RUNS} are allowed.")
     view = memoryview(body)
     pos = _HEADER.size
     runs: list[Run] = []
+    described = carried = 0
     for _ in range(count):
         if pos + _RUN.size > len(body):
             raise ProtocolError("The batch is truncated inside a run header.")
@@ -123,11 +135,17 @@ def decode_batch(body: bytes, *, disk_size: int) -> tuple[BatchHeader, list[Run]
             raise ProtocolError(f"Run at offset {offset} (+{length}) is outside the disk or not block-aligned.")
         if length % BLOCK and offset + length != disk_size:
             raise ProtocolError(f"Run at offset {offset} has a length that is not whole blocks.")
+        described += length
+        if described > MAX_DESCRIBED:
+            raise ProtocolError(f"The batch describes more than {MAX_DESCRIBED // 1024 // 1024} MiB of the disk.")
         if flags & ZERO:
             runs.append(Run(offset, length, flags, dig, None))
             continue
         if pos + length > len(body):
             raise ProtocolError(f"The batch is truncated inside the run at offset {offset}.")
+        carried += length
+        if carried > MAX_DATA:
+            raise ProtocolError(f"The batch carries more than {MAX_DATA} bytes of data.")
         data = view[pos:pos + length]
         pos += length
         if digest(data) != dig:

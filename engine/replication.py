@@ -74,6 +74,9 @@ class DiskProgress:
     last_bookmark_time: float | None = None  # appliance time at which the newest applied cycle ended
     points: list[RecoveryPoint] = field(default_factory=list)
     error: str | None = None
+    #: What kind of stop ``error`` is: "segment-corrupt" waits for a resync; "target-full" and
+    #: "target-unwritable" pause applying until the log processor can write again.
+    error_code: str | None = None
 
 
 class Replication:
@@ -182,6 +185,7 @@ class Replication:
         if payload.get("bookmark_time"):
             p.last_bookmark_time = float(payload["bookmark_time"])
         p.error = payload.get("error")
+        p.error_code = payload.get("error_code") or ("segment-corrupt" if p.error else None)
         known = {pt.id for pt in p.points}
         p.points = [RecoveryPoint(id=int(x["id"]), created_at=float(x["created_at"]), kind=str(x["kind"]))
                     for x in payload.get("points", [])]
@@ -221,10 +225,10 @@ class Replication:
         changed = disk_change(row)
         if changed is not None:  # nothing is lost, but nothing moves until the disk is back or re-enabled
             return {"state": "paused", "rpo": None, "last_point": last_point, "cause": changed}
-        errors = [p.error for p in progress if p.error]
-        if errors:
-            return {"state": "error", "rpo": None, "last_point": points[-1].created_at if points else None,
-                    "cause": ("segment-corrupt", errors[0])}
+        stops = [(p.error_code or "segment-corrupt", p.error) for p in progress if p.error]
+        if stops:  # a refused segment needs the admin; a target that cannot be written heals by itself
+            state = "error" if stops[0][0] == "segment-corrupt" else "paused"
+            return {"state": state, "rpo": None, "last_point": last_point, "cause": stops[0]}
         complete = bool(progress) and all(p.initial_complete for p in progress)
         state = "protected" if complete and points else "initial-replication"
         if complete and any(p.resync_done < row["resync_gen"] for p in progress):

@@ -2,15 +2,24 @@
 
 Per disk, segment ``applied + 1`` is read from the cache, authenticated and decrypted, applied to
 the target disk (durably), and only then deleted from the cache. A crash anywhere repeats at most
-the one segment, which applying is idempotent for. A segment that fails authentication is moved
-aside, reported, and never applied; that disk's replication stops until the admin resyncs it.
+the one segment, which applying is idempotent for. A segment that fails authentication (or is
+missing) is set aside, reported, and never applied; that disk waits until the admin resyncs it, and
+one resync mends it whatever else was damaged before the resync's first segment.
+
+Servers are applied concurrently and fairly: each disk has its own task that applies a bounded
+slice at a time in a small pool, and one server holds at most one worker, so a busy or hostile
+server cannot hold back another's recovery points. A disk whose target cannot be written (out of
+space, an I/O error) pauses with a reason and retries by itself; the others go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,18 +29,24 @@ import zstandard
 
 from engine.agents import AgentContext
 from engine.client import UnixJsonClient
-from engine.codec import SegmentCorrupt, SegmentIdent, open_segment
+from engine.codec import Block, SegmentCorrupt, SegmentIdent, open_segment
 from engine.config import DataDir
 from engine.errors import ConfigError, EngineError
 from engine.identity import ApplianceIdentity
 from engine.keys import DataKeys, master_key
-from engine.protocol import Bookmark, Kind
+from engine.protocol import BatchHeader, Bookmark, Kind
 from engine.storage import PointInfo, TargetDisk, open_local_cache, open_local_target, replica
 
 log = logging.getLogger(__name__)
 
 POLL = 0.1
 REFRESH = 1.0
+#: Two cores: one worker can always serve another server while a busy one holds the other.
+WORKERS = 2
+#: A slice of work on one disk ends after this long (or when nothing is left); then others get a turn.
+SLICE = 0.25
+#: A disk paused by an error of its target retries after this long (doubling up to the last value).
+PAUSE_RETRY = (2.0, 4.0, 8.0, 15.0)
 _KINDS = {Bookmark.CRASH_POINT: "crash-consistent", Bookmark.APP_POINT: "app-consistent",
           Bookmark.INCONSISTENT_POINT: "not-crash-consistent"}
 
@@ -44,14 +59,23 @@ class DiskJob:
     retention: float
     epoch: int = 0
     resync_gen: int = 0
+    #: Why applying stopped, for the admin (None: it runs); ``error_code`` says what kind of stop.
     error: str | None = None
+    error_code: str | None = None
     bookmark_time: float | None = None
     dirty: bool = True
     points: list[PointInfo] = field(default_factory=list)
+    pauses: int = 0
 
     @property
     def replica(self) -> str:
         return replica(self.server_id, self.epoch)
+
+    def fail(self, code: str, message: str) -> None:
+        self.error_code, self.error = code, message
+
+    def clear(self) -> None:
+        self.error_code = self.error = None
 
 
 class LogProcessor:
@@ -63,12 +87,15 @@ class LogProcessor:
         self.keys = DataKeys(data_dir.keys, master_key(ident.secrets(data_dir)))
         self.cache = open_local_cache(data_dir.cache)
         self.link = UnixJsonClient(data_dir.agent_socket, what="The engine supervisor is not reachable.")
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="apply")
         self.jobs: dict[tuple[str, int], DiskJob] = {}
-        self._decompressor = zstandard.ZstdDecompressor()
+        self._drivers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._servers: dict[str, asyncio.Lock] = {}
+        self._local = threading.local()
 
     def __repr__(self) -> str:
-        return f"<LogProcessor disks={len(self.jobs)}>"
+        busy = sum(1 for lock in self._servers.values() if lock.locked())
+        return f"<LogProcessor disks={len(self.jobs)} servers_applying={busy}>"
 
     def refresh(self, servers: list[dict[str, Any]]) -> None:
         wanted = set()
@@ -79,20 +106,24 @@ class LogProcessor:
                 retention = float(s["policy"]["retention"])
                 epoch = int(s["epoch"])
                 if key in self.jobs and self.jobs[key].epoch != epoch:
-                    del self.jobs[key]  # disabled and enabled again: that target was deleted
+                    self._drop(key)  # disabled and enabled again: that target was deleted
                 if key not in self.jobs:
                     target = open_local_target(self.data_dir.target, replica(key[0], epoch), key[1], int(d["size"]))
                     self.jobs[key] = DiskJob(key[0], key[1], target, retention, epoch=epoch, points=target.points())
                 self.jobs[key].retention = retention
                 self.jobs[key].resync_gen = int(s.get("resync_gen", 0))
         for key in set(self.jobs) - wanted:
-            del self.jobs[key]
+            self._drop(key)
         self._sweep({s["server_id"]: int(s["epoch"]) for s in servers})
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        del self.jobs[key]
+        task = self._drivers.pop(key, None)
+        if task is not None:
+            task.cancel()
 
     def _sweep(self, epochs: dict[str, int]) -> None:
         """Delete what earlier enablings of a replicating server left (a late write can outrun a disable)."""
-        import shutil
-
         for root in (self.data_dir.cache, self.data_dir.target):
             for server_id, epoch in epochs.items():
                 base = root / server_id
@@ -102,37 +133,54 @@ class LogProcessor:
                     if old.name.isdigit() and int(old.name) < epoch:
                         shutil.rmtree(old, ignore_errors=True)
 
-    def apply_pending(self, job: DiskJob) -> bool:
-        """Runs in the pool: apply every acknowledged segment that is next in order. True if anything changed."""
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "decompressor", None)
+        if d is None:  # one per pool thread: a decompressor is not safe to share
+            d = self._local.decompressor = zstandard.ZstdDecompressor()
+        return d
+
+    def apply_pending(self, job: DiskJob, budget: float = SLICE) -> tuple[bool, bool]:
+        """Runs in the pool: apply the acknowledged segments that are next in order, for about
+        ``budget`` seconds. Returns (anything changed, more is waiting)."""
         target = job.target
-        if target.refused_seq:
-            # Only a resync asked for after the refusal mends it: one already under way then would end
-            # without the refused segment's blocks.
-            if job.resync_gen <= target.refused_gen:
-                job.error = job.error or (f"Segment {target.refused_seq} of disk {job.disk} was refused (it failed "
-                                          "authentication) and set aside; resync this server.")
-                return False
-            target.start_resync()
-            job.error = None
-            log.info("resync.start server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
+        # A refusal waits for a resync asked for after it; that resync mends it: everything before
+        # the resync's first segment is stepped over (its full pass rewrites every block).
+        mending = bool(target.refused_seq) and job.resync_gen > target.refused_gen
+        if target.refused_seq and not mending:
+            if job.error is None:
+                job.fail("segment-corrupt", f"Segment {target.refused_seq} of disk {job.disk} was refused and set "
+                         "aside; resync this server.")
+            return False, False
+        if job.error_code == "segment-corrupt" and mending:
+            job.clear()
+            log.info("resync.mending server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
         changed = False
         acked = self.cache.acked_seq(job.replica, job.disk)
-        for seq in self.cache.segments(job.replica, job.disk):
-            if seq <= target.applied_seq:
-                self.cache.delete_segment(job.replica, job.disk, seq)  # applied before a crash
+        present = set(self.cache.segments(job.replica, job.disk))
+        for seq in sorted(s for s in present if s <= target.applied_seq):
+            self.cache.delete_segment(job.replica, job.disk, seq)  # applied before a crash
+        began = time.monotonic()
+        while target.applied_seq < acked:
+            if time.monotonic() - began > budget:
+                return changed, True
+            seq = target.applied_seq + 1
+            header, blocks, refusal = self._open(job, seq, present)
+            if mending and (header is None or not _starts_resync(header, job.resync_gen)):
+                target.skip(seq)  # before the mending resync began: its pass rewrites these blocks
+                self.cache.delete_segment(job.replica, job.disk, seq)
+                log.info("segment.skipped server=%s disk=%s seq=%s reason=%s", job.server_id, job.disk, seq,
+                         refusal or "before the resync")
+                changed = True
                 continue
-            if seq != target.applied_seq + 1 or seq > acked:
-                break  # a gap (still arriving), or written but not yet acknowledged
-            raw = self.cache.get_segment(job.replica, job.disk, seq)
-            try:
-                header, blocks = open_segment(self.keys.get(job.server_id), raw,
-                                              SegmentIdent(job.server_id, job.disk, seq, job.epoch), self._decompressor)
-            except SegmentCorrupt as exc:
-                job.error = f"{exc.message} It was set aside and not applied; resync this server."
+            if header is None:
+                job.fail("segment-corrupt", f"{refusal} It was not applied; resync this server.")
                 target.refuse(seq, job.resync_gen)
-                self.cache.set_aside(job.replica, job.disk, seq)
-                log.error("segment.refused server=%s disk=%s seq=%s: %s", job.server_id, job.disk, seq, exc)
-                return True
+                log.error("segment.refused server=%s disk=%s seq=%s: %s", job.server_id, job.disk, seq, refusal)
+                return True, False
+            if mending:
+                target.mended()
+                mending = False
+                log.info("resync.mended server=%s disk=%s seq=%s", job.server_id, job.disk, seq)
             resync_done = header.initial_done if header.kind == Kind.RESYNC and header.bookmark else None
             point = None
             # No point while a resync is under way: the disk is a mix until the pass completes.
@@ -150,7 +198,25 @@ class LogProcessor:
             self.cache.delete_segment(job.replica, job.disk, seq)
             changed = True
         job.points = job.target.points()
-        return changed
+        return changed, False
+
+    def _open(self, job: DiskJob, seq: int, present: set[int]) -> tuple[BatchHeader | None, list[Block], str]:
+        """Segment ``seq`` authenticated and decrypted, or None and why it cannot be applied (a
+        corrupt one is set aside)."""
+        missing = f"Segment {seq} of disk {job.disk} is missing from the cache."
+        if seq not in present:  # acknowledged means it was durable: deleted or moved behind our back
+            return None, [], missing
+        try:
+            raw = self.cache.get_segment(job.replica, job.disk, seq)
+        except FileNotFoundError:
+            return None, [], missing
+        try:
+            header, blocks = open_segment(self.keys.get(job.server_id), raw,
+                                          SegmentIdent(job.server_id, job.disk, seq, job.epoch), self._decompressor())
+        except SegmentCorrupt as exc:
+            self.cache.set_aside(job.replica, job.disk, seq)
+            return None, [], exc.message
+        return header, blocks, ""
 
     def _prune(self, job: DiskJob) -> None:
         points = job.target.points()
@@ -159,36 +225,93 @@ class LogProcessor:
             job.target.delete_point(points[0].id)
             points.pop(0)
 
+    def _paused(self, job: DiskJob, exc: OSError) -> float:
+        """A target that cannot be written: say why once, and when to try again."""
+        where = self.data_dir.target
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(where).free if where.exists() else 0
+            code, message = "target-full", (
+                f"The file system of {where} is full ({free // (1024 * 1024)} MiB free): disk {job.disk}'s seed disk "
+                "cannot take more changes. They wait safely in the cache; free space on the appliance and "
+                "applying resumes by itself.")
+        else:
+            code, message = "target-unwritable", (
+                f"Disk {job.disk}'s seed disk under {where} cannot be written ({exc.strerror or exc}). "
+                "Changes wait in the cache; check the appliance's storage. Applying retries by itself.")
+        if job.error_code != code:  # said once (a log line, an event), not at every retry
+            log.warning("apply.paused server=%s disk=%s: %s", job.server_id, job.disk, message)
+            job.fail(code, message)
+            job.dirty = True
+        delay = PAUSE_RETRY[min(job.pauses, len(PAUSE_RETRY) - 1)]
+        job.pauses += 1
+        return delay
+
+    async def _drive(self, job: DiskJob, stop: asyncio.Event) -> None:
+        """Apply one disk's segments, a slice at a time, for as long as it replicates."""
+        loop = asyncio.get_running_loop()
+        server = self._servers.setdefault(job.server_id, asyncio.Lock())
+        while not stop.is_set():
+            wait = POLL
+            try:
+                async with server:  # one worker per server at most: the others keep theirs
+                    changed, more = await loop.run_in_executor(self.pool, self.apply_pending, job)
+                if job.error_code in ("target-full", "target-unwritable"):
+                    log.info("apply.resumed server=%s disk=%s", job.server_id, job.disk)
+                    job.clear()
+                    changed = True
+                job.pauses = 0
+                job.dirty |= changed
+                wait = 0 if more else POLL
+            except FileNotFoundError:
+                wait = REFRESH  # its files went away under us: disabled, the next refresh drops it
+            except OSError as exc:
+                wait = self._paused(job, exc)
+            except EngineError as exc:
+                log.warning("log-processor: %s", exc)
+                wait = 1.0
+            if job.dirty:
+                with contextlib.suppress(EngineError):
+                    await self.report(job)
+            if wait:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
+            else:
+                await asyncio.sleep(0)  # a turn for the others' reports
+
     async def report(self, job: DiskJob) -> None:
         payload = {"server_id": job.server_id, "disk": job.disk, "applied_seq": job.target.applied_seq,
                    "resync_done": job.target.resync_done,
-                   "bookmark_time": job.bookmark_time, "error": job.error,
+                   "bookmark_time": job.bookmark_time, "error": job.error, "error_code": job.error_code,
                    "points": [{"id": p.id, "created_at": p.created_at, "kind": p.kind} for p in job.points]}
         await self.link.request("POST", "/agent/applied", payload)
         job.dirty = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        refreshed = 0.0
-        while not stop.is_set():
-            try:
-                if time.monotonic() - refreshed > REFRESH:
+        try:
+            while not stop.is_set():
+                try:
                     self.refresh(await self.link.request("GET", "/agent/replicating"))
-                    refreshed = time.monotonic()
-                for job in list(self.jobs.values()):
-                    if await loop.run_in_executor(self.pool, self.apply_pending, job):
-                        job.dirty = True
-                    if job.dirty:
-                        await self.report(job)
-            except EngineError as exc:
-                log.warning("log-processor: %s", exc)
-                await asyncio.sleep(1.0)
-            except OSError as exc:  # e.g. a disabled server's files removed under us
-                log.warning("log-processor: %s", exc)
-                refreshed = 0.0
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL):
-                    await stop.wait()
+                    for key, job in self.jobs.items():
+                        if key not in self._drivers:
+                            self._drivers[key] = asyncio.create_task(self._drive(job, stop),
+                                                                     name=f"apply-{key[0]}-{key[1]}")
+                except EngineError as exc:
+                    log.warning("log-processor: %s", exc)
+                except OSError as exc:  # e.g. a disabled server's files removed under us
+                    log.warning("log-processor: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REFRESH):
+                        await stop.wait()
+        finally:
+            for task in self._drivers.values():
+                task.cancel()
+            await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+
+
+def _starts_resync(header: BatchHeader, generation: int) -> bool:
+    """Whether a segment belongs to the full pass of resync ``generation`` (or a later one)."""
+    return bool(header.kind == Kind.RESYNC and header.initial_done >= generation)
 
 
 async def serve(ctx: AgentContext) -> None:

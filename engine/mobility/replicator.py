@@ -33,6 +33,7 @@ from engine.mobility.tracking import remove_stale_instances
 from engine.protocol import (
     BATCH_DATA,
     BLOCK,
+    MAX_DESCRIBED,
     MAX_RUN,
     MAX_RUNS,
     BatchHeader,
@@ -353,23 +354,24 @@ class Replicator(threading.Thread):
         sent = 0
         runs: list[tuple[int, int, bytes | None]] = []
         pending: dict[int, bytes] = {}
-        batch_bytes = 0
+        batch_bytes = described = 0
         buf = self.sources[disk].buf
         zero = bytes(BLOCK)
 
         def add(offset: int, length: int, data: bytes | None) -> None:
-            nonlocal batch_bytes
+            nonlocal batch_bytes, described
             runs.append((offset, length, data))
             batch_bytes += length if data is not None else 0
+            described += length
 
         def cut(mark_bookmark: Bookmark, initial_done: int) -> None:
             """Hand the runs gathered so far to the sender as one batch."""
-            nonlocal runs, pending, batch_bytes, sent
+            nonlocal runs, pending, batch_bytes, described, sent
             token = tracker.sending(pending)
             self._batch(disk, kind, mark_bookmark, cycle, initial_done if kind == Kind.INITIAL else generation,
                         runs, tracker, pending, token)
             sent += batch_bytes
-            runs, pending, batch_bytes = [], {}, 0
+            runs, pending, batch_bytes, described = [], {}, 0, 0
 
         for off, length, is_hole in work:
             if self.stop.is_set():
@@ -404,7 +406,9 @@ class Replicator(threading.Thread):
                         run_start = boff
                 if run_start is not None:
                     add(off + run_start, length - run_start, bytes(view[run_start:length]))
-            if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK:
+            # A work item adds at most MAX_RUN // BLOCK runs and MAX_RUN bytes: cut before a limit is crossed.
+            if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK or \
+                    described > MAX_DESCRIBED - MAX_RUN:
                 cut(Bookmark.NONE, off + length)
         if bookmark != Bookmark.NONE or runs:
             cut(bookmark, size)

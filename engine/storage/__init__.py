@@ -58,8 +58,12 @@ class TargetDisk(Protocol):
     def refuse(self, seq: int, generation: int) -> None:
         """Remember durably that segment ``seq`` was refused while ``generation`` was the resync in force."""
 
-    def start_resync(self) -> None:
-        """Step over a refused segment (the resync pass rewrites every block)."""
+    def skip(self, seq: int) -> None:
+        """Step over segment ``seq`` without applying it (durable): a resync that mends a refusal
+        rewrites every block, so what came before its first segment is not needed."""
+
+    def mended(self) -> None:
+        """The resync that mends the refusal has begun: forget the refusal (durable)."""
 
     def locked(self, *, blocking: bool = True) -> AbstractContextManager[None]:
         """Exclusive use across processes: the log processor while applying, an export while reading."""

@@ -10,6 +10,8 @@ leaves a state that re-applying the same segment completes (see docs/segment-for
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -80,6 +82,42 @@ class LocalCache:
         refused.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             src.rename(refused / src.name)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def _zero(fd: int, offset: int, length: int) -> None:
+    """Make a range read as zeros: a hole punched where the file system can (no data written, space
+    freed), else zeros written."""
+    if _libc.fallocate(fd, _PUNCH_HOLE, offset, length) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise OSError(err, os.strerror(err))
+    for off in range(offset, offset + length, BLOCK):
+        os.pwrite(fd, _ZERO_BLOCK[:min(BLOCK, offset + length - off)], off)
+
+
+def _data_blocks(fd: int, lo: int, hi: int) -> list[int]:
+    """Offsets of the blocks in ``[lo, hi)`` that hold data (not holes)."""
+    out: list[int] = []
+    pos = lo
+    while pos < hi:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break
+            return list(range(lo, hi, BLOCK))  # cannot tell: treat all as data
+        if data >= hi:
+            break
+        end = min(hi, os.lseek(fd, data, os.SEEK_HOLE))
+        out.extend(range(data // BLOCK * BLOCK, end, BLOCK))
+        pos = -(-end // BLOCK) * BLOCK
+    return out
 
 
 class LocalTargetDisk:
@@ -168,9 +206,7 @@ class LocalTargetDisk:
                     raise
             for b in blocks:
                 if b.data is None:
-                    for off in range(b.offset, b.offset + b.length, BLOCK):
-                        n = min(BLOCK, b.offset + b.length - off)
-                        os.pwrite(fd, _ZERO_BLOCK[:n], off)
+                    _zero(fd, b.offset, b.length)
                 else:
                     os.pwrite(fd, b.data, b.offset)
             os.fsync(fd)
@@ -193,7 +229,10 @@ class LocalTargetDisk:
         records = []
         offsets = set()
         for b in blocks:
-            for off in range(b.offset, b.offset + b.length, BLOCK):
+            # Zeros over a hole change nothing and need no saving: a zero run costs what it overwrites.
+            span = range(b.offset, b.offset + b.length, BLOCK) if b.data is not None else \
+                _data_blocks(fd, b.offset, b.offset + b.length)
+            for off in span:
                 if off in self._saved or off in offsets:
                     continue
                 n = min(BLOCK, self.size - off)
@@ -214,10 +253,13 @@ class LocalTargetDisk:
         self.refused_seq, self.refused_gen = seq, generation
         self._save_meta()
 
-    def start_resync(self) -> None:
-        """Step over a refused segment: the resync pass rewrites every block anyway."""
+    def skip(self, seq: int) -> None:
+        if seq > self.applied_seq:
+            self.applied_seq = seq
+            self._save_meta()
+
+    def mended(self) -> None:
         if self.refused_seq:
-            self.applied_seq = max(self.applied_seq, self.refused_seq)
             self.refused_seq = 0
             self._save_meta()
 
