@@ -124,6 +124,8 @@ class AgentStatus:
     state: Literal["starting", "running", "restarting", "stopped"]
     pid: int | None
     restarts: int
+    #: Restarts in the last hour: a crash loop shows here while ``restarts`` only ever grows.
+    restarts_last_hour: int = 0
 
 
 @dataclass(frozen=True)

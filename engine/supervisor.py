@@ -39,9 +39,11 @@ from engine.state import StateDB
 
 log = logging.getLogger(__name__)
 
-#: Restart delays of a crashed agent; back to the first after it ran this long.
-BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: Restart delays of a crashed agent. The step goes back to the first after the agent ran this long,
+#: and one step down for every DECAY seconds it ran: backoff is for crash loops, not for one crash.
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 HEALTHY_RUN = 60.0
+DECAY = 10.0
 STOP_GRACE = 5.0
 
 
@@ -85,6 +87,7 @@ class AgentProcess:
         self._stopping = False
         self.state: str = "starting"
         self.restarts = 0
+        self._restarted_at: list[float] = []  # monotonic times of the restarts in the last hour
 
     def __repr__(self) -> str:
         return f"<AgentProcess {self.spec.name} state={self.state} pid={self.pid} restarts={self.restarts}>"
@@ -94,8 +97,10 @@ class AgentProcess:
         return self._proc.pid if self._proc and self._proc.returncode is None else None
 
     def status(self) -> AgentStatus:
+        hour_ago = time.monotonic() - 3600
         return AgentStatus(name=self.spec.name, version=self.spec.version, state=self.state,  # type: ignore[arg-type]
-                           pid=self.pid, restarts=self.restarts)
+                           pid=self.pid, restarts=self.restarts,
+                           restarts_last_hour=sum(1 for t in self._restarted_at if t > hour_ago))
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -141,14 +146,16 @@ class AgentProcess:
         code = await self._proc.wait()
         if self._stopping:
             return attempt
-        if time.monotonic() - started >= HEALTHY_RUN:
-            attempt = 0
+        ran = time.monotonic() - started
+        attempt = 0 if ran >= HEALTHY_RUN else max(0, attempt - int(ran // DECAY))
         delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
         self.restarts += 1
+        now = time.monotonic()
+        self._restarted_at = [t for t in self._restarted_at if t > now - 3600] + [now]
         self._set_state("restarting")
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         self._hub.record("warning", "agent-restarted",
-                         f"Appliance agent {self.spec.name} {how}; restarting it in {delay:.0f} s. "
+                         f"Appliance agent {self.spec.name} {how}; restarting it in {delay:g} s. "
                          f"Its log is {self._data_dir.logs / (self.spec.name + '.log')}.")
         await asyncio.sleep(delay)
         return attempt + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -42,9 +43,12 @@ def godwit(*args: str, timeout: float = 30, env: dict[str, str] | None = None) -
 
 
 class Appliance:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, open_files: int | None = None, data_dir: Path | None = None) -> None:
         self.root = root
-        self.data_dir = root / "data"
+        #: If set, the engine (and the agents it starts) run with RLIMIT_NOFILE (open_files, open_files).
+        self.open_files = open_files
+        #: ``root / "data"`` unless given (e.g. on a file system of the test's own).
+        self.data_dir = data_dir or root / "data"
         self.management_port = free_port()
         self.data_port = free_port()
         self.proc: subprocess.Popen[str] | None = None
@@ -68,8 +72,13 @@ class Appliance:
                 [PYTHON, "-m", "engine", "serve", "--data-dir", str(self.data_dir), "--management-port",
                  str(self.management_port), "--data-port", str(self.data_port), "--heartbeat-interval",
                  str(HEARTBEAT), *extra],
-                stdout=out, stderr=out, text=True, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+                stdout=out, stderr=out, text=True, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                preexec_fn=self._limit_open_files if self.open_files is not None else None)
         wait_for(self.ready, what="the engine to serve its admin socket and management port")
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -318,3 +327,24 @@ def kill_9(app: Appliance, mob: Mobility, victim: str) -> None:
         app.start()
     else:
         os.kill(app.agent_pid(victim), signal.SIGKILL)
+
+
+def post_batch(app: Appliance, state_dir: Path, disk: int, body: bytes,
+               epoch: int | None = None) -> tuple[int, dict[str, Any]]:
+    """POST a batch to the data port as the mobility service of ``state_dir`` would (its client
+    certificate, its replication epoch unless another is given): ``(status, JSON answer)``."""
+    import http.client
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(state_dir / "ca.crt")
+    ctx.load_cert_chain(state_dir / "client.crt", state_dir / "client.key")
+    conn = http.client.HTTPSConnection("127.0.0.1", app.data_port, context=ctx, timeout=60)
+    epoch = json.loads((state_dir / "epoch.json").read_text())["epoch"] if epoch is None else epoch
+    try:
+        conn.request("POST", f"/v1/streams/{disk}/batches", body=body, headers={"X-Godwit-Epoch": str(epoch)})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -13,25 +12,9 @@ from typing import Any
 
 from engine.process_server.service import AUTH_TTL
 from engine.protocol import BLOCK, BatchHeader, Bookmark, Kind, encode_batch
-from tests.appliance import Appliance, Mobility, change_disk, fill_disk, replicating, wait_for
+from tests.appliance import Appliance, Mobility, change_disk, fill_disk, post_batch, replicating, wait_for
 
 MiB = 1024 * 1024
-
-
-def _post(app: Appliance, state_dir: Path, disk: int, body: bytes,
-          epoch: int | None = None) -> tuple[int, dict[str, Any]]:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(state_dir / "ca.crt")
-    ctx.load_cert_chain(state_dir / "client.crt", state_dir / "client.key")
-    conn = http.client.HTTPSConnection("127.0.0.1", app.data_port, context=ctx, timeout=30)
-    epoch = json.loads((state_dir / "epoch.json").read_text())["epoch"] if epoch is None else epoch
-    try:
-        conn.request("POST", f"/v1/streams/{disk}/batches", body=body, headers={"X-Godwit-Epoch": str(epoch)})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
 
 
 def _stream(app: Appliance) -> dict[str, Any]:
@@ -63,22 +46,22 @@ def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_pa
         (b"GDWBAT01" + b"\xff" * 20, 0, 400, "shorter than its header"),
     ]
     for body, disk_index, status, why in cases:
-        code, answer = _post(appliance, mob.state_dir, disk_index, body)
+        code, answer = post_batch(appliance, mob.state_dir, disk_index, body)
         assert (code, why in answer["message"]) == (status, True), (why, code, answer)
     # A sender still working for an earlier enabling of replication is told to start over.
-    code, answer = _post(appliance, mob.state_dir, 0, batch(seq, [(0, BLOCK, good)]), epoch=1)
+    code, answer = post_batch(appliance, mob.state_dir, 0, batch(seq, [(0, BLOCK, good)]), epoch=1)
     assert (code, answer["code"]) == (409, "epoch-changed")
     assert _stream(appliance) == before
     assert "Traceback" not in appliance.log("process-server")
 
     # A well-formed batch is still accepted afterwards: nothing was left half-done.
-    code, answer = _post(appliance, mob.state_dir, 0, batch(seq, [(0, BLOCK, good)]))
+    code, answer = post_batch(appliance, mob.state_dir, 0, batch(seq, [(0, BLOCK, good)]))
     assert (code, answer["acked_seq"]) == (200, seq)
 
     # Revoked: its certificate no longer writes anything (the data port re-checks within AUTH_TTL).
     assert appliance.cli("vm", "forget", "edge-01").returncode == 0
     time.sleep(AUTH_TTL + 0.1)
-    code, answer = _post(appliance, mob.state_dir, 0, batch(seq + 1, [(0, BLOCK, good)]))
+    code, answer = post_batch(appliance, mob.state_dir, 0, batch(seq + 1, [(0, BLOCK, good)]))
     assert code == 403 and answer["code"] == "registration-revoked"
 
 
