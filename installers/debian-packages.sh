@@ -15,6 +15,8 @@ packages=(
   qemu-utils
   # XFS (reflink clones) for the consistency tests; ext4, losetup and fsfreeze come with Debian
   xfsprogs
+  # libfaketime: the fault tests jump the appliance's clock forward and back (never the machine's)
+  libfaketime
   # venv for Debian's own python3
   python3-venv
 )

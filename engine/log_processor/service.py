@@ -92,6 +92,7 @@ class LogProcessor:
         self._drivers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._servers: dict[str, asyncio.Lock] = {}
         self._local = threading.local()
+        self._started_wall, self._started_mono = time.time(), time.monotonic()
 
     def __repr__(self) -> str:
         busy = sum(1 for lock in self._servers.values() if lock.locked())
@@ -219,9 +220,14 @@ class LogProcessor:
         return header, blocks, ""
 
     def _prune(self, job: DiskJob) -> None:
+        """Delete points older than the retention. A point must be that old by the wall clock *and* by a
+        clock that only moves as fast as monotonic time since this process started: a clock that jumps
+        forward (or back, for points stamped after it) makes points live longer, never shorter."""
         points = job.target.points()
-        cutoff = time.time() - job.retention
-        while len(points) > 1 and points[0].created_at < cutoff:
+        now = time.time()
+        steady = self._started_wall + (time.monotonic() - self._started_mono)
+        while len(points) > 1 and now - points[0].created_at > job.retention \
+                and steady - points[0].created_at > job.retention:
             job.target.delete_point(points[0].id)
             points.pop(0)
 

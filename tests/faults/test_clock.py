@@ -1,0 +1,68 @@
+"""The appliance's clock jumps forward and back (libfaketime on the engine's processes only; the
+machine's clock is never touched): no recovery point is pruned early, the admin is told, it heals."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.appliance import Appliance, change_disk, replicating, wait_for
+
+MiB = 1024 * 1024
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.fixture
+def skewed(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """An engine whose wall clock is the machine's plus the offset written to ``clock_offset`` (a
+    libfaketime offset such as ``+2h``), re-read at every call; monotonic time is left alone, as a
+    real clock step leaves it."""
+    if not LIBFAKETIME.exists():
+        pytest.fail(f"{LIBFAKETIME} is missing: run `bash installers/debian-packages.sh` (package libfaketime)")
+    app = Appliance(tmp_path_factory.mktemp("clock"))
+    offset = app.root / "clock_offset"
+    offset.write_text("+0\n")
+    app.start(env={"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1",
+                   "DONT_FAKE_MONOTONIC": "1"})
+    yield app, offset
+    app.stop()
+
+
+def test_clock_jumps_never_prune_points_early_and_heal(skewed: tuple[Appliance, Path], tmp_path: Path) -> None:
+    app, offset = skewed
+    # Retention 1 h: a jump of 2 h forward would make every point look expired.
+    mob, disk = replicating(app, "clock-01", 4 * MiB, seed=3)
+    try:
+        change_disk(disk, seed=4, writes=4)
+        app.point_after("clock-01", time.time())
+        before = [p["id"] for p in app.points("clock-01")]
+        assert len(before) >= 2
+
+        offset.write_text("+2h\n")
+        t = time.time()
+        change_disk(disk, seed=5, writes=4)
+        app.point_after("clock-01", t)
+        ids = [p["id"] for p in app.points("clock-01")]
+        assert set(before) <= set(ids), "points were pruned because the clock jumped forward"
+
+        offset.write_text("-2h\n")
+        t = time.time()
+        change_disk(disk, seed=6, writes=4)
+        app.point_after("clock-01", t)
+        assert set(before) <= {p["id"] for p in app.points("clock-01")}
+
+        offset.write_text("+0\n")  # the admin fixes the clock: it heals by itself
+        t = time.time()
+        change_disk(disk, seed=7, writes=4)
+        last = app.point_after("clock-01", t)
+        server = wait_for(lambda: (s := app.servers()["clock-01"])["health"] == "healthy" and s, timeout=30,
+                          what="health to be healthy again")
+        assert server["state"] == "protected"
+        assert app.export("clock-01", last["id"], tmp_path / "p").read_bytes() == disk.read_bytes()
+        assert app.export("clock-01", before[0], tmp_path / "old").exists()
+        for log in (app.data_dir / "logs").glob("*.log"):
+            assert "Traceback" not in log.read_text(errors="replace"), log.name
+    finally:
+        mob.stop()
