@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -21,6 +22,9 @@ from pathlib import Path
 
 from engine import __version__, logs
 from engine.config import DataDir
+
+#: An agent touches its alive file this often (seconds) while its event loop runs.
+ALIVE_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,15 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(0)
 
 
+async def _prove_alive(path: Path) -> None:
+    """Touch ``path`` every ALIVE_EVERY seconds for as long as this event loop runs (a stopped or
+    wedged agent stops touching it)."""
+    while True:
+        with contextlib.suppress(OSError):
+            path.touch()
+        await asyncio.sleep(ALIVE_EVERY)
+
+
 def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> None:
     """Entry point of an agent process: parse the supervisor's arguments, log to a file, run ``main``."""
     parser = argparse.ArgumentParser(prog=f"godwit-{name}")
@@ -77,11 +90,18 @@ def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> Non
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await main(AgentContext(name=name, data_dir=data_dir, listen_fd=args.listen_fd, stop=stop))
+        alive = asyncio.create_task(_prove_alive(data_dir.alive_file(name)))
+        try:
+            await main(AgentContext(name=name, data_dir=data_dir, listen_fd=args.listen_fd, stop=stop))
+        finally:
+            alive.cancel()
 
     log.info("agent.started name=%s pid=%s version=%s", name, os.getpid(), __version__)
     try:
         asyncio.run(runner())
+    except MemoryError:  # e.g. an address-space limit: a fresh process (the supervisor starts one) does better
+        log.error("agent.failed name=%s: out of memory; exiting so that the supervisor restarts it", name)
+        sys.exit(1)
     except Exception:
         log.exception("agent.failed name=%s", name)
         sys.exit(1)

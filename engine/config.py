@@ -48,6 +48,10 @@ class DataDir:
     def agent_socket(self) -> Path:
         return self.run_dir / "agent.sock"
 
+    def alive_file(self, agent: str) -> Path:
+        """Touched every second by an agent whose event loop runs; the supervisor restarts a silent one."""
+        return self.run_dir / f"{agent}.alive"
+
     @property
     def logs(self) -> Path:
         return self.root / "logs"

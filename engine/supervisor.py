@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 HEALTHY_RUN = 60.0
 DECAY = 10.0
+#: An agent whose event loop has not touched its alive file for this long is killed and restarted.
+HUNG_AFTER = 20.0
 STOP_GRACE = 5.0
 
 
@@ -143,7 +145,8 @@ class AgentProcess:
             return attempt
         self._set_state("running")
         log.info("agent.started name=%s pid=%s", self.spec.name, self._proc.pid)
-        code = await self._proc.wait()
+        hung = await self._wait_or_hang(self._proc)
+        code = self._proc.returncode or 0
         if self._stopping:
             return attempt
         ran = time.monotonic() - started
@@ -154,11 +157,35 @@ class AgentProcess:
         self._restarted_at = [t for t in self._restarted_at if t > now - 3600] + [now]
         self._set_state("restarting")
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if hung:
+            how = f"stopped responding for {HUNG_AFTER:.0f} s and was killed"
         self._hub.record("warning", "agent-restarted",
                          f"Appliance agent {self.spec.name} {how}; restarting it in {delay:g} s. "
                          f"Its log is {self._data_dir.logs / (self.spec.name + '.log')}.")
         await asyncio.sleep(delay)
         return attempt + 1
+
+    async def _wait_or_hang(self, proc: asyncio.subprocess.Process) -> bool:
+        """Wait for the agent to exit; kill it if its event loop stops proving it runs (stopped,
+        wedged, swapped to death) for HUNG_AFTER seconds. True if it was killed for that."""
+        alive = self._data_dir.alive_file(self.spec.name)
+        seen, changed = None, time.monotonic()  # monotonic: a wall clock that jumps is not a hang
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await proc.wait()
+                    return False
+            try:
+                mtime: float | None = alive.stat().st_mtime
+            except FileNotFoundError:
+                mtime = None
+            if mtime != seen:
+                seen, changed = mtime, time.monotonic()
+            elif time.monotonic() - changed > HUNG_AFTER and not self._stopping:
+                log.warning("agent.hung name=%s pid=%s", self.spec.name, proc.pid)
+                proc.kill()
+                await proc.wait()
+                return True
 
     async def stop(self) -> None:
         self._stopping = True
