@@ -19,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import __version__, logs
 from engine.config import DataDir
@@ -90,11 +91,24 @@ def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> Non
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        out_of_memory = False
+
+        def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            nonlocal out_of_memory
+            if isinstance(context.get("exception"), MemoryError):  # in a transport or callback: no traceback
+                out_of_memory = True
+                stop.set()
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(on_loop_error)
         alive = asyncio.create_task(_prove_alive(data_dir.alive_file(name)))
         try:
             await main(AgentContext(name=name, data_dir=data_dir, listen_fd=args.listen_fd, stop=stop))
         finally:
             alive.cancel()
+        if out_of_memory:
+            raise MemoryError
 
     log.info("agent.started name=%s pid=%s version=%s", name, os.getpid(), __version__)
     try:

@@ -93,6 +93,7 @@ class LogProcessor:
         self._servers: dict[str, asyncio.Lock] = {}
         self._local = threading.local()
         self._started_wall, self._started_mono = time.time(), time.monotonic()
+        self.out_of_memory = False
 
     def __repr__(self) -> str:
         busy = sum(1 for lock in self._servers.values() if lock.locked())
@@ -275,6 +276,10 @@ class LogProcessor:
             except EngineError as exc:
                 log.warning("log-processor: %s", exc)
                 wait = 1.0
+            except MemoryError:  # nothing here frees memory: end the process, the supervisor starts a fresh one
+                self.out_of_memory = True
+                stop.set()
+                return
             if job.dirty:
                 with contextlib.suppress(EngineError):
                     await self.report(job)
@@ -327,3 +332,5 @@ async def serve(ctx: AgentContext) -> None:
     finally:
         await processor.link.aclose()
         processor.pool.shutdown(wait=True)
+    if processor.out_of_memory:
+        raise MemoryError
