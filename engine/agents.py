@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,9 @@ from engine.config import DataDir
 
 #: An agent touches its alive file this often (seconds) while its event loop runs.
 ALIVE_EVERY = 1.0
+
+#: The soft limit of open files an agent raises itself to, at most (more connections would only cost memory).
+MAX_OPEN_FILES = 65536
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,20 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(0)
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit (a service starts with 1,024, which a few hundred
+    held connections exhaust); never lowers it. Returns the (soft, hard) limits now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger(__name__).warning("agent.open-files-limit soft=%s hard=%s not raised: %s", soft,
+                                                hard, exc)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 async def _prove_alive(path: Path) -> None:
     """Touch ``path`` every ALIVE_EVERY seconds for as long as this event loop runs (a stopped or
     wedged agent stops touching it)."""
@@ -85,6 +103,7 @@ def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> Non
     data_dir = DataDir(args.data_dir)
     logs.to_file(data_dir.logs / f"{name}.log")
     log = logging.getLogger(f"engine.{name}")
+    soft, hard = raise_open_files_limit()  # before anything derives a connection budget from it
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -110,7 +129,8 @@ def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> Non
         if out_of_memory:
             raise MemoryError
 
-    log.info("agent.started name=%s pid=%s version=%s", name, os.getpid(), __version__)
+    log.info("agent.started name=%s pid=%s version=%s open_files=%s hard=%s", name, os.getpid(), __version__, soft,
+             hard)
     try:
         asyncio.run(runner())
     except MemoryError:  # e.g. an address-space limit: a fresh process (the supervisor starts one) does better

@@ -16,7 +16,7 @@ from engine.agents import AgentContext
 from engine.client import UnixJsonClient
 from engine.errors import CertificateRequired, ConfigError
 from engine.identity import ApplianceIdentity, open_pki
-from engine.listener import TlsListener, error_middleware, read_json
+from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener, error_middleware, read_json
 from engine.manager.requests import Registration, ServerFacts
 from engine.pki import peer_identity
 
@@ -68,12 +68,15 @@ async def serve(ctx: AgentContext) -> None:
         raise ConfigError("replication-manager must be started by the engine supervisor.")
     pki = open_pki(ctx.data_dir, ident.secrets(ctx.data_dir))
     link = UnixJsonClient(ctx.data_dir.agent_socket, what="The engine supervisor is not reachable.")
-    runner = web.AppRunner(make_app(link, pki.ca_cert_path.read_bytes()), access_log=None, handle_signals=False,
+    guard = ConnectionGuard()
+    app = make_app(link, pki.ca_cert_path.read_bytes())
+    app.middlewares.insert(0, guard.middleware)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
                            logger=TlsListener.peer_logger())
     await runner.setup()
     sock = socket.socket(fileno=ctx.listen_fd)
     sock.setblocking(False)
-    listener = TlsListener(sock, pki.server_context(), runner, port_name="management")
+    listener = TlsListener(sock, pki.server_context(), runner, port_name="management", guard=guard)
     listener.start()
     log.info("management.listening address=%s", sock.getsockname())
     try:

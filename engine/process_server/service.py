@@ -37,7 +37,7 @@ from engine.errors import (
 )
 from engine.identity import ApplianceIdentity, open_pki
 from engine.keys import DataKeys, master_key
-from engine.listener import TlsListener, error_middleware
+from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener, error_middleware
 from engine.pki import peer_identity
 from engine.process_server.streams import Streams, StreamState
 from engine.protocol import MAX_BATCH, Bookmark, Kind, decode_batch
@@ -186,14 +186,16 @@ async def serve(ctx: AgentContext) -> None:
     server.cache_used = server.cache.used_bytes()
     for server_id, disk, state in server.streams.stored():  # the supervisor may have restarted too
         server._report(server_id, disk, state, cache_full=False)
-    app = web.Application(client_max_size=MAX_BATCH, middlewares=[error_middleware("data")])
+    guard = ConnectionGuard()
+    app = web.Application(client_max_size=MAX_BATCH, middlewares=[guard.middleware, error_middleware("data")])
     app.router.add_get("/v1/streams", server.stream_states)
     app.router.add_post("/v1/streams/{disk}/batches", server.batch)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=TlsListener.peer_logger())
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
+                           logger=TlsListener.peer_logger())
     await runner.setup()
     sock = socket.socket(fileno=ctx.listen_fd)
     sock.setblocking(False)
-    listener = TlsListener(sock, server.pki.server_context(), runner, port_name="data")
+    listener = TlsListener(sock, server.pki.server_context(), runner, port_name="data", guard=guard)
     listener.start()
     reporter = asyncio.create_task(server.report_loop())
     log.info("data.listening address=%s", sock.getsockname())
