@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from engine.errors import EngineError, ProtocolError
+from engine.errors import DiskFull, EngineError, ProtocolError
 from engine.export import stream_export
 from engine.listener import read_json
 from engine.records import to_json
 from engine.replication import epoch
+from engine.state import is_full
 
 if TYPE_CHECKING:
     from engine.config import DataDir
@@ -57,12 +58,19 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     try:
         return await handler(request)
     except EngineError as exc:
+        if exc.status >= 500:  # the engine's own trouble (e.g. its disk full), not the caller's: one line
+            log.warning("request.refused path=%s status=%s code=%s", request.path, exc.status, exc.code)
         return web.json_response({"code": exc.code, "message": exc.message}, status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return web.json_response({"code": f"http-{exc.status}", "message": exc.reason}, status=exc.status)
-    except Exception:
+    except Exception as exc:
+        if is_full(exc):  # a write the state database did not translate itself: still a state, not a crash
+            log.warning("admin.disk-full path=%s", request.path)
+            return web.json_response({"code": DiskFull.code, "message": "The appliance's state database cannot be "
+                                      "written: the data directory's disk is full. Free space there; the appliance "
+                                      "carries on by itself."}, status=DiskFull.status)
         log.exception("admin.internal-error path=%s", request.path)
         return web.json_response({"code": "internal-error", "message": "The engine hit an internal error; its log "
                                   "in the data directory has the details."}, status=500)
@@ -162,9 +170,11 @@ async def create_policy(request: web.Request) -> web.Response:
 
 async def enable_server(request: web.Request) -> web.Response:
     engine = _engine(request)
-    body = await read_json(request)
+    policy = (await read_json(request)).get("policy")
+    if policy is not None and not isinstance(policy, str):
+        raise ProtocolError("policy must be a policy's name, or null for the default policy.")
     return _changed(engine, engine.inventory.row(request.match_info["name"]),
-                    lambda row: engine.replication.enable(row, body.get("policy")))
+                    lambda row: engine.replication.enable(row, policy))
 
 
 async def disable_server(request: web.Request) -> web.Response:

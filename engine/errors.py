@@ -124,7 +124,18 @@ class NotReplicating(EngineError):
 
 
 class CacheFull(EngineError):
+    """The process server refuses a batch for now: its cache is at its limit, or the data directory's
+    file system is down to its reserve. The sender retries; nothing was stored."""
+
     code = "cache-full"
+    status = 503
+
+
+class DiskFull(EngineError):
+    """The appliance cannot write its state database (SQLITE_FULL): the data directory's file system
+    is full. Nothing was changed; the same request succeeds once space is freed."""
+
+    code = "disk-full"
     status = 503
 
 

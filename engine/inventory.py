@@ -11,12 +11,12 @@ from typing import Any
 
 from cryptography import x509
 
-from engine.errors import NameTaken, Revoked, TooManyAttempts, UnknownServer, WrongPassphrase
+from engine.errors import DiskFull, NameTaken, Revoked, TooManyAttempts, UnknownServer, WrongPassphrase
 from engine.events import EventHub
 from engine.identity import PASSPHRASE, new_passphrase
 from engine.manager.requests import ServerFacts
 from engine.pki import AppliancePKI
-from engine.records import ServerStatus, from_json, to_json
+from engine.records import DiskSpace, Health, ServerStatus, from_json, to_json
 from engine.replication import Replication
 from engine.secrets import SecretStore
 from engine.state import StateDB, disks_from_row
@@ -29,6 +29,9 @@ CRITICAL_AFTER = 120.0
 #: Wrong passphrases an address may send within the window before it must wait.
 MAX_FAILED_REGISTRATIONS = 5
 FAILED_REGISTRATION_WINDOW = 60.0
+#: Health causes that come from the appliance's own disk: recorded once as an appliance event by the
+#: supervisor (``disk-space-*``), not once per server.
+DISK_CAUSES = ("disk-space-low", "disk-full")
 
 
 def _ago(seconds: float) -> str:
@@ -52,7 +55,11 @@ class Inventory:
         self.data_port = 0
         #: The last (health, cause) seen per server name, to turn changes into events.
         self._health: dict[str, tuple[str, str | None]] = {}
+        #: Whether a server was last published with a rate, to publish it again when the rate goes stale.
+        self._moving: dict[str, bool] = {}
         self._failures: dict[str, list[float]] = {}
+        #: The data directory's file system as the supervisor last measured it.
+        self.disk_space: DiskSpace | None = None
 
     def __repr__(self) -> str:
         return f"<Inventory servers={self._state.count_servers()}>"
@@ -62,21 +69,33 @@ class Inventory:
         now = time.time() if now is None else now
         last = row["last_heartbeat"]
         age = now - last if last is not None else float("inf")
-        health, cause, detail = "healthy", None, None
+        health: Health = "healthy"
+        cause, detail = None, None
         summary = self.replication.summary(row, now)
-        if age > self.heartbeat_interval * MISSED_FOR_WARNING:
+        disk = self.disk_space if row["replicate"] else None  # what it costs a server that is not replicating: nothing
+        disk_level = disk.level if disk is not None else "ok"
+        if disk is not None and disk_level == "full":
+            # First: it stops this server's replication, and is why its heartbeats may go unrecorded.
+            health, cause, detail = "critical", "disk-full", disk.detail
+        elif age > self.heartbeat_interval * MISSED_FOR_WARNING:
             health = "critical" if age > CRITICAL_AFTER else "warning"
             cause = "agent-not-seen"
             detail = (f"No heartbeat for {_ago(age)}. Check that the mobility service runs on {row['hostname']} "
                       f"and reaches the appliance on port {self.management_port}.")
+        elif summary["cause"] is not None and summary["state"] in ("error", "paused"):
+            cause, detail = summary["cause"]
+            health = "critical"
+        elif disk is not None and disk_level != "ok":
+            health, cause, detail = ("critical" if disk_level == "critical" else "warning"), "disk-space-low", \
+                disk.detail
         elif summary["cause"] is not None:
             cause, detail = summary["cause"]
-            health = "critical" if summary["state"] in ("error", "paused") else "warning"
+            health = "critical" if cause == "disk-full" else "warning"  # disk-full: its batches are refused
         return ServerStatus(
             server_id=row["server_id"], name=row["name"], hostname=row["hostname"], os=row["os"],
-            agent_version=row["agent_version"], state=summary["state"], health=health,  # type: ignore[arg-type]
+            agent_version=row["agent_version"], state=summary["state"], health=health,
             health_cause=cause, health_detail=detail, registered_at=row["registered_at"], last_heartbeat=last,
-            address=row["address"], disks=self.replication.disk_statuses(row, disks_from_row(row)),
+            address=row["address"], disks=self.replication.disk_statuses(row, disks_from_row(row), now),
             replicating=bool(row["replicate"]), policy=row["policy"], max_mbps=row["max_mbps"],
             rpo_seconds=summary["rpo"], last_recovery_point=summary["last_point"],
         )
@@ -102,27 +121,42 @@ class Inventory:
         if row is not None:
             status = self.status(row)
             self._note_health(status)
+            self._moving[status.name] = any(d.throughput_bps > 0 for d in status.disks)
             self._hub.publish({"type": "server", "server": to_json(status)})
 
     def _note_health(self, status: ServerStatus) -> bool:
-        """Record an event when a server's health cause changes; True if anything changed."""
+        """Record an event when a server's health cause changes; True if anything changed.
+
+        An event the state database has no room for is recorded later: the change stays unnoted and
+        is tried again at the next look (a full disk must not fail the heartbeat that noticed it)."""
         now = (status.health, status.health_cause)
         before = self._health.get(status.name)
-        self._health[status.name] = now
         if before is None or before == now:
+            self._health[status.name] = now
             return before is None
         cause, old_cause = now[1], before[1]
-        # segment-corrupt is recorded where it happens (the log processor's report)
-        if cause is not None and cause != old_cause and cause != "segment-corrupt":
-            self._hub.record("warning" if status.health == "warning" else "error",
-                             "server-not-seen" if cause == "agent-not-seen" else cause,
-                             f"{status.name}: {status.health_detail}", server=status.name)
-        elif cause is None and old_cause == "agent-not-seen":
-            self._hub.record("info", "server-seen-again", f"{status.name} is sending heartbeats again.",
-                             server=status.name)
-        elif cause is None:
-            self._hub.record("info", "server-healthy", f"{status.name} is healthy again.", server=status.name)
+        try:
+            # segment-corrupt is recorded where it happens (the log processor's report), the appliance's
+            # disk by the supervisor (once, not per server)
+            if cause is not None and cause != old_cause and cause != "segment-corrupt" and cause not in DISK_CAUSES:
+                self._hub.record("warning" if status.health == "warning" else "error",
+                                 "server-not-seen" if cause == "agent-not-seen" else cause,
+                                 f"{status.name}: {status.health_detail}", server=status.name)
+            elif cause is None and old_cause == "agent-not-seen":
+                self._hub.record("info", "server-seen-again", f"{status.name} is sending heartbeats again.",
+                                 server=status.name)
+            elif cause is None:
+                self._hub.record("info", "server-healthy", f"{status.name} is healthy again.", server=status.name)
+        except DiskFull as exc:
+            log.warning("health.event-deferred server=%s: %s", status.name, exc)
+            return True
+        self._health[status.name] = now
         return True
+
+    def _note_rate(self, status: ServerStatus) -> bool:
+        """True when a server's rate appeared or went stale since it was last published."""
+        moving = any(d.throughput_bps > 0 for d in status.disks)
+        return self._moving.get(status.name, False) != moving
 
     # --- passphrase ---------------------------------------------------------------------------
     def passphrase(self) -> str:
@@ -210,19 +244,22 @@ class Inventory:
             self.replication.disable(row)
         self._state.revoke_server(row["server_id"])
         self._health.pop(name, None)
+        self._moving.pop(name, None)
         self._hub.record("warning", "server-forgotten",
                          f"{name} was forgotten: its certificate is revoked and its next connection is refused.",
                          server=name)
         self._hub.publish({"type": "server-removed", "name": name})
 
     async def watch_health(self) -> None:
-        """Notice servers that stop sending heartbeats (nobody else would: they are silent)."""
+        """Notice servers that stop sending heartbeats, and rates that went stale (nobody else would:
+        they are silent), and the appliance's disk space as it changes."""
         while True:
             try:
                 now = time.time()
                 for row in self._state.servers():
                     status = self.status(row, now)
-                    if self._note_health(status):
+                    if self._note_health(status) | self._note_rate(status):
+                        self._moving[status.name] = any(d.throughput_bps > 0 for d in status.disks)
                         self._hub.publish({"type": "server", "server": to_json(status)})
             except Exception:  # e.g. a full disk for the event: keep watching
                 log.exception("health.watch-failed")

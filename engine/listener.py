@@ -67,6 +67,9 @@ FD_RESERVE = 128
 #: Connections without a client certificate, in total and per source address, at most.
 MAX_UNAUTHENTICATED = 1024
 MAX_UNAUTHENTICATED_PER_ADDRESS = 32
+#: Connections one client certificate may hold at once: a mobility service needs two (heartbeats and data);
+#: a stolen or buggy one must not take the whole budget from the other servers.
+MAX_PER_CERTIFICATE = 16
 #: How often deadlines are checked and closed connections are counted out.
 SWEEP_EVERY = 0.5
 #: Warning lines of one kind beyond its burst are summed up in one line per this many seconds.
@@ -277,6 +280,7 @@ class _Connection:
     transport: asyncio.Transport | None = None  # once the TLS handshake is done
     established: float = 0.0
     authenticated: bool = False
+    certificate: str | None = None  # the serial number of its client certificate, once authenticated
     requested: bool = False
     counted: bool = False  # among the connections without a client certificate
     dropped: bool = False  # closed by the listener (deadline, eviction)
@@ -404,6 +408,12 @@ class TlsListener:
         if not mine:
             del self._unauthenticated[c.address]
 
+    def _with_certificate(self, certificate: str) -> int:
+        """Connections of one client certificate that are open and not closing (closed ones are counted out
+        only at the next sweep: a client that opens one per request must not trip the cap)."""
+        return sum(1 for o in self._open if o.certificate == certificate and o.transport is not None
+                   and not o.transport.is_closing())
+
     def _forget(self, c: _Connection) -> None:
         self._unindex(c)
         self._open.discard(c)
@@ -506,9 +516,16 @@ class TlsListener:
             c.established = loop.time()
             if c.dropped:
                 self._abort(c)
-            elif transport.get_extra_info("peercert"):  # verified against our CA by the TLS context
+            elif cert := transport.get_extra_info("peercert"):  # verified against our CA by the TLS context
                 c.authenticated = True
                 self._unindex(c)
+                c.certificate = str(cert.get("serialNumber", "?"))
+                if self._with_certificate(c.certificate) > MAX_PER_CERTIFICATE:
+                    self._warnings.warn("per-certificate", f"closed, more than {MAX_PER_CERTIFICATE} connections "
+                                        "with one client certificate", c.address, "%s holds more than %d connections "
+                                        "with client certificate %s; closed", peer, MAX_PER_CERTIFICATE,
+                                        c.certificate)
+                    self._drop(c)
         finally:
             if c.transport is None:  # its socket is closed (or the listener is closing)
                 self._forget(c)

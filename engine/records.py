@@ -128,6 +128,32 @@ class AgentStatus:
     restarts_last_hour: int = 0
 
 
+DiskLevel = Literal["ok", "warning", "critical", "full"]
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    """Free space of the file system that holds the data directory, as the supervisor last measured it.
+
+    Sizes count what ``df`` counts (used + available): blocks the file system keeps for root are
+    neither. ``level`` is ok, warning (below 30 % free), critical (below 25 %) or full (below the
+    reserve the process server keeps: it refuses replication data). ``detail`` says it in a sentence
+    for the admin (None when ok).
+    """
+
+    path: str
+    mount_point: str
+    free_bytes: int
+    size_bytes: int
+    reserve_bytes: int
+    level: DiskLevel
+    detail: str | None = None
+
+    @property
+    def free_fraction(self) -> float:
+        return self.free_bytes / self.size_bytes if self.size_bytes else 0.0
+
+
 @dataclass(frozen=True)
 class EngineStatus:
     pid: int
@@ -135,10 +161,12 @@ class EngineStatus:
     started_at: float
     data_dir: str
     agents: tuple[AgentStatus, ...] = field(default_factory=tuple)
+    disk_space: DiskSpace | None = None
 
     @property
     def healthy(self) -> bool:
-        return all(a.state == "running" for a in self.agents)
+        return all(a.state == "running" for a in self.agents) and \
+            (self.disk_space is None or self.disk_space.level == "ok")
 
 
 T = TypeVar("T")

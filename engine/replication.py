@@ -29,6 +29,10 @@ DEFAULT_POLICY = Policy(name="default", rpo_threshold=15 * 60, retention=24 * 36
 MAX_RETENTION = 15 * 24 * 3600
 #: Seconds without acknowledged progress before an initial replication is called stalled.
 STALL_AFTER = 120.0
+#: Seconds without a batch after which a disk shows no rate and no ETA: a rate that old (the
+#: appliance refusing batches, the source gone quiet) says nothing about now. At least; longer when
+#: at the current rate one batch takes longer (a slow link), so that the rate does not blink.
+RATE_STALE_AFTER = 10.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -69,6 +73,7 @@ class DiskProgress:
     bytes_received: int = 0
     last_progress_at: float = field(default_factory=time.time)
     throughput_bps: float = 0.0
+    last_step_bytes: int = 0  #: bytes the last progress report added (one batch or a few)
     applied_seq: int = 0
     resync_done: int = 0
     last_bookmark_time: float | None = None  # appliance time at which the newest applied cycle ended
@@ -86,6 +91,8 @@ class Replication:
         self._root = data_root
         self._disks: dict[tuple[str, int], DiskProgress] = {}
         self.cache_full: dict[str, bool] = {}
+        #: Why the process server last refused a server's batch, when it says (e.g. the disk's reserve).
+        self.cache_full_detail: dict[str, str | None] = {}
         #: How each server's mobility service last said it takes points (from heartbeats).
         self.points_taken: dict[str, PointFacts | None] = {}
         if state.policy(DEFAULT_POLICY.name) is None:
@@ -169,12 +176,15 @@ class Replication:
             rate = (received - p.bytes_received) / dt
             p.throughput_bps = rate if p.throughput_bps == 0 else 0.7 * p.throughput_bps + 0.3 * rate
             p.last_progress_at = now
+            p.last_step_bytes = received - p.bytes_received
         p.bytes_received = max(p.bytes_received, received)
         p.acked_seq = max(p.acked_seq, int(payload["acked_seq"]))
         p.initial_done = max(p.initial_done, int(payload["initial_done"]))
         completed = bool(payload["initial_complete"]) and not p.initial_complete
         p.initial_complete = p.initial_complete or bool(payload["initial_complete"])
         self.cache_full[str(payload["server_id"])] = bool(payload.get("cache_full"))
+        detail = payload.get("cache_full_detail")
+        self.cache_full_detail[str(payload["server_id"])] = str(detail)[:1024] if detail else None
         return completed
 
     def report_applied(self, payload: dict[str, Any]) -> list[RecoveryPoint]:
@@ -201,17 +211,23 @@ class Replication:
         common = set(per_disk[0]).intersection(*per_disk[1:])
         return sorted((per_disk[0][i] for i in common), key=lambda pt: pt.id)
 
-    def disk_statuses(self, row: Any, disks: tuple[Disk, ...]) -> tuple[DiskStatus, ...]:
+    def disk_statuses(self, row: Any, disks: tuple[Disk, ...], now: float | None = None) -> tuple[DiskStatus, ...]:
+        """Each disk's progress. The rate (and the ETA from it) is the recent one: a disk that received
+        no batch for :data:`RATE_STALE_AFTER` seconds (or three times as long as its last batch took)
+        shows none."""
+        now = time.time() if now is None else now
         out = []
         for i, d in enumerate(disks):
             p = self.progress(row["server_id"], i)
             done = d.size if p.initial_complete else min(p.initial_done, d.size)
+            hold = max(RATE_STALE_AFTER, 3 * p.last_step_bytes / p.throughput_bps) if p.throughput_bps else 0.0
+            rate = p.throughput_bps if row["replicate"] and now - p.last_progress_at <= hold else 0.0
             eta = None
-            if not p.initial_complete and p.throughput_bps > 0 and row["replicate"]:
-                eta = (d.size - done) / p.throughput_bps
+            if not p.initial_complete and rate > 0:
+                eta = (d.size - done) / rate
             out.append(DiskStatus(path=d.path, size=d.size, bytes_done=done if row["replicate"] else 0,
-                                  bytes_total=d.size, throughput_bps=p.throughput_bps if row["replicate"] else 0.0,
-                                  eta_seconds=eta, capture=d.capture, tracking=d.tracking, note=d.note))
+                                  bytes_total=d.size, throughput_bps=rate, eta_seconds=eta, capture=d.capture,
+                                  tracking=d.tracking, note=d.note))
         return tuple(out)
 
     def summary(self, row: Any, now: float) -> dict[str, Any]:
@@ -237,7 +253,11 @@ class Replication:
         rpo = now - min(bookmarks) if complete and len(bookmarks) == len(progress) else None
         cause = None
         policy = self._state.policy(row["policy"])
-        if self.cache_full.get(row["server_id"]):
+        if self.cache_full.get(row["server_id"]) and self.cache_full_detail.get(row["server_id"]):
+            # the process server refused its last batch for the disk's reserve (it says so); until a batch is
+            # taken again, that is this server's cause (the supervisor records the disk's events itself)
+            cause = ("disk-full", self.cache_full_detail[row["server_id"]])
+        elif self.cache_full.get(row["server_id"]):
             cause = ("cache-full", "The appliance's cache is full: replication waits until the log processor "
                      "catches up. Free space on the appliance or add cache storage.")
         elif state == "initial-replication" and progress and \

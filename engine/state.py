@@ -2,19 +2,31 @@
 
 Only the engine supervisor opens it for writing; one connection, used from its event loop.
 Statements are small and indexed, so they run inline.
+
+A full disk is a state, not a crash: every write runs through :meth:`StateDB._write`. When SQLite
+reports SQLITE_FULL, the database's reserve file (:class:`~engine.diskspace.SpaceReserve`) is given
+back and the write tried once more; if there is no reserve left, the write raises
+:class:`~engine.errors.DiskFull` (503, one line for whoever asked) and nothing was changed. The
+supervisor creates the reserve again once there is room.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from engine import diskspace
+from engine.errors import DiskFull
 from engine.records import Disk, Event, Policy, Severity, from_json, to_json
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -61,23 +73,34 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+def is_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full", told by its result code (never by its text)."""
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+
+
 class StateDB:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reserve_bytes: int = 0) -> None:
+        """Open (or create) the database; ``reserve_bytes`` > 0 keeps a reserve file next to it (see
+        the module's doc; :meth:`keep_reserve` creates it)."""
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        with self._tx():
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+        self.reserve = diskspace.SpaceReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._write(lambda db: db.executescript(_SCHEMA), transaction=False)
+        except sqlite3.Error as exc:
+            if is_full(exc):
+                raise self._full() from exc
+            raise
+        self._write(lambda db: db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)",
+                                          (str(SCHEMA_VERSION),)))
 
     def __repr__(self) -> str:
-        return f"<StateDB {self.path} servers={self.count_servers()}>"
+        return f"<StateDB {self.path} reserve={self.reserve.held} servers={self.count_servers()}>"
 
     def close(self) -> None:
         self._db.close()
@@ -87,10 +110,50 @@ class StateDB:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLITE_FULL (and a few others) may have rolled the transaction back already.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+
+    def _write(self, change: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:
+        """Run ``change`` in one transaction. On SQLITE_FULL the reserve is released and the change
+        tried once more; without a reserve to release it raises :class:`DiskFull` and nothing changed."""
+        def attempt() -> T:
+            if not transaction:
+                return change(self._db)
+            with self._tx() as db:
+                return change(db)
+
+        try:
+            return attempt()
+        except sqlite3.Error as exc:
+            if not is_full(exc):
+                raise
+            if not self.reserve.release():
+                raise self._full() from exc
+            log.warning("state.reserve-released path=%s: the disk is full; the state database used its reserve",
+                        self.reserve.path)
+        try:
+            return attempt()
+        except sqlite3.Error as exc:
+            if is_full(exc):
+                raise self._full() from exc
+            raise
+
+    def _full(self) -> DiskFull:
+        try:
+            free, size = diskspace.usage(self.path.parent)
+            fs = diskspace.where(diskspace.mount_point(self.path.parent), free, size)
+        except OSError:
+            fs = f"the file system of {self.path.parent}"
+        return DiskFull(f"The appliance's state database {self.path} cannot be written: {fs} is full. Nothing "
+                        "was changed. Free space there; the appliance carries on by itself once there is room.")
+
+    def keep_reserve(self) -> bool:
+        """Create the reserve file if it is missing and there is room; True if it is held."""
+        return self.reserve.fill()
 
     # --- settings ---------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -98,9 +161,9 @@ class StateDB:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                       (key, value))
+        self._write(lambda db: db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value)))
 
     # --- servers ----------------------------------------------------------------------------
     def count_servers(self) -> int:
@@ -117,26 +180,24 @@ class StateDB:
     def add_server(self, *, server_id: str, name: str, hostname: str, os: str, agent_version: str,
                    cert_serial: int, address: str | None, disks: list[Disk]) -> None:
         now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO servers(server_id, name, hostname, os, agent_version, cert_serial, registered_at,"
-                " last_heartbeat, address, disks) VALUES(?,?,?,?,?,?,?,?,?,?)",
-                (server_id, name, hostname, os, agent_version, format(cert_serial, "x"), now, now, address,
-                 _disks_json(disks)),
-            )
+        self._write(lambda db: db.execute(
+            "INSERT INTO servers(server_id, name, hostname, os, agent_version, cert_serial, registered_at,"
+            " last_heartbeat, address, disks) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            (server_id, name, hostname, os, agent_version, format(cert_serial, "x"), now, now, address,
+             _disks_json(disks)),
+        ))
 
     def record_heartbeat(self, server_id: str, *, hostname: str, os: str, agent_version: str,
                          address: str | None, disks: list[Disk], at: float) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE servers SET hostname=?, os=?, agent_version=?, address=?, disks=?, last_heartbeat=?"
-                " WHERE server_id=?",
-                (hostname, os, agent_version, address, _disks_json(disks), at, server_id),
-            )
+        self._write(lambda db: db.execute(
+            "UPDATE servers SET hostname=?, os=?, agent_version=?, address=?, disks=?, last_heartbeat=?"
+            " WHERE server_id=?",
+            (hostname, os, agent_version, address, _disks_json(disks), at, server_id),
+        ))
 
     def revoke_server(self, server_id: str) -> None:
         """Remove a server from the inventory and refuse its certificate from now on."""
-        with self._tx() as db:
+        def change(db: sqlite3.Connection) -> None:
             row = db.execute("SELECT name, cert_serial FROM servers WHERE server_id=?", (server_id,)).fetchone()
             if row is None:
                 return
@@ -144,25 +205,26 @@ class StateDB:
                        (row["cert_serial"], server_id, row["name"], time.time()))
             db.execute("DELETE FROM servers WHERE server_id=?", (server_id,))
 
+        self._write(change)
+
     def set_replication(self, server_id: str, *, replicate: bool, policy: str | None,
                         disk_sizes: list[int] | None = None) -> None:
         """Start or stop replicating; ``disk_sizes`` are the sizes the seed disks are made with."""
-        with self._tx() as db:
-            db.execute("UPDATE servers SET replicate=?, policy=?, enabled_at=?, replicated_disks=?, resync_gen=0"
-                       " WHERE server_id=?", (int(replicate), policy, time.time() if replicate else None,
-                                              json.dumps(disk_sizes) if replicate else None, server_id))
+        enabled_at = time.time() if replicate else None
+        self._write(lambda db: db.execute(
+            "UPDATE servers SET replicate=?, policy=?, enabled_at=?, replicated_disks=?, resync_gen=0"
+            " WHERE server_id=?", (int(replicate), policy, enabled_at, json.dumps(disk_sizes) if replicate else None,
+                                   server_id)))
 
     def set_policy(self, server_id: str, policy: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE servers SET policy=? WHERE server_id=?", (policy, server_id))
+        self._write(lambda db: db.execute("UPDATE servers SET policy=? WHERE server_id=?", (policy, server_id)))
 
     def request_resync(self, server_id: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE servers SET resync_gen=resync_gen+1 WHERE server_id=?", (server_id,))
+        self._write(lambda db: db.execute("UPDATE servers SET resync_gen=resync_gen+1 WHERE server_id=?",
+                                          (server_id,)))
 
     def set_max_mbps(self, server_id: str, max_mbps: float | None) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE servers SET max_mbps=? WHERE server_id=?", (max_mbps, server_id))
+        self._write(lambda db: db.execute("UPDATE servers SET max_mbps=? WHERE server_id=?", (max_mbps, server_id)))
 
     # --- policies ---------------------------------------------------------------------------
     def policies(self) -> list[Policy]:
@@ -173,10 +235,10 @@ class StateDB:
         return None if row is None else _policy(row)
 
     def add_policy(self, p: Policy) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO policies(name, rpo_threshold, retention, crash_consistent_every,"
-                       " app_consistent_every) VALUES(?,?,?,?,?)",
-                       (p.name, p.rpo_threshold, p.retention, p.crash_consistent_every, p.app_consistent_every))
+        self._write(lambda db: db.execute(
+            "INSERT INTO policies(name, rpo_threshold, retention, crash_consistent_every, app_consistent_every)"
+            " VALUES(?,?,?,?,?)", (p.name, p.rpo_threshold, p.retention, p.crash_consistent_every,
+                                   p.app_consistent_every)))
 
     def is_revoked(self, serial: int) -> bool:
         row = self._db.execute("SELECT 1 FROM revoked WHERE cert_serial=?", (format(serial, "x"),)).fetchone()
@@ -185,9 +247,9 @@ class StateDB:
     # --- events -----------------------------------------------------------------------------
     def add_event(self, severity: Severity, code: str, message: str, server: str | None = None) -> Event:
         ts = time.time()
-        with self._tx() as db:
-            cur = db.execute("INSERT INTO events(ts, severity, code, message, server) VALUES(?,?,?,?,?)",
-                             (ts, severity, code, message, server))
+        cur = self._write(lambda db: db.execute(
+            "INSERT INTO events(ts, severity, code, message, server) VALUES(?,?,?,?,?)",
+            (ts, severity, code, message, server)))
         return Event(id=int(cur.lastrowid or 0), ts=ts, severity=severity, code=code, message=message, server=server)
 
     def events(self, *, after: int = 0, limit: int = 200) -> list[Event]:

@@ -24,7 +24,7 @@ from typing import IO, NoReturn
 
 from aiohttp import web
 
-from engine import __version__
+from engine import __version__, diskspace
 from engine.admin_api import make_admin_app, make_agent_app
 from engine.agents import AGENTS, AgentSpec
 from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT, DataDir, EngineConfig
@@ -33,7 +33,7 @@ from engine.events import EventHub
 from engine.identity import ApplianceIdentity, create_secrets_and_pki
 from engine.inventory import Inventory
 from engine.listener import bind_port
-from engine.records import AgentStatus, EngineStatus, SetupInfo, to_json
+from engine.records import AgentStatus, DiskLevel, EngineStatus, SetupInfo, Severity, to_json
 from engine.replication import Replication
 from engine.state import StateDB
 
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 HEALTHY_RUN = 60.0
 DECAY = 10.0
-#: An agent whose event loop has not touched its alive file for this long is killed and restarted.
+#: An agent whose event loop has not touched its alive file for this long is killed and restarted
+#: (``GODWIT_AGENT_HUNG_AFTER`` overrides it: tests that stop an agent on purpose raise it).
 HUNG_AFTER = 20.0
 STOP_GRACE = 5.0
 
@@ -90,6 +91,7 @@ class AgentProcess:
         self.state: str = "starting"
         self.restarts = 0
         self._restarted_at: list[float] = []  # monotonic times of the restarts in the last hour
+        self._hung_after = float(os.environ.get("GODWIT_AGENT_HUNG_AFTER", HUNG_AFTER))
 
     def __repr__(self) -> str:
         return f"<AgentProcess {self.spec.name} state={self.state} pid={self.pid} restarts={self.restarts}>"
@@ -158,10 +160,13 @@ class AgentProcess:
         self._set_state("restarting")
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         if hung:
-            how = f"stopped responding for {HUNG_AFTER:.0f} s and was killed"
-        self._hub.record("warning", "agent-restarted",
-                         f"Appliance agent {self.spec.name} {how}; restarting it in {delay:g} s. "
-                         f"Its log is {self._data_dir.logs / (self.spec.name + '.log')}.")
+            how = f"stopped responding for {self._hung_after:.0f} s and was killed"
+        try:
+            self._hub.record("warning", "agent-restarted",
+                             f"Appliance agent {self.spec.name} {how}; restarting it in {delay:g} s. "
+                             f"Its log is {self._data_dir.logs / (self.spec.name + '.log')}.")
+        except EngineError as exc:  # e.g. the state database's disk is full: the restart matters more
+            log.warning("agent.restart-event-lost name=%s: %s", self.spec.name, exc)
         await asyncio.sleep(delay)
         return attempt + 1
 
@@ -170,22 +175,20 @@ class AgentProcess:
         wedged, swapped to death) for HUNG_AFTER seconds. True if it was killed for that."""
         alive = self._data_dir.alive_file(self.spec.name)
         seen, changed = None, time.monotonic()  # monotonic: a wall clock that jumps is not a hang
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await proc.wait()
-                    return False
+        exited = asyncio.ensure_future(proc.wait())
+        while not (await asyncio.wait({exited}, timeout=1.0))[0]:
             try:
                 mtime: float | None = alive.stat().st_mtime
-            except FileNotFoundError:
+            except FileNotFoundError:  # never created (e.g. a full disk): nothing to judge by
                 mtime = None
             if mtime != seen:
                 seen, changed = mtime, time.monotonic()
-            elif time.monotonic() - changed > HUNG_AFTER and not self._stopping:
+            elif mtime is not None and time.monotonic() - changed > self._hung_after and not self._stopping:
                 log.warning("agent.hung name=%s pid=%s", self.spec.name, proc.pid)
                 proc.kill()
-                await proc.wait()
+                await exited
                 return True
+        return False
 
     async def stop(self) -> None:
         self._stopping = True
@@ -222,8 +225,10 @@ class Engine:
         return f"<Engine {self.data_dir.root} agents={[a.state for a in self.agents]}>"
 
     def status(self) -> EngineStatus:
+        disk_space = self.inventory.disk_space if hasattr(self, "inventory") else None
         return EngineStatus(pid=os.getpid(), version=__version__, started_at=self.started_at,
-                            data_dir=str(self.data_dir.root), agents=tuple(a.status() for a in self.agents))
+                            data_dir=str(self.data_dir.root), agents=tuple(a.status() for a in self.agents),
+                            disk_space=disk_space)
 
     def setup_info(self) -> SetupInfo:
         fp = self._fingerprint
@@ -248,7 +253,7 @@ class Engine:
         pki = create_secrets_and_pki(self.data_dir, self.identity, store)
         self._fingerprint = pki.ca_fingerprint()
         self._secret_store_text = store.describe()
-        self.state = StateDB(self.data_dir.state_db)
+        self.state = StateDB(self.data_dir.state_db, reserve_bytes=diskspace.STATE_RESERVE)
         self.hub = EventHub(self.state)
         mgmt = self.config.management_port or int(self.state.get_meta("management_port") or DEFAULT_MANAGEMENT_PORT)
         data = self.config.data_port or int(self.state.get_meta("data_port") or DEFAULT_DATA_PORT)
@@ -291,6 +296,49 @@ class Engine:
         os.chmod(path, 0o600)
         return runner
 
+    def _record_quietly(self, severity: Severity, code: str, message: str) -> bool:
+        """Record an engine event; on a full disk log it instead (the engine goes on). True if recorded."""
+        try:
+            self.hub.record(severity, code, message)
+        except EngineError as exc:
+            log.warning("event.not-recorded code=%s: %s", code, exc)
+            return False
+        return True
+
+    async def _watch_disk_space(self) -> None:
+        """Measure the data directory's file system every few seconds (see engine/diskspace.py): the
+        level goes to the engine status and to the replicating servers' health; each change of level is
+        one event (recorded as soon as the state database has room for it); and the state database's
+        reserve is created again once the file system is out of the full level."""
+        root = self.data_dir.root
+        mount = await asyncio.to_thread(diskspace.mount_point, root)
+        events: dict[DiskLevel, tuple[Severity, str]] = {
+            "ok": ("info", "disk-space-ok"), "warning": ("warning", "disk-space-low"),
+            "critical": ("error", "disk-space-critical"), "full": ("error", "disk-full")}
+        level: DiskLevel = "ok"
+        noted: DiskLevel = "ok"  # the level the last event was about
+        while True:
+            try:
+                space = await asyncio.to_thread(diskspace.measure, root, mount=mount, previous=level)
+                changed, level = space.level != level, space.level
+                self.inventory.disk_space = space
+                if changed:
+                    log.info("disk-space.level level=%s mount=%s free=%s size=%s", level, mount, space.free_bytes,
+                             space.size_bytes)
+                    self._publish_engine()
+                if level != "full" and not self.state.reserve.held and \
+                        await asyncio.to_thread(self.state.keep_reserve):
+                    log.info("state.reserve-created path=%s", self.state.reserve.path)
+                if level != noted:
+                    severity, code = events[level]
+                    message = space.detail or diskspace.describe(root, mount, space.free_bytes, space.size_bytes,
+                                                                 "ok")
+                    if self._record_quietly(severity, code, message):
+                        noted = level
+            except Exception:  # a bug, or a file system gone: keep watching
+                log.exception("disk-space.watch-failed")
+            await asyncio.sleep(diskspace.CHECK_EVERY)
+
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] = print) -> None:
         """Serve until ``stop`` is set, then stop the agents and close everything.
 
@@ -306,9 +354,9 @@ class Engine:
             tasks = [asyncio.create_task(a.run(), name=a.spec.name) for a in self.agents]
             tasks.append(asyncio.create_task(self.inventory.watch_health(), name="health"))
             runners.append(await self._start_unix_site(make_admin_app(self), self.data_dir.admin_socket))
-            self.hub.record("info", "engine-started",
-                            f"Engine {__version__} started: management port {self.management_port}, "
-                            f"data port {self.data_port}.")
+            self._record_quietly("info", "engine-started", f"Engine {__version__} started: management port "
+                                 f"{self.management_port}, data port {self.data_port}.")
+            tasks.append(asyncio.create_task(self._watch_disk_space(), name="disk-space"))
             on_ready(f"Godwit engine running for {self.data_dir.root} (pid {os.getpid()}): management port "
                      f"{self.management_port}, data port {self.data_port}, admin socket {self.data_dir.admin_socket}.")
             await stop.wait()
@@ -318,7 +366,7 @@ class Engine:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.hub.record("info", "engine-stopped", "Engine stopped.")
+            self._record_quietly("info", "engine-stopped", "Engine stopped.")
             self.hub.close()
             for runner in reversed(runners):
                 await runner.cleanup()

@@ -308,9 +308,13 @@ def replicating(app: Appliance, name: str, size: int, *, seed: int, **policy: st
     disk = app.root / f"{name}.img"
     fill_disk(disk, size, seed=seed)
     mob = Mobility(app, name, disks=[disk]).start()
-    wait_for(lambda: app.servers().get(name), what=f"{name} to register")
-    app.enable(name, **policy)
-    wait_for(lambda: app.servers()[name]["state"] == "protected", timeout=60, what=f"{name} to be protected")
+    try:
+        wait_for(lambda: app.servers().get(name), what=f"{name} to register")
+        app.enable(name, **policy)
+        wait_for(lambda: app.servers()[name]["state"] == "protected", timeout=60, what=f"{name} to be protected")
+    except BaseException:
+        mob.stop()  # not left running for a later test to trip over
+        raise
     return mob, disk
 
 

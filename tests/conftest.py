@@ -35,3 +35,13 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> object:
     app.start()
     yield app
     app.stop()
+
+
+@pytest.fixture
+def patient_appliance(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Like ``appliance``, for tests that stop an agent (SIGSTOP) on purpose to hold the data path
+    still: its watchdog waits 10 minutes before it restarts an agent that does not answer."""
+    app = Appliance(tmp_path_factory.mktemp("appliance"))
+    app.start(env={"GODWIT_AGENT_HUNG_AFTER": "600"})
+    yield app
+    app.stop()

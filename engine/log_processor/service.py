@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zstandard
@@ -32,6 +34,7 @@ from engine.client import UnixJsonClient
 from engine.codec import Block, SegmentCorrupt, SegmentIdent, open_segment
 from engine.config import DataDir
 from engine.errors import ConfigError, EngineError
+from engine.files import write_atomically
 from engine.identity import ApplianceIdentity
 from engine.keys import DataKeys, master_key
 from engine.protocol import BatchHeader, Bookmark, Kind
@@ -49,6 +52,35 @@ SLICE = 0.25
 PAUSE_RETRY = (2.0, 4.0, 8.0, 15.0)
 _KINDS = {Bookmark.CRASH_POINT: "crash-consistent", Bookmark.APP_POINT: "app-consistent",
           Bookmark.INCONSISTENT_POINT: "not-crash-consistent"}
+
+
+class SteadyClock:
+    """Wall-clock seconds that advance only with the machine's boot clock (CLOCK_BOOTTIME), so a wall
+    clock stepped forward or back does not move them. Anchored once per boot in a file, so a restarted
+    log processor keeps the same clock; a reboot anchors it anew."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            boot_id = ""
+        try:
+            anchor = json.loads(path.read_text())
+            if anchor["boot_id"] == boot_id and boot_id:
+                self._wall, self._boot = float(anchor["wall"]), float(anchor["boottime"])
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        self._wall, self._boot = time.time(), time.clock_gettime(time.CLOCK_BOOTTIME)
+        with contextlib.suppress(OSError):  # without it, only this process keeps the clock
+            write_atomically(path, json.dumps({"boot_id": boot_id, "wall": self._wall,
+                                               "boottime": self._boot}).encode())
+
+    def __repr__(self) -> str:
+        return f"<SteadyClock now={self.now():.0f} wall={time.time():.0f}>"
+
+    def now(self) -> float:
+        return self._wall + time.clock_gettime(time.CLOCK_BOOTTIME) - self._boot
 
 
 @dataclass
@@ -88,11 +120,13 @@ class LogProcessor:
         self.cache = open_local_cache(data_dir.cache)
         self.link = UnixJsonClient(data_dir.agent_socket, what="The engine supervisor is not reachable.")
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="apply")
+        for _ in range(WORKERS):  # start the workers now: later, short of memory, a new thread may not start
+            self.pool.submit(time.sleep, 0.05)
         self.jobs: dict[tuple[str, int], DiskJob] = {}
         self._drivers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._servers: dict[str, asyncio.Lock] = {}
         self._local = threading.local()
-        self._started_wall, self._started_mono = time.time(), time.monotonic()
+        self._steady = SteadyClock(data_dir.run_dir / "steady-clock.json")
         self.out_of_memory = False
 
     def __repr__(self) -> str:
@@ -116,7 +150,6 @@ class LogProcessor:
                 self.jobs[key].resync_gen = int(s.get("resync_gen", 0))
         for key in set(self.jobs) - wanted:
             self._drop(key)
-        self._sweep({s["server_id"]: int(s["epoch"]) for s in servers})
 
     def _drop(self, key: tuple[str, int]) -> None:
         del self.jobs[key]
@@ -145,17 +178,28 @@ class LogProcessor:
         """Runs in the pool: apply the acknowledged segments that are next in order, for about
         ``budget`` seconds. Returns (anything changed, more is waiting)."""
         target = job.target
-        # A refusal waits for a resync asked for after it; that resync mends it: everything before
-        # the resync's first segment is stepped over (its full pass rewrites every block).
-        mending = bool(target.refused_seq) and job.resync_gen > target.refused_gen
-        if target.refused_seq and not mending:
-            if job.error is None:
-                job.fail("segment-corrupt", f"Segment {target.refused_seq} of disk {job.disk} was refused and set "
-                         "aside; resync this server.")
+        try:
+            with target.locked(blocking=False):  # an export holds it: come back to this disk later
+                self._prune(job)  # first: on a full disk, what the retention lets go makes room
+                return self._apply_locked(job, budget)
+        except BlockingIOError:
             return False, False
-        if job.error_code == "segment-corrupt" and mending:
-            job.clear()
-            log.info("resync.mending server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
+        finally:
+            job.points = target.points()
+
+    def _apply_locked(self, job: DiskJob, budget: float) -> tuple[bool, bool]:
+        target = job.target
+        if target.refused_seq:
+            # After a refusal every segment is stepped over until the first one of a resync pass that
+            # began after it (a later generation than the stream had reached): that pass rewrites every
+            # block. Until the admin asks for that resync, the disk is in error.
+            if job.resync_gen <= target.refused_gen:
+                if job.error is None:
+                    job.fail("segment-corrupt", f"Segment {target.refused_seq} of disk {job.disk} was refused and "
+                             "set aside; resync this server.")
+            elif job.error_code == "segment-corrupt":
+                job.clear()
+                log.info("resync.mending server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
         changed = False
         acked = self.cache.acked_seq(job.replica, job.disk)
         present = set(self.cache.segments(job.replica, job.disk))
@@ -167,39 +211,37 @@ class LogProcessor:
                 return changed, True
             seq = target.applied_seq + 1
             header, blocks, refusal = self._open(job, seq, present)
-            if mending and (header is None or not _starts_resync(header, job.resync_gen)):
-                target.skip(seq)  # before the mending resync began: its pass rewrites these blocks
+            if target.refused_seq and (header is None or not _starts_resync(header, after=target.refused_gen)):
+                target.skip(seq)
                 self.cache.delete_segment(job.replica, job.disk, seq)
                 log.info("segment.skipped server=%s disk=%s seq=%s reason=%s", job.server_id, job.disk, seq,
-                         refusal or "before the resync")
+                         refusal or "before the mending resync")
                 changed = True
                 continue
             if header is None:
                 job.fail("segment-corrupt", f"{refusal} It was not applied; resync this server.")
-                target.refuse(seq, job.resync_gen)
+                target.refuse(seq, target.resync_seen)
                 log.error("segment.refused server=%s disk=%s seq=%s: %s", job.server_id, job.disk, seq, refusal)
                 return True, False
-            if mending:
+            if target.refused_seq:
                 target.mended()
-                mending = False
+                if job.error_code == "segment-corrupt":  # the pass may come before we learn it was asked for
+                    job.clear()
                 log.info("resync.mended server=%s disk=%s seq=%s", job.server_id, job.disk, seq)
-            resync_done = header.initial_done if header.kind == Kind.RESYNC and header.bookmark else None
+            resync_pass = header.initial_done if header.kind == Kind.RESYNC else None
+            resync_done = resync_pass if header.bookmark else None
             point = None
             # No point while a resync is under way: the disk is a mix until the pass completes.
             if header.bookmark in _KINDS and max(target.resync_done, resync_done or 0) >= job.resync_gen:
                 point = PointInfo(id=header.cycle, created_at=time.time(), kind=_KINDS[header.bookmark],
                                   source_time=header.source_time)
-            try:
-                with target.locked(blocking=False):  # an export holds it: come back to this disk later
-                    target.apply(seq, blocks, point=point, resync_done=resync_done)
-                    self._prune(job)
-            except BlockingIOError:
-                break
+            target.apply(seq, blocks, point=point, resync_pass=resync_pass, resync_done=resync_done)
+            if point is not None:
+                self._prune(job)
             if header.bookmark != Bookmark.NONE:
                 job.bookmark_time = min(time.time(), header.source_time or time.time())
             self.cache.delete_segment(job.replica, job.disk, seq)
             changed = True
-        job.points = job.target.points()
         return changed, False
 
     def _open(self, job: DiskJob, seq: int, present: set[int]) -> tuple[BatchHeader | None, list[Block], str]:
@@ -221,12 +263,11 @@ class LogProcessor:
         return header, blocks, ""
 
     def _prune(self, job: DiskJob) -> None:
-        """Delete points older than the retention. A point must be that old by the wall clock *and* by a
-        clock that only moves as fast as monotonic time since this process started: a clock that jumps
-        forward (or back, for points stamped after it) makes points live longer, never shorter."""
+        """Delete points older than the retention. A point must be that old by the wall clock *and* by the
+        steady clock: a wall clock that jumps forward (or back, for points stamped after it) makes points
+        live longer, never shorter."""
         points = job.target.points()
-        now = time.time()
-        steady = self._started_wall + (time.monotonic() - self._started_mono)
+        now, steady = time.time(), self._steady.now()
         while len(points) > 1 and now - points[0].created_at > job.retention \
                 and steady - points[0].created_at > job.retention:
             job.target.delete_point(points[0].id)
@@ -254,41 +295,49 @@ class LogProcessor:
         return delay
 
     async def _drive(self, job: DiskJob, stop: asyncio.Event) -> None:
-        """Apply one disk's segments, a slice at a time, for as long as it replicates."""
-        loop = asyncio.get_running_loop()
+        """Apply one disk's segments, a slice at a time, for as long as it replicates. Never ends on
+        an error but running out of memory (then the whole agent ends and a fresh one starts)."""
         server = self._servers.setdefault(job.server_id, asyncio.Lock())
         while not stop.is_set():
-            wait = POLL
             try:
-                async with server:  # one worker per server at most: the others keep theirs
-                    changed, more = await loop.run_in_executor(self.pool, self.apply_pending, job)
-                if job.error_code in ("target-full", "target-unwritable"):
-                    log.info("apply.resumed server=%s disk=%s", job.server_id, job.disk)
-                    job.clear()
-                    changed = True
-                job.pauses = 0
-                job.dirty |= changed
-                wait = 0 if more else POLL
-            except FileNotFoundError:
-                wait = REFRESH  # its files went away under us: disabled, the next refresh drops it
-            except OSError as exc:
-                wait = self._paused(job, exc)
-            except EngineError as exc:
-                log.warning("log-processor: %s", exc)
-                wait = 1.0
-            except MemoryError:  # nothing here frees memory: end the process, the supervisor starts a fresh one
+                wait = await self._slice(job, server)
+                if job.dirty:
+                    with contextlib.suppress(EngineError):
+                        await self.report(job)
+            except MemoryError:  # nothing here frees memory
                 self.out_of_memory = True
                 stop.set()
                 return
-            if job.dirty:
-                with contextlib.suppress(EngineError):
-                    await self.report(job)
+            except Exception:  # a bug: said once with its traceback, then the disk is tried again
+                log.exception("apply.failed server=%s disk=%s", job.server_id, job.disk)
+                wait = PAUSE_RETRY[-1]
             if wait:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await stop.wait()
             else:
                 await asyncio.sleep(0)  # a turn for the others' reports
+
+    async def _slice(self, job: DiskJob, server: asyncio.Lock) -> float:
+        """One slice of work on a disk; returns how long to wait before the next."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with server:  # one worker per server at most: the others keep theirs
+                changed, more = await loop.run_in_executor(self.pool, self.apply_pending, job)
+        except FileNotFoundError:
+            return REFRESH  # its files went away under us: disabled, the next refresh drops it
+        except OSError as exc:
+            return self._paused(job, exc)
+        except EngineError as exc:
+            log.warning("log-processor: %s", exc)
+            return 1.0
+        if job.error_code in ("target-full", "target-unwritable"):
+            log.info("apply.resumed server=%s disk=%s", job.server_id, job.disk)
+            job.clear()
+            changed = True
+        job.pauses = 0
+        job.dirty |= changed
+        return 0 if more else POLL
 
     async def report(self, job: DiskJob) -> None:
         payload = {"server_id": job.server_id, "disk": job.disk, "applied_seq": job.target.applied_seq,
@@ -302,9 +351,13 @@ class LogProcessor:
         try:
             while not stop.is_set():
                 try:
-                    self.refresh(await self.link.request("GET", "/agent/replicating"))
+                    servers = await self.link.request("GET", "/agent/replicating")
+                    self.refresh(servers)
+                    # Deleting what earlier enablings left can take a while: not on this loop.
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.pool, self._sweep, {s["server_id"]: int(s["epoch"]) for s in servers})
                     for key, job in self.jobs.items():
-                        if key not in self._drivers:
+                        if key not in self._drivers or self._drivers[key].done():
                             self._drivers[key] = asyncio.create_task(self._drive(job, stop),
                                                                      name=f"apply-{key[0]}-{key[1]}")
                 except EngineError as exc:
@@ -320,9 +373,9 @@ class LogProcessor:
             await asyncio.gather(*self._drivers.values(), return_exceptions=True)
 
 
-def _starts_resync(header: BatchHeader, generation: int) -> bool:
-    """Whether a segment belongs to the full pass of resync ``generation`` (or a later one)."""
-    return bool(header.kind == Kind.RESYNC and header.initial_done >= generation)
+def _starts_resync(header: BatchHeader, *, after: int) -> bool:
+    """Whether a segment belongs to the full pass of a resync of a generation later than ``after``."""
+    return bool(header.kind == Kind.RESYNC and header.initial_done > after)
 
 
 async def serve(ctx: AgentContext) -> None:

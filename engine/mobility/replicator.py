@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ApplianceUnreachable, EngineError, ProtocolError, from_code
+from engine.errors import ApplianceUnreachable, EngineError, FingerprintMismatch, ProtocolError, Revoked, from_code
 from engine.mobility import consistency
 from engine.mobility.sources import Captured, Reader, SourceDisk, TrackedDevice, WindowOverrun, Work, open_disk
 from engine.mobility.tracking import remove_stale_instances
@@ -57,6 +57,16 @@ MAX_PASSES = 6
 WINDOW_ATTEMPTS = 2
 #: How long writers may be held up for a point, by default.
 FREEZE_BUDGET = 0.2
+
+
+def retryable(exc: EngineError) -> bool:
+    """Worth trying again later: the appliance was not reached, or it reported trouble of its own
+    (5xx: its engine restarting, its disk or cache full, an internal error). A refusal that only the
+    admin can undo (a revoked registration, a wrong passphrase or name, a batch that is not the
+    protocol) or a wrong identity (a CA other than the pinned one) is not."""
+    if isinstance(exc, Revoked | FingerprintMismatch):
+        return False
+    return isinstance(exc, ApplianceUnreachable) or exc.status >= 500
 
 
 @dataclass
@@ -238,6 +248,10 @@ class Replicator(threading.Thread):
         self._seq: dict[int, int] = {}
         self._last_point = 0.0
         self.error: EngineError | None = None
+        #: Why this replicator stopped on a source disk it could not read (None: it did not).
+        self.read_failure: str | None = None
+        #: Delta cycles completed: one means the disks are being read again.
+        self.cycles_done = 0
         #: Batches read and encoded, waiting for the sender thread (2: one in flight, one ready).
         self._outbox: queue.Queue[tuple[int, bytes, Tracker, dict[int, bytes], int]] = queue.Queue(maxsize=2)
         self._sender_error: Exception | None = None
@@ -254,48 +268,70 @@ class Replicator(threading.Thread):
 
     # --- HTTPS to the data port -------------------------------------------------------------------
     def _request(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
-        if self._conn is None:
-            self._conn = http.client.HTTPSConnection(self.host, self.desired.data_port, context=self.context,
-                                                     timeout=120)
-        try:
-            headers = {"X-Godwit-Epoch": str(self.desired.epoch)}
-            if body is not None:
-                headers["Content-Type"] = "application/octet-stream"
-            self._conn.request(method, path, body=body, headers=headers)
-            resp = self._conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._conn.close()
-            self._conn = None
-            raise ApplianceUnreachable(f"data port {self.host}:{self.desired.data_port}: "
-                                       f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from exc
+        headers = {"X-Godwit-Epoch": str(self.desired.epoch)}
+        if body is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        for fresh in (False, True):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(self.host, self.desired.data_port, context=self.context,
+                                                         timeout=120)
+            try:
+                self._conn.request(method, path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                raw = resp.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self._conn.close()
+                self._conn = None
+                # The appliance closes a keep-alive connection that idled: the request never reached it,
+                # so sending it once more on a new connection is not a retry worth a line.
+                closed_while_idle = isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError |
+                                               BrokenPipeError)
+                if reused and closed_while_idle and not fresh:
+                    continue
+                raise ApplianceUnreachable(f"data port {self.host}:{self.desired.data_port}: "
+                                           f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from exc
         try:
             data = json.loads(raw)
         except ValueError as exc:
+            if resp.status >= 500:  # e.g. a proxy in between whose upstream is down
+                raise ApplianceUnreachable(f"data port {self.host}:{self.desired.data_port} answered "
+                                           f"{resp.status}") from exc
             raise ProtocolError(f"The data port answered {resp.status} without JSON.") from exc
         if resp.status >= 400:
-            if resp.getheader("Connection", "").lower() == "close":
+            if resp.getheader("Connection", "").lower() == "close" and self._conn is not None:
                 self._conn.close()
                 self._conn = None
-            raise from_code(str(data.get("code")), str(data.get("message")))
+            error = from_code(str(data.get("code")), str(data.get("message")))
+            if resp.status < 500 and error.status >= 500:  # a refusal this version has no class for
+                raise ProtocolError(f"The data port refused the request ({resp.status} {data.get('code')}): "
+                                    f"{error.message}")
+            raise error
         return data  # type: ignore[no-any-return]
 
     def _post(self, disk: int, body: bytes) -> dict[str, Any]:
-        """Send one batch until it is acknowledged (retrying what is worth retrying)."""
+        """Send one batch until it is acknowledged: what is :func:`retryable` (the appliance busy, its
+        disk or cache full, an internal error, unreachable) is sent again with a growing wait, one line
+        each time saying why; a refusal raises."""
         attempt = 0
         while not self.stop.is_set():
             self.rate.mbps = self.desired.max_mbps
             self.rate.wait(len(body), self.stop)
             try:
-                return self._request("POST", f"/v1/streams/{disk}/batches", body)
-            except ApplianceUnreachable as exc:
-                log.warning("%s; retrying", exc)
+                result = self._request("POST", f"/v1/streams/{disk}/batches", body)
             except EngineError as exc:
-                if exc.code not in ("cache-full", "engine-not-running"):
+                if not retryable(exc):
                     raise
-                log.warning("appliance busy (%s); retrying", exc.code)
-            self.stop.wait(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
-            attempt += 1
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                log.warning("disk %d: batch not taken (%s): %s. Retrying in %.1f s.", disk, exc.code,
+                            str(exc).rstrip("."), delay)
+                self.stop.wait(delay)
+                attempt += 1
+                continue
+            if attempt:
+                log.info("disk %d: the appliance takes batches again", disk)
+            return result
         raise InterruptedError
 
     def _batch(self, disk: int, kind: Kind, bookmark: Bookmark, cycle: int, initial_done: int,
@@ -382,7 +418,10 @@ class Replicator(threading.Thread):
             else:
                 view = memoryview(buf)[:length]
                 began = time.perf_counter()
-                got = reader(off, view)
+                try:
+                    got = reader(off, view)
+                except OSError as exc:  # say which disk: the admin has to look at it
+                    raise OSError(exc.errno, exc.strerror, self.disks[disk]) from exc
                 if reader == self.sources[disk].read:  # the disk itself, not memory or a clone
                     self._read_rate.add(got, time.perf_counter() - began)
                 if got < length:
@@ -593,8 +632,10 @@ class Replicator(threading.Thread):
                 try:
                     streams = {d["disk"]: d for d in self._request("GET", "/v1/streams")["disks"]}
                     break
-                except ApplianceUnreachable as exc:
-                    log.warning("%s; retrying", exc)
+                except EngineError as exc:
+                    if not retryable(exc):
+                        raise
+                    log.warning("stream state not read (%s): %s; retrying", exc.code, str(exc).rstrip("."))
                     self.stop.wait(2.0)
             for i, size in enumerate(self.desired.disk_sizes):
                 tracker = Tracker(self.tracking_dir(self.state_dir, self.desired.epoch) / f"disk{i}.digests", size)
@@ -628,6 +669,7 @@ class Replicator(threading.Thread):
                     continue
                 sent = self._cycle(trackers, self._bookmark(started), cycle)
                 self._drain()
+                self.cycles_done += 1
                 log.debug("delta cycle %d: %d bytes in %.3f s", cycle, sent, time.time() - started)
                 interval = min(MAX_CYCLE_INTERVAL, float(self.desired.policy.get("crash_consistent_every", 300)))
                 self.stop.wait(max(0.0, interval - (time.time() - started)))
@@ -637,8 +679,9 @@ class Replicator(threading.Thread):
             self.error = exc
             log.error("replication stopped: %s", exc)
         except OSError as exc:  # a disk that vanished or cannot be read; the next heartbeat restarts us
-            log.error("replication stopped: %s: %s", getattr(exc, "filename", None) or "a source disk",
-                      exc.strerror or exc)
+            self.read_failure = f"reading {getattr(exc, 'filename', None) or 'a source disk'} failed " \
+                f"({exc.strerror or exc})"
+            log.error("replication stopped: %s", self.read_failure)
         except Exception:  # a bug: logged with its traceback; the next heartbeat restarts replication
             log.exception("replication stopped by an internal error")
         finally:

@@ -25,6 +25,7 @@ from engine import __version__
 from engine.errors import (
     ApplianceUnreachable,
     BadInput,
+    EngineError,
     FingerprintMismatch,
     ProtocolError,
     from_code,
@@ -32,7 +33,7 @@ from engine.errors import (
 from engine.files import write_atomically
 from engine.manager.requests import MAX_NOTICES
 from engine.mobility.consistency import Freezer
-from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks
+from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks, retryable
 from engine.mobility.sources import describe
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
 
@@ -119,6 +120,8 @@ class MobilityService:
         self.heartbeat_interval = 5.0
         self.data_port: int | None = None
         self.replicator: Replicator | None = None
+        #: A source disk that could not be read stopped replication (None: reading works).
+        self.read_failure: str | None = None
         self.freeze_budget = freeze_budget
         self._described: dict[str, dict[str, str]] = {}
         self._notices: list[dict[str, str]] = []
@@ -184,6 +187,14 @@ class MobilityService:
                                  "disks": disks, "notices": notices}
         if sources:
             facts["points"] = _clipped(self.replicator.capture.facts())  # type: ignore[union-attr]
+        if self.read_failure is not None:
+            if replicator is not None and replicator.is_alive() and replicator.cycles_done:
+                log.info("the source disks are read again")
+                self.read_failure = None
+            else:
+                facts["points"] = _clipped({**facts.get("points", {}), "deferred":
+                                            f"Recovery points are deferred: {self.read_failure}. The mobility "
+                                            "service retries by itself; check the source disk."})
         return facts
 
     def _sent(self, facts: dict[str, Any]) -> None:
@@ -228,30 +239,45 @@ class MobilityService:
         status, raw = self._request(ctx, "POST", path, body)
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
         except ValueError as exc:
+            if status >= 500:  # e.g. a proxy in between whose upstream is down
+                raise ApplianceUnreachable(f"{self.host}:{self.port} answered {status}.") from exc
             raise ProtocolError(f"{self.host}:{self.port} answered {status} without JSON: is this the "
                                 "appliance's management port?") from exc
         if status >= 400:
             if status >= 500 and data.get("code") == "engine-not-running":
                 raise ApplianceUnreachable("The appliance's engine is restarting.")
-            raise from_code(str(data.get("code")), str(data.get("message")))
-        return data  # type: ignore[no-any-return]
+            error = from_code(str(data.get("code")), str(data.get("message")))
+            if status < 500 and error.status >= 500:  # a refusal this version has no class for: still a refusal
+                raise ProtocolError(f"{self.host}:{self.port} refused the request ({status} {data.get('code')}): "
+                                    f"{error.message}")
+            raise error
+        return data
 
     # --- the service ---------------------------------------------------------------------------------
     def _retrying(self, what: str, fn: Any) -> Any:
-        """Call ``fn`` until it does not raise :class:`ApplianceUnreachable`; None when stopped."""
+        """Call ``fn`` until it succeeds or raises an error that is not :func:`retryable`; None when
+        stopped. Each failure is one line that says why, and the wait grows up to RETRY_DELAYS[-1]."""
         attempt = 0
+        unreachable = False
         while not self.stop.is_set():
             try:
                 result = fn()
-            except ApplianceUnreachable as exc:
+            except EngineError as exc:
+                if not retryable(exc):
+                    raise
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 attempt += 1
+                unreachable = isinstance(exc, ApplianceUnreachable)
                 log.warning("%s: %s Retrying in %.0f s.", what, exc, delay)
                 self.stop.wait(delay)
                 continue
-            if attempt:
+            if attempt and unreachable:
                 log.info("%s: the appliance %s:%d is reachable again.", what, self.host, self.port)
+            elif attempt:
+                log.info("%s: the appliance %s:%d accepted it again.", what, self.host, self.port)
             return result
         return None
 
@@ -319,6 +345,11 @@ class MobilityService:
                 self.replicator.desired.data_port == desired.data_port:
             self.replicator.desired = desired  # policy and bandwidth cap apply live
             return
+        failure = self.replicator.read_failure if self.replicator is not None else None
+        if failure is not None and failure != self.read_failure:  # once per failure, not per restart
+            self.notify("warning", "source-read-failed", f"Replication stopped: {failure}. It restarts by itself; "
+                        "check the source disk.")
+        self.read_failure = failure or self.read_failure
         self._stop_replicator()
         ca_pem = (self.state_dir / "ca.crt").read_bytes()
         self.replicator = Replicator(host=self.host, state_dir=self.state_dir, disks=self.disks,
@@ -353,7 +384,9 @@ class MobilityService:
             self.replicator = None
 
     def run(self) -> None:
-        """Register if needed, then heartbeat until stopped. Raises :class:`EngineError` on refusal."""
+        """Register if needed, then heartbeat until stopped. Trouble the appliance reports (5xx) is
+        retried for as long as it lasts; raises :class:`EngineError` only on a refusal (a revoked
+        registration, a wrong passphrase or name) or a wrong identity (see :func:`retryable`)."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for mount in Freezer(self.state_dir / "frozen.json").thaw_leftovers():
             self.notify("warning", "thawed", f"{mount} was left frozen by a mobility service that was killed; "

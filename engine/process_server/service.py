@@ -22,6 +22,7 @@ from typing import Any
 import zstandard
 from aiohttp import web
 
+from engine import diskspace
 from engine.agents import AgentContext
 from engine.client import UnixJsonClient
 from engine.codec import SegmentIdent, seal
@@ -67,6 +68,9 @@ class ProcessServer:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="process")
         self.cache_limit = int(os.environ.get("GODWIT_CACHE_LIMIT_MB", DEFAULT_CACHE_LIMIT_MB)) * 1024 * 1024
         self.cache_used = 0
+        #: Where the cache lives: batches are refused before its file system is down to its reserve.
+        self.cache_root = ctx.data_dir.cache
+        self.cache_mount = diskspace.mount_point(ctx.data_dir.cache)
         self._auth: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._reports: dict[tuple[str, int], dict[str, Any]] = {}
@@ -135,19 +139,37 @@ class ProcessServer:
             if self.cache_used >= self.cache_limit:  # admitted while below: a batch may be larger than the limit
                 self._report(server_id, disk, state, cache_full=True)
                 raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
+            try:
+                # Before the disk is full, not when it is: the log processor, the state database and the
+                # logs need room too (statvfs is cheap enough to ask per batch).
+                diskspace.check_room(self.cache_root, self.cache_mount, len(body))
+            except CacheFull as exc:
+                self._report(server_id, disk, state, cache_full=True)
+                self._reports[(server_id, disk)]["cache_full_detail"] = exc.message  # the admin sees why
+                raise
             loop = asyncio.get_running_loop()
             segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, state.epoch, expected, body,
                                                          disk, size)
-            await loop.run_in_executor(self.pool, self.cache.put_segment, replica(server_id, state.epoch), disk,
-                                       expected, segment)
-            self.cache_used += len(segment)
-            initial_done = max(state.initial_done, header.initial_done) if header.kind == Kind.INITIAL \
-                else state.initial_done
-            new = StreamState(epoch=state.epoch, acked_seq=expected, initial_done=initial_done,
-                              initial_complete=state.initial_complete or (
-                                  header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
-                              bytes_received=state.bytes_received + len(body))
-            await loop.run_in_executor(self.pool, self.streams.save, server_id, disk, new)
+            try:
+                await loop.run_in_executor(self.pool, self.cache.put_segment, replica(server_id, state.epoch), disk,
+                                           expected, segment)
+                self.cache_used += len(segment)
+                initial_done = max(state.initial_done, header.initial_done) if header.kind == Kind.INITIAL \
+                    else state.initial_done
+                new = StreamState(epoch=state.epoch, acked_seq=expected, initial_done=initial_done,
+                                  initial_complete=state.initial_complete or (
+                                      header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
+                                  bytes_received=state.bytes_received + len(body))
+                await loop.run_in_executor(self.pool, self.streams.save, server_id, disk, new)
+            except OSError as exc:
+                # Another writer took the room meanwhile. Nothing is acknowledged: a segment written
+                # without its stream state is replaced when the batch is sent again.
+                if not diskspace.is_no_space(exc):
+                    raise
+                refusal = diskspace.out_of_space(self.cache_root, self.cache_mount)
+                self._report(server_id, disk, state, cache_full=True)
+                self._reports[(server_id, disk)]["cache_full_detail"] = refusal.message
+                raise refusal from exc
         log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, expected, len(body))
         self._report(server_id, disk, new, cache_full=False)
         return web.json_response(asdict(new))
@@ -172,11 +194,12 @@ class ProcessServer:
             except OSError as exc:  # keep the last figure; never let back-pressure stick
                 log.warning("cache.size-unknown %s", exc)
             reports, self._reports = self._reports, {}
-            for report in reports.values():
+            for key, report in reports.items():
                 try:
                     await self.link.request("POST", "/agent/received", report)
-                except EngineError as exc:
+                except EngineError as exc:  # e.g. the engine restarting, or its disk full: sent again next time
                     log.warning("report.failed %s", exc)
+                    self._reports.setdefault(key, report)  # unless a newer one came meanwhile
 
 
 async def serve(ctx: AgentContext) -> None:

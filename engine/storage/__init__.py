@@ -54,9 +54,12 @@ class TargetDisk(Protocol):
     refused_seq: int
     refused_gen: int
     resync_done: int
+    #: The latest resync generation whose pass had segments applied (where the stream stands).
+    resync_seen: int
 
     def refuse(self, seq: int, generation: int) -> None:
-        """Remember durably that segment ``seq`` was refused while ``generation`` was the resync in force."""
+        """Remember durably that segment ``seq`` was refused while the stream stood in resync pass
+        ``generation`` (0: none yet): only a later pass mends it."""
 
     def skip(self, seq: int) -> None:
         """Step over segment ``seq`` without applying it (durable): a resync that mends a refusal
@@ -69,9 +72,10 @@ class TargetDisk(Protocol):
         """Exclusive use across processes: the log processor while applying, an export while reading."""
 
     def apply(self, seq: int, blocks: list[Block], *, point: PointInfo | None = None,
-              resync_done: int | None = None) -> None:
-        """Write a segment's blocks; durable, and idempotent if repeated after a crash. The point and
-        the completed resync generation are recorded atomically with ``applied_seq``."""
+              resync_pass: int | None = None, resync_done: int | None = None) -> None:
+        """Write a segment's blocks; durable, and idempotent if repeated after a crash. The point, the
+        resync pass the segment belongs to and the resync generation it completes are recorded
+        atomically with ``applied_seq``."""
 
     def points(self) -> list[PointInfo]: ...
 

@@ -136,6 +136,8 @@ class LocalTargetDisk:
         self.refused_gen = int(meta.get("refused_gen", 0))
         #: The last resync generation fully applied.
         self.resync_done = int(meta.get("resync_done", 0))
+        #: The latest resync generation that had segments applied.
+        self.resync_seen = int(meta.get("resync_seen", self.resync_done))
         self._points = [PointInfo(**p) for p in meta.get("points", [])]
         self._seed = root / "seed.img"
         if not self._seed.exists():
@@ -163,7 +165,7 @@ class LocalTargetDisk:
     def _save_meta(self) -> None:
         meta = {"size": self.size, "applied_seq": self.applied_seq, "refused_seq": self.refused_seq,
                 "refused_gen": self.refused_gen,
-                "resync_done": self.resync_done,
+                "resync_done": self.resync_done, "resync_seen": self.resync_seen,
                 "points": [p.__dict__ for p in self._points]}
         write_atomically(self._meta_path, json.dumps(meta).encode())
 
@@ -190,7 +192,7 @@ class LocalTargetDisk:
         return index
 
     def apply(self, seq: int, blocks: list[Block], *, point: PointInfo | None = None,
-              resync_done: int | None = None) -> None:
+              resync_pass: int | None = None, resync_done: int | None = None) -> None:
         """Write a segment's blocks durably; then, in the same metadata write as ``applied_seq``, the
         point its bookmark takes and the resync generation it completes (so a crash never keeps one
         without the other)."""
@@ -216,6 +218,8 @@ class LocalTargetDisk:
             write_atomically(self._undo_path(point.id), b"")
             self._points.append(point)
             self._saved = set()
+        if resync_pass is not None:
+            self.resync_seen = max(self.resync_seen, resync_pass)
         if resync_done is not None:
             self.resync_done = max(self.resync_done, resync_done)
         self.applied_seq = seq

@@ -3,6 +3,8 @@ machine's clock is never touched): no recovery point is pruned early, the admin 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -46,6 +48,13 @@ def test_clock_jumps_never_prune_points_early_and_heal(skewed: tuple[Appliance, 
         app.point_after("clock-01", t)
         ids = [p["id"] for p in app.points("clock-01")]
         assert set(before) <= set(ids), "points were pruned because the clock jumped forward"
+        # A log processor started after the jump keeps the steady clock of this boot.
+        os.kill(app.agent_pid("log-processor"), signal.SIGKILL)
+        wait_for(lambda: any(e["code"] == "agent-restarted" for e in app.events()), what="the restart")
+        t = time.time()
+        change_disk(disk, seed=51, writes=4)
+        app.point_after("clock-01", t)
+        assert set(before) <= {p["id"] for p in app.points("clock-01")}, "pruned after a restart"
 
         offset.write_text("-2h\n")
         t = time.time()

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,70 +24,69 @@ def _batch(seq: int, runs: list[tuple[int, int, bytes | None]], *, bookmark: Boo
     return encode_batch(BatchHeader(0, seq, Kind.DELTA, bookmark, cycle, 0, time.time(), 0), runs)
 
 
-def test_a_hostile_server_cannot_hold_back_another(appliance: Appliance, tmp_path: Path) -> None:
-    good, good_disk = replicating(appliance, "good-01", 4 * MiB, seed=1)
+def test_a_hostile_server_cannot_hold_back_another(patient_appliance: Appliance, tmp_path: Path) -> None:
+    appliance = patient_appliance
     hostile_disk = appliance.root / "hostile.img"
     with open(hostile_disk, "wb") as f:  # 512 MiB, sparse but for its first MiB
         f.write(os.urandom(MiB))
         f.truncate(512 * MiB)
+    # The hostile server is enabled first: a log processor that serves servers one after another
+    # would serve it first.
     hostile = Mobility(appliance, "hostile-01", disks=[hostile_disk]).start()
+    good: Mobility | None = None
     try:
         wait_for(lambda: appliance.servers().get("hostile-01"), what="hostile-01 to register")
         appliance.enable("hostile-01")
         wait_for(lambda: appliance.servers()["hostile-01"]["state"] == "protected", timeout=60,
                  what="hostile-01 to be protected")
         hostile.stop()  # from here on we speak for it, with its certificate
+        good, good_disk = replicating(appliance, "good-01", 4 * MiB, seed=1)
         state = hostile.state_dir
         seq = _acked(appliance, "hostile-01") + 1
 
-        # What the finding sent: 320,000 zero runs of 1 MiB in 9 MB, described 312 GiB. Refused at decode.
-        body = _batch(seq, [(0, MAX_RUN, None)] * 320_000)
-        code, answer = post_batch(appliance, state, 0, body)
+        # What the finding sent: 320,000 zero runs of 1 MiB in 9 MB, describing 312 GiB. Refused at decode.
+        code, answer = post_batch(appliance, state, 0, _batch(seq, [(0, MAX_RUN, None)] * 320_000))
         assert (code, f"at most {MAX_RUNS}" in answer["message"]) == (400, True), answer
         # Within the run count, a batch still may not describe gigabytes it does not carry.
         code, answer = post_batch(appliance, state, 0, _batch(seq, [(i % 512 * MiB, MAX_RUN, None)
                                                                     for i in range(MAX_RUNS)]))
         assert (code, "describes more than" in answer["message"]) == (400, True), answer
 
-        # A flood of legal, expensive batches: data spread over 256 MiB, then zeros over all of it,
-        # each with a recovery point. Meanwhile the other server's points go on.
-        stop = threading.Event()
-        sent: list[int] = []
-
-        def flood() -> None:
-            n = seq
-            while not stop.is_set():
-                if n % 2:
-                    runs: list[tuple[int, int, bytes | None]] = [(i * 32 * MiB, MAX_RUN, os.urandom(MAX_RUN))
-                                                                 for i in range(8)]
-                else:
-                    runs = [(i * MiB, MAX_RUN, None) for i in range(256)]
-                status, _ = post_batch(appliance, state, 0, _batch(n, runs, bookmark=Bookmark.CRASH_POINT))
-                assert status == 200
-                sent.append(n)
-                n += 1
-
-        flooder = threading.Thread(target=flood, daemon=True)
-        flooder.start()
+        # A backlog of legal, expensive batches (data spread over 256 MiB, then zeros over all of it,
+        # each a recovery point) piles up while the log processor is held; the good server changes too.
+        earlier = {p["id"] for p in appliance.points("hostile-01")}
+        processor = appliance.agent_pid("log-processor")
+        os.kill(processor, signal.SIGSTOP)
         try:
-            wait_for(lambda: len(sent) >= 4, timeout=60, what="the flood to be under way")
-            for round_ in range(3):
-                change_disk(good_disk, seed=100 + round_, writes=5)
-                t = time.time()
-                point = appliance.point_after("good-01", t, timeout=60)
-                assert appliance.export("good-01", point["id"], tmp_path / f"g{round_}").read_bytes() == \
-                    good_disk.read_bytes()
+            for n in range(seq, seq + 40):
+                runs: list[tuple[int, int, bytes | None]] = \
+                    [(i * 32 * MiB, MAX_RUN, os.urandom(MAX_RUN)) for i in range(8)] if n % 2 else \
+                    [(i * MiB, MAX_RUN, None) for i in range(256)]
+                code, answer = post_batch(appliance, state, 0, _batch(n, runs, bookmark=Bookmark.CRASH_POINT))
+                assert code == 200, answer
+            t = time.time()
+            change_disk(good_disk, seed=100, writes=5)
+            wait_for(lambda: _acked(appliance, "good-01") > 0 and _good_waiting(appliance), timeout=30,
+                     what="the good server's change to wait in the cache")
         finally:
-            stop.set()
-            flooder.join(60)
-        assert len(sent) >= 4
-        # Everything the hostile server sent is applied in the end, one recovery point per batch.
-        wait_for(lambda: _applied(appliance, "hostile-01") >= sent[-1], timeout=120,
-                 what="the flood to be applied")
+            os.kill(processor, signal.SIGCONT)
+        point = appliance.point_after("good-01", t, timeout=120)
+        wait_for(lambda: _applied(appliance, "hostile-01") == seq + 39, timeout=180, what="the backlog to be applied")
+        hostile_points = [p for p in appliance.points("hostile-01") if p["id"] not in earlier]
+        assert len(hostile_points) == 40
+        # The good server's point was taken while the hostile backlog was still being applied.
+        assert point["created_at"] < hostile_points[-1]["created_at"], (point, hostile_points[-1])
+        assert appliance.export("good-01", point["id"], tmp_path / "g").read_bytes() == good_disk.read_bytes()
         assert "Traceback" not in appliance.log("process-server") + appliance.log("log-processor")
     finally:
         hostile.stop()
-        good.stop()
+        if good is not None:
+            good.stop()
+
+
+def _good_waiting(app: Appliance) -> bool:
+    server_id = app.servers()["good-01"]["server_id"]
+    return any((app.data_dir / "cache" / server_id).rglob("*.seg"))
 
 
 def _acked(app: Appliance, name: str) -> int:
@@ -125,7 +123,9 @@ DAMAGE: dict[str, Callable[[list[Path]], None]] = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_one_resync_mends_any_damage_to_waiting_segments(appliance: Appliance, tmp_path: Path, damage: str) -> None:
+def test_one_resync_mends_any_damage_to_waiting_segments(patient_appliance: Appliance, tmp_path: Path,
+                                                         damage: str) -> None:
+    appliance = patient_appliance
     mob, disk = replicating(appliance, "mend-01", 4 * MiB, seed=7)
     try:
         processor = appliance.agent_pid("log-processor")

@@ -65,7 +65,8 @@ def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_pa
     assert code == 403 and answer["code"] == "registration-revoked"
 
 
-def test_altered_segment_is_refused_and_reported(appliance: Appliance, tmp_path: Path) -> None:
+def test_altered_segment_is_refused_and_reported(patient_appliance: Appliance, tmp_path: Path) -> None:
+    appliance = patient_appliance
     mob, disk = replicating(appliance, "tamper-01", 4 * MiB, seed=11)
     try:
         good_points = appliance.points("tamper-01")
@@ -111,7 +112,7 @@ def test_altered_segment_is_refused_and_reported(appliance: Appliance, tmp_path:
 
 def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: object, tmp_path: Path) -> None:
     app = Appliance(tmp_path_factory.mktemp("smallcache"))  # type: ignore[attr-defined]
-    app.start(env={"GODWIT_CACHE_LIMIT_MB": "2"})
+    app.start(env={"GODWIT_CACHE_LIMIT_MB": "2", "GODWIT_AGENT_HUNG_AFTER": "600"})
     disk = app.root / "big.img"
     fill_disk(disk, 24 * MiB, seed=8)
     mob = Mobility(app, "full-01", disks=[disk]).start()
