@@ -230,6 +230,8 @@ class Inventory:
             self._hub.record(notice.severity, notice.code, f"{row['name']}: {notice.message}",  # type: ignore[arg-type]
                              server=row["name"])
         self.replication.points_taken[server_id] = facts.points
+        if facts.clock is not None:  # what the source's clock is ahead of ours (the trip is a rounding error)
+            self.replication.clock_skew[server_id] = facts.clock - time.time()
         self._publish(server_id)
         return self._desired_state(row)  # a heartbeat changes nothing the desired state depends on
 

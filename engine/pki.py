@@ -25,6 +25,9 @@ from engine.files import write_atomically
 
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=825)
+#: Certificates are valid from this long before they are made: a peer whose clock is behind (or an
+#: appliance whose clock is set back) still accepts them.
+BACKDATE = dt.timedelta(days=2)
 _FP_RE = re.compile(r"^[0-9A-F]{64}$")
 
 
@@ -86,7 +89,7 @@ def create_ca(appliance_id: str) -> tuple[x509.Certificate, ec.EllipticCurvePriv
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -124,7 +127,7 @@ def _leaf(
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + LEAF_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)

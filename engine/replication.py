@@ -29,6 +29,8 @@ DEFAULT_POLICY = Policy(name="default", rpo_threshold=15 * 60, retention=24 * 36
 MAX_RETENTION = 15 * 24 * 3600
 #: Seconds without acknowledged progress before an initial replication is called stalled.
 STALL_AFTER = 120.0
+#: Clocks that differ by more than this are a health cause (points and the RPO are still right).
+MAX_CLOCK_SKEW = 60.0
 #: Seconds without a batch after which a disk shows no rate and no ETA: a rate that old (the
 #: appliance refusing batches, the source gone quiet) says nothing about now. At least; longer when
 #: at the current rate one batch takes longer (a slow link), so that the rate does not blink.
@@ -76,7 +78,8 @@ class DiskProgress:
     last_step_bytes: int = 0  #: bytes the last progress report added (one batch or a few)
     applied_seq: int = 0
     resync_done: int = 0
-    last_bookmark_time: float | None = None  # appliance time at which the newest applied cycle ended
+    last_bookmark_time: float | None = None  # appliance time at which the newest applied cycle was applied
+    last_bookmark_source: float | None = None  # the source's time at which that cycle started
     points: list[RecoveryPoint] = field(default_factory=list)
     error: str | None = None
     #: What kind of stop ``error`` is: "segment-corrupt" waits for a resync; "target-full" and
@@ -95,6 +98,8 @@ class Replication:
         self.cache_full_detail: dict[str, str | None] = {}
         #: How each server's mobility service last said it takes points (from heartbeats).
         self.points_taken: dict[str, PointFacts | None] = {}
+        #: How far each source server's clock is ahead of the appliance's (seconds; from heartbeats).
+        self.clock_skew: dict[str, float] = {}
         if state.policy(DEFAULT_POLICY.name) is None:
             state.add_policy(DEFAULT_POLICY)
 
@@ -194,6 +199,8 @@ class Replication:
         p.resync_done = int(payload.get("resync_done", 0))
         if payload.get("bookmark_time"):
             p.last_bookmark_time = float(payload["bookmark_time"])
+            source = payload.get("bookmark_source_time")
+            p.last_bookmark_source = float(source) if source else None
         p.error = payload.get("error")
         p.error_code = payload.get("error_code") or ("segment-corrupt" if p.error else None)
         known = {pt.id for pt in p.points}
@@ -249,7 +256,11 @@ class Replication:
         state = "protected" if complete and points else "initial-replication"
         if complete and any(p.resync_done < row["resync_gen"] for p in progress):
             state = "resyncing"
-        bookmarks = [p.last_bookmark_time for p in progress if p.last_bookmark_time is not None]
+        # The newest consistent instant, in the appliance's time: the source's time of the cycle taken back
+        # by the clocks' difference, never later than when it was applied.
+        skew = self.clock_skew.get(row["server_id"], 0.0)
+        bookmarks = [min(p.last_bookmark_time, p.last_bookmark_source - skew) if p.last_bookmark_source
+                     else p.last_bookmark_time for p in progress if p.last_bookmark_time is not None]
         rpo = now - min(bookmarks) if complete and len(bookmarks) == len(progress) else None
         cause = None
         policy = self._state.policy(row["policy"])
@@ -270,12 +281,22 @@ class Replication:
             cause = ("points-not-crash-consistent", f"The last recovery point is not crash-consistent: "
                      f"{taken.inconsistent}. Stop that writer during points, or add a pre-snapshot hook that "
                      "quiesces it.")
+        elif abs(skew) > MAX_CLOCK_SKEW:
+            cause = ("clock-skew", f"The clock of {row['hostname'] or row['name']} is {_duration(abs(skew))} "
+                     f"{'ahead of' if skew > 0 else 'behind'} the appliance's. Points and the RPO are reckoned with "
+                     "the difference taken out; set both clocks right (NTP).")
         elif rpo is not None and policy is not None and rpo > policy.rpo_threshold:
             cause = ("rpo-exceeded", f"The RPO is {rpo / 60:.1f} min, above the policy's threshold of "
                      f"{policy.rpo_threshold / 60:.0f} min. Check the source server's network and the appliance's "
                      "load.")
         return {"state": state, "rpo": rpo, "last_point": points[-1].created_at if points else None,
                 "cause": cause}
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def replicated_sizes(row: Any) -> list[int]:

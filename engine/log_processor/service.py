@@ -95,6 +95,7 @@ class DiskJob:
     error: str | None = None
     error_code: str | None = None
     bookmark_time: float | None = None
+    bookmark_source_time: float | None = None
     dirty: bool = True
     points: list[PointInfo] = field(default_factory=list)
     pauses: int = 0
@@ -239,7 +240,7 @@ class LogProcessor:
             if point is not None:
                 self._prune(job)
             if header.bookmark != Bookmark.NONE:
-                job.bookmark_time = min(time.time(), header.source_time or time.time())
+                job.bookmark_time, job.bookmark_source_time = time.time(), header.source_time or None
             self.cache.delete_segment(job.replica, job.disk, seq)
             changed = True
         return changed, False
@@ -342,7 +343,8 @@ class LogProcessor:
     async def report(self, job: DiskJob) -> None:
         payload = {"server_id": job.server_id, "disk": job.disk, "applied_seq": job.target.applied_seq,
                    "resync_done": job.target.resync_done,
-                   "bookmark_time": job.bookmark_time, "error": job.error, "error_code": job.error_code,
+                   "bookmark_time": job.bookmark_time, "bookmark_source_time": job.bookmark_source_time,
+                   "error": job.error, "error_code": job.error_code,
                    "points": [{"id": p.id, "created_at": p.created_at, "kind": p.kind} for p in job.points]}
         await self.link.request("POST", "/agent/applied", payload)
         job.dirty = False

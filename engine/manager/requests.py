@@ -90,6 +90,15 @@ def _point_facts(data: dict[str, Any]) -> PointFacts | None:
                       inconsistent=_text(raw, "inconsistent", max_len=512, required=False) or None)
 
 
+def _clock(data: dict[str, Any]) -> float | None:
+    value = data.get("clock")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1e11:
+        raise ProtocolError("Field 'clock' must be seconds since the epoch.")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ServerFacts:
     """What a source server says about itself in every registration and heartbeat."""
@@ -100,12 +109,14 @@ class ServerFacts:
     disks: tuple[Disk, ...]
     notices: tuple[Notice, ...] = ()
     points: PointFacts | None = None
+    #: The source server's wall clock when it sent this (None from services that do not say).
+    clock: float | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ServerFacts:
         return cls(hostname=_text(data, "hostname"), os=_text(data, "os"),
                    agent_version=_text(data, "agent_version", max_len=64), disks=_disks(data),
-                   notices=_notices(data), points=_point_facts(data))
+                   notices=_notices(data), points=_point_facts(data), clock=_clock(data))
 
 
 @dataclass(frozen=True)

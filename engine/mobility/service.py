@@ -17,6 +17,7 @@ import platform
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,7 @@ class MobilityService:
         with self._notices_lock:
             notices = self._notices[:MAX_NOTICES]
         facts: dict[str, Any] = {"hostname": socket.gethostname(), "os": describe_os(), "agent_version": __version__,
-                                 "disks": disks, "notices": notices}
+                                 "disks": disks, "notices": notices, "clock": time.time()}
         if sources:
             facts["points"] = _clipped(self.replicator.capture.facts())  # type: ignore[union-attr]
         if self.read_failure is not None:

@@ -48,6 +48,8 @@ def test_clock_jumps_never_prune_points_early_and_heal(skewed: tuple[Appliance, 
         app.point_after("clock-01", t)
         ids = [p["id"] for p in app.points("clock-01")]
         assert set(before) <= set(ids), "points were pruned because the clock jumped forward"
+        server = _skew_reported(app, "behind")
+        assert server["rpo_seconds"] < 600, server  # reckoned with the difference taken out, not 2 h
         # A log processor started after the jump keeps the steady clock of this boot.
         os.kill(app.agent_pid("log-processor"), signal.SIGKILL)
         wait_for(lambda: any(e["code"] == "agent-restarted" for e in app.events()), what="the restart")
@@ -61,6 +63,7 @@ def test_clock_jumps_never_prune_points_early_and_heal(skewed: tuple[Appliance, 
         change_disk(disk, seed=6, writes=4)
         app.point_after("clock-01", t)
         assert set(before) <= {p["id"] for p in app.points("clock-01")}
+        _skew_reported(app, "ahead of")
 
         offset.write_text("+0\n")  # the admin fixes the clock: it heals by itself
         t = time.time()
@@ -75,3 +78,11 @@ def test_clock_jumps_never_prune_points_early_and_heal(skewed: tuple[Appliance, 
             assert "Traceback" not in log.read_text(errors="replace"), log.name
     finally:
         mob.stop()
+
+
+def _skew_reported(app: Appliance, how: str) -> dict[str, object]:
+    server = wait_for(lambda: (s := app.servers()["clock-01"])["health_cause"] == "clock-skew" and
+                      f"is 2.0 h {how} the appliance's" in str(s["health_detail"]) and s,
+                      what=f"the source's clock to be reported {how} the appliance's")
+    assert server["health"] == "warning" and server["state"] == "protected", server
+    return server  # type: ignore[no-any-return]
