@@ -20,19 +20,11 @@ from typing import Any, NoReturn
 from engine import __version__
 from engine.client import AdminClient
 from engine.config import DataDir, EngineConfig, default_data_dir
+from engine.diskspace import human_bytes
 from engine.errors import EngineError, EngineNotRunning
 from engine.records import Event, ServerStatus, from_json, to_json
 
 EXIT_ERROR = 1
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_age(ts: float | None) -> str:

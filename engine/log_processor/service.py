@@ -33,6 +33,7 @@ from engine.agents import AgentContext
 from engine.client import UnixJsonClient
 from engine.codec import Block, SegmentCorrupt, SegmentIdent, open_segment
 from engine.config import DataDir
+from engine.diskspace import human_bytes
 from engine.errors import ConfigError, EngineError
 from engine.files import write_atomically
 from engine.identity import ApplianceIdentity
@@ -280,7 +281,7 @@ class LogProcessor:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             free = shutil.disk_usage(where).free if where.exists() else 0
             code, message = "target-full", (
-                f"The file system of {where} is full ({free // (1024 * 1024)} MiB free): disk {job.disk}'s seed disk "
+                f"The file system of {where} is full ({human_bytes(free)} free): disk {job.disk}'s seed disk "
                 "cannot take more changes. They wait safely in the cache; free space on the appliance and "
                 "applying resumes by itself.")
         else:
