@@ -1,7 +1,9 @@
-"""Writing files so that a crash or power cut leaves either the old or the new content, never a mix."""
+"""Files: writing them so that a crash or power cut leaves either the old or the new content, never a
+mix; finding where a sparse file holds data."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -28,3 +30,28 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def data_extents(fd: int, start: int, size: int, *, block: int) -> list[tuple[int, int]] | None:
+    """``block``-aligned data extents of ``[start, size)`` (holes need not be read); None if the file
+    system cannot tell holes (block devices)."""
+    out: list[tuple[int, int]] = []
+    pos = start
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole remains
+                break
+            return None
+        if data >= size:
+            break
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        lo = data // block * block
+        hi = min(size, -(-hole // block) * block)
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+        pos = hole
+    return out

@@ -121,7 +121,7 @@ class Inventory:
         if row is not None:
             status = self.status(row)
             self._note_health(status)
-            self._moving[status.name] = any(d.throughput_bps > 0 for d in status.disks)
+            self._note_rate(status)
             self._hub.publish({"type": "server", "server": to_json(status)})
 
     def _note_health(self, status: ServerStatus) -> bool:
@@ -154,9 +154,11 @@ class Inventory:
         return True
 
     def _note_rate(self, status: ServerStatus) -> bool:
-        """True when a server's rate appeared or went stale since it was last published."""
+        """True when a server's rate appeared or went stale since it was last published (it is about to be)."""
         moving = any(d.throughput_bps > 0 for d in status.disks)
-        return self._moving.get(status.name, False) != moving
+        changed = self._moving.get(status.name, False) != moving
+        self._moving[status.name] = moving
+        return changed
 
     # --- passphrase ---------------------------------------------------------------------------
     def passphrase(self) -> str:
@@ -261,7 +263,6 @@ class Inventory:
                 for row in self._state.servers():
                     status = self.status(row, now)
                     if self._note_health(status) | self._note_rate(status):
-                        self._moving[status.name] = any(d.throughput_bps > 0 for d in status.disks)
                         self._hub.publish({"type": "server", "server": to_json(status)})
             except Exception:  # e.g. a full disk for the event: keep watching
                 log.exception("health.watch-failed")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import shutil
@@ -29,11 +28,11 @@ from typing import Any
 
 import zstandard
 
+from engine import diskspace
 from engine.agents import AgentContext
 from engine.client import UnixJsonClient
 from engine.codec import Block, SegmentCorrupt, SegmentIdent, open_segment
 from engine.config import DataDir
-from engine.diskspace import human_bytes
 from engine.errors import ConfigError, EngineError
 from engine.files import write_atomically
 from engine.identity import ApplianceIdentity
@@ -278,12 +277,14 @@ class LogProcessor:
     def _paused(self, job: DiskJob, exc: OSError) -> float:
         """A target that cannot be written: say why once, and when to try again."""
         where = self.data_dir.target
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(where).free if where.exists() else 0
+        if diskspace.is_no_space(exc):
+            try:
+                fs = diskspace.where(diskspace.mount_point(where), *diskspace.usage(where))
+            except OSError:
+                fs = f"the file system of {where}"
             code, message = "target-full", (
-                f"The file system of {where} is full ({human_bytes(free)} free): disk {job.disk}'s seed disk "
-                "cannot take more changes. They wait safely in the cache; free space on the appliance and "
-                "applying resumes by itself.")
+                f"{fs[0].upper()}{fs[1:]} is full: disk {job.disk}'s seed disk cannot take more changes. They "
+                "wait safely in the cache; free space on the appliance and applying resumes by itself.")
         else:
             code, message = "target-unwritable", (
                 f"Disk {job.disk}'s seed disk under {where} cannot be written ({exc.strerror or exc}). "

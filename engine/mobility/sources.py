@@ -16,7 +16,6 @@ what is left and reports whether it is consistent.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import mmap
 import os
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.files import data_extents
 from engine.mobility import consistency
 from engine.mobility.consistency import FileStamp
 from engine.mobility.tracking import BlockTracer, TrackingUnavailable
@@ -60,33 +60,10 @@ def pieces(ranges: list[tuple[int, int]]) -> Work:
     return [(off, min(MAX_RUN, hi - off), False) for lo, hi in ranges for off in range(lo, hi, MAX_RUN)]
 
 
-def data_extents(fd: int, start: int, size: int) -> list[tuple[int, int]] | None:
-    """Block-aligned data extents from ``start`` (holes need not be read); None if the file system
-    cannot tell holes (block devices)."""
-    out: list[tuple[int, int]] = []
-    pos = start
-    while pos < size:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole remains
-                break
-            return None
-        hole = os.lseek(fd, data, os.SEEK_HOLE)
-        lo = data // BLOCK * BLOCK
-        hi = min(size, -(-hole // BLOCK) * BLOCK)
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-        pos = hole
-    return out
-
-
 def full_work(fd: int, size: int, start: int, was_data: Callable[[int], bool]) -> Work:
     """Every data extent from ``start``, plus the blocks that are holes now but held data before
     (``was_data(block)``): those are sent as zeros."""
-    extents = data_extents(fd, start, size)
+    extents = data_extents(fd, start, size, block=BLOCK)
     if extents is None:
         extents = [(start // BLOCK * BLOCK, size)] if start < size else []
     covered = bytearray(-(-size // BLOCK))

@@ -144,8 +144,7 @@ class ProcessServer:
                 # logs need room too (statvfs is cheap enough to ask per batch).
                 diskspace.check_room(self.cache_root, self.cache_mount, len(body))
             except CacheFull as exc:
-                self._report(server_id, disk, state, cache_full=True)
-                self._reports[(server_id, disk)]["cache_full_detail"] = exc.message  # the admin sees why
+                self._report(server_id, disk, state, cache_full=True, detail=exc.message)  # the admin sees why
                 raise
             loop = asyncio.get_running_loop()
             segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, state.epoch, expected, body,
@@ -167,8 +166,7 @@ class ProcessServer:
                 if not diskspace.is_no_space(exc):
                     raise
                 refusal = diskspace.out_of_space(self.cache_root, self.cache_mount)
-                self._report(server_id, disk, state, cache_full=True)
-                self._reports[(server_id, disk)]["cache_full_detail"] = refusal.message
+                self._report(server_id, disk, state, cache_full=True, detail=refusal.message)
                 raise refusal from exc
         log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, expected, len(body))
         self._report(server_id, disk, new, cache_full=False)
@@ -180,9 +178,11 @@ class ProcessServer:
                   for d in desired.get("disks", [])]
         return web.json_response({"disks": states})
 
-    def _report(self, server_id: str, disk: int, state: StreamState, *, cache_full: bool) -> None:
+    def _report(self, server_id: str, disk: int, state: StreamState, *, cache_full: bool,
+                detail: str | None = None) -> None:
+        """Queue a progress report; ``detail`` says why batches are refused, when the disk's room is why."""
         self._reports[(server_id, disk)] = {"server_id": server_id, "disk": disk, **asdict(state),
-                                            "cache_full": cache_full}
+                                            "cache_full": cache_full, "cache_full_detail": detail}
 
     async def report_loop(self) -> None:
         """Progress to the supervisor, coalesced; and the cache's real size (the log processor frees it)."""

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.codec import Block
-from engine.files import write_atomically
+from engine.files import data_extents, write_atomically
 from engine.protocol import BLOCK
 from engine.storage import PointInfo
 
@@ -103,21 +103,10 @@ def _zero(fd: int, offset: int, length: int) -> None:
 
 def _data_blocks(fd: int, lo: int, hi: int) -> list[int]:
     """Offsets of the blocks in ``[lo, hi)`` that hold data (not holes)."""
-    out: list[int] = []
-    pos = lo
-    while pos < hi:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                break
-            return list(range(lo, hi, BLOCK))  # cannot tell: treat all as data
-        if data >= hi:
-            break
-        end = min(hi, os.lseek(fd, data, os.SEEK_HOLE))
-        out.extend(range(data // BLOCK * BLOCK, end, BLOCK))
-        pos = -(-end // BLOCK) * BLOCK
-    return out
+    extents = data_extents(fd, lo, hi, block=BLOCK)
+    if extents is None:  # cannot tell: treat all as data
+        return list(range(lo, hi, BLOCK))
+    return [off for start, end in extents for off in range(start, end, BLOCK)]
 
 
 class LocalTargetDisk:
