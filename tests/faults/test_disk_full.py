@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -358,3 +359,47 @@ def test_repeated_lines_are_summarised_after_their_window() -> None:
     out = limiter.admit(logging.LogRecord("y", logging.INFO, __file__, 1, "something else", (), None))
     assert [r.getMessage() for r in out] == ["3 more of this line were suppressed in 10 s: disk /srv full",
                                             "something else"]
+
+
+def test_seed_disk_that_cannot_grow_pauses_and_resumes(tmp_path: Path) -> None:
+    """The segments are in the cache; then the file system fills before the log processor applies them:
+    the seed disk (and its points' undo logs) cannot grow. That disk pauses, says why, and resumes."""
+    with small_fs(tmp_path, "target-fs", 192 * MiB) as fs:
+        app = Appliance(tmp_path / "appliance", data_dir=fs / "data")
+        app.root.mkdir()
+        app.start(env={"GODWIT_AGENT_HUNG_AFTER": "600"})  # the log processor is held on purpose
+        disk = app.root / "src.img"
+        fill_disk(disk, 16 * MiB, seed=51)
+        mob = Mobility(app, "seed-01", disks=[disk]).start()
+        balloon = Balloon(fs / "balloon")
+        try:
+            wait_for(lambda: app.servers().get("seed-01"), what="registration")
+            app.enable("seed-01")
+            wait_for(lambda: _server(app, "seed-01")["state"] == "protected", timeout=60, what="protection")
+            processor = app.agent_pid("log-processor")
+            cache = app.data_dir / "cache"
+            os.kill(processor, signal.SIGSTOP)
+            try:
+                change_disk(disk, seed=52, writes=60)  # random data, much of it into holes
+                t = time.time()
+                wait_for(lambda: sum(p.stat().st_size for p in cache.rglob("*.seg")) > 4 * MiB, timeout=60,
+                         what="the changes to wait in the cache")
+                time.sleep(2)  # the rest of the cycle
+                balloon.fill()
+            finally:
+                os.kill(processor, signal.SIGCONT)
+            with kept_full(balloon.fill):
+                event = wait_for(lambda: next((e for e in app.events() if e["code"] == "apply-paused"), None),
+                                 timeout=60, what="the seed disk to be reported full")
+                assert "seed disk cannot take more changes" in event["message"] and str(fs) in event["message"]
+                assert _server(app, "seed-01")["state"] == "paused"
+                assert mob.proc is not None and mob.proc.poll() is None
+            balloon.pop()
+            wait_for(lambda: any(e["code"] == "apply-resumed" for e in app.events()), timeout=60,
+                     what="applying to resume by itself")
+            point = app.point_after("seed-01", t, timeout=90)
+            assert app.export("seed-01", point["id"], tmp_path / "p").read_bytes() == disk.read_bytes()
+            _no_tracebacks(app.data_dir / "logs")
+        finally:
+            mob.stop()
+            app.stop()
