@@ -274,8 +274,8 @@ async def agent_applied(request: web.Request) -> web.Response:
     engine = _engine(request)
     body = await read_json(request)
     row = engine.state.server(server_id=str(body["server_id"]))
-    if row is None:
-        return web.json_response({"ok": False})
+    if row is None or epoch(row) != body.get("epoch"):
+        return web.json_response({"ok": False})  # about a copy that was disabled (and perhaps re-enabled)
     before = engine.replication.progress(row["server_id"], int(body["disk"]))
     before_error, before_code = before.error, before.error_code
     engine.replication.report_applied(body)

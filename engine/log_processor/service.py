@@ -343,7 +343,7 @@ class LogProcessor:
         return 0 if more else POLL
 
     async def report(self, job: DiskJob) -> None:
-        payload = {"server_id": job.server_id, "disk": job.disk, "applied_seq": job.target.applied_seq,
+        payload = {"server_id": job.server_id, "disk": job.disk, "epoch": job.epoch, "applied_seq": job.target.applied_seq,
                    "resync_done": job.target.resync_done,
                    "bookmark_time": job.bookmark_time, "bookmark_source_time": job.bookmark_source_time,
                    "error": job.error, "error_code": job.error_code,
