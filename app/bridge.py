@@ -16,14 +16,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from engine.client import AdminClient
 from engine.config import DataDir, default_data_dir
 from engine.errors import EngineError, EngineNotRunning
-from engine.records import EngineStatus, Event, Policy, ServerStatus, SetupInfo, from_json
+from engine.links.admin import EngineChanged, EventAdded, Hello, ServerChanged, ServerRemoved, SetupChanged
+from engine.records import EngineStatus, Event, Policy, ServerStatus, SetupInfo
 
 log = logging.getLogger(__name__)
 
@@ -131,32 +131,31 @@ class EngineBridge(QObject):
 
     async def _follow(self) -> None:
         async for message in self.client.updates():
-            kind = message.get("type")
-            if kind == "hello":
-                await self._on_hello(message)
-            elif kind == "server":
-                status = from_json(ServerStatus, message["server"])
-                self._pending[status.name] = status
-                if not self._flush.isActive():
-                    self._flush.start()
-            elif kind == "server-removed":
-                self._pending.pop(message["name"], None)
-                self.server_removed.emit(message["name"])
-            elif kind == "event":
-                self.event_added.emit(from_json(Event, message["event"]))
-            elif kind == "engine":
-                self.engine = from_json(EngineStatus, message["engine"])
-                self.engine_changed.emit(self.engine)
-            elif kind == "setup":
-                self.setup_changed.emit(from_json(SetupInfo, message["setup"]))
+            match message:
+                case Hello():
+                    await self._on_hello(message)
+                case ServerChanged(server=status):
+                    self._pending[status.name] = status
+                    if not self._flush.isActive():
+                        self._flush.start()
+                case ServerRemoved(name=name):
+                    self._pending.pop(name, None)
+                    self.server_removed.emit(name)
+                case EventAdded(event=event):
+                    self.event_added.emit(event)
+                case EngineChanged(engine=engine):
+                    self.engine = engine
+                    self.engine_changed.emit(engine)
+                case SetupChanged(setup=setup):
+                    self.setup_changed.emit(setup)
 
-    async def _on_hello(self, hello: dict[str, Any]) -> None:
-        self.engine = from_json(EngineStatus, hello["engine"])
+    async def _on_hello(self, hello: Hello) -> None:
+        self.engine = hello.engine
         events = await self.client.events(limit=EVENTS_ON_ATTACH)
         self._pending.clear()
         self.attach_count += 1
-        self.setup_changed.emit(from_json(SetupInfo, hello["setup"]))
-        self.servers_reset.emit([from_json(ServerStatus, s) for s in hello["servers"]])
+        self.setup_changed.emit(hello.setup)
+        self.servers_reset.emit(list(hello.servers))
         self.events_reset.emit(events)
         self.engine_changed.emit(self.engine)
         self._set_state("attached", f"Attached to the engine (pid {self.engine.pid}).")

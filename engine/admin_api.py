@@ -1,112 +1,80 @@
 """The engine's local sockets: the admin API (``admin.sock``) and the agent link (``run/agent.sock``).
 
 Both are Unix sockets, mode 0600, in a 0700 directory: only the local admin and the appliance
-agents the supervisor started reach them. Every answer is JSON from :func:`engine.records.to_json`;
-errors are ``{"code", "message"}``.
+agents the supervisor started reach them. The messages are those of :mod:`engine.links.admin` and
+:mod:`engine.links.agent`, serialised by :func:`engine.links.encode`; errors are ``{"code",
+"message"}`` (:mod:`engine.http_server`). Handlers only translate HTTP: what a request means is
+decided by the services (:mod:`engine.services`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from engine.errors import DiskFull, EngineError, ProtocolError
+from engine.errors import ProtocolError
 from engine.export import stream_export
-from engine.listener import read_json
-from engine.records import to_json
-from engine.replication import epoch
-from engine.state import is_full
-
-if TYPE_CHECKING:
-    from engine.config import DataDir
-    from engine.events import EventHub
-    from engine.inventory import Inventory
-    from engine.records import EngineStatus, SetupInfo
-    from engine.replication import Replication
-    from engine.state import StateDB
-
-
-class Engine(Protocol):
-    """What the admin API needs of the engine supervisor (which imports this module, not the reverse)."""
-
-    data_dir: DataDir
-    state: StateDB
-    hub: EventHub
-    inventory: Inventory
-    replication: Replication
-
-    def status(self) -> EngineStatus: ...
-
-    def setup_info(self) -> SetupInfo: ...
-
+from engine.http_server import error_middleware, read_json, speaks
+from engine.links import decode, encode
+from engine.links.admin import ADMIN, Hello, SetupChanged, encode_message
+from engine.links.agent import (
+    AGENT_LINK,
+    Ack,
+    AppliedReport,
+    AuthorizeRequest,
+    HeartbeatRequest,
+    ReceivedReport,
+    RegisterRequest,
+    Replicating,
+    ReplicatingServer,
+)
+from engine.replication import make_policy
+from engine.services import Services
+from engine.state import ServerRecord
 
 log = logging.getLogger(__name__)
-ENGINE = web.AppKey("engine", object)
+SERVICES = web.AppKey("services", Services)
 
 
-def _engine(request: web.Request) -> Engine:
-    return request.app[ENGINE]  # type: ignore[return-value]
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                  ) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except EngineError as exc:
-        if exc.status >= 500:  # the engine's own trouble (e.g. its disk full), not the caller's: one line
-            log.warning("request.refused path=%s status=%s code=%s", request.path, exc.status, exc.code)
-        return web.json_response({"code": exc.code, "message": exc.message}, status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return web.json_response({"code": f"http-{exc.status}", "message": exc.reason}, status=exc.status)
-    except Exception as exc:
-        if is_full(exc):  # a write the state database did not translate itself: still a state, not a crash
-            log.warning("admin.disk-full path=%s", request.path)
-            return web.json_response({"code": DiskFull.code, "message": "The appliance's state database cannot be "
-                                      "written: the data directory's disk is full. Free space there; the appliance "
-                                      "carries on by itself."}, status=DiskFull.status)
-        log.exception("admin.internal-error path=%s", request.path)
-        return web.json_response({"code": "internal-error", "message": "The engine hit an internal error; its log "
-                                  "in the data directory has the details."}, status=500)
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
 
 
 def _json(data: Any) -> web.Response:
-    return web.json_response(to_json(data))
+    return web.json_response(encode(data))
 
 
 # --- admin API ---------------------------------------------------------------------------------
 async def get_engine(request: web.Request) -> web.Response:
-    return _json(_engine(request).status())
+    return _json(_services(request).status())
 
 
 async def get_setup(request: web.Request) -> web.Response:
-    return _json(_engine(request).setup_info())
+    return _json(_services(request).setup_info())
 
 
 async def rotate_passphrase(request: web.Request) -> web.Response:
-    engine = _engine(request)
-    engine.inventory.rotate_passphrase()
-    info = engine.setup_info()
-    engine.hub.publish({"type": "setup", "setup": to_json(info)})
+    services = _services(request)
+    services.inventory.rotate_passphrase()
+    info = services.setup_info()
+    services.hub.publish(SetupChanged(info))
     return _json(info)
 
 
 async def list_servers(request: web.Request) -> web.Response:
-    return _json(_engine(request).inventory.servers())
+    return _json(_services(request).inventory.servers())
 
 
 async def show_server(request: web.Request) -> web.Response:
-    return _json(_engine(request).inventory.server(request.match_info["name"]))
+    return _json(_services(request).inventory.server(request.match_info["name"]))
 
 
 async def forget_server(request: web.Request) -> web.Response:
-    _engine(request).inventory.forget(request.match_info["name"])
+    _services(request).inventory.forget(request.match_info["name"])
     return web.json_response({"ok": True})
 
 
@@ -121,25 +89,25 @@ def _int_query(request: web.Request, key: str, default: int, maximum: int) -> in
 async def list_events(request: web.Request) -> web.Response:
     after = _int_query(request, "after", 0, 2**62)
     limit = _int_query(request, "limit", 200, 10_000)
-    return _json(_engine(request).state.events(after=after, limit=limit))
+    return _json(_services(request).state.events(after=after, limit=limit))
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """Push stream: one ``hello`` snapshot, then every update, as JSON lines; ends on overflow."""
-    engine = _engine(request)
+    services = _services(request)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
-    with engine.hub.subscribe() as queue:
-        last = engine.state.events(limit=1)
-        hello = {"type": "hello", "engine": to_json(engine.status()), "setup": to_json(engine.setup_info()),
-                 "servers": to_json(engine.inventory.servers()), "last_event_id": last[-1].id if last else 0}
+    with services.hub.subscribe() as queue:
+        last = services.state.events(limit=1)
+        hello = Hello(engine=services.status(), setup=services.setup_info(),
+                      servers=tuple(services.inventory.servers()), last_event_id=last[-1].id if last else 0)
         try:
-            await resp.write(json.dumps(hello).encode() + b"\n")
+            await resp.write(json.dumps(encode_message(hello)).encode() + b"\n")
             while True:
                 message = await queue.get()
                 if message is None:
                     break
-                await resp.write(json.dumps(message).encode() + b"\n")
+                await resp.write(json.dumps(encode_message(message)).encode() + b"\n")
         except ConnectionResetError:
             pass  # the console or CLI went away: nothing to report
     return resp
@@ -147,16 +115,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 # --- replication -------------------------------------------------------------------------------
 async def list_policies(request: web.Request) -> web.Response:
-    return _json(_engine(request).state.policies())
+    return _json(_services(request).state.policies())
 
 
 async def show_policy(request: web.Request) -> web.Response:
-    return _json(_engine(request).replication.policy(request.match_info["name"]))
+    return _json(_services(request).replication.policy(request.match_info["name"]))
 
 
 async def create_policy(request: web.Request) -> web.Response:
-    from engine.replication import make_policy
-
     body = await read_json(request)
     try:
         policy = make_policy(str(body["name"]), rpo_threshold=str(body["rpo_threshold"]),
@@ -165,63 +131,62 @@ async def create_policy(request: web.Request) -> web.Response:
                              app_consistent_every=str(body["app_consistent_every"]))
     except KeyError as exc:
         raise ProtocolError(f"Missing field {exc}.") from exc
-    return _json(_engine(request).replication.create_policy(policy))
+    return _json(_services(request).replication.create_policy(policy))
 
 
 async def enable_server(request: web.Request) -> web.Response:
-    engine = _engine(request)
+    services = _services(request)
     policy = (await read_json(request)).get("policy")
     if policy is not None and not isinstance(policy, str):
         raise ProtocolError("policy must be a policy's name, or null for the default policy.")
-    return _changed(engine, engine.inventory.row(request.match_info["name"]),
-                    lambda row: engine.replication.enable(row, policy))
+    return _changed(services, services.inventory.row(request.match_info["name"]),
+                    lambda row: services.replication.enable(row, policy))
 
 
 async def disable_server(request: web.Request) -> web.Response:
-    engine = _engine(request)
-    return _changed(engine, engine.inventory.row(request.match_info["name"]), engine.replication.disable)
+    services = _services(request)
+    return _changed(services, services.inventory.row(request.match_info["name"]), services.replication.disable)
 
 
 async def resync_server(request: web.Request) -> web.Response:
-    engine = _engine(request)
-    return _changed(engine, engine.inventory.row(request.match_info["name"]), engine.replication.resync)
+    services = _services(request)
+    return _changed(services, services.inventory.row(request.match_info["name"]), services.replication.resync)
 
 
-def _changed(engine: Engine, row: Any, change: Callable[[Any], None]) -> web.Response:
+def _changed(services: Services, row: ServerRecord, change: Callable[[ServerRecord], None]) -> web.Response:
     """Apply an admin's change to a server, push its new status to every console, and return it."""
     change(row)
-    engine.inventory.publish(row["server_id"])
-    return _json(engine.inventory.server(row["name"]))
+    services.inventory.publish(row.server_id)
+    return _json(services.inventory.server(row.name))
 
 
 async def set_server(request: web.Request) -> web.Response:
-    engine = _engine(request)
+    services = _services(request)
     body = await read_json(request)
-    row = engine.inventory.row(request.match_info["name"])
+    row = services.inventory.row(request.match_info["name"])
     if "max_mbps" in body:
         value = body["max_mbps"]
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
             raise ProtocolError("max_mbps must be a positive number, or null for no limit.")
-        engine.state.set_max_mbps(row["server_id"], None if value is None else float(value))
-        engine.hub.record("info", "bandwidth-set", f"{row['name']}: bandwidth cap "
-                          + ("removed." if value is None else f"set to {value} Mbit/s."), server=row["name"])
-    engine.inventory.publish(row["server_id"])
-    return _json(engine.inventory.server(row["name"]))
+        services.replication.set_max_mbps(row, None if value is None else float(value))
+    services.inventory.publish(row.server_id)
+    return _json(services.inventory.server(row.name))
 
 
 async def list_points(request: web.Request) -> web.Response:
-    engine = _engine(request)
-    return _json(engine.replication.points(engine.inventory.row(request.match_info["name"])))
+    services = _services(request)
+    return _json(services.replication.points(services.inventory.row(request.match_info["name"])))
 
 
 async def export_point(request: web.Request) -> web.StreamResponse:
-    engine = _engine(request)
-    return await stream_export(request, engine.inventory, engine.replication, engine.data_dir.target)
+    services = _services(request)
+    return await stream_export(request, services.inventory, services.replication, services.storage)
 
 
-def make_admin_app(engine: Engine) -> web.Application:
-    app = web.Application(middlewares=[_errors])
-    app[ENGINE] = engine
+def make_admin_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[error_middleware("admin API", network=False)])
+    speaks(app, ADMIN, peer="The CLI or console")
+    app[SERVICES] = services
     r = app.router
     r.add_get("/v1/engine", get_engine)
     r.add_get("/v1/setup", get_setup)
@@ -244,69 +209,54 @@ def make_admin_app(engine: Engine) -> web.Application:
 
 
 # --- agent link --------------------------------------------------------------------------------
+async def _message(request: web.Request, cls: type[Any]) -> Any:
+    return decode(cls, await read_json(request), link=AGENT_LINK)
+
+
 async def agent_register(request: web.Request) -> web.Response:
-    return web.json_response(_engine(request).inventory.register(await read_json(request)))
+    return _json(_services(request).inventory.register(await _message(request, RegisterRequest)))
 
 
 async def agent_heartbeat(request: web.Request) -> web.Response:
-    return web.json_response(_engine(request).inventory.heartbeat(await read_json(request)))
+    return _json(_services(request).inventory.heartbeat(await _message(request, HeartbeatRequest)))
 
 
 async def agent_authorize(request: web.Request) -> web.Response:
     """May this certificate stream data, and for which disks? (process server, per connection)."""
-    return web.json_response(_engine(request).inventory.authorize(await read_json(request)))
+    return _json(_services(request).inventory.authorize(await _message(request, AuthorizeRequest)))
 
 
 async def agent_received(request: web.Request) -> web.Response:
-    engine = _engine(request)
-    body = await read_json(request)
-    row = engine.state.server(server_id=str(body["server_id"]))
-    if row is None or epoch(row) != body.get("epoch"):
-        return web.json_response({"ok": False})  # about a copy that is no longer the current one
-    if engine.replication.report_received(body):
-        engine.hub.record("info", "initial-replication-complete",
-                          f"Initial replication of {row['name']} disk {body['disk']} is complete.", server=row["name"])
-    engine.inventory.publish(row["server_id"])
-    return web.json_response({"ok": True})
+    services = _services(request)
+    report: ReceivedReport = await _message(request, ReceivedReport)
+    ok = services.replication.received(report)
+    if ok:
+        services.inventory.publish(report.server_id)
+    return _json(Ack(ok))
 
 
 async def agent_applied(request: web.Request) -> web.Response:
-    engine = _engine(request)
-    body = await read_json(request)
-    row = engine.state.server(server_id=str(body["server_id"]))
-    if row is None or epoch(row) != body.get("epoch"):
-        return web.json_response({"ok": False})  # about a copy that was disabled (and perhaps re-enabled)
-    before = engine.replication.progress(row["server_id"], int(body["disk"]))
-    before_error, before_code = before.error, before.error_code
-    engine.replication.report_applied(body)
-    code = body.get("error_code") or "segment-corrupt"
-    if body.get("error") and (body.get("error"), code) != (before_error, before_code):
-        text = f"{row['name']} disk {body['disk']}: {body['error']}"
-        if code == "segment-corrupt":
-            engine.hub.record("error", "segment-refused", text, server=row["name"])
-        else:
-            engine.hub.record("warning", "apply-paused", text, server=row["name"])
-    elif before_code in ("target-full", "target-unwritable") and not body.get("error"):
-        engine.hub.record("info", "apply-resumed", f"{row['name']} disk {body['disk']}: recovery points are "
-                          "being created again.", server=row["name"])
-    engine.inventory.publish(row["server_id"])
-    return web.json_response({"ok": True})
+    services = _services(request)
+    report: AppliedReport = await _message(request, AppliedReport)
+    ok = services.replication.applied(report)
+    if ok:
+        services.inventory.publish(report.server_id)
+    return _json(Ack(ok))
 
 
 async def agent_replicating(request: web.Request) -> web.Response:
     """What the log processor should apply: every replicating server, its disks and policy."""
-    engine = _engine(request)
-    out = []
-    for row in engine.state.servers():
-        if row["replicate"]:
-            out.append({"server_id": row["server_id"], "name": row["name"],
-                        **engine.replication.desired_state(row)})
-    return web.json_response(out)
+    services = _services(request)
+    servers = tuple(ReplicatingServer(server_id=row.server_id, name=row.name,
+                                      desired=services.replication.desired_state(row))
+                    for row in services.state.servers() if row.replicate)
+    return _json(Replicating(servers))
 
 
-def make_agent_app(engine: Engine) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
-    app[ENGINE] = engine
+def make_agent_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[error_middleware("agent link", network=False)], client_max_size=1024 * 1024)
+    speaks(app, AGENT_LINK, peer="An appliance agent")
+    app[SERVICES] = services
     app.router.add_post("/agent/register", agent_register)
     app.router.add_post("/agent/heartbeat", agent_heartbeat)
     app.router.add_post("/agent/authorize", agent_authorize)

@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from engine import __version__, logs
+from engine.client import UnixJsonClient
 from engine.config import DataDir
+from engine.errors import ConfigError
+from engine.identity import ApplianceIdentity
+from engine.links.agent import AGENT_LINK
+from engine.secrets import SecretStore
 
 #: An agent touches its alive file this often (seconds) while its event loop runs.
 ALIVE_EVERY = 1.0
@@ -52,10 +58,36 @@ AGENTS: tuple[AgentSpec, ...] = (
 
 @dataclass(frozen=True)
 class AgentContext:
+    """What an agent is started with. An agent is only ever started by the engine supervisor: the
+    ``require_*`` methods say so in one line when something it provides is missing."""
+
     name: str
     data_dir: DataDir
     listen_fd: int | None
     stop: asyncio.Event
+
+    def _not_supervised(self) -> ConfigError:
+        return ConfigError(f"{self.name} must be started by the engine supervisor (`godwit serve`).")
+
+    def require_appliance(self) -> tuple[ApplianceIdentity, SecretStore]:
+        """The appliance's identity and secret store, which the supervisor created."""
+        ident = ApplianceIdentity.load(self.data_dir)
+        if ident is None:
+            raise self._not_supervised()
+        return ident, ident.secrets(self.data_dir)
+
+    def require_listen_socket(self) -> socket.socket:
+        """The bound listening socket the supervisor handed over."""
+        if self.listen_fd is None:
+            raise self._not_supervised()
+        sock = socket.socket(fileno=self.listen_fd)
+        sock.setblocking(False)
+        return sock
+
+    def supervisor_link(self) -> UnixJsonClient:
+        """A client of the agent link (close it with ``aclose``)."""
+        return UnixJsonClient(self.data_dir.agent_socket, link=AGENT_LINK,
+                              what="The engine supervisor is not reachable.")
 
 
 def _die_with_parent(parent_pid: int) -> None:

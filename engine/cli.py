@@ -21,21 +21,12 @@ from engine import __version__
 from engine.client import AdminClient
 from engine.config import DataDir, EngineConfig, default_data_dir
 from engine.diskspace import human_bytes
+from engine.durations import age_text, setting_text
 from engine.errors import EngineError, EngineNotRunning
-from engine.records import Event, ServerStatus, from_json, to_json
+from engine.links.admin import EventAdded, Hello
+from engine.records import Event, ServerStatus, to_json
 
 EXIT_ERROR = 1
-
-
-def human_age(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    age = max(0.0, time.time() - ts)
-    if age < 90:
-        return f"{age:.0f} s ago"
-    if age < 5400:
-        return f"{age / 60:.0f} min ago"
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
 def _print_json(data: Any) -> None:
@@ -85,7 +76,7 @@ async def cmd_vm_list(client: AdminClient, args: argparse.Namespace) -> None:
         print("No source servers are registered. `godwit setup show` prints the command to run on one.")
         return
     rows = [[s.name, s.state, s.health, s.os, str(len(s.disks)), human_bytes(s.total_size),
-             human_age(s.last_heartbeat)] for s in servers]
+             age_text(s.last_heartbeat)] for s in servers]
     print(_table(rows, ["NAME", "STATE", "HEALTH", "OS", "DISKS", "SIZE", "LAST HEARTBEAT"]))
 
 
@@ -98,12 +89,12 @@ async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
           f"Address:         {s.address or '-'}\nOS:              {s.os}\nMobility:        {s.agent_version}\n"
           f"State:           {s.state}\nHealth:          {s.health}"
           + (f" ({s.health_cause}: {s.health_detail})" if s.health_cause else "")
-          + f"\nLast heartbeat:  {human_age(s.last_heartbeat)}\nRegistered:      {human_age(s.registered_at)}")
+          + f"\nLast heartbeat:  {age_text(s.last_heartbeat)}\nRegistered:      {age_text(s.registered_at)}")
     if s.replicating:
         rpo = "-" if s.rpo_seconds is None else f"{s.rpo_seconds:.0f} s"
         cap = "none" if s.max_mbps is None else f"{s.max_mbps:g} Mbit/s"
         print(f"Policy:          {s.policy}\nRPO:             {rpo}\n"
-              f"Last point:      {human_age(s.last_recovery_point)}\nBandwidth cap:   {cap}")
+              f"Last point:      {age_text(s.last_recovery_point)}\nBandwidth cap:   {cap}")
     print("Disks:")
     for d in s.disks:
         line = f"  {d.path}  {human_bytes(d.size)}"
@@ -123,22 +114,13 @@ async def cmd_vm_forget(client: AdminClient, args: argparse.Namespace) -> None:
     print(f"{args.name} is forgotten: its certificate is revoked and the appliance refuses it from now on.")
 
 
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "off"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:g}s"
-
-
 async def cmd_policy_list(client: AdminClient, args: argparse.Namespace) -> None:
     policies = await client.policies()
     if args.json:
         _print_json(policies)
         return
-    rows = [[p.name, human_duration(p.rpo_threshold), human_duration(p.retention),
-             human_duration(p.crash_consistent_every), human_duration(p.app_consistent_every)] for p in policies]
+    rows = [[p.name, setting_text(p.rpo_threshold), setting_text(p.retention),
+             setting_text(p.crash_consistent_every), setting_text(p.app_consistent_every)] for p in policies]
     print(_table(rows, ["NAME", "RPO THRESHOLD", "RETENTION", "CRASH-CONSISTENT", "APP-CONSISTENT"]))
 
 
@@ -147,10 +129,10 @@ async def cmd_policy_show(client: AdminClient, args: argparse.Namespace) -> None
     if args.json:
         _print_json(p)
         return
-    print(f"Name:                    {p.name}\nRPO threshold:           {human_duration(p.rpo_threshold)}\n"
-          f"Retention:               {human_duration(p.retention)}\n"
-          f"Crash-consistent every:  {human_duration(p.crash_consistent_every)}\n"
-          f"App-consistent every:    {human_duration(p.app_consistent_every)}")
+    print(f"Name:                    {p.name}\nRPO threshold:           {setting_text(p.rpo_threshold)}\n"
+          f"Retention:               {setting_text(p.retention)}\n"
+          f"Crash-consistent every:  {setting_text(p.crash_consistent_every)}\n"
+          f"App-consistent every:    {setting_text(p.app_consistent_every)}")
 
 
 async def cmd_policy_create(client: AdminClient, args: argparse.Namespace) -> None:
@@ -271,15 +253,13 @@ async def cmd_events(client: AdminClient, args: argparse.Namespace) -> None:
     while True:
         try:
             async for message in client.updates():
-                if message.get("type") == "hello":  # catch up on what happened since the last one printed
+                if isinstance(message, Hello):  # catch up on what happened since the last one printed
                     for e in await client.events(after=last, limit=10_000):
                         _print_event(e, args.json)
                         last = e.id
-                elif message.get("type") == "event":
-                    event = from_json(Event, message["event"])
-                    if event.id > last:
-                        _print_event(event, args.json)
-                        last = event.id
+                elif isinstance(message, EventAdded) and message.event.id > last:
+                    _print_event(message.event, args.json)
+                    last = message.event.id
             # The stream ended: the engine stopped, or dropped us for reading too slowly (then go on).
             await client.engine_status()
         except EngineNotRunning:
@@ -302,7 +282,7 @@ def _admin(fn: Callable[[AdminClient, argparse.Namespace], Coroutine[Any, Any, N
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from engine.supervisor import serve, serve_in_background
+    from engine.daemon import serve, serve_in_background
 
     config = EngineConfig(data_dir=DataDir(args.data_dir), management_port=args.management_port,
                           data_port=args.data_port, heartbeat_interval=args.heartbeat_interval)

@@ -1,7 +1,8 @@
 """Clients of the engine's local sockets: the admin API (CLI, console) and the agent link.
 
-Both are HTTP with JSON bodies over a Unix socket. Errors come back as ``{"code", "message"}``
-and are raised as the matching :class:`~engine.errors.EngineError`.
+Both are HTTP with JSON bodies over a Unix socket, each request and answer stamped with its link's
+protocol version (:mod:`engine.links`). Errors come back as ``{"code", "message"}`` and are raised
+as the matching :class:`~engine.errors.EngineError`.
 """
 
 from __future__ import annotations
@@ -9,13 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from engine.config import DataDir
 from engine.errors import EngineError, EngineNotRunning, ProtocolError, from_code
+from engine.links import HEADER, Link, decode, encode
+from engine.links.admin import ADMIN, StreamMessage, decode_message
 from engine.records import EngineStatus, Event, Policy, RecoveryPoint, ServerStatus, SetupInfo, from_json
+
+M = TypeVar("M")
 
 #: What failing to reach (or losing) the socket looks like.
 _UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, FileNotFoundError, ConnectionRefusedError,
@@ -28,8 +33,9 @@ MAX_STREAM_LINE = 16 * 1024 * 1024
 class UnixJsonClient:
     """JSON requests to an aiohttp server on a Unix socket."""
 
-    def __init__(self, socket_path: Path, *, what: str) -> None:
+    def __init__(self, socket_path: Path, *, link: Link, what: str) -> None:
         self.socket_path = socket_path
+        self.link = link
         self._what = what
         self._session: aiohttp.ClientSession | None = None
 
@@ -56,9 +62,14 @@ class UnixJsonClient:
                                "engine (often root).")
         return EngineNotRunning(self._what)
 
+    async def call(self, method: str, path: str, message: Any, answer: type[M], *, timeout: float = 30) -> M:
+        """Send a message of this link and decode its answer."""
+        return decode(answer, await self.request(method, path, None if message is None else encode(message),
+                                                 timeout=timeout), link=self.link)
+
     async def request(self, method: str, path: str, body: Any = None, *, timeout: float = 30) -> Any:
         try:
-            async with self._http().request(method, f"http://godwit{path}", json=body,
+            async with self._http().request(method, f"http://godwit{path}", json=body, headers=self.link.headers,
                                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 data = await resp.json(content_type=None)
         except _UNREACHABLE as exc:
@@ -72,16 +83,18 @@ class UnixJsonClient:
             if isinstance(data, dict) and "code" in data:
                 raise from_code(str(data["code"]), str(data.get("message", "")))
             raise EngineError(f"The engine answered {resp.status}.")
+        self.link.check(resp.headers.get(HEADER), peer="The engine")
         return data
 
     async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
         """Newline-delimited JSON messages until the engine closes the stream."""
         try:
-            async with self._http().get(f"http://godwit{path}",
+            async with self._http().get(f"http://godwit{path}", headers=self.link.headers,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
                 if resp.status >= 400:
                     data = await resp.json(content_type=None)
                     raise from_code(str(data.get("code")), str(data.get("message")))
+                self.link.check(resp.headers.get(HEADER), peer="The engine")
                 buf = b""
                 async for chunk in resp.content.iter_any():
                     buf += chunk
@@ -100,7 +113,7 @@ class AdminClient(UnixJsonClient):
 
     def __init__(self, data_dir: DataDir) -> None:
         super().__init__(
-            data_dir.admin_socket,
+            data_dir.admin_socket, link=ADMIN,
             what=f"No Godwit engine is running for {data_dir.root}. Start it with "
             f"`godwit serve --data-dir {data_dir.root}` or open the console.",
         )
@@ -158,7 +171,8 @@ class AdminClient(UnixJsonClient):
         Returns the point id and the size written."""
         url = f"http://godwit/v1/servers/{_quote(name)}/export?point={_quote(point)}&disk={disk}&format={fmt}"
         try:
-            async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
+            async with self._http().get(url, headers=self.link.headers,
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
                 if resp.status >= 400:
                     data = await resp.json(content_type=None)
                     raise from_code(str(data.get("code")), str(data.get("message")))
@@ -178,9 +192,13 @@ class AdminClient(UnixJsonClient):
         except _UNREACHABLE as exc:
             raise self._unreachable(exc) from exc
 
-    def updates(self) -> AsyncIterator[dict[str, Any]]:
-        """The engine's push stream: a ``hello`` snapshot first, then ``event``/``server``/... messages."""
-        return self.stream("/v1/stream")
+    async def updates(self) -> AsyncIterator[StreamMessage]:
+        """The engine's push stream: a :class:`~engine.links.admin.Hello` snapshot first, then one message
+        per change (types this version does not know are skipped)."""
+        async for data in self.stream("/v1/stream"):
+            message = decode_message(data)
+            if message is not None:
+                yield message
 
 
 def _quote(name: str) -> str:

@@ -57,6 +57,13 @@ class ProtocolError(EngineError):
     status = 400
 
 
+class VersionMismatch(ProtocolError):
+    """A peer speaks a major version of a link protocol that this program does not."""
+
+    code = "protocol-version"
+    status = 400
+
+
 class NotFound(EngineError):
     code = "not-found"
     status = 404

@@ -11,9 +11,9 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from engine.records import Event, Severity, to_json
+from engine.links.admin import EventAdded, StreamMessage
+from engine.records import Event, Severity
 from engine.state import StateDB
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ _LEVEL = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERR
 class EventHub:
     def __init__(self, state: StateDB) -> None:
         self._state = state
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._subscribers: set[asyncio.Queue[StreamMessage | None]] = set()
 
     def __repr__(self) -> str:
         return f"<EventHub subscribers={len(self._subscribers)}>"
@@ -35,10 +35,10 @@ class EventHub:
         """Store an event durably, log it, and push it to every subscriber."""
         event = self._state.add_event(severity, code, message, server)
         log.log(_LEVEL[severity], "event code=%s server=%s: %s", code, server, message)
-        self.publish({"type": "event", "event": to_json(event)})
+        self.publish(EventAdded(event))
         return event
 
-    def publish(self, message: dict[str, Any]) -> None:
+    def publish(self, message: StreamMessage) -> None:
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(message)
@@ -57,9 +57,9 @@ class EventHub:
             queue.put_nowait(None)
 
     @contextmanager
-    def subscribe(self) -> Iterator[asyncio.Queue[dict[str, Any] | None]]:
+    def subscribe(self) -> Iterator[asyncio.Queue[StreamMessage | None]]:
         """A queue of messages; ``None`` means the subscriber fell behind and must resync."""
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        queue: asyncio.Queue[StreamMessage | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self._subscribers.add(queue)
         try:
             yield queue

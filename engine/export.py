@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import itertools
-import os
 import struct
 import time
 import uuid
@@ -15,13 +14,9 @@ from aiohttp import web
 
 from engine.errors import BadInput, NotFound
 from engine.protocol import BLOCK
-from engine.replication import epoch
-from engine.state import disks_from_row
-from engine.storage import open_local_target, replica
+from engine.storage import Storage, replica
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from engine.inventory import Inventory
     from engine.replication import Replication
 
@@ -63,39 +58,37 @@ def vhd_footer(size: int, *, now: float | None = None, unique_id: bytes | None =
 
 
 async def stream_export(request: web.Request, inventory: Inventory, replication: Replication,
-                        target_root: Path) -> web.StreamResponse:
+                        storage: Storage) -> web.StreamResponse:
     row = inventory.row(request.match_info["name"])
     fmt = request.query.get("format", "raw")
     if fmt not in ("raw", "vhd"):
         raise BadInput(f"Format {fmt!r} is not raw or vhd.")
-    disks = disks_from_row(row)
+    disks = row.disks
     try:
         disk = int(request.query.get("disk", "0"))
         size = disks[disk].size
     except (ValueError, IndexError) as exc:
-        raise BadInput(f"{row['name']} has disks 0 to {len(disks) - 1}.") from exc
+        raise BadInput(f"{row.name} has disks 0 to {len(disks) - 1}.") from exc
     points = replication.points(row)
     if not points:
-        raise NotFound(f"{row['name']} has no recovery point yet: wait for its initial replication to finish.")
+        raise NotFound(f"{row.name} has no recovery point yet: wait for its initial replication to finish.")
     wanted = request.query.get("point", "latest")
     if wanted == "latest":
         point = points[-1]
     else:
         point = next((p for p in points if str(p.id) == wanted), None)  # type: ignore[assignment]
         if point is None:
-            raise NotFound(f"{row['name']} has no recovery point {wanted}; "
-                           f"`godwit vm points {row['name']}` lists them.")
-    copy = replica(row["server_id"], epoch(row) or 0)
-    disk_dir = target_root / copy / f"disk{disk}"
+            raise NotFound(f"{row.name} has no recovery point {wanted}; "
+                           f"`godwit vm points {row.name}` lists them.")
+    copy = replica(row.server_id, row.epoch or 0)
     loop = asyncio.get_running_loop()
-    lock = os.open(disk_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    with contextlib.ExitStack() as held:
         # The log processor applies nothing to this disk (it skips it) while the export reads it; the
-        # disk's metadata is read only now, under the lock, so the point cannot be pruned meanwhile.
-        await loop.run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
-        target = open_local_target(target_root, copy, disk, size)
+        # disk's metadata is read only once the lock is held, so the point cannot be pruned meanwhile.
+        await loop.run_in_executor(None, held.enter_context, storage.target_disk(copy, disk, size).locked())
+        target = storage.target_disk(copy, disk, size)
         if point.id not in {p.id for p in target.points()}:
-            raise NotFound(f"Recovery point {point.id} of {row['name']} was just pruned; export a newer one.")
+            raise NotFound(f"Recovery point {point.id} of {row.name} was just pruned; export a newer one.")
         padded = -(-target.size // SECTOR) * SECTOR
         total = padded + (SECTOR if fmt == "vhd" else 0)
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Godwit-Size": str(total),
@@ -114,7 +107,5 @@ async def stream_export(request: web.Request, inventory: Inventory, replication:
             await resp.write(bytes(padded - target.size))
         if fmt == "vhd":
             await resp.write(vhd_footer(padded))
-    finally:
-        os.close(lock)
     await resp.write_eof()
     return resp

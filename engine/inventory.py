@@ -7,19 +7,21 @@ import hmac
 import logging
 import time
 import uuid
-from typing import Any
 
 from cryptography import x509
 
+from engine.durations import duration_text
 from engine.errors import DiskFull, NameTaken, Revoked, TooManyAttempts, UnknownServer, WrongPassphrase
 from engine.events import EventHub
 from engine.identity import PASSPHRASE, new_passphrase
-from engine.manager.requests import ServerFacts
+from engine.links.admin import ServerChanged, ServerRemoved
+from engine.links.agent import Authorization, AuthorizeRequest, HeartbeatRequest, RegisterRequest
+from engine.links.management import HeartbeatAnswer, Registered
 from engine.pki import AppliancePKI
-from engine.records import DiskSpace, Health, ServerStatus, from_json, to_json
+from engine.records import DiskSpace, Health, HealthCause, ServerState, ServerStatus
 from engine.replication import Replication
 from engine.secrets import SecretStore
-from engine.state import StateDB, disks_from_row
+from engine.state import ServerRecord, StateDB
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +31,6 @@ CRITICAL_AFTER = 120.0
 #: Wrong passphrases an address may send within the window before it must wait.
 MAX_FAILED_REGISTRATIONS = 5
 FAILED_REGISTRATION_WINDOW = 60.0
-#: Health causes that come from the appliance's own disk: recorded once as an appliance event by the
-#: supervisor (``disk-space-*``), not once per server.
-DISK_CAUSES = ("disk-space-low", "disk-full")
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.0f} h"
-
 
 class Inventory:
     def __init__(self, *, state: StateDB, pki: AppliancePKI, secrets: SecretStore, hub: EventHub,
@@ -54,7 +44,7 @@ class Inventory:
         self.management_port = management_port
         self.data_port = 0
         #: The last (health, cause) seen per server name, to turn changes into events.
-        self._health: dict[str, tuple[str, str | None]] = {}
+        self._health: dict[str, tuple[Health, HealthCause | None]] = {}
         #: Whether a server was last published with a rate, to publish it again when the rate goes stale.
         self._moving: dict[str, bool] = {}
         self._failures: dict[str, list[float]] = {}
@@ -65,42 +55,44 @@ class Inventory:
         return f"<Inventory servers={self._state.count_servers()}>"
 
     # --- views ------------------------------------------------------------------------------
-    def status(self, row: Any, now: float | None = None) -> ServerStatus:
+    def status(self, row: ServerRecord, now: float | None = None) -> ServerStatus:
         now = time.time() if now is None else now
-        last = row["last_heartbeat"]
+        last = row.last_heartbeat
         age = now - last if last is not None else float("inf")
-        health: Health = "healthy"
-        cause, detail = None, None
+        health = Health.HEALTHY
+        cause: HealthCause | None = None
+        detail: str | None = None
         summary = self.replication.summary(row, now)
-        disk = self.disk_space if row["replicate"] else None  # what it costs a server that is not replicating: nothing
+        disk = self.disk_space if row.replicate else None  # what it costs a server that is not replicating: nothing
         disk_level = disk.level if disk is not None else "ok"
         if disk is not None and disk_level == "full":
             # First: it stops this server's replication, and is why its heartbeats may go unrecorded.
-            health, cause, detail = "critical", "disk-full", disk.detail
+            health, cause, detail = Health.CRITICAL, HealthCause.DISK_FULL, disk.detail
         elif age > self.heartbeat_interval * MISSED_FOR_WARNING:
-            health = "critical" if age > CRITICAL_AFTER else "warning"
-            cause = "agent-not-seen"
-            detail = (f"No heartbeat for {_ago(age)}. Check that the mobility service runs on {row['hostname']} "
-                      f"and reaches the appliance on port {self.management_port}.")
-        elif summary["cause"] is not None and summary["state"] in ("error", "paused"):
-            cause, detail = summary["cause"]
-            health = "critical"
+            health = Health.CRITICAL if age > CRITICAL_AFTER else Health.WARNING
+            cause = HealthCause.AGENT_NOT_SEEN
+            detail = (f"No heartbeat for {duration_text(age)}. Check that the mobility service runs on "
+                      f"{row.hostname} and reaches the appliance on port {self.management_port}.")
+        elif summary.cause is not None and summary.state in (ServerState.ERROR, ServerState.PAUSED):
+            cause, detail = summary.cause
+            health = Health.CRITICAL
         elif disk is not None and disk_level != "ok":
-            health, cause, detail = ("critical" if disk_level == "critical" else "warning"), "disk-space-low", \
-                disk.detail
-        elif summary["cause"] is not None:
-            cause, detail = summary["cause"]
-            health = "critical" if cause == "disk-full" else "warning"  # disk-full: its batches are refused
+            health = Health.CRITICAL if disk_level == "critical" else Health.WARNING
+            cause, detail = HealthCause.DISK_SPACE_LOW, disk.detail
+        elif summary.cause is not None:
+            cause, detail = summary.cause
+            # disk-full: its batches are refused
+            health = Health.CRITICAL if cause == HealthCause.DISK_FULL else Health.WARNING
         return ServerStatus(
-            server_id=row["server_id"], name=row["name"], hostname=row["hostname"], os=row["os"],
-            agent_version=row["agent_version"], state=summary["state"], health=health,
-            health_cause=cause, health_detail=detail, registered_at=row["registered_at"], last_heartbeat=last,
-            address=row["address"], disks=self.replication.disk_statuses(row, disks_from_row(row), now),
-            replicating=bool(row["replicate"]), policy=row["policy"], max_mbps=row["max_mbps"],
-            rpo_seconds=summary["rpo"], last_recovery_point=summary["last_point"],
+            server_id=row.server_id, name=row.name, hostname=row.hostname, os=row.os,
+            agent_version=row.agent_version, state=summary.state, health=health,
+            health_cause=cause, health_detail=detail, registered_at=row.registered_at, last_heartbeat=last,
+            address=row.address, disks=self.replication.disk_statuses(row, now),
+            replicating=row.replicate, policy=row.policy, max_mbps=row.max_mbps,
+            rpo_seconds=summary.rpo, last_recovery_point=summary.last_point,
         )
 
-    def row(self, name: str) -> Any:
+    def row(self, name: str) -> ServerRecord:
         row = self._state.server(name=name)
         if row is None:
             raise UnknownServer(f"No server named {name!r} is registered. `godwit vm list` shows the names.")
@@ -122,7 +114,7 @@ class Inventory:
             status = self.status(row)
             self._note_health(status)
             self._note_rate(status)
-            self._hub.publish({"type": "server", "server": to_json(status)})
+            self._hub.publish(ServerChanged(status))
 
     def _note_health(self, status: ServerStatus) -> bool:
         """Record an event when a server's health cause changes; True if anything changed.
@@ -138,11 +130,12 @@ class Inventory:
         try:
             # segment-corrupt is recorded where it happens (the log processor's report), the appliance's
             # disk by the supervisor (once, not per server)
-            if cause is not None and cause != old_cause and cause != "segment-corrupt" and cause not in DISK_CAUSES:
-                self._hub.record("warning" if status.health == "warning" else "error",
-                                 "server-not-seen" if cause == "agent-not-seen" else cause,
+            if cause is not None and cause != old_cause and cause != HealthCause.SEGMENT_CORRUPT \
+                    and not cause.about_appliance_disk:
+                self._hub.record("warning" if status.health == Health.WARNING else "error",
+                                 "server-not-seen" if cause == HealthCause.AGENT_NOT_SEEN else cause.value,
                                  f"{status.name}: {status.health_detail}", server=status.name)
-            elif cause is None and old_cause == "agent-not-seen":
+            elif cause is None and old_cause == HealthCause.AGENT_NOT_SEEN:
                 self._hub.record("info", "server-seen-again", f"{status.name} is sending heartbeats again.",
                                  server=status.name)
             elif cause is None:
@@ -173,15 +166,16 @@ class Inventory:
                          "new servers need the new passphrase.")
 
     # --- from the management port ------------------------------------------------------------------
-    def register(self, payload: dict[str, Any]) -> dict[str, Any]:
-        name, address = str(payload["name"]), str(payload.get("address"))
+    def register(self, request: RegisterRequest) -> Registered:
+        reg, address = request.registration, str(request.address)
+        name = reg.name
         now = time.monotonic()
         recent = [t for t in self._failures.get(address, []) if now - t < FAILED_REGISTRATION_WINDOW]
         self._failures[address] = recent
         if len(recent) >= MAX_FAILED_REGISTRATIONS:
             raise TooManyAttempts(f"Too many wrong passphrases from {address}: wait a minute, then register with "
                                   "the passphrase shown on the console's Setup page.")
-        if not hmac.compare_digest(str(payload["passphrase"]).encode(), self.passphrase().encode()):
+        if not hmac.compare_digest(reg.passphrase.encode(), self.passphrase().encode()):
             recent.append(now)
             self._hub.record("warning", "registration-refused",
                              f"A server calling itself {name!r} from {address} gave a wrong passphrase.")
@@ -192,9 +186,9 @@ class Inventory:
         if self._state.server(name=name) is not None:
             raise NameTaken(f"A server named {name!r} is already registered with this appliance. Give this one "
                             "another --name, or forget the old one on the appliance (`godwit vm forget`).")
-        facts = _facts(payload)
+        facts = reg.facts
         server_id = str(uuid.uuid4())
-        cert_pem = self._pki.sign_client(str(payload["csr"]), server_id)
+        cert_pem = self._pki.sign_client(reg.csr, server_id)
         serial = x509.load_pem_x509_certificate(cert_pem.encode()).serial_number
         self._state.add_server(server_id=server_id, name=name, hostname=facts.hostname, os=facts.os,
                                agent_version=facts.agent_version, cert_serial=serial, address=address,
@@ -204,55 +198,55 @@ class Inventory:
                          f"{name} ({facts.hostname}, {facts.os}) registered with {len(facts.disks)} disk(s).{caveats}",
                          server=name)
         self._publish(server_id)
-        return {"server_id": server_id, "name": name, "certificate": cert_pem,
-                **self._desired_state(self._state.server(server_id=server_id))}
+        row = self._state.server(server_id=server_id)
+        assert row is not None, "just added"
+        return Registered(server_id=server_id, name=name, certificate=cert_pem, answer=self._answer(row))
 
-    def _current(self, server_id: str, serial: int, what: str) -> Any:
+    def _current(self, server_id: str, serial: int, what: str) -> ServerRecord:
         """The server's row if this certificate is its current one; else :class:`Revoked`."""
         row = self._state.server(server_id=server_id)
-        if self._state.is_revoked(serial) or row is None or int(row["cert_serial"], 16) != serial:
+        if self._state.is_revoked(serial) or row is None or row.cert_serial != serial:
             log.warning("%s.refused server_id=%s reason=revoked", what, server_id)
             raise Revoked("This server's registration was revoked by the appliance admin. To register it again, "
                           "delete its state directory and run the mobility service with the current passphrase.")
         return row
 
-    def authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
-        server_id = str(payload["server_id"])
-        row = self._current(server_id, int(payload["serial"]), "stream")
-        return {"name": row["name"], **self.replication.desired_state(row)}
+    def authorize(self, request: AuthorizeRequest) -> Authorization:
+        row = self._current(request.server_id, request.serial, "stream")
+        return Authorization(name=row.name, desired=self.replication.desired_state(row))
 
-    def heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
-        server_id, serial = str(payload["server_id"]), int(payload["serial"])
-        row = self._current(server_id, serial, "heartbeat")
-        facts = _facts(payload)
+    def heartbeat(self, request: HeartbeatRequest) -> HeartbeatAnswer:
+        server_id = request.server_id
+        row = self._current(server_id, request.serial, "heartbeat")
+        facts = request.facts
         self._state.record_heartbeat(server_id, hostname=facts.hostname, os=facts.os,
-                                     agent_version=facts.agent_version, address=payload.get("address"),
+                                     agent_version=facts.agent_version, address=request.address,
                                      disks=list(facts.disks), at=time.time())
         for notice in facts.notices:
-            self._hub.record(notice.severity, notice.code, f"{row['name']}: {notice.message}",  # type: ignore[arg-type]
-                             server=row["name"])
+            self._hub.record(notice.severity, notice.code, f"{row.name}: {notice.message}",  # type: ignore[arg-type]
+                             server=row.name)
         self.replication.points_taken[server_id] = facts.points
         if facts.clock is not None:  # what the source's clock is ahead of ours (the trip is a rounding error)
             self.replication.clock_skew[server_id] = facts.clock - time.time()
         self._publish(server_id)
-        return self._desired_state(row)  # a heartbeat changes nothing the desired state depends on
+        return self._answer(row)  # a heartbeat changes nothing the desired state depends on
 
-    def _desired_state(self, row: Any) -> dict[str, Any]:
-        return {"heartbeat_interval": self.heartbeat_interval, "data_port": self.data_port,
-                **self.replication.desired_state(row)}
+    def _answer(self, row: ServerRecord) -> HeartbeatAnswer:
+        return HeartbeatAnswer(heartbeat_interval=self.heartbeat_interval, data_port=self.data_port,
+                               desired=self.replication.desired_state(row))
 
     # --- admin -----------------------------------------------------------------------------------
     def forget(self, name: str) -> None:
         row = self.row(name)
-        if row["replicate"]:
+        if row.replicate:
             self.replication.disable(row)
-        self._state.revoke_server(row["server_id"])
+        self._state.revoke_server(row.server_id)
         self._health.pop(name, None)
         self._moving.pop(name, None)
         self._hub.record("warning", "server-forgotten",
                          f"{name} was forgotten: its certificate is revoked and its next connection is refused.",
                          server=name)
-        self._hub.publish({"type": "server-removed", "name": name})
+        self._hub.publish(ServerRemoved(name))
 
     async def watch_health(self) -> None:
         """Notice servers that stop sending heartbeats, and rates that went stale (nobody else would:
@@ -263,11 +257,7 @@ class Inventory:
                 for row in self._state.servers():
                     status = self.status(row, now)
                     if self._note_health(status) | self._note_rate(status):
-                        self._hub.publish({"type": "server", "server": to_json(status)})
+                        self._hub.publish(ServerChanged(status))
             except Exception:  # e.g. a full disk for the event: keep watching
                 log.exception("health.watch-failed")
             await asyncio.sleep(min(1.0, self.heartbeat_interval))
-
-
-def _facts(payload: dict[str, Any]) -> ServerFacts:
-    return from_json(ServerFacts, payload["facts"])

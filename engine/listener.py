@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import resource
 import socket
@@ -40,14 +39,13 @@ import ssl
 import time
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from engine.errors import EngineError, PortError, ProtocolError
+from engine.errors import PortError
 
 log = logging.getLogger(__name__)
 
@@ -120,54 +118,6 @@ class _PeerLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             self.exception(msg, *args, exc_info=exc_info)
         else:
             self.logger.debug(msg, *args, **kwargs)
-
-
-def error_middleware(port_name: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Turn every refusal into ``{"code", "message"}`` JSON, one warning line, and a closed connection."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except EngineError as exc:
-            code, message, status = exc.code, exc.message, exc.status
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code, status = f"http-{exc.status}", exc.status
-            message = {
-                404: f"There is no {request.path} on the {port_name} port.",
-                405: f"{request.method} is not allowed on {request.path}.",
-                413: f"The request body is larger than the {port_name} port accepts.",
-            }.get(exc.status, exc.reason)
-        log.warning("%s port: refused %s %s from %s: %s %s", port_name, request.method, request.path[:100],
-                    request.remote, status, code)
-        resp = web.json_response({"code": code, "message": message}, status=status)
-        resp.force_close()
-        return resp
-
-    return middleware
-
-
-#: Seconds a small (JSON) request body may take to arrive before the connection is dropped.
-JSON_BODY_TIMEOUT = 30.0
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a :class:`ProtocolError` that names the problem."""
-    try:
-        async with asyncio.timeout(JSON_BODY_TIMEOUT):
-            body = await request.read()
-    except TimeoutError as exc:
-        raise ProtocolError(f"The request body did not arrive within {JSON_BODY_TIMEOUT:.0f} s.") from exc
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("The request body is not valid JSON.") from exc
-    if not isinstance(data, dict):
-        raise ProtocolError("The request body must be a JSON object.")
-    return data
 
 
 def connection_budget(open_files: int) -> int:

@@ -8,13 +8,64 @@ shape.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
-Health = Literal["healthy", "warning", "critical"]
 Severity = Literal["info", "warning", "error"]
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class ServerState(StrEnum):
+    """Where a registered server's replication stands."""
+
+    REGISTERED = "registered"  #: not replicating
+    INITIAL_REPLICATION = "initial-replication"
+    PROTECTED = "protected"  #: initial replication complete and a recovery point exists
+    RESYNCING = "resyncing"
+    PAUSED = "paused"  #: nothing moves until the cause goes away (by itself or by the admin)
+    ERROR = "error"  #: the admin must act (a refused segment: resync)
+
+
+class HealthCause(StrEnum):
+    """Why a server is not healthy. ``label`` is how a person reads the code."""
+
+    AGENT_NOT_SEEN = "agent-not-seen"
+    DISK_FULL = "disk-full"  #: the appliance's data directory (recorded once, as an appliance event)
+    DISK_SPACE_LOW = "disk-space-low"  #: the same, below the warning level
+    CACHE_FULL = "cache-full"
+    INITIAL_REPLICATION_STALLED = "initial-replication-stalled"
+    POINT_DEFERRED = "point-deferred"
+    POINTS_NOT_CRASH_CONSISTENT = "points-not-crash-consistent"
+    CLOCK_SKEW = "clock-skew"
+    RPO_EXCEEDED = "rpo-exceeded"
+    SEGMENT_CORRUPT = "segment-corrupt"  #: a refused segment: waits for a resync
+    TARGET_FULL = "target-full"  #: the seed disk's file system is full: applying pauses
+    TARGET_UNWRITABLE = "target-unwritable"  #: the seed disk cannot be written: applying pauses
+    DISK_MISSING = "disk-missing"
+    DISK_SIZE_CHANGED = "disk-size-changed"
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("-", " ")
+
+    @property
+    def about_appliance_disk(self) -> bool:
+        """A cause that comes from the appliance's own disk, recorded once by the supervisor, not per server."""
+        return self in (HealthCause.DISK_SPACE_LOW, HealthCause.DISK_FULL)
+
+    @property
+    def pauses_applying(self) -> bool:
+        """A cause that stops the log processor until it can write again (it heals by itself)."""
+        return self in (HealthCause.TARGET_FULL, HealthCause.TARGET_UNWRITABLE)
 
 
 @dataclass(frozen=True)
@@ -41,9 +92,9 @@ class ServerStatus:
     hostname: str
     os: str
     agent_version: str
-    state: str
+    state: ServerState
     health: Health
-    health_cause: str | None
+    health_cause: HealthCause | None
     health_detail: str | None
     registered_at: float
     last_heartbeat: float | None
@@ -193,6 +244,8 @@ def from_json(cls: type[T], data: Any) -> T:
 
 def _convert(tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return _member(tp, value)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_json(tp, value)  # type: ignore[arg-type]
     if origin is tuple and isinstance(value, list):
@@ -202,4 +255,14 @@ def _convert(tp: Any, value: Any) -> Any:
         for arg in typing.get_args(tp):
             if isinstance(arg, type) and dataclasses.is_dataclass(arg) and isinstance(value, dict):
                 return from_json(arg, value)
+            if isinstance(arg, type) and issubclass(arg, enum.Enum) and value is not None:
+                return _member(arg, value)
     return value
+
+
+def _member(tp: type[enum.Enum], value: Any) -> Any:
+    """An enum member; a value this version does not know (a newer peer's) stays as it came."""
+    try:
+        return tp(value)
+    except ValueError:
+        return value

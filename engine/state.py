@@ -18,8 +18,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from engine import diskspace
 from engine.errors import DiskFull
@@ -71,6 +72,48 @@ CREATE TABLE IF NOT EXISTS events (
     server TEXT
 );
 """
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """A registered source server as the state database holds it."""
+
+    server_id: str
+    name: str
+    hostname: str
+    os: str
+    agent_version: str
+    cert_serial: int
+    registered_at: float
+    last_heartbeat: float | None
+    address: str | None
+    #: The disks as the source last described them.
+    disks: tuple[Disk, ...]
+    replicate: bool
+    policy: str | None
+    max_mbps: float | None
+    enabled_at: float | None
+    #: The disks' sizes when replication was enabled: the seed disks' sizes (the current sizes when
+    #: not replicating).
+    replicated_sizes: tuple[int, ...]
+    resync_gen: int
+
+    @property
+    def epoch(self) -> int | None:
+        """Which enabling of replication is current (ms timestamp): state left from an earlier one is
+        never reused. None when the server does not replicate."""
+        return int(self.enabled_at * 1000) if self.replicate and self.enabled_at is not None else None
+
+    @classmethod
+    def _from_row(cls, r: sqlite3.Row) -> ServerRecord:
+        disks = tuple(from_json(Disk, d) for d in json.loads(r["disks"]))
+        raw = r["replicated_disks"]
+        sizes = tuple(int(x) for x in json.loads(raw)) if raw else tuple(d.size for d in disks)
+        return cls(server_id=r["server_id"], name=r["name"], hostname=r["hostname"], os=r["os"],
+                   agent_version=r["agent_version"], cert_serial=int(r["cert_serial"], 16),
+                   registered_at=r["registered_at"], last_heartbeat=r["last_heartbeat"], address=r["address"],
+                   disks=disks, replicate=bool(r["replicate"]), policy=r["policy"], max_mbps=r["max_mbps"],
+                   enabled_at=r["enabled_at"], replicated_sizes=sizes, resync_gen=int(r["resync_gen"]))
 
 
 def is_full(exc: BaseException) -> bool:
@@ -169,13 +212,15 @@ class StateDB:
     def count_servers(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM servers").fetchone()[0])
 
-    def servers(self) -> list[sqlite3.Row]:
-        return list(self._db.execute("SELECT * FROM servers ORDER BY name"))
+    def servers(self) -> list[ServerRecord]:
+        return [ServerRecord._from_row(r) for r in self._db.execute("SELECT * FROM servers ORDER BY name")]
 
-    def server(self, *, server_id: str | None = None, name: str | None = None) -> sqlite3.Row | None:
+    def server(self, *, server_id: str | None = None, name: str | None = None) -> ServerRecord | None:
         if server_id is not None:
-            return self._db.execute("SELECT * FROM servers WHERE server_id=?", (server_id,)).fetchone()  # type: ignore[no-any-return]
-        return self._db.execute("SELECT * FROM servers WHERE name=?", (name,)).fetchone()  # type: ignore[no-any-return]
+            row = self._db.execute("SELECT * FROM servers WHERE server_id=?", (server_id,)).fetchone()
+        else:
+            row = self._db.execute("SELECT * FROM servers WHERE name=?", (name,)).fetchone()
+        return None if row is None else ServerRecord._from_row(row)
 
     def add_server(self, *, server_id: str, name: str, hostname: str, os: str, agent_version: str,
                    cert_serial: int, address: str | None, disks: list[Disk]) -> None:
@@ -270,7 +315,3 @@ def _policy(r: sqlite3.Row) -> Policy:
 def _disks_json(disks: list[Disk]) -> str:
     return json.dumps([to_json(d) for d in disks])
 
-
-def disks_from_row(row: sqlite3.Row) -> tuple[Disk, ...]:
-    raw: list[dict[str, Any]] = json.loads(row["disks"])
-    return tuple(from_json(Disk, d) for d in raw)

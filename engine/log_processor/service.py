@@ -24,20 +24,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import zstandard
 
 from engine import diskspace
 from engine.agents import AgentContext
-from engine.client import UnixJsonClient
+from engine.backoff import Backoff
 from engine.codec import Block, SegmentCorrupt, SegmentIdent, open_segment
-from engine.config import DataDir
-from engine.errors import ConfigError, EngineError
+from engine.errors import EngineError
 from engine.files import write_atomically
-from engine.identity import ApplianceIdentity
 from engine.keys import DataKeys, master_key
+from engine.links.agent import Ack, AppliedPoint, AppliedReport, Replicating
 from engine.protocol import BatchHeader, Bookmark, Kind
+from engine.records import HealthCause
 from engine.storage import PointInfo, TargetDisk, open_local_cache, open_local_target, replica
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ WORKERS = 2
 #: A slice of work on one disk ends after this long (or when nothing is left); then others get a turn.
 SLICE = 0.25
 #: A disk paused by an error of its target retries after this long (doubling up to the last value).
-PAUSE_RETRY = (2.0, 4.0, 8.0, 15.0)
+PAUSE_BACKOFF = Backoff((2.0, 4.0, 8.0, 15.0))
 _KINDS = {Bookmark.CRASH_POINT: "crash-consistent", Bookmark.APP_POINT: "app-consistent",
           Bookmark.INCONSISTENT_POINT: "not-crash-consistent"}
 
@@ -93,7 +92,7 @@ class DiskJob:
     resync_gen: int = 0
     #: Why applying stopped, for the admin (None: it runs); ``error_code`` says what kind of stop.
     error: str | None = None
-    error_code: str | None = None
+    error_code: HealthCause | None = None
     bookmark_time: float | None = None
     bookmark_source_time: float | None = None
     dirty: bool = True
@@ -104,7 +103,7 @@ class DiskJob:
     def replica(self) -> str:
         return replica(self.server_id, self.epoch)
 
-    def fail(self, code: str, message: str) -> None:
+    def fail(self, code: HealthCause, message: str) -> None:
         self.error_code, self.error = code, message
 
     def clear(self) -> None:
@@ -112,14 +111,12 @@ class DiskJob:
 
 
 class LogProcessor:
-    def __init__(self, data_dir: DataDir) -> None:
-        ident = ApplianceIdentity.load(data_dir)
-        if ident is None:
-            raise ConfigError("log-processor must be started by the engine supervisor.")
-        self.data_dir = data_dir
-        self.keys = DataKeys(data_dir.keys, master_key(ident.secrets(data_dir)))
+    def __init__(self, ctx: AgentContext) -> None:
+        _, store = ctx.require_appliance()
+        data_dir = self.data_dir = ctx.data_dir
+        self.keys = DataKeys(data_dir.keys, master_key(store))
         self.cache = open_local_cache(data_dir.cache)
-        self.link = UnixJsonClient(data_dir.agent_socket, what="The engine supervisor is not reachable.")
+        self.link = ctx.supervisor_link()
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="apply")
         for _ in range(WORKERS):  # start the workers now: later, short of memory, a new thread may not start
             self.pool.submit(time.sleep, 0.05)
@@ -134,21 +131,23 @@ class LogProcessor:
         busy = sum(1 for lock in self._servers.values() if lock.locked())
         return f"<LogProcessor disks={len(self.jobs)} servers_applying={busy}>"
 
-    def refresh(self, servers: list[dict[str, Any]]) -> None:
+    def refresh(self, replicating: Replicating) -> None:
         wanted = set()
-        for s in servers:
-            for d in s.get("disks", []):
-                key = (s["server_id"], int(d["index"]))
+        for s in replicating.servers:
+            desired = s.desired
+            if desired.policy is None or desired.epoch is None:
+                continue
+            for d in desired.disks:
+                key = (s.server_id, d.index)
                 wanted.add(key)
-                retention = float(s["policy"]["retention"])
-                epoch = int(s["epoch"])
+                retention, epoch = desired.policy.retention, desired.epoch
                 if key in self.jobs and self.jobs[key].epoch != epoch:
                     self._drop(key)  # disabled and enabled again: that target was deleted
                 if key not in self.jobs:
-                    target = open_local_target(self.data_dir.target, replica(key[0], epoch), key[1], int(d["size"]))
+                    target = open_local_target(self.data_dir.target, replica(key[0], epoch), key[1], d.size)
                     self.jobs[key] = DiskJob(key[0], key[1], target, retention, epoch=epoch, points=target.points())
                 self.jobs[key].retention = retention
-                self.jobs[key].resync_gen = int(s.get("resync_gen", 0))
+                self.jobs[key].resync_gen = desired.resync_gen
         for key in set(self.jobs) - wanted:
             self._drop(key)
 
@@ -196,9 +195,9 @@ class LogProcessor:
             # block. Until the admin asks for that resync, the disk is in error.
             if job.resync_gen <= target.refused_gen:
                 if job.error is None:
-                    job.fail("segment-corrupt", f"Segment {target.refused_seq} of disk {job.disk} was refused and "
-                             "set aside; resync this server.")
-            elif job.error_code == "segment-corrupt":
+                    job.fail(HealthCause.SEGMENT_CORRUPT, f"Segment {target.refused_seq} of disk {job.disk} was "
+                             "refused and set aside; resync this server.")
+            elif job.error_code == HealthCause.SEGMENT_CORRUPT:
                 job.clear()
                 log.info("resync.mending server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
         changed = False
@@ -220,13 +219,13 @@ class LogProcessor:
                 changed = True
                 continue
             if header is None:
-                job.fail("segment-corrupt", f"{refusal} It was not applied; resync this server.")
+                job.fail(HealthCause.SEGMENT_CORRUPT, f"{refusal} It was not applied; resync this server.")
                 target.refuse(seq, target.resync_seen)
                 log.error("segment.refused server=%s disk=%s seq=%s: %s", job.server_id, job.disk, seq, refusal)
                 return True, False
             if target.refused_seq:
                 target.mended()
-                if job.error_code == "segment-corrupt":  # the pass may come before we learn it was asked for
+                if job.error_code == HealthCause.SEGMENT_CORRUPT:  # the pass may come before we learn it was asked
                     job.clear()
                 log.info("resync.mended server=%s disk=%s seq=%s", job.server_id, job.disk, seq)
             resync_pass = header.initial_done if header.kind == Kind.RESYNC else None
@@ -282,18 +281,18 @@ class LogProcessor:
                 fs = diskspace.where(diskspace.mount_point(where), *diskspace.usage(where))
             except OSError:
                 fs = f"the file system of {where}"
-            code, message = "target-full", (
+            code, message = HealthCause.TARGET_FULL, (
                 f"{fs[0].upper()}{fs[1:]} is full: disk {job.disk}'s seed disk cannot take more changes. They "
                 "wait safely in the cache; free space on the appliance and applying resumes by itself.")
         else:
-            code, message = "target-unwritable", (
+            code, message = HealthCause.TARGET_UNWRITABLE, (
                 f"Disk {job.disk}'s seed disk under {where} cannot be written ({exc.strerror or exc}). "
                 "Changes wait in the cache; check the appliance's storage. Applying retries by itself.")
         if job.error_code != code:  # said once (a log line, an event), not at every retry
             log.warning("apply.paused server=%s disk=%s: %s", job.server_id, job.disk, message)
             job.fail(code, message)
             job.dirty = True
-        delay = PAUSE_RETRY[min(job.pauses, len(PAUSE_RETRY) - 1)]
+        delay = PAUSE_BACKOFF.delay(job.pauses)
         job.pauses += 1
         return delay
 
@@ -313,7 +312,7 @@ class LogProcessor:
                 return
             except Exception:  # a bug: said once with its traceback, then the disk is tried again
                 log.exception("apply.failed server=%s disk=%s", job.server_id, job.disk)
-                wait = PAUSE_RETRY[-1]
+                wait = PAUSE_BACKOFF.longest
             if wait:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
@@ -334,7 +333,7 @@ class LogProcessor:
         except EngineError as exc:
             log.warning("log-processor: %s", exc)
             return 1.0
-        if job.error_code in ("target-full", "target-unwritable"):
+        if job.error_code is not None and job.error_code.pauses_applying:
             log.info("apply.resumed server=%s disk=%s", job.server_id, job.disk)
             job.clear()
             changed = True
@@ -343,23 +342,24 @@ class LogProcessor:
         return 0 if more else POLL
 
     async def report(self, job: DiskJob) -> None:
-        payload = {"server_id": job.server_id, "disk": job.disk, "epoch": job.epoch, "applied_seq": job.target.applied_seq,
-                   "resync_done": job.target.resync_done,
-                   "bookmark_time": job.bookmark_time, "bookmark_source_time": job.bookmark_source_time,
-                   "error": job.error, "error_code": job.error_code,
-                   "points": [{"id": p.id, "created_at": p.created_at, "kind": p.kind} for p in job.points]}
-        await self.link.request("POST", "/agent/applied", payload)
+        report = AppliedReport(server_id=job.server_id, disk=job.disk, epoch=job.epoch,
+                               applied_seq=job.target.applied_seq, resync_done=job.target.resync_done,
+                               bookmark_time=job.bookmark_time, bookmark_source_time=job.bookmark_source_time,
+                               error=job.error, error_code=job.error_code,
+                               points=tuple(AppliedPoint(p.id, p.created_at, p.kind) for p in job.points))
+        await self.link.call("POST", "/agent/applied", report, Ack)
         job.dirty = False
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
                 try:
-                    servers = await self.link.request("GET", "/agent/replicating")
-                    self.refresh(servers)
+                    replicating = await self.link.call("GET", "/agent/replicating", None, Replicating)
+                    self.refresh(replicating)
                     # Deleting what earlier enablings left can take a while: not on this loop.
                     await asyncio.get_running_loop().run_in_executor(
-                        self.pool, self._sweep, {s["server_id"]: int(s["epoch"]) for s in servers})
+                        self.pool, self._sweep, {s.server_id: s.desired.epoch for s in replicating.servers
+                                                 if s.desired.epoch is not None})
                     for key, job in self.jobs.items():
                         if key not in self._drivers or self._drivers[key].done():
                             self._drivers[key] = asyncio.create_task(self._drive(job, stop),
@@ -383,7 +383,7 @@ def _starts_resync(header: BatchHeader, *, after: int) -> bool:
 
 
 async def serve(ctx: AgentContext) -> None:
-    processor = LogProcessor(ctx.data_dir)
+    processor = LogProcessor(ctx)
     try:
         await processor.run(ctx.stop)
     finally:

@@ -7,17 +7,18 @@ supervisor over the agent link; the supervisor owns the state and the CA key.
 from __future__ import annotations
 
 import logging
-import socket
-from dataclasses import asdict
 
 from aiohttp import web
 
 from engine.agents import AgentContext
 from engine.client import UnixJsonClient
-from engine.errors import CertificateRequired, ConfigError
-from engine.identity import ApplianceIdentity, open_pki
-from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener, error_middleware, read_json
-from engine.manager.requests import Registration, ServerFacts
+from engine.errors import CertificateRequired
+from engine.http_server import error_middleware, read_json, speaks
+from engine.identity import open_pki
+from engine.links import encode
+from engine.links.agent import HeartbeatAnswer, HeartbeatRequest, Registered, RegisterRequest
+from engine.links.management import MANAGEMENT, Registration, ServerFacts
+from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener
 from engine.pki import peer_identity
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,9 @@ async def get_ca(request: web.Request) -> web.Response:
 
 async def register(request: web.Request) -> web.Response:
     reg = Registration.parse(await read_json(request))
-    payload = {"passphrase": reg.passphrase, "csr": reg.csr, "name": reg.name, "facts": asdict(reg.facts),
-               "address": request.remote}
-    result = await request.app[LINK].request("POST", "/agent/register", payload)
+    answer = await request.app[LINK].call("POST", "/agent/register", RegisterRequest(reg, request.remote), Registered)
     log.info("register.complete name=%s address=%s", reg.name, request.remote)
-    return web.json_response(result)
+    return web.json_response(encode(answer))
 
 
 async def heartbeat(request: web.Request) -> web.Response:
@@ -47,13 +46,13 @@ async def heartbeat(request: web.Request) -> web.Response:
     if peer is None:
         raise CertificateRequired("Heartbeats need the client certificate this appliance issued at registration.")
     facts = ServerFacts.parse(await read_json(request))
-    payload = {"server_id": peer.server_id, "serial": peer.serial, "facts": asdict(facts),
-               "address": request.remote}
-    return web.json_response(await request.app[LINK].request("POST", "/agent/heartbeat", payload))
+    beat = HeartbeatRequest(server_id=peer.server_id, serial=peer.serial, facts=facts, address=request.remote)
+    return web.json_response(encode(await request.app[LINK].call("POST", "/agent/heartbeat", beat, HeartbeatAnswer)))
 
 
 def make_app(link: UnixJsonClient, ca_pem: bytes) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware("management")])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware("management port", network=True)])
+    speaks(app, MANAGEMENT, peer="The mobility service")
     app[LINK] = link
     app[CA_PEM] = ca_pem
     app.router.add_get("/v1/ca", get_ca)
@@ -63,19 +62,16 @@ def make_app(link: UnixJsonClient, ca_pem: bytes) -> web.Application:
 
 
 async def serve(ctx: AgentContext) -> None:
-    ident = ApplianceIdentity.load(ctx.data_dir)
-    if ident is None or ctx.listen_fd is None:
-        raise ConfigError("replication-manager must be started by the engine supervisor.")
-    pki = open_pki(ctx.data_dir, ident.secrets(ctx.data_dir))
-    link = UnixJsonClient(ctx.data_dir.agent_socket, what="The engine supervisor is not reachable.")
+    _, store = ctx.require_appliance()
+    sock = ctx.require_listen_socket()
+    pki = open_pki(ctx.data_dir, store)
+    link = ctx.supervisor_link()
     guard = ConnectionGuard()
     app = make_app(link, pki.ca_cert_path.read_bytes())
     app.middlewares.insert(0, guard.middleware)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
                            logger=TlsListener.peer_logger())
     await runner.setup()
-    sock = socket.socket(fileno=ctx.listen_fd)
-    sock.setblocking(False)
     listener = TlsListener(sock, pki.server_context(), runner, port_name="management", guard=guard)
     listener.start()
     log.info("management.listening address=%s", sock.getsockname())

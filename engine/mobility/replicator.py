@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ApplianceUnreachable, EngineError, FingerprintMismatch, ProtocolError, Revoked, from_code
+from engine.links import decode
+from engine.links.data import DATA, StreamState, StreamStates
+from engine.links.management import PolicyTerms
 from engine.mobility import consistency
 from engine.mobility.sources import Captured, Reader, SourceDisk, TrackedDevice, WindowOverrun, Work, open_disk
 from engine.mobility.tracking import remove_stale_instances
@@ -74,7 +77,7 @@ class Desired:
     """What the appliance last asked for (set by the heartbeat loop)."""
 
     data_port: int
-    policy: dict[str, Any]
+    policy: PolicyTerms
     max_mbps: float | None
     disk_sizes: list[int]
     resync_gen: int = 0
@@ -455,10 +458,10 @@ class Replicator(threading.Thread):
 
     # --- the loop ------------------------------------------------------------------------------------------
     def _bookmark(self, now: float) -> Bookmark:
-        app_every = self.desired.policy.get("app_consistent_every")
+        app_every = self.desired.policy.app_consistent_every
         if self.hooks.configured and app_every is not None and now - self._last_app_point >= float(app_every):
             return Bookmark.APP_POINT
-        every = float(self.desired.policy.get("crash_consistent_every", 300))
+        every = self.desired.policy.crash_consistent_every
         if now - self._last_point >= every:
             return Bookmark.CRASH_POINT
         return Bookmark.CYCLE_END
@@ -627,10 +630,11 @@ class Replicator(threading.Thread):
         sender.start()
         try:
             self._open_sources()  # tracking starts before anything is read
-            streams = {}
+            streams: dict[int, StreamState] = {}
             while not self.stop.is_set():
                 try:
-                    streams = {d["disk"]: d for d in self._request("GET", "/v1/streams")["disks"]}
+                    states = decode(StreamStates, self._request("GET", "/v1/streams"), link=DATA)
+                    streams = {d.disk: d.state for d in states.disks}
                     break
                 except EngineError as exc:
                     if not retryable(exc):
@@ -639,16 +643,16 @@ class Replicator(threading.Thread):
                     self.stop.wait(2.0)
             for i, size in enumerate(self.desired.disk_sizes):
                 tracker = Tracker(self.tracking_dir(self.state_dir, self.desired.epoch) / f"disk{i}.digests", size)
-                if tracker.fresh and int(streams.get(i, {}).get("acked_seq", 0)) > 0:
+                if tracker.fresh and streams.get(i, StreamState()).acked_seq > 0:
                     tracker.forget()  # the appliance has data we no longer know about: compare everything
                 trackers.append(tracker)
-                self._seq[i] = int(streams.get(i, {}).get("acked_seq", 0)) + 1
+                self._seq[i] = streams.get(i, StreamState()).acked_seq + 1
                 self.sources[i].need_full("the mobility service started, so writes made while it was not running "
                                           "are unknown")
             for i, tracker in enumerate(trackers):
-                state = streams.get(i, {})
-                if not state.get("initial_complete"):
-                    start = int(state.get("initial_done", 0)) // BLOCK * BLOCK
+                state = streams.get(i, StreamState())
+                if not state.initial_complete:
+                    start = state.initial_done // BLOCK * BLOCK
                     log.info("initial replication of %s from offset %d", self.disks[i], start)
                     src = self.sources[i]
                     src.need_full(None)
@@ -671,7 +675,7 @@ class Replicator(threading.Thread):
                 self._drain()
                 self.cycles_done += 1
                 log.debug("delta cycle %d: %d bytes in %.3f s", cycle, sent, time.time() - started)
-                interval = min(MAX_CYCLE_INTERVAL, float(self.desired.policy.get("crash_consistent_every", 300)))
+                interval = min(MAX_CYCLE_INTERVAL, self.desired.policy.crash_consistent_every)
                 self.stop.wait(max(0.0, interval - (time.time() - started)))
         except InterruptedError:
             pass

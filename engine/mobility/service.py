@@ -32,7 +32,8 @@ from engine.errors import (
     from_code,
 )
 from engine.files import write_atomically
-from engine.manager.requests import MAX_NOTICES
+from engine.links import decode
+from engine.links.management import MANAGEMENT, MAX_NOTICES, HeartbeatAnswer, Registered
 from engine.mobility.consistency import Freezer
 from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks, retryable
 from engine.mobility.sources import describe
@@ -285,7 +286,7 @@ class MobilityService:
     def register(self) -> Identity | None:
         passphrase = read_passphrase(self.passphrase_file)
 
-        def attempt() -> dict[str, Any]:
+        def attempt() -> Registered:
             status, ca_pem = self._request(self._context(pinned_ca=None, client=False), "GET", "/v1/ca")
             if status != 200:
                 raise FingerprintMismatch(f"{self.host}:{self.port} is not a Godwit appliance's management port.")
@@ -293,38 +294,37 @@ class MobilityService:
             key = new_key()
             body = {"passphrase": passphrase, "csr": make_csr(key, self.name).decode(), "name": self.name,
                     **self.facts()}
-            answer = self._json(self._context(pinned_ca=ca_pem, client=False), "/v1/register", body)
+            answer = decode(Registered, self._json(self._context(pinned_ca=ca_pem, client=False), "/v1/register",
+                                                   body), link=MANAGEMENT)
             self._save("ca.crt", ca_pem, 0o644)
             self._save("client.key", key_pem(key, None))
-            self._save("client.crt", str(answer["certificate"]).encode(), 0o644)
+            self._save("client.crt", answer.certificate.encode(), 0o644)
             return answer
 
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         answer = self._retrying("registration", attempt)
         if answer is None:
             return None
-        ident = Identity(server_id=str(answer["server_id"]), name=str(answer["name"]),
-                         ca_fingerprint=self.fingerprint)
+        ident = Identity(server_id=answer.server_id, name=answer.name, ca_fingerprint=self.fingerprint)
         self._save("identity.json", json.dumps(ident.__dict__).encode(), 0o644)
-        self._apply(answer)
+        self._apply(answer.answer)
         log.info("registered with %s:%d as %s (server id %s)", self.host, self.port, ident.name, ident.server_id)
         return ident
 
-    def _apply(self, answer: dict[str, Any]) -> None:
+    def _apply(self, answer: HeartbeatAnswer) -> None:
         """Follow what the appliance asks for: heartbeat interval, data port, replicate or not."""
-        interval = answer.get("heartbeat_interval")
-        if isinstance(interval, int | float) and 0.1 <= interval <= 3600:
-            self.heartbeat_interval = float(interval)
-        port = answer.get("data_port")
-        if isinstance(port, int):
-            self.data_port = port
-        if not answer.get("replicate"):
+        if isinstance(answer.heartbeat_interval, int | float) and 0.1 <= answer.heartbeat_interval <= 3600:
+            self.heartbeat_interval = float(answer.heartbeat_interval)
+        if isinstance(answer.data_port, int):
+            self.data_port = answer.data_port
+        wanted = answer.desired
+        if not wanted.replicate or wanted.policy is None or wanted.epoch is None:
             if self.replicator is not None:
                 log.info("replication disabled by the appliance: stopping and forgetting local change tracking")
                 self._stop_replicator()
                 self._forget_tracking()
             return
-        sizes = [int(d["size"]) for d in answer.get("disks", [])]
+        sizes = wanted.disk_sizes
         local = [self._size_or_zero(d) for d in self.disks]
         if sizes != local:
             if self.replicator is not None:
@@ -332,9 +332,8 @@ class MobilityService:
                           sizes, local)
             self._stop_replicator()
             return
-        desired = Desired(data_port=int(answer.get("data_port") or 0), policy=dict(answer.get("policy") or {}),
-                          max_mbps=answer.get("max_mbps"), disk_sizes=sizes,
-                          resync_gen=int(answer.get("resync_gen") or 0), epoch=int(answer.get("epoch") or 0))
+        desired = Desired(data_port=answer.data_port, policy=wanted.policy, max_mbps=wanted.max_mbps, disk_sizes=sizes,
+                          resync_gen=wanted.resync_gen, epoch=wanted.epoch)
         if desired.epoch != self._epoch():
             # Replication was (re-)enabled: what we tracked belongs to an earlier copy; start over.
             self._stop_replicator()
@@ -404,7 +403,7 @@ class MobilityService:
                 answer = self._retrying("heartbeat", functools.partial(self._json, ctx, "/v1/heartbeat", facts))
                 if answer is not None:
                     self._sent(facts)
-                    self._apply(answer)
+                    self._apply(decode(HeartbeatAnswer, answer, link=MANAGEMENT))
                     log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
                 self.stop.wait(self.heartbeat_interval)
         finally:

@@ -12,36 +12,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
-from typing import Any
 
 import zstandard
 from aiohttp import web
 
 from engine import diskspace
 from engine.agents import AgentContext
-from engine.client import UnixJsonClient
 from engine.codec import SegmentIdent, seal
 from engine.errors import (
     CacheFull,
     CertificateRequired,
-    ConfigError,
     EngineError,
     EpochChanged,
     NotReplicating,
     OutOfOrder,
     ProtocolError,
 )
-from engine.identity import ApplianceIdentity, open_pki
+from engine.http_server import error_middleware, speaks
+from engine.identity import open_pki
 from engine.keys import DataKeys, master_key
-from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener, error_middleware
+from engine.links import encode
+from engine.links.agent import Ack, Authorization, AuthorizeRequest, ReceivedReport
+from engine.links.data import DATA, EPOCH_HEADER, DiskStream, StreamState, StreamStates
+from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener
 from engine.pki import peer_identity
-from engine.process_server.streams import Streams, StreamState
-from engine.protocol import MAX_BATCH, Bookmark, Kind, decode_batch
+from engine.process_server.streams import Streams
+from engine.protocol import MAX_BATCH, BatchHeader, Bookmark, Kind, decode_batch
 from engine.storage import open_local_cache, replica
 
 log = logging.getLogger(__name__)
@@ -56,53 +55,50 @@ DEFAULT_CACHE_LIMIT_MB = 4096
 
 class ProcessServer:
     def __init__(self, ctx: AgentContext) -> None:
-        ident = ApplianceIdentity.load(ctx.data_dir)
-        if ident is None:
-            raise ConfigError("process-server must be started by the engine supervisor.")
-        store = ident.secrets(ctx.data_dir)
+        _, store = ctx.require_appliance()
         self.pki = open_pki(ctx.data_dir, store)
         self.keys = DataKeys(ctx.data_dir.keys, master_key(store))
         self.cache = open_local_cache(ctx.data_dir.cache)
         self.streams = Streams(ctx.data_dir.cache)
-        self.link = UnixJsonClient(ctx.data_dir.agent_socket, what="The engine supervisor is not reachable.")
+        self.link = ctx.supervisor_link()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="process")
         self.cache_limit = int(os.environ.get("GODWIT_CACHE_LIMIT_MB", DEFAULT_CACHE_LIMIT_MB)) * 1024 * 1024
         self.cache_used = 0
         #: Where the cache lives: batches are refused before its file system is down to its reserve.
         self.cache_root = ctx.data_dir.cache
         self.cache_mount = diskspace.mount_point(ctx.data_dir.cache)
-        self._auth: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
+        self._auth: dict[tuple[str, int], tuple[float, Authorization]] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
-        self._reports: dict[tuple[str, int], dict[str, Any]] = {}
+        self._reports: dict[tuple[str, int], ReceivedReport] = {}
         self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"<ProcessServer streams={self.streams} cache_used={self.cache_used}>"
 
-    async def authorize(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+    async def authorize(self, request: web.Request) -> tuple[str, Authorization]:
         peer = peer_identity(request.transport.get_extra_info("peercert") if request.transport else None)
         if peer is None:
             raise CertificateRequired("The data port needs the client certificate this appliance issued.")
         key = (peer.server_id, peer.serial)
-        sender_epoch = request.headers.get("X-Godwit-Epoch", "")
+        sender_epoch = request.headers.get(EPOCH_HEADER, "")
         cached = self._auth.get(key)
-        stale = cached is None or time.monotonic() - cached[0] > AUTH_TTL or \
-            str(cached[1].get("epoch")) != sender_epoch  # the admin may just have re-enabled it
-        if stale:
-            desired = await self.link.request("POST", "/agent/authorize",
-                                              {"server_id": peer.server_id, "serial": peer.serial})
-            cached = (time.monotonic(), desired)
+        if cached is None or time.monotonic() - cached[0] > AUTH_TTL or \
+                str(cached[1].desired.epoch) != sender_epoch:  # the admin may just have re-enabled it
+            answer = await self.link.call("POST", "/agent/authorize", AuthorizeRequest(peer.server_id, peer.serial),
+                                          Authorization)
+            cached = (time.monotonic(), answer)
             self._auth[key] = cached
-        desired = cached[1]  # type: ignore[index]
-        if not desired.get("replicate"):
+        auth = cached[1]
+        if not auth.desired.replicate or auth.desired.epoch is None:
             self.streams.forget(peer.server_id)
-            raise NotReplicating(f"Replication of {desired.get('name')} is not enabled on the appliance.")
-        if str(desired.get("epoch")) != sender_epoch:
-            raise EpochChanged(f"Replication of {desired.get('name')} was enabled anew; start over from the "
+            raise NotReplicating(f"Replication of {auth.name} is not enabled on the appliance.")
+        if str(auth.desired.epoch) != sender_epoch:
+            raise EpochChanged(f"Replication of {auth.name} was enabled anew; start over from the "
                                "appliance's stream state.")
-        return peer.server_id, desired
+        return peer.server_id, auth
 
-    def _seal(self, server_id: str, epoch: int, seq: int, body: bytes, disk: int, size: int) -> tuple[bytes, Any]:
+    def _seal(self, server_id: str, epoch: int, seq: int, body: bytes, disk: int,
+              size: int) -> tuple[bytes, BatchHeader]:
         """Runs in the pool: parse and check the batch, then build the segment."""
         header, runs = decode_batch(body, disk_size=size)
         if header.disk != disk:
@@ -117,18 +113,18 @@ class ProcessServer:
         return segment, header
 
     async def batch(self, request: web.Request) -> web.Response:
-        server_id, desired = await self.authorize(request)
+        server_id, auth = await self.authorize(request)
         try:
             disk = int(request.match_info["disk"])
-            size = int(desired["disks"][disk]["size"])
-        except (ValueError, IndexError, KeyError) as exc:
+            size = auth.desired.disks[disk].size
+        except (ValueError, IndexError) as exc:
             raise ProtocolError("No such disk on this server.") from exc
         length = request.content_length
         if length is None or length > MAX_BATCH:
             raise ProtocolError(f"A batch needs a Content-Length of at most {MAX_BATCH} bytes.")
         lock = self._locks.setdefault((server_id, disk), asyncio.Lock())
         async with lock:
-            state = self.streams.get(server_id, disk, int(desired["epoch"]))
+            state = self.streams.get(server_id, disk, int(auth.desired.epoch or 0))
             expected = state.acked_seq + 1
             try:
                 async with asyncio.timeout(BODY_GRACE + length / MIN_RATE):
@@ -170,19 +166,20 @@ class ProcessServer:
                 raise refusal from exc
         log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, expected, len(body))
         self._report(server_id, disk, new, cache_full=False)
-        return web.json_response(asdict(new))
+        return web.json_response(encode(new))
 
     async def stream_states(self, request: web.Request) -> web.Response:
-        server_id, desired = await self.authorize(request)
-        states = [{"disk": d["index"], **asdict(self.streams.get(server_id, int(d["index"]), int(desired["epoch"])))}
-                  for d in desired.get("disks", [])]
-        return web.json_response({"disks": states})
+        server_id, auth = await self.authorize(request)
+        epoch = int(auth.desired.epoch or 0)
+        states = StreamStates(tuple(DiskStream(d.index, self.streams.get(server_id, d.index, epoch))
+                                    for d in auth.desired.disks))
+        return web.json_response(encode(states))
 
     def _report(self, server_id: str, disk: int, state: StreamState, *, cache_full: bool,
                 detail: str | None = None) -> None:
         """Queue a progress report; ``detail`` says why batches are refused, when the disk's room is why."""
-        self._reports[(server_id, disk)] = {"server_id": server_id, "disk": disk, **asdict(state),
-                                            "cache_full": cache_full, "cache_full_detail": detail}
+        self._reports[(server_id, disk)] = ReceivedReport(server_id=server_id, disk=disk, state=state,
+                                                          cache_full=cache_full, cache_full_detail=detail)
 
     async def report_loop(self) -> None:
         """Progress to the supervisor, coalesced; and the cache's real size (the log processor frees it)."""
@@ -196,28 +193,27 @@ class ProcessServer:
             reports, self._reports = self._reports, {}
             for key, report in reports.items():
                 try:
-                    await self.link.request("POST", "/agent/received", report)
+                    await self.link.call("POST", "/agent/received", report, Ack)
                 except EngineError as exc:  # e.g. the engine restarting, or its disk full: sent again next time
                     log.warning("report.failed %s", exc)
                     self._reports.setdefault(key, report)  # unless a newer one came meanwhile
 
 
 async def serve(ctx: AgentContext) -> None:
-    if ctx.listen_fd is None:
-        raise ConfigError("process-server must be started by the engine supervisor.")
+    sock = ctx.require_listen_socket()
     server = ProcessServer(ctx)
     server.cache_used = server.cache.used_bytes()
     for server_id, disk, state in server.streams.stored():  # the supervisor may have restarted too
         server._report(server_id, disk, state, cache_full=False)
     guard = ConnectionGuard()
-    app = web.Application(client_max_size=MAX_BATCH, middlewares=[guard.middleware, error_middleware("data")])
+    app = web.Application(client_max_size=MAX_BATCH,
+                          middlewares=[guard.middleware, error_middleware("data port", network=True)])
+    speaks(app, DATA, peer="The mobility service")
     app.router.add_get("/v1/streams", server.stream_states)
     app.router.add_post("/v1/streams/{disk}/batches", server.batch)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
                            logger=TlsListener.peer_logger())
     await runner.setup()
-    sock = socket.socket(fileno=ctx.listen_fd)
-    sock.setblocking(False)
     listener = TlsListener(sock, server.pki.server_context(), runner, port_name="data", guard=guard)
     listener.start()
     reporter = asyncio.create_task(server.report_loop())

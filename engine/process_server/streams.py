@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from engine.files import write_atomically
+from engine.links.data import StreamState
 from engine.storage import replica
 from engine.storage.local import STREAM_FILE
-
-
-@dataclass
-class StreamState:
-    epoch: int = 0
-    acked_seq: int = 0
-    initial_done: int = 0
-    initial_complete: bool = False
-    bytes_received: int = 0
 
 
 class Streams:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.codec import Block
+from engine.config import DataDir
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,23 @@ class TargetDisk(Protocol):
     def read_point(self, point_id: int | None, chunk: int) -> Iterator[tuple[int, bytes | None]]:
         """The disk as it was at a point (``None``: now), as ``(offset, data)`` chunks in order;
         ``data`` is None for a chunk of zeros."""
+
+
+class Storage(Protocol):
+    """The configured backend: the only thing that knows where cache and target data live."""
+
+    def delete_server(self, server_id: str) -> None:
+        """Delete every copy of a server's cache and target data (replication was disabled)."""
+
+    def target_disk(self, replica: str, disk: int, size: int) -> TargetDisk:
+        """A seed disk (created empty, ``size`` bytes, if new)."""
+
+
+def open_storage(data_dir: DataDir) -> Storage:
+    """The backend of this appliance (``local`` today)."""
+    from engine.storage.local import LocalStorage
+
+    return LocalStorage(data_dir.cache, data_dir.target)
 
 
 def open_local_cache(root: Path) -> CacheStore:

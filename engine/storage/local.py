@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import struct
 import zlib
 from collections.abc import Iterator
@@ -29,6 +30,24 @@ STREAM_FILE = "stream.json"  #: the process server's durable state of a disk's s
 _UNDO = struct.Struct(">QIBI")  # offset, length, flags (1 = was zeros), crc32 of the data
 _WAS_ZERO = 1
 _ZERO_BLOCK = bytes(BLOCK)
+
+
+class LocalStorage:
+    """Cache and target under the data directory."""
+
+    def __init__(self, cache_root: Path, target_root: Path) -> None:
+        self.cache_root = cache_root
+        self.target_root = target_root
+
+    def __repr__(self) -> str:
+        return f"<LocalStorage cache={self.cache_root} target={self.target_root}>"
+
+    def delete_server(self, server_id: str) -> None:
+        for root in (self.cache_root, self.target_root):
+            shutil.rmtree(root / server_id, ignore_errors=True)
+
+    def target_disk(self, replica: str, disk: int, size: int) -> LocalTargetDisk:
+        return LocalTargetDisk(self.target_root / replica / f"disk{disk}", size)
 
 
 class LocalCache:

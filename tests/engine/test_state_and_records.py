@@ -7,8 +7,9 @@ import pytest
 
 from engine.errors import ProtocolError
 from engine.events import EventHub
-from engine.manager.requests import Registration
-from engine.records import Disk, DiskStatus, Event, ServerStatus, from_json, to_json
+from engine.links.admin import ServerRemoved
+from engine.links.management import Registration
+from engine.records import Disk, DiskStatus, Event, Health, ServerState, ServerStatus, from_json, to_json
 from engine.state import StateDB
 
 
@@ -18,6 +19,9 @@ def test_state_db_round_trip_and_revocation(tmp_path: Path) -> None:
     db.add_server(server_id="s1", name="web", hostname="h", os="o", agent_version="1", cert_serial=0xABC,
                   address="10.0.0.1", disks=[Disk("/dev/sda", 10)])
     assert repr(db).endswith("servers=1>")
+    web = db.server(name="web")
+    assert web is not None and web.cert_serial == 0xABC and web.disks == (Disk("/dev/sda", 10),)
+    assert not web.replicate and web.epoch is None and web.replicated_sizes == (10,)
     assert not db.is_revoked(0xABC)
     db.revoke_server("s1")
     assert db.is_revoked(0xABC)
@@ -36,10 +40,11 @@ def test_events_are_paged_oldest_first(tmp_path: Path) -> None:
 
 
 def test_records_survive_json() -> None:
-    s = ServerStatus(server_id="1", name="n", hostname="h", os="o", agent_version="v", state="registered",
-                     health="healthy", health_cause=None, health_detail=None, registered_at=1.0,
+    s = ServerStatus(server_id="1", name="n", hostname="h", os="o", agent_version="v", state=ServerState.REGISTERED,
+                     health=Health.HEALTHY, health_cause=None, health_detail=None, registered_at=1.0,
                      last_heartbeat=None, address=None, disks=(DiskStatus("/a", 1), DiskStatus("/b", 2)))
     assert from_json(ServerStatus, to_json(s)) == s
+    assert from_json(ServerStatus, to_json(s)).state is ServerState.REGISTERED
     assert from_json(ServerStatus, {**to_json(s), "added_by_a_newer_engine": 1}) == s
     assert s.total_size == 3
 
@@ -49,7 +54,7 @@ def test_slow_subscriber_is_dropped_not_blocking(tmp_path: Path) -> None:
         hub = EventHub(StateDB(tmp_path / "s.db"))
         with hub.subscribe() as queue:
             for i in range(5000):
-                hub.publish({"type": "x", "i": i})
+                hub.publish(ServerRemoved(f"s{i}"))
             assert repr(hub) == "<EventHub subscribers=0>"
             items = [queue.get_nowait() for _ in range(queue.qsize())]
             assert items[-1] is None  # the end-of-stream marker: the client resyncs

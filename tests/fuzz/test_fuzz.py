@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from engine.codec import SegmentCorrupt, SegmentIdent, open_segment, seal
 from engine.errors import ProtocolError
-from engine.manager.requests import Registration, ServerFacts
+from engine.links.management import Registration, ServerFacts
 from engine.protocol import (
     BLOCK,
     MAX_DATA,

@@ -1,4 +1,10 @@
-"""What mobility services send to the management port, checked field by field."""
+"""The management protocol: mobility service ↔ replication-manager (management port, HTTPS).
+
+``GET /v1/ca`` (the CA certificate, PEM), ``POST /v1/register`` (:class:`Registration` →
+:class:`Registered`) and ``POST /v1/heartbeat`` with the client certificate (:class:`ServerFacts`
+→ :class:`HeartbeatAnswer`). What a source sends is checked field by field here (``parse``); what
+the appliance answers is decoded with :func:`engine.links.decode`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import ProtocolError
+from engine.links import Link
 from engine.records import Disk
+
+MANAGEMENT = Link("management", 1, 0, "management protocol")
 
 MAX_DISKS = 64
 MAX_NOTICES = 16
@@ -113,7 +122,9 @@ class ServerFacts:
     clock: float | None = None
 
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> ServerFacts:
+    def parse(cls, data: Any) -> ServerFacts:
+        if not isinstance(data, dict):
+            raise ProtocolError("The request body must be a JSON object.")
         return cls(hostname=_text(data, "hostname"), os=_text(data, "os"),
                    agent_version=_text(data, "agent_version", max_len=64), disks=_disks(data),
                    notices=_notices(data), points=_point_facts(data), clock=_clock(data))
@@ -121,13 +132,18 @@ class ServerFacts:
 
 @dataclass(frozen=True)
 class Registration:
+    """``POST /v1/register``: the passphrase, a CSR for the client certificate, and the server's facts
+    (the facts' fields sit beside the others in the body)."""
+
     passphrase: str
     csr: str
     name: str
     facts: ServerFacts
 
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> Registration:
+    def parse(cls, data: Any) -> Registration:
+        if not isinstance(data, dict):
+            raise ProtocolError("The request body must be a JSON object.")
         name = _text(data, "name", max_len=63)
         if any(c in name for c in "/\\") or name.startswith("."):
             raise ProtocolError("A server name may not contain '/' or '\\' or start with '.'.")
@@ -140,3 +156,61 @@ def _text_block(data: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 8192:
         raise ProtocolError(f"Field {key!r} must be a PEM block of at most 8 KiB.")
     return value
+
+
+@dataclass(frozen=True)
+class PolicyTerms:
+    """What a source needs of its replication policy: how often to take which point."""
+
+    name: str
+    crash_consistent_every: float
+    app_consistent_every: float | None
+    retention: float
+
+
+@dataclass(frozen=True)
+class DiskSize:
+    """A disk as replication was enabled with it: the seed disk has this size."""
+
+    index: int
+    size: int
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What the appliance wants of a server's replication. The mobility service follows it; the
+    process server and the log processor read it over the agent link."""
+
+    replicate: bool
+    max_mbps: float | None = None
+    #: Resyncs asked for so far: a higher number than the source has done asks for another.
+    resync_gen: int = 0
+    #: Which enabling of replication is current (None when not replicating): nothing from an earlier
+    #: one is ever reused.
+    epoch: int | None = None
+    policy: PolicyTerms | None = None
+    disks: tuple[DiskSize, ...] = ()
+
+    @property
+    def disk_sizes(self) -> list[int]:
+        return [d.size for d in self.disks]
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer:
+    """The appliance's answer to every heartbeat: when to send the next, where to send data, and
+    what to replicate."""
+
+    heartbeat_interval: float
+    data_port: int
+    desired: DesiredState
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The answer to a registration: the server's identity and certificate, then as a heartbeat's."""
+
+    server_id: str
+    name: str
+    certificate: str
+    answer: HeartbeatAnswer

@@ -1,0 +1,215 @@
+"""The running appliance of one data directory: it builds the services (identity, PKI, state,
+storage, inventory, replication), binds the ports, and starts the admin API, the agent link, the
+appliance agents (:mod:`engine.supervisor`) and its own watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from engine import __version__, diskspace
+from engine.admin_api import make_admin_app, make_agent_app
+from engine.agents import AGENTS
+from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT, EngineConfig
+from engine.errors import EngineError, PortError
+from engine.events import EventHub
+from engine.identity import ApplianceIdentity, create_secrets_and_pki
+from engine.inventory import Inventory
+from engine.links.admin import EngineChanged
+from engine.listener import bind_port
+from engine.records import DiskLevel, EngineStatus, SetupInfo, Severity
+from engine.replication import Replication
+from engine.services import Services
+from engine.state import StateDB
+from engine.storage import open_storage
+from engine.supervisor import AgentProcess, Launcher
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """The running engine of one data directory."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.started_at = time.time()
+        self.identity: ApplianceIdentity
+        self.state: StateDB
+        self.hub: EventHub
+        self.inventory: Inventory
+        self.services: Services
+        self.agents: list[AgentProcess] = []
+        self.management_port = 0
+        self.data_port = 0
+        self._secret_store_text = ""
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.data_dir.root} agents={[a.state for a in self.agents]}>"
+
+    def status(self) -> EngineStatus:
+        disk_space = self.inventory.disk_space if hasattr(self, "inventory") else None
+        return EngineStatus(pid=os.getpid(), version=__version__, started_at=self.started_at,
+                            data_dir=str(self.data_dir.root), agents=tuple(a.status() for a in self.agents),
+                            disk_space=disk_space)
+
+    def setup_info(self) -> SetupInfo:
+        fp = self._fingerprint
+        host = socket.gethostname()
+        command = (f"godwit mobility run --appliance {host}:{self.management_port} --passphrase-file passphrase.txt "
+                   f"--ca-fingerprint {fp} --state-dir /var/lib/godwit-mobility --disk /dev/sda")
+        return SetupInfo(appliance_id=self.identity.appliance_id, passphrase=self.inventory.passphrase(),
+                         ca_fingerprint=fp, management_port=self.management_port, data_port=self.data_port,
+                         secret_store=self._secret_store_text, host=host, mobility_command=command)
+
+    def _publish_engine(self) -> None:
+        if hasattr(self, "hub"):
+            self.hub.publish(EngineChanged(self.status()))
+
+    def _open(self) -> dict[str, socket.socket]:
+        """Identity, secrets, PKI, state and ports; returns the bound sockets by port name."""
+        self.data_dir.create()
+        ident = ApplianceIdentity.load(self.data_dir)
+        first_start = ident is None
+        self.identity = ident or ApplianceIdentity.create(self.data_dir)
+        store = self.identity.secrets(self.data_dir)
+        pki = create_secrets_and_pki(self.data_dir, self.identity, store)
+        self._fingerprint = pki.ca_fingerprint()
+        self._secret_store_text = store.describe()
+        self.state = StateDB(self.data_dir.state_db, reserve_bytes=diskspace.STATE_RESERVE)
+        self.hub = EventHub(self.state)
+        mgmt = self.config.management_port or int(self.state.get_meta("management_port") or DEFAULT_MANAGEMENT_PORT)
+        data = self.config.data_port or int(self.state.get_meta("data_port") or DEFAULT_DATA_PORT)
+        if mgmt == data:
+            raise PortError(f"The management and data ports must differ (both are {mgmt}).")
+        mgmt_sock = bind_port(self.config.bind_host, mgmt, what="management", flag="--management-port")
+        try:
+            data_sock = bind_port(self.config.bind_host, data, what="data", flag="--data-port")
+        except PortError:
+            mgmt_sock.close()
+            raise
+        self.state.set_meta("management_port", str(mgmt))
+        self.state.set_meta("data_port", str(data))
+        self.management_port, self.data_port = mgmt, data
+        storage = open_storage(self.data_dir)
+        replication = Replication(state=self.state, hub=self.hub, storage=storage)
+        self.inventory = Inventory(state=self.state, pki=pki, secrets=store, hub=self.hub,
+                                   replication=replication, heartbeat_interval=self.config.heartbeat_interval,
+                                   management_port=mgmt)
+        self.inventory.data_port = data
+        self.services = Services(state=self.state, hub=self.hub, inventory=self.inventory, replication=replication,
+                                 storage=storage, status=self.status, setup_info=self.setup_info)
+        if first_start:
+            self.hub.record("info", "appliance-created",
+                            f"Appliance {self.identity.appliance_id} created; CA fingerprint {self._fingerprint}.")
+        if store.kind == "file" and self.state.get_meta("secrets_in_file_reported") is None:
+            self.hub.record("warning", "secrets-in-file",
+                            "No OS keyring is available: the appliance's secrets are kept in "
+                            f"{self.data_dir.secrets_file}, protected by file permissions only.")
+            self.state.set_meta("secrets_in_file_reported", "1")
+        return {"management": mgmt_sock, "data": data_sock}
+
+    async def _start_unix_site(self, app: web.Application, path: Path) -> web.AppRunner:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by an engine that was killed; we hold the lock, so it is stale
+        old = os.umask(0o077)
+        try:
+            await web.UnixSite(runner, str(path)).start()
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return runner
+
+    def _record_quietly(self, severity: Severity, code: str, message: str) -> bool:
+        """Record an engine event; on a full disk log it instead (the engine goes on). True if recorded."""
+        try:
+            self.hub.record(severity, code, message)
+        except EngineError as exc:
+            log.warning("event.not-recorded code=%s: %s", code, exc)
+            return False
+        return True
+
+    async def _watch_disk_space(self) -> None:
+        """Measure the data directory's file system every few seconds (see engine/diskspace.py): the
+        level goes to the engine status and to the replicating servers' health; each change of level is
+        one event (recorded as soon as the state database has room for it); and the state database's
+        reserve is created again once the file system is out of the full level."""
+        root = self.data_dir.root
+        mount = await asyncio.to_thread(diskspace.mount_point, root)
+        events: dict[DiskLevel, tuple[Severity, str]] = {
+            "ok": ("info", "disk-space-ok"), "warning": ("warning", "disk-space-low"),
+            "critical": ("error", "disk-space-critical"), "full": ("error", "disk-full")}
+        level: DiskLevel = "ok"
+        noted: DiskLevel = "ok"  # the level the last event was about
+        while True:
+            try:
+                space = await asyncio.to_thread(diskspace.measure, root, mount=mount, previous=level)
+                changed, level = space.level != level, space.level
+                self.inventory.disk_space = space
+                if changed:
+                    log.info("disk-space.level level=%s mount=%s free=%s size=%s", level, mount, space.free_bytes,
+                             space.size_bytes)
+                    self._publish_engine()
+                if level != "full" and not self.state.reserve.held and \
+                        await asyncio.to_thread(self.state.keep_reserve):
+                    log.info("state.reserve-created path=%s", self.state.reserve.path)
+                if level != noted:
+                    severity, code = events[level]
+                    message = space.detail or diskspace.describe(root, mount, space.free_bytes, space.size_bytes,
+                                                                 "ok")
+                    if self._record_quietly(severity, code, message):
+                        noted = level
+            except Exception:  # a bug, or a file system gone: keep watching
+                log.exception("disk-space.watch-failed")
+            await asyncio.sleep(diskspace.CHECK_EVERY)
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] = print) -> None:
+        """Serve until ``stop`` is set, then stop the agents and close everything.
+
+        ``on_ready`` receives one line for the admin once every socket is up.
+        """
+        ports = self._open()
+        runners: list[web.AppRunner] = []
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            runners.append(await self._start_unix_site(make_agent_app(self.services), self.data_dir.agent_socket))
+            launcher = Launcher(self.data_dir, ports)
+            self.agents = [AgentProcess(spec, self.data_dir, launcher, self.hub, self._publish_engine)
+                           for spec in AGENTS]
+            tasks = [asyncio.create_task(a.run(), name=a.spec.name) for a in self.agents]
+            tasks.append(asyncio.create_task(self.inventory.watch_health(), name="health"))
+            runners.append(await self._start_unix_site(make_admin_app(self.services), self.data_dir.admin_socket))
+            self._record_quietly("info", "engine-started", f"Engine {__version__} started: management port "
+                                 f"{self.management_port}, data port {self.data_port}.")
+            tasks.append(asyncio.create_task(self._watch_disk_space(), name="disk-space"))
+            on_ready(f"Godwit engine running for {self.data_dir.root} (pid {os.getpid()}): management port "
+                     f"{self.management_port}, data port {self.data_port}, admin socket {self.data_dir.admin_socket}.")
+            await stop.wait()
+            log.info("engine.stopping")
+        finally:
+            await asyncio.gather(*(a.stop() for a in self.agents))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._record_quietly("info", "engine-stopped", "Engine stopped.")
+            self.hub.close()
+            for runner in reversed(runners):
+                await runner.cleanup()
+            for sock in ports.values():
+                sock.close()
+            for path in (self.data_dir.admin_socket, self.data_dir.agent_socket):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            self.state.close()
+            log.info("engine.stopped")

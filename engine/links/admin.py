@@ -1,0 +1,76 @@
+"""The admin API: CLI and console ↔ engine (HTTP over ``admin.sock``, mode 0600), and its push stream.
+
+Requests and answers are the records of :mod:`engine.records`. ``GET /v1/stream`` sends one JSON
+object per line: a :class:`Hello` snapshot first, then one message per change. Each line has a
+``type`` (:data:`STREAM_TYPES`); a reader skips types it does not know (a newer minor version).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import ProtocolError
+from engine.links import Link, decode, encode
+from engine.records import EngineStatus, Event, ServerStatus, SetupInfo
+
+ADMIN = Link("admin", 1, 0, "admin API")
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The first message: everything a console shows, as of now."""
+
+    engine: EngineStatus
+    setup: SetupInfo
+    servers: tuple[ServerStatus, ...]
+    #: Events up to this id are in ``GET /v1/events``; later ones arrive as :class:`EventAdded`.
+    last_event_id: int
+
+
+@dataclass(frozen=True)
+class ServerChanged:
+    server: ServerStatus
+
+
+@dataclass(frozen=True)
+class ServerRemoved:
+    name: str
+
+
+@dataclass(frozen=True)
+class EventAdded:
+    event: Event
+
+
+@dataclass(frozen=True)
+class EngineChanged:
+    engine: EngineStatus
+
+
+@dataclass(frozen=True)
+class SetupChanged:
+    setup: SetupInfo
+
+
+StreamMessage = Hello | ServerChanged | ServerRemoved | EventAdded | EngineChanged | SetupChanged
+#: The ``type`` of each stream message on the wire.
+STREAM_TYPES: dict[str, type[Any]] = {"hello": Hello, "server": ServerChanged, "server-removed": ServerRemoved,
+                                      "event": EventAdded, "engine": EngineChanged, "setup": SetupChanged}
+_TYPE_OF = {cls: name for name, cls in STREAM_TYPES.items()}
+
+
+def encode_message(message: StreamMessage) -> dict[str, Any]:
+    """One line of the stream (without the newline)."""
+    return {"type": _TYPE_OF[type(message)], **encode(message)}
+
+
+def decode_message(data: Any) -> StreamMessage | None:
+    """A stream line; None for a type this version does not know (skip it)."""
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError("An admin stream line must be a JSON object with a type.")
+    cls = STREAM_TYPES.get(data["type"])
+    if cls is None:
+        return None
+    message: StreamMessage = decode(cls, data, link=ADMIN)
+    return message

@@ -1,0 +1,134 @@
+"""The agent link: appliance agents ↔ engine supervisor (HTTP over ``run/agent.sock``, mode 0600).
+
+The supervisor owns the state database, the CA key and the events; the agents ask and report here.
+Each path takes one message and answers one (:data:`ROUTES`):
+
+========================  =========================  ==========================
+path                      request                    answer
+========================  =========================  ==========================
+``POST /agent/register``  :class:`RegisterRequest`   :class:`Registered`
+``POST /agent/heartbeat`` :class:`HeartbeatRequest`  :class:`HeartbeatAnswer`
+``POST /agent/authorize`` :class:`AuthorizeRequest`  :class:`Authorization`
+``POST /agent/received``  :class:`ReceivedReport`    :class:`Ack`
+``POST /agent/applied``   :class:`AppliedReport`     :class:`Ack`
+``GET /agent/replicating`` —                         :class:`Replicating`
+========================  =========================  ==========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.links import Link
+from engine.links.data import StreamState
+from engine.links.management import DesiredState, HeartbeatAnswer, Registered, Registration, ServerFacts
+
+AGENT_LINK = Link("agent", 1, 0, "agent link")
+
+__all__ = [
+    "AGENT_LINK",
+    "Ack",
+    "AppliedPoint",
+    "AppliedReport",
+    "Authorization",
+    "AuthorizeRequest",
+    "HeartbeatAnswer",
+    "HeartbeatRequest",
+    "ReceivedReport",
+    "RegisterRequest",
+    "Registered",
+    "Replicating",
+    "ReplicatingServer",
+]
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    """A registration the replication-manager checked, with the address it came from."""
+
+    registration: Registration
+    address: str | None
+
+
+@dataclass(frozen=True)
+class HeartbeatRequest:
+    """A heartbeat, with the identity from the sender's client certificate."""
+
+    server_id: str
+    serial: int
+    facts: ServerFacts
+    address: str | None
+
+
+@dataclass(frozen=True)
+class AuthorizeRequest:
+    """May the holder of this certificate stream data? (process-server, per connection)"""
+
+    server_id: str
+    serial: int
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """Yes, for this server and as this desired state says (``desired.replicate`` may be false)."""
+
+    name: str
+    desired: DesiredState
+
+
+@dataclass(frozen=True)
+class ReceivedReport:
+    """From the process-server: a disk's stream state after a batch, or why batches are refused."""
+
+    server_id: str
+    disk: int
+    state: StreamState
+    cache_full: bool = False
+    #: Why batches are refused when the appliance's disk (not the cache limit) is why.
+    cache_full_detail: str | None = None
+
+
+@dataclass(frozen=True)
+class AppliedPoint:
+    id: int
+    created_at: float
+    kind: str
+
+
+@dataclass(frozen=True)
+class AppliedReport:
+    """From the log-processor: how far a disk is applied, its recovery points, and why it stopped."""
+
+    server_id: str
+    disk: int
+    #: The enabling this is about; a report about an earlier one is ignored.
+    epoch: int
+    applied_seq: int
+    resync_done: int = 0
+    bookmark_time: float | None = None
+    bookmark_source_time: float | None = None
+    error: str | None = None
+    #: segment-corrupt | target-full | target-unwritable (engine.records.HealthCause)
+    error_code: str | None = None
+    points: tuple[AppliedPoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ack:
+    """``ok`` is False for a report about a copy that is no longer the current one."""
+
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ReplicatingServer:
+    server_id: str
+    name: str
+    desired: DesiredState
+
+
+@dataclass(frozen=True)
+class Replicating:
+    """Every replicating server: what the log processor applies."""
+
+    servers: tuple[ReplicatingServer, ...] = ()
