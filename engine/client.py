@@ -176,6 +176,7 @@ class AdminClient(UnixJsonClient):
                 if resp.status >= 400:
                     data = await resp.json(content_type=None)
                     raise from_code(str(data.get("code")), str(data.get("message")))
+                self.link.check(resp.headers.get(HEADER), peer="The engine")
                 total = int(resp.headers["X-Godwit-Size"])
                 written = 0
                 zero = bytes(65536)

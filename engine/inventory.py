@@ -170,13 +170,14 @@ class Inventory:
         reg, address = request.registration, str(request.address)
         name = reg.name
         now = time.monotonic()
-        recent = [t for t in self._failures.get(address, []) if now - t < FAILED_REGISTRATION_WINDOW]
-        self._failures[address] = recent
+        recent = [t for t in self._failures.pop(address, []) if now - t < FAILED_REGISTRATION_WINDOW]
+        if recent:  # an address that stopped failing is forgotten: the table does not grow without end
+            self._failures[address] = recent
         if len(recent) >= MAX_FAILED_REGISTRATIONS:
             raise TooManyAttempts(f"Too many wrong passphrases from {address}: wait a minute, then register with "
                                   "the passphrase shown on the console's Setup page.")
         if not hmac.compare_digest(reg.passphrase.encode(), self.passphrase().encode()):
-            recent.append(now)
+            self._failures[address] = [*recent, now]
             self._hub.record("warning", "registration-refused",
                              f"A server calling itself {name!r} from {address} gave a wrong passphrase.")
             raise WrongPassphrase(
@@ -223,7 +224,7 @@ class Inventory:
                                      agent_version=facts.agent_version, address=request.address,
                                      disks=list(facts.disks), at=time.time())
         for notice in facts.notices:
-            self._hub.record(notice.severity, notice.code, f"{row.name}: {notice.message}",  # type: ignore[arg-type]
+            self._hub.record(notice.severity, notice.code, f"{row.name}: {notice.message}",
                              server=row.name)
         self.replication.points_taken[server_id] = facts.points
         if facts.clock is not None:  # what the source's clock is ahead of ours (the trip is a rounding error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
 Severity = Literal["info", "warning", "error"]
+AgentState = Literal["starting", "running", "restarting", "stopped"]
 
 
 class Health(StrEnum):
@@ -172,7 +174,7 @@ class AgentStatus:
 
     name: str
     version: str
-    state: Literal["starting", "running", "restarting", "stopped"]
+    state: AgentState
     pid: int | None
     restarts: int
     #: Restarts in the last hour: a crash loop shows here while ``restarts`` only ever grows.
@@ -232,9 +234,15 @@ def to_json(obj: Any) -> Any:
     return obj
 
 
+@functools.cache
+def type_hints(cls: type[Any]) -> dict[str, Any]:
+    """A record class's field types, resolved once."""
+    return typing.get_type_hints(cls)
+
+
 def from_json(cls: type[T], data: Any) -> T:
     """Rebuild a record from :func:`to_json` output; unknown keys are ignored (newer engines)."""
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in data:

@@ -24,7 +24,7 @@ from engine.backoff import Backoff
 from engine.config import DataDir
 from engine.errors import EngineError
 from engine.events import EventHub
-from engine.records import AgentStatus
+from engine.records import AgentState, AgentStatus
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class AgentProcess:
         self._on_change = on_change
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
-        self.state: str = "starting"
+        self.state: AgentState = "starting"
         self.restarts = 0
         self._restarted_at: list[float] = []  # monotonic times of the restarts in the last hour
         self._hung_after = float(os.environ.get("GODWIT_AGENT_HUNG_AFTER", HUNG_AFTER))
@@ -93,11 +93,11 @@ class AgentProcess:
 
     def status(self) -> AgentStatus:
         hour_ago = time.monotonic() - 3600
-        return AgentStatus(name=self.spec.name, version=self.spec.version, state=self.state,  # type: ignore[arg-type]
+        return AgentStatus(name=self.spec.name, version=self.spec.version, state=self.state,
                            pid=self.pid, restarts=self.restarts,
                            restarts_last_hour=sum(1 for t in self._restarted_at if t > hour_ago))
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: AgentState) -> None:
         self.state = state
         self._on_change()
 

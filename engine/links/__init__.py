@@ -21,12 +21,15 @@ the header is from before versions were carried: 1.0.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.errors import ProtocolError, VersionMismatch
-from engine.records import from_json, to_json
+from engine.records import from_json, to_json, type_hints
 
 #: The header that carries ``<link>/<major>.<minor>`` on every request and answer.
 HEADER = "Godwit-Protocol"
@@ -82,10 +85,56 @@ def decode(cls: type[M], data: Any, *, link: Link) -> M:
     if not isinstance(data, dict):
         raise ProtocolError(f"{cls.__name__} on the {link.title} must be a JSON object.")
     try:
-        return from_json(cls, data)
+        message = from_json(cls, data)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         required = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                     and f.name not in data]
         what = f"lacks {', '.join(required)}" if required else "has a field of the wrong type"
         raise ProtocolError(f"{cls.__name__} on the {link.title} {what}.") from exc
+    wrong = _wrongly_typed(message)
+    if wrong:
+        raise ProtocolError(f"{cls.__name__} on the {link.title}: field {wrong} has the wrong type.")
+    return message
+
+
+def _wrongly_typed(message: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first field whose value is not of its declared type, or None."""
+    hints = type_hints(type(message))
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        name = f"{prefix}{f.name}"
+        if not _fits(hints[f.name], value):
+            return name
+        if dataclasses.is_dataclass(value):
+            if (inner := _wrongly_typed(value, f"{name}.")) is not None:
+                return inner
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item) and (inner := _wrongly_typed(item, f"{name}[{i}].")) is not None:
+                    return inner
+    return None
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in typing.get_args(tp))
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        return isinstance(value, tuple) and all(_fits(item, v) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, tp | str)  # a member this version does not know stays a string
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True

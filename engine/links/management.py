@@ -9,7 +9,7 @@ the appliance answers is decoded with :func:`engine.links.decode`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from engine.errors import ProtocolError
 from engine.links import Link
@@ -55,7 +55,7 @@ def _disks(data: dict[str, Any]) -> tuple[Disk, ...]:
 class Notice:
     """Something the mobility service tells the admin once (an event), e.g. that tracking lost writes."""
 
-    severity: str
+    severity: Literal["info", "warning"]
     code: str
     message: str
 

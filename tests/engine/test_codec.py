@@ -32,6 +32,7 @@ def _seal(seq: int = 1) -> tuple[bytes, bytes]:
 
 
 def test_round_trip() -> None:
+    """A batch sealed into a cache segment opens to the very same runs, and compressible data shrinks."""
     body, segment = _seal()
     header, blocks = open_segment(KEY, segment, SegmentIdent(SERVER, 0, 1), zstandard.ZstdDecompressor())
     _, runs = decode_batch(body, disk_size=SIZE)
@@ -49,12 +50,14 @@ def test_round_trip() -> None:
     lambda s: s[:-20] + bytes([s[-20] ^ 1]) + s[-19:],  # the trailer's tag
 ])
 def test_altered_segment_is_refused(mutate: object) -> None:
+    """A cache segment cut short or with a flipped bit in header, payload or trailer is refused."""
     _, segment = _seal()
     with pytest.raises(SegmentCorrupt):
         open_segment(KEY, mutate(segment), SegmentIdent(SERVER, 0, 1), zstandard.ZstdDecompressor())  # type: ignore[operator]
 
 
 def test_swapped_segment_is_refused() -> None:
+    """A segment moved to another position, disk or server, or opened with another key, is refused."""
     _, seg2 = _seal(seq=2)
     for expected in (SegmentIdent(SERVER, 0, 1), SegmentIdent(SERVER, 1, 2), SegmentIdent(str(uuid.uuid4()), 0, 2)):
         with pytest.raises(SegmentCorrupt):
@@ -70,11 +73,13 @@ def test_swapped_segment_is_refused() -> None:
     (lambda b: b[:80] + bytes([b[80] ^ 1]) + b[81:], "digest"),
 ])
 def test_bad_batches_are_refused(mutate: object, why: str) -> None:
+    """A batch cut short, with bytes after it, a wrong magic or a run failing its digest is refused."""
     with pytest.raises(ProtocolError, match=why):
         decode_batch(mutate(_batch()), disk_size=SIZE)  # type: ignore[operator]
 
 
 def test_runs_beyond_the_disk_are_refused() -> None:
+    """A batch with a run past the disk's end, not block-aligned or over 1 MiB is refused."""
     header = BatchHeader(0, 1, Kind.DELTA, Bookmark.NONE, 0, 0, 0.0, 0)
     for offset, length in ((SIZE, BLOCK), (100, BLOCK), (0, 2 * 1024 * 1024)):
         body = encode_batch(header, [(offset, length, None)])

@@ -11,6 +11,7 @@ from engine.errors import BadInput, FingerprintMismatch
 
 
 def test_fingerprint_parsing_accepts_what_admins_paste() -> None:
+    """The CA fingerprint is accepted however admins paste it; anything else is refused."""
     ca, _ = pki.create_ca("a")
     fp = pki.fingerprint(ca)
     assert len(fp) == 95 and fp.count(":") == 31
@@ -23,6 +24,7 @@ def test_fingerprint_parsing_accepts_what_admins_paste() -> None:
 
 
 def test_client_certificate_takes_only_the_key_from_the_request() -> None:
+    """A client certificate names the server id the appliance chose, never the subject of the CSR."""
     ca, ca_key = pki.create_ca("a")
     key = pki.new_key()
     cert = pki.issue_client_cert(ca, ca_key, pki.make_csr(key, "evil CN").decode(), "server-id-1")
@@ -34,6 +36,7 @@ def test_client_certificate_takes_only_the_key_from_the_request() -> None:
 
 
 def test_pinned_ca_must_match() -> None:
+    """A mobility service accepts only the CA whose fingerprint the admin gave it."""
     ca, _ = pki.create_ca("a")
     other, _ = pki.create_ca("b")
     assert pki.verify_pinned_ca(pki.cert_pem(ca), pki.fingerprint(ca)) == ca
@@ -44,6 +47,7 @@ def test_pinned_ca_must_match() -> None:
 
 
 def test_appliance_pki_keys_are_encrypted_and_load(tmp_path: Path) -> None:
+    """The CA key is stored encrypted and loads only with its password; the port asks for client certificates."""
     store = pki.AppliancePKI(tmp_path, b"secret-password")
     store.create("appliance-1")
     assert b"ENCRYPTED" in store.ca_key_path.read_bytes()

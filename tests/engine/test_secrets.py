@@ -23,6 +23,7 @@ def memory_keyring() -> MemoryKeyring:
 
 
 def test_keyring_store_keeps_secrets_out_of_files(memory_keyring: MemoryKeyring, tmp_path: Path) -> None:
+    """With an OS keyring, secrets live in the keyring under the appliance's name and no file is written."""
     store = secrets.SecretStore("keyring", appliance_id="a1", file_path=tmp_path / "secrets.json")
     store.set("passphrase", "ABCD-EFGH")
     assert store.get("passphrase") == "ABCD-EFGH"
@@ -32,6 +33,7 @@ def test_keyring_store_keeps_secrets_out_of_files(memory_keyring: MemoryKeyring,
 
 
 def test_appliances_do_not_share_secrets(memory_keyring: MemoryKeyring, tmp_path: Path) -> None:
+    """Two appliances on one machine do not see each other's secrets in the keyring."""
     a = secrets.SecretStore("keyring", appliance_id="a", file_path=tmp_path / "a.json")
     b = secrets.SecretStore("keyring", appliance_id="b", file_path=tmp_path / "b.json")
     a.set("k", "1")
@@ -39,6 +41,7 @@ def test_appliances_do_not_share_secrets(memory_keyring: MemoryKeyring, tmp_path
 
 
 def test_file_store_is_private_and_says_so(tmp_path: Path) -> None:
+    """Without a keyring, secrets go to a 0600 file that says so, and a damaged file is a clear error."""
     store = secrets.SecretStore("file", appliance_id="a1", file_path=tmp_path / "secrets.json")
     assert store.get("x") is None
     store.set("x", "1")
@@ -52,6 +55,7 @@ def test_file_store_is_private_and_says_so(tmp_path: Path) -> None:
 
 
 def test_choice_is_explicit(monkeypatch: pytest.MonkeyPatch, memory_keyring: MemoryKeyring) -> None:
+    """The store is the keyring when one works, else the file; GODWIT_SECRET_STORE overrides, unknown is an error."""
     monkeypatch.delenv("GODWIT_SECRET_STORE", raising=False)
     assert secrets.choose_store() == "keyring"
     keyring.set_keyring(fail.Keyring())

@@ -14,6 +14,7 @@ from engine.state import StateDB
 
 
 def test_state_db_round_trip_and_revocation(tmp_path: Path) -> None:
+    """A registered server is kept in the WAL state database; a forgotten one's certificate stays revoked."""
     db = StateDB(tmp_path / "state.db")
     assert db._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.add_server(server_id="s1", name="web", hostname="h", os="o", agent_version="1", cert_serial=0xABC,
@@ -32,6 +33,7 @@ def test_state_db_round_trip_and_revocation(tmp_path: Path) -> None:
 
 
 def test_events_are_paged_oldest_first(tmp_path: Path) -> None:
+    """Events are listed oldest first: the latest N when a limit is given, or those after a given id."""
     db = StateDB(tmp_path / "state.db")
     for i in range(10):
         db.add_event("info", "c", f"m{i}")
@@ -40,6 +42,7 @@ def test_events_are_paged_oldest_first(tmp_path: Path) -> None:
 
 
 def test_records_survive_json() -> None:
+    """A server's status survives its JSON form unchanged, and fields from a newer engine are ignored."""
     s = ServerStatus(server_id="1", name="n", hostname="h", os="o", agent_version="v", state=ServerState.REGISTERED,
                      health=Health.HEALTHY, health_cause=None, health_detail=None, registered_at=1.0,
                      last_heartbeat=None, address=None, disks=(DiskStatus("/a", 1), DiskStatus("/b", 2)))
@@ -50,6 +53,7 @@ def test_records_survive_json() -> None:
 
 
 def test_slow_subscriber_is_dropped_not_blocking(tmp_path: Path) -> None:
+    """A console that does not read its event stream is dropped with an end marker, never blocking the engine."""
     async def main() -> None:
         hub = EventHub(StateDB(tmp_path / "s.db"))
         with hub.subscribe() as queue:
@@ -63,6 +67,7 @@ def test_slow_subscriber_is_dropped_not_blocking(tmp_path: Path) -> None:
 
 
 def test_registration_fields_are_checked() -> None:
+    """A registration with a bad name, bad disks, control characters or over-long text is a bad request."""
     good = {"passphrase": "p" * 10, "csr": "x", "name": "web-01", "hostname": "h", "os": "o", "agent_version": "1",
             "disks": [{"path": "/dev/sda", "size": 1}]}
     assert Registration.parse(good).name == "web-01"

@@ -33,6 +33,7 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> object:
 
 
 def test_clock_jumps_never_prune_points_early_and_heal(skewed: tuple[Appliance, Path], tmp_path: Path) -> None:
+    """Jumps of the appliance's clock prune no point early, show as clock skew, and heal once it is right."""
     app, offset = skewed
     # Retention 1 h: a jump of 2 h forward would make every point look expired.
     mob, disk = replicating(app, "clock-01", 4 * MiB, seed=3)

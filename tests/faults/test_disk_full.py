@@ -172,6 +172,7 @@ def _no_tracebacks(logs: Path) -> None:
 
 
 def test_full_disk_is_a_state_that_heals_by_itself(tmp_path: Path) -> None:
+    """A full data directory is a state, not a crash: warnings, then 503 refusals, then healing by itself."""
     with small_fs(tmp_path, "appliance-fs", 256 * MiB) as fs:
         app = Appliance(tmp_path / "appliance", data_dir=fs / "data")
         app.root.mkdir()
@@ -282,6 +283,7 @@ def test_full_disk_is_a_state_that_heals_by_itself(tmp_path: Path) -> None:
 
 
 def test_state_db_full_uses_its_reserve_then_says_disk_full(tmp_path: Path) -> None:
+    """The state database rides out a full disk on its reserve, then refuses writes as disk-full, never half-done."""
     with small_fs(tmp_path, "state-fs", 32 * MiB) as fs:
         db = StateDB(fs / "state.db", reserve_bytes=4 * MiB)
         try:
@@ -326,6 +328,7 @@ def process_log(path: Path) -> Iterator[logging.Handler]:
 
 
 def test_log_file_on_a_full_disk_drops_records_and_resumes(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Logging on a full disk drops lines without an error, says so afterwards, and resumes when there is room."""
     with small_fs(tmp_path, "log-fs", 16 * MiB) as fs, process_log(fs / "logs" / "x.log") as handler:
         log = logging.getLogger("tests.faults.full-log")
         for _ in range(20):  # the same line: a few written, the rest counted
@@ -345,6 +348,7 @@ def test_log_file_on_a_full_disk_drops_records_and_resumes(tmp_path: Path, capfd
 
 
 def test_repeated_lines_are_summarised_after_their_window() -> None:
+    """A warning repeated many times is written a few times, then summed up in one line when its window ends."""
     now = [0.0]
     limiter = RateLimiter(window=10, burst=2, clock=lambda: now[0])
 

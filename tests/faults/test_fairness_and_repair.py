@@ -25,6 +25,7 @@ def _batch(seq: int, runs: list[tuple[int, int, bytes | None]], *, bookmark: Boo
 
 
 def test_a_hostile_server_cannot_hold_back_another(patient_appliance: Appliance, tmp_path: Path) -> None:
+    """Oversized batches are refused, and one server's backlog of costly batches does not delay another's points."""
     appliance = patient_appliance
     hostile_disk = appliance.root / "hostile.img"
     with open(hostile_disk, "wb") as f:  # 512 MiB, sparse but for its first MiB
@@ -125,6 +126,7 @@ DAMAGE: dict[str, Callable[[list[Path]], None]] = {
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_one_resync_mends_any_damage_to_waiting_segments(patient_appliance: Appliance, tmp_path: Path,
                                                          damage: str) -> None:
+    """Cache segments swapped, cut, deleted or duplicated stop the server as segment-corrupt; one resync mends it."""
     appliance = patient_appliance
     mob, disk = replicating(appliance, "mend-01", 4 * MiB, seed=7)
     try:
@@ -155,6 +157,7 @@ def test_one_resync_mends_any_damage_to_waiting_segments(patient_appliance: Appl
 
 # --- restart backoff forgets ---------------------------------------------------------------------------------
 def test_restart_backoff_forgets_once_the_agent_ran_well(appliance: Appliance) -> None:
+    """A crash-looping agent waits longer before each restart, but after it ran well its next restart is sooner."""
     def delays() -> list[float]:
         out = []
         for e in appliance.events():

@@ -20,6 +20,7 @@ MiB = 1024 * 1024
 @pytest.mark.parametrize("agent", ["replication-manager", "process-server", "log-processor"])
 def test_a_stopped_agent_is_restarted_and_replication_heals(appliance: Appliance, tmp_path: Path,
                                                             agent: str) -> None:
+    """An appliance agent that stops responding is killed and restarted, the admin is told, replication heals."""
     mob, disk = replicating(appliance, "stall-01", 4 * MiB, seed=21)
     try:
         victim = appliance.agent_pid(agent)

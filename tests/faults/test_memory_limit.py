@@ -24,6 +24,7 @@ def _vm_size(pid: int) -> int:
 
 def test_an_agent_out_of_memory_is_restarted_and_replication_heals(tmp_path_factory: pytest.TempPathFactory,
                                                                     tmp_path: Path) -> None:
+    """An agent that runs out of memory says so, is restarted, and replication heals with a byte-exact point."""
     appliance = Appliance(tmp_path_factory.mktemp("memory"))
     # Large buffers mapped afresh each time (as they are once the heap is fragmented), so a cap on the
     # address space bites at the next segment instead of being absorbed by memory already mapped.

@@ -20,6 +20,7 @@ def _device_bytes(device: str, size: int) -> bytes:
 
 
 def test_a_source_disk_with_read_errors_is_named_and_heals(appliance: Appliance, tmp_path: Path) -> None:
+    """A source disk that fails reads is named in the server's health and an event, and heals once it reads."""
     need_loop_devices()
     image = appliance.root / "failing.img"
     size = 16 * MiB

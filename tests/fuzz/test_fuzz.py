@@ -88,12 +88,14 @@ def _check_decoded(body: bytes) -> None:
 
 @given(st.binary(max_size=512))
 def test_decode_batch_refuses_random_bytes_cleanly(body: bytes) -> None:
+    """Random bytes as a batch, with or without its magic, are refused cleanly or decode within every limit."""
     _check_decoded(body)
     _check_decoded(b"GDWBAT01" + body)
 
 
 @given(runs_strategy, st.data())
 def test_decode_batch_refuses_mutated_batches_cleanly(spec: list[tuple[int, int, bool]], data: st.DataObject) -> None:
+    """A batch flipped, cut, grown or spliced is refused cleanly or decodes to runs within every limit."""
     body = bytearray(_valid_batch(spec, 1))
     for _ in range(data.draw(st.integers(1, 4))):
         how = data.draw(st.sampled_from(["flip", "cut", "grow", "splice"]))
@@ -116,6 +118,7 @@ _decompressor = zstandard.ZstdDecompressor()
 
 @given(runs_strategy, st.data())
 def test_any_alteration_of_a_segment_is_refused(spec: list[tuple[int, int, bool]], data: st.DataObject) -> None:
+    """A segment reads back exactly; any flipped bit, cut or insertion, or another epoch or position, is refused."""
     header, runs = decode_batch(_valid_batch(spec, 3), disk_size=DISK)
     ident = SegmentIdent(SERVER, 0, 3, epoch=2)
     segment = seal(KEY, ident, header, runs, _compressor)
@@ -145,6 +148,7 @@ registration_keys = [*fact_keys, "name", "passphrase", "csr"]
 
 @given(objects(registration_keys), disk_objects)
 def test_registration_and_heartbeat_bodies_parse_or_refuse(body: dict[str, Any], disks: Any) -> None:
+    """Any JSON as a registration or heartbeat body is parsed or refused as a bad request, never a crash."""
     for candidate in (body, {**body, "disks": disks}):
         for parse in (Registration.parse, ServerFacts.parse):
             with contextlib.suppress(ProtocolError):
@@ -208,6 +212,7 @@ def _no_traceback(app: Appliance) -> None:
 @settings(max_examples=WIRE_EXAMPLES)
 @given(st.one_of(objects(registration_keys).map(json.dumps), st.text(max_size=64)))
 def test_management_port_bodies_never_crash_it(engine: tuple[Appliance, Path], body: str) -> None:
+    """Random registration and heartbeat bodies on the management port never get a 5xx answer."""
     app, state_dir = engine
     assert _tls_post(app, None, "/v1/register", body.encode()) < 500
     assert _tls_post(app, state_dir, "/v1/heartbeat", body.encode()) < 500
@@ -225,6 +230,7 @@ ADMIN_POSTS = {
 @settings(max_examples=WIRE_EXAMPLES)
 @given(st.sampled_from(sorted(ADMIN_POSTS)), st.data())
 def test_admin_api_bodies_never_crash_it(engine: tuple[Appliance, Path], path: str, data: st.DataObject) -> None:
+    """Random JSON bodies on the admin API's POST routes never get a 5xx answer."""
     app, _ = engine
     body = data.draw(objects(ADMIN_POSTS[path]).map(json.dumps) | st.text(max_size=40))
     status = _admin(app, "POST", path, body.encode())

@@ -68,6 +68,7 @@ def raw(app: Appliance, payload: bytes) -> bytes:
 
 
 def test_garbage_bytes(served: tuple[Appliance, Mobility]) -> None:
+    """Bytes that are not TLS on the management port are closed without an answer, with one warning line."""
     app, _ = served
     watch = LogWatch(app)
     assert raw(app, b"\x00\x01garbage\xff" * 20) == b""
@@ -75,6 +76,7 @@ def test_garbage_bytes(served: tuple[Appliance, Mobility]) -> None:
 
 
 def test_plain_http(served: tuple[Appliance, Mobility]) -> None:
+    """Plain HTTP on the management port gets a 400 that says HTTPS only, with one warning line."""
     app, _ = served
     watch = LogWatch(app)
     answer = raw(app, b"GET /v1/ca HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -84,6 +86,7 @@ def test_plain_http(served: tuple[Appliance, Mobility]) -> None:
 
 
 def test_tls_garbage_after_handshake(served: tuple[Appliance, Mobility]) -> None:
+    """Junk that is not HTTP after the TLS handshake gets a 400 and a closed connection, with one warning line."""
     app, _ = served
     watch = LogWatch(app)
     ctx = ssl.create_default_context(cafile=str(app.data_dir / "pki" / "ca.crt"))
@@ -108,6 +111,7 @@ def test_tls_garbage_after_handshake(served: tuple[Appliance, Mobility]) -> None
                  "disks": [{"path": "/d", "size": -1}]}).encode(), "non-negative integer"),
 ])
 def test_malformed_registration(served: tuple[Appliance, Mobility], body: bytes, why: str | None) -> None:
+    """A malformed registration gets a JSON error naming the problem and a closed connection, one warning line."""
     app, _ = served
     watch = LogWatch(app)
     conn = tls(app)
@@ -124,6 +128,7 @@ def test_malformed_registration(served: tuple[Appliance, Mobility], body: bytes,
 
 
 def test_unknown_route_and_method(served: tuple[Appliance, Mobility]) -> None:
+    """An unknown path gets a 404 and a wrong method a 405, each with a message and one warning line."""
     app, _ = served
     for method, path, status in (("GET", "/admin/../../etc/passwd", 404), ("DELETE", "/v1/register", 405)):
         watch = LogWatch(app)
@@ -138,6 +143,7 @@ def test_unknown_route_and_method(served: tuple[Appliance, Mobility]) -> None:
 
 
 def test_oversized_body(served: tuple[Appliance, Mobility]) -> None:
+    """A registration body over the size limit gets a 413 saying it is too large, with one warning line."""
     app, _ = served
     watch = LogWatch(app)
     conn = tls(app)
@@ -152,6 +158,7 @@ def test_oversized_body(served: tuple[Appliance, Mobility]) -> None:
 
 
 def test_heartbeat_without_certificate(served: tuple[Appliance, Mobility]) -> None:
+    """A heartbeat without a client certificate is refused with 401 certificate-required, one warning line."""
     app, _ = served
     watch = LogWatch(app)
     conn = tls(app)
@@ -163,6 +170,7 @@ def test_heartbeat_without_certificate(served: tuple[Appliance, Mobility]) -> No
 
 
 def test_client_certificate_from_another_ca(served: tuple[Appliance, Mobility], tmp_path: Path) -> None:
+    """A client certificate from another CA fails the TLS handshake, logged as one warning line."""
     app, _ = served
     other_ca, other_key = pki.create_ca("impostor")
     key = pki.new_key()
@@ -180,6 +188,7 @@ def test_client_certificate_from_another_ca(served: tuple[Appliance, Mobility], 
 
 
 def test_silent_connection_is_closed_without_blocking_others(served: tuple[Appliance, Mobility]) -> None:
+    """A connection that sends nothing does not keep the management port from serving others."""
     app, _ = served
     idle = socket.create_connection(("127.0.0.1", app.management_port))
     try:
@@ -193,6 +202,7 @@ def test_silent_connection_is_closed_without_blocking_others(served: tuple[Appli
 
 
 def test_everyone_else_kept_being_served(served: tuple[Appliance, Mobility]) -> None:
+    """After all that bad input, the registered server still heartbeats, is healthy, and no traceback was logged."""
     app, mob = served
     before = app.servers()["steady-01"]["last_heartbeat"]
     wait_for(lambda: app.servers()["steady-01"]["last_heartbeat"] > before, what="steady-01's next heartbeat")

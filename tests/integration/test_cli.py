@@ -12,6 +12,7 @@ from tests.appliance import PYTHON, Appliance, Mobility, godwit, wait_for
 
 
 def test_commands_without_an_engine_say_how_to_start_one(tmp_path: Path) -> None:
+    """Admin commands with no engine running exit 1 with one line saying how to start it."""
     for args in (("setup", "show"), ("vm", "list"), ("vm", "show", "x"), ("events",), ("setup", "rotate-passphrase")):
         res = godwit(*args, "--data-dir", str(tmp_path))
         assert res.returncode == 1
@@ -21,6 +22,7 @@ def test_commands_without_an_engine_say_how_to_start_one(tmp_path: Path) -> None
 
 
 def test_usage_errors_are_one_line() -> None:
+    """A wrong command line exits 2 with one line that points to --help."""
     for args in (("vm",), ("vm", "frobnicate"), ("serve", "--management-port", "99999"), ("nonsense",)):
         res = godwit(*args)
         assert res.returncode == 2
@@ -29,12 +31,14 @@ def test_usage_errors_are_one_line() -> None:
 
 
 def test_data_dir_from_environment(appliance: Appliance) -> None:
+    """Admin commands find the engine's data directory through GODWIT_DATA_DIR."""
     res = godwit("setup", "show", "--json", env={"GODWIT_DATA_DIR": str(appliance.data_dir)})
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["management_port"] == appliance.management_port
 
 
 def test_setup_show_and_vm_commands(appliance: Appliance) -> None:
+    """setup show and vm list/show print text and JSON an admin can use; an unknown server is one clear line."""
     setup = appliance.setup()
     assert set(setup) >= {"appliance_id", "passphrase", "ca_fingerprint", "management_port", "data_port"}
     human = appliance.cli("setup", "show")
@@ -61,6 +65,7 @@ def test_setup_show_and_vm_commands(appliance: Appliance) -> None:
 
 
 def test_server_that_stops_heartbeating_turns_warning_then_healthy_again(appliance: Appliance) -> None:
+    """A server that stops heartbeating turns warning as not seen, and healthy again when it is back, with events."""
     mob = Mobility(appliance, "flaky-01").start()
     wait_for(lambda: appliance.servers().get("flaky-01"), what="flaky-01 to register")
     mob.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
@@ -79,6 +84,7 @@ def test_server_that_stops_heartbeating_turns_warning_then_healthy_again(applian
 
 
 def test_events_follow_streams_new_events(appliance: Appliance) -> None:
+    """events --follow streams new events as they happen and ends with one line when the engine stops."""
     proc = subprocess.Popen([PYTHON, "-m", "engine", "events", "--follow", "--json", "--data-dir",
                              str(appliance.data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

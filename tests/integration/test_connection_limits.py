@@ -180,6 +180,7 @@ def _listener_warnings(app: Appliance, agent: str) -> list[str]:
 
 
 def test_unauthenticated_connections_cannot_starve_the_ports(limited: Appliance, tmp_path: Path) -> None:
+    """Floods of connections without a certificate never starve the ports: a real server keeps replicating."""
     app = limited
     agents = ("replication-manager", "process-server")
     pids = {name: app.agent_pid(name) for name in agents}

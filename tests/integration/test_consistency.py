@@ -76,6 +76,7 @@ def assert_ordered(app: Appliance, mob: Mobility, root: Path, read_xy: Any, *, u
 
 
 def test_ordered_writes_on_a_frozen_ext4_device(appliance: Appliance) -> None:
+    """Points of a busy ext4 device are crash-consistent: no point holds a write without the one fsynced before it."""
     root = appliance.root
     with filesystem_on_loop(root, "src0") as (device, mnt):
         mob = protect(appliance, Mobility(appliance, "ord-01", disks=[Path(device)]))
@@ -98,6 +99,7 @@ def test_ordered_writes_on_a_frozen_ext4_device(appliance: Appliance) -> None:
 
 
 def test_ordered_writes_across_two_devices(appliance: Appliance) -> None:
+    """A point of two busy disks is one instant of both: no point holds the second write without the first."""
     root = appliance.root
     with filesystem_on_loop(root, "sys") as (dev0, mnt0), filesystem_on_loop(root, "data") as (dev1, mnt1):
         mob = protect(appliance, Mobility(appliance, "two-01", disks=[Path(dev0), Path(dev1)]))
@@ -118,6 +120,7 @@ def test_ordered_writes_across_two_devices(appliance: Appliance) -> None:
 
 
 def test_ordered_writes_in_an_image_file_on_xfs_are_cloned(appliance: Appliance) -> None:
+    """A busy image file on XFS is taken by reflink clone: its points are crash-consistent and no clone is left."""
     root = appliance.root
     x_at, y_at = 1 * MiB, 56 * MiB
     with filesystem_on_loop(root, "host", size=320 * MiB, fs="xfs") as (_, mnt):
@@ -141,6 +144,7 @@ def test_ordered_writes_in_an_image_file_on_xfs_are_cloned(appliance: Appliance)
 
 
 def test_sqlite_in_wal_mode_recovers_from_every_point(appliance: Appliance) -> None:
+    """A SQLite database in WAL mode passes its integrity check in every point, and rows never go back."""
     root = appliance.root
     with filesystem_on_loop(root, "db", size=128 * MiB) as (device, mnt):
         mob = protect(appliance, Mobility(appliance, "sql-01", disks=[Path(device)]))
@@ -264,6 +268,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_an_idle_source_reads_nothing_and_a_change_reads_about_what_changed(appliance: Appliance) -> None:
+    """An idle source reads nothing and uses little CPU; a change reads about what changed, and its point is exact."""
     root = appliance.root
     with loop_device(root / "idle.img", 256 * MiB) as device:
         mob = protect(appliance, Mobility(appliance, "idle-01", disks=[Path(device)]))
@@ -339,6 +344,7 @@ def test_file_systems_left_frozen_by_a_killed_service_are_thawed_when_it_starts(
 
 
 def test_a_window_that_stays_open_is_thawed_by_the_watchdog(tmp_path: Path) -> None:
+    """A freeze window that stays open too long is thawed by the watchdog, so writers are never held for long."""
     with filesystem_on_loop(tmp_path, "dog") as (_, mnt):
         freezer = Freezer(tmp_path / "frozen.json", limit=0.3)
         try:

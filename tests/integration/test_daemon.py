@@ -34,6 +34,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_first_start_creates_identity_with_private_files(appliance: Appliance) -> None:
+    """A first start creates private files and encrypted keys, and no secret goes to the database or the log."""
     d = appliance.data_dir
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(d / "admin.sock").st_mode) == 0o600
@@ -53,6 +54,7 @@ def test_first_start_creates_identity_with_private_files(appliance: Appliance) -
 
 
 def test_second_serve_on_the_same_data_dir_refuses(appliance: Appliance) -> None:
+    """A second engine on the same data directory refuses in one line naming the running one, which goes on."""
     res = godwit("serve", "--data-dir", str(appliance.data_dir), "--management-port", str(free_port()),
                  "--data-port", str(free_port()))
     assert res.returncode == 1
@@ -62,6 +64,7 @@ def test_second_serve_on_the_same_data_dir_refuses(appliance: Appliance) -> None
 
 
 def test_sigterm_stops_everything_cleanly(appliance: Appliance) -> None:
+    """SIGTERM stops the engine and its agents and removes its socket; it starts again with the same identity."""
     agent = _agent_pid(appliance)
     assert appliance.stop() == 0
     assert not _alive(agent)
@@ -76,6 +79,7 @@ def test_sigterm_stops_everything_cleanly(appliance: Appliance) -> None:
 
 
 def test_crashed_agent_is_restarted_and_recorded(appliance: Appliance) -> None:
+    """A killed agent is restarted on the same port with one agent-restarted event, and heartbeats go on."""
     mob = Mobility(appliance, "crash-01").start()
     try:
         wait_for(lambda: appliance.servers().get("crash-01"), what="crash-01 to register")
@@ -99,6 +103,7 @@ def _agent_pid_or_none(app: Appliance) -> int | None:
 
 
 def test_killed_engine_leaves_no_orphans_and_restarts(appliance: Appliance) -> None:
+    """A killed engine takes its agents with it; once it starts again the mobility service comes back by itself."""
     mob = Mobility(appliance, "kill-01").start()
     try:
         wait_for(lambda: appliance.servers().get("kill-01"), what="kill-01 to register")
@@ -118,6 +123,7 @@ def test_killed_engine_leaves_no_orphans_and_restarts(appliance: Appliance) -> N
 
 
 def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    """A management port in use by another program is refused in one line that says what to do."""
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
         busy.listen()
@@ -131,6 +137,7 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_equal_ports_are_refused(tmp_path: Path) -> None:
+    """Equal management and data ports are refused in one line."""
     port = str(free_port())
     res = godwit("serve", "--data-dir", str(tmp_path / "d"), "--management-port", port, "--data-port", port)
     assert res.returncode == 1
@@ -139,6 +146,7 @@ def test_equal_ports_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to drop privileges")
 def test_privileged_port_without_privilege() -> None:
+    """Port 443 without the privilege to bind it is refused in one line that names the ways out."""
     import tempfile
 
     data = Path(tempfile.mkdtemp(prefix="godwit-nobody-"))
@@ -160,6 +168,7 @@ def test_privileged_port_without_privilege() -> None:
 
 
 def test_agent_reaped_within_grace_period(appliance: Appliance) -> None:
+    """Stopping the engine ends its agents within 10 seconds."""
     agent = _agent_pid(appliance)
     t0 = time.monotonic()
     appliance.stop()

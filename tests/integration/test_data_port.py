@@ -23,6 +23,7 @@ def _stream(app: Appliance) -> dict[str, Any]:
 
 
 def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_path: Path) -> None:
+    """Bad, out-of-order, stale or revoked batches are refused with a clear code and change nothing."""
     mob, disk = replicating(appliance, "edge-01", 4 * MiB, seed=11)
     mob.stop()  # hold the stream still while we poke at it
     before = _stream(appliance)
@@ -66,6 +67,7 @@ def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_pa
 
 
 def test_altered_segment_is_refused_and_reported(patient_appliance: Appliance, tmp_path: Path) -> None:
+    """A cache segment altered on disk is refused and reported, never applied, and the admin's resync mends it."""
     appliance = patient_appliance
     mob, disk = replicating(appliance, "tamper-01", 4 * MiB, seed=11)
     try:
@@ -111,6 +113,7 @@ def test_altered_segment_is_refused_and_reported(patient_appliance: Appliance, t
 
 
 def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: object, tmp_path: Path) -> None:
+    """A full cache makes sources wait, shown as cache-full, and once it drains the replica is byte-exact."""
     app = Appliance(tmp_path_factory.mktemp("smallcache"))  # type: ignore[attr-defined]
     app.start(env={"GODWIT_CACHE_LIMIT_MB": "2", "GODWIT_AGENT_HUNG_AFTER": "600"})
     disk = app.root / "big.img"
@@ -136,6 +139,7 @@ def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: ob
 
 
 def test_a_trickling_sender_does_not_hold_up_other_servers(appliance: Appliance, tmp_path: Path) -> None:
+    """A sender that trickles a batch byte by byte does not hold up another server's replication."""
     mob, _ = replicating(appliance, "slow-01", 4 * MiB, seed=11)
     other_disk = appliance.root / "other.img"
     fill_disk(other_disk, 4 * MiB, seed=13)

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_engine_keeps_secrets_in_the_os_keyring(tmp_path: Path) -> None:
+    """With an OS keyring the passphrase lives there, survives a restart, and is in no file of the data directory."""
     data = tmp_path / "d"
     g = f"{PYTHON} -m engine"
     ports = f"--management-port {free_port()} --data-port {free_port()}"

@@ -9,6 +9,7 @@ from tests.appliance import Appliance, Mobility, make_disk, wait_for
 
 
 def test_register_heartbeat_and_inventory(appliance: Appliance) -> None:
+    """A registered server appears with its disks, OS and version, heartbeats, and reports a grown disk's size."""
     disks = [make_disk(appliance.root / "a.img", 16 << 20), make_disk(appliance.root / "b.img", 4 << 20)]
     mob = Mobility(appliance, "web-01", disks=disks).start()
     try:
@@ -38,6 +39,7 @@ def test_register_heartbeat_and_inventory(appliance: Appliance) -> None:
 
 
 def test_restarted_mobility_reuses_registration(appliance: Appliance) -> None:
+    """A restarted mobility service keeps its registration and needs no passphrase to go on heartbeating."""
     mob = Mobility(appliance, "db-01").start()
     first = wait_for(lambda: appliance.servers().get("db-01"), what="db-01 to register")
     mob.stop()
@@ -54,6 +56,7 @@ def test_restarted_mobility_reuses_registration(appliance: Appliance) -> None:
 
 
 def test_wrong_passphrase_is_refused(appliance: Appliance) -> None:
+    """A wrong passphrase stops the mobility service with one line, registers nothing, and is an event."""
     wrong = appliance.root / "wrong.txt"
     wrong.write_text("AAAA-BBBB-CCCC-DDDD-EEEE-FFFF\n")
     res = Mobility(appliance, "bad-01", passphrase_file=wrong).run()
@@ -65,6 +68,7 @@ def test_wrong_passphrase_is_refused(appliance: Appliance) -> None:
 
 
 def test_wrong_fingerprint_is_refused_before_the_passphrase_is_sent(appliance: Appliance) -> None:
+    """A CA fingerprint that does not match stops the mobility service before it sends the passphrase."""
     real = appliance.setup()["ca_fingerprint"]
     fake = ("00" if not real.startswith("00") else "11") + real[2:]
     res = Mobility(appliance, "bad-02", fingerprint=fake).run()
@@ -76,6 +80,7 @@ def test_wrong_fingerprint_is_refused_before_the_passphrase_is_sent(appliance: A
 
 
 def test_malformed_inputs_of_the_mobility_service(appliance: Appliance) -> None:
+    """Bad passphrase files, fingerprints, disks or addresses stop the mobility service with one line, no traceback."""
     cases = {
         "binary passphrase file": ("passphrase", b"\xff\xfe\x00garbage"),
         "empty passphrase file": ("passphrase", b""),
@@ -104,6 +109,7 @@ def test_malformed_inputs_of_the_mobility_service(appliance: Appliance) -> None:
 
 
 def test_name_taken_is_refused(appliance: Appliance) -> None:
+    """A server that registers under a name already taken is refused."""
     first = Mobility(appliance, "dup").start()
     try:
         wait_for(lambda: appliance.servers().get("dup"), what="dup to register")
@@ -115,6 +121,7 @@ def test_name_taken_is_refused(appliance: Appliance) -> None:
 
 
 def test_unreachable_appliance_is_retried_and_said(tmp_path_factory: object) -> None:
+    """A mobility service that cannot reach the appliance keeps retrying, says so, and registers once it is up."""
     import pytest
 
     root = tmp_path_factory.mktemp("late")  # type: ignore[attr-defined]
@@ -142,6 +149,7 @@ def test_unreachable_appliance_is_retried_and_said(tmp_path_factory: object) -> 
 
 
 def test_forget_revokes_the_certificate(appliance: Appliance) -> None:
+    """Forgetting a server revokes its certificate: its mobility service stops with one line and cannot come back."""
     mob = Mobility(appliance, "gone-01").start()
     wait_for(lambda: appliance.servers().get("gone-01"), what="gone-01 to register")
     res = appliance.cli("vm", "forget", "gone-01")
@@ -158,6 +166,7 @@ def test_forget_revokes_the_certificate(appliance: Appliance) -> None:
 
 
 def test_rotate_passphrase(appliance: Appliance) -> None:
+    """After a passphrase rotation only the new passphrase registers, and registered servers keep heartbeating."""
     old = appliance.write_passphrase()
     mob = Mobility(appliance, "keep-01", passphrase_file=old).start()
     try:
@@ -183,6 +192,7 @@ def test_rotate_passphrase(appliance: Appliance) -> None:
 
 
 def test_passphrase_guessing_is_slowed_down(appliance: Appliance) -> None:
+    """After five wrong passphrases an address must wait a minute, even with the right passphrase."""
     wrong = appliance.root / "guess.txt"
     wrong.write_text("GUESS-GUESS-GUESS\n")
     messages = [Mobility(appliance, f"guess-{i}", passphrase_file=wrong).run().stderr.strip() for i in range(6)]

@@ -15,6 +15,7 @@ MiB = 1024 * 1024
 
 
 def test_initial_delta_and_old_points_are_byte_exact(appliance: Appliance, tmp_path: Path) -> None:
+    """Initial and delta replication give byte-exact points, raw and VHD, and an old point keeps its past."""
     disk = appliance.root / "web.img"
     fill_disk(disk, 24 * MiB)
     mob = Mobility(appliance, "web-01", disks=[disk]).start()
@@ -53,6 +54,7 @@ def test_initial_delta_and_old_points_are_byte_exact(appliance: Appliance, tmp_p
 
 @pytest.mark.parametrize("victim", ["mobility", "process-server", "log-processor", "engine"])
 def test_kill_9_mid_initial_replication_resumes(appliance: Appliance, tmp_path: Path, victim: str) -> None:
+    """Killing any process mid initial replication resumes it where it stopped, never from the start."""
     disk = appliance.root / "db.img"
     fill_disk(disk, 48 * MiB, seed=5)
     mob = Mobility(appliance, "db-01", disks=[disk]).start()
@@ -75,6 +77,7 @@ def test_kill_9_mid_initial_replication_resumes(appliance: Appliance, tmp_path: 
 
 
 def test_completed_initial_replication_is_never_repeated(appliance: Appliance, tmp_path: Path) -> None:
+    """A restarted mobility service sends only what changed, never its completed initial replication again."""
     mob, disk = replicating(appliance, "app-01", 16 * MiB, seed=9)
     try:
         received = _received(appliance)
@@ -101,6 +104,7 @@ def _received(app: Appliance) -> int:
 
 
 def test_disable_stops_and_frees_target_data(appliance: Appliance) -> None:
+    """Disabling replication needs --yes, then deletes the replica and its points; the source drops its tracking."""
     disk = appliance.root / "tmp.img"
     fill_disk(disk, 8 * MiB, seed=4)
     mob = Mobility(appliance, "tmp-01", disks=[disk]).start()
@@ -124,6 +128,7 @@ def test_disable_stops_and_frees_target_data(appliance: Appliance) -> None:
 
 
 def test_policy_validation(appliance: Appliance) -> None:
+    """Policies with bad retention, app-consistent interval or duration are refused in one line; names are unique."""
     for args, why in ((("--retention", "16d"), "15 days"), (("--app-consistent-every", "30m"), "1h and 12h"),
                       (("--rpo-threshold", "soon"), "not a duration")):
         res = appliance.cli("policy", "create", "bad", *args)
@@ -137,6 +142,7 @@ def test_policy_validation(appliance: Appliance) -> None:
 
 
 def test_disk_that_grows_or_vanishes_is_named(appliance: Appliance) -> None:
+    """A source disk that changes size or vanishes pauses replication with a named cause; its points stay."""
     mob, disk = replicating(appliance, "grow-01", 8 * MiB, seed=6)
     try:
         with open(disk, "r+b") as f:
@@ -158,6 +164,7 @@ def test_disk_that_grows_or_vanishes_is_named(appliance: Appliance) -> None:
 
 
 def test_app_consistent_points_run_the_hooks(appliance: Appliance, tmp_path: Path) -> None:
+    """App-consistent points run the pre and post hooks once; a failing pre hook gives a crash-consistent point."""
     disk = appliance.root / "sql.img"
     fill_disk(disk, 8 * MiB, seed=12)
     log = appliance.root / "hooks.log"
@@ -217,6 +224,7 @@ def test_kill_9_during_delta_churn_keeps_every_point_exact(appliance: Appliance,
 
 
 def test_retention_prunes_old_points(appliance: Appliance, tmp_path: Path) -> None:
+    """Recovery points older than the policy's retention are pruned, and the newest stays exportable."""
     disk = appliance.root / "short.img"
     fill_disk(disk, 4 * MiB, seed=14)
     mob = Mobility(appliance, "short-01", disks=[disk]).start()
@@ -239,6 +247,7 @@ def test_retention_prunes_old_points(appliance: Appliance, tmp_path: Path) -> No
 
 
 def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
+    """A server's two disks are exported from one point, each byte-exact."""
     disks = [appliance.root / "sys.img", appliance.root / "data.img"]
     fill_disk(disks[0], 6 * MiB, seed=31)
     fill_disk(disks[1], 10 * MiB, seed=32)
@@ -260,6 +269,7 @@ def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
 
 
 def test_disable_and_enable_at_once_starts_a_fresh_copy(appliance: Appliance, tmp_path: Path) -> None:
+    """Enabling again only changes the policy; disable and enable at once start a fresh, byte-exact copy."""
     mob, disk = replicating(appliance, "again-01", 8 * MiB, seed=41)
     try:
         # Enabling a server that replicates already changes nothing but its policy: same copy, same points.
@@ -281,6 +291,7 @@ def test_disable_and_enable_at_once_starts_a_fresh_copy(appliance: Appliance, tm
 
 
 def test_engine_restart_while_the_source_is_down_keeps_the_state(appliance: Appliance) -> None:
+    """An engine restarted while the source is off still knows the server is protected and keeps its points."""
     mob, _ = replicating(appliance, "quiet-01", 4 * MiB, seed=51)
     mob.stop()  # the source server is switched off
     appliance.stop()
