@@ -19,11 +19,13 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from engine import durations
+from engine.backoff import Backoff
 from engine.client import AdminClient
 from engine.config import DataDir, default_data_dir
 from engine.errors import EngineError, EngineNotRunning
 from engine.links.admin import EngineChanged, EventAdded, Hello, ServerChanged, ServerRemoved, SetupChanged
-from engine.records import EngineStatus, Event, Policy, ServerStatus, SetupInfo
+from engine.records import EngineStatus, Event, Health, HealthCause, Policy, ServerState, ServerStatus, SetupInfo
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,14 @@ COALESCE_MS = 100
 #: Events loaded when the console attaches; older ones are in ``godwit events``.
 EVENTS_ON_ATTACH = 500
 ENGINE_START_TIMEOUT = 60.0
-RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 3.0)
-#: Seconds between attempts to start an engine whose start failed (say, a port in use).
+#: Seconds between attempts to start an engine whose start failed (say, a port in use), and between
+#: attempts to attach once five quick ones have failed.
 FAILED_START_RETRY = 15.0
+#: Waits between attempts to attach: quick at first, then :data:`FAILED_START_RETRY` apart.
+RETRY = Backoff((0.25, 0.5, 1.0, 2.0, 3.0, FAILED_START_RETRY))
 
-__all__ = ["DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event", "Policy", "ServerStatus", "SetupInfo",
-           "default_data_dir", "setup_console_logging"]
+__all__ = ["DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event", "Health", "HealthCause", "Policy",
+           "ServerState", "ServerStatus", "SetupInfo", "default_data_dir", "durations", "setup_console_logging"]
 
 
 def setup_console_logging(data_dir: Path) -> None:
@@ -118,7 +122,7 @@ class EngineBridge(QObject):
                         continue
                     except EngineError as exc:
                         self._set_state("failed", exc.message)
-                        attempt = len(RETRY_DELAYS)  # do not hammer a start that fails
+                        attempt = len(RETRY.steps) - 1  # do not hammer a start that fails: the longest wait
                 elif self.state == "attached" or self.state == "connecting":
                     self._set_state("lost", "The engine is not answering; re-attaching…")
             except EngineError as exc:
@@ -126,7 +130,7 @@ class EngineBridge(QObject):
             except Exception:  # a bug must not leave the console detached for good
                 log.exception("bridge.unexpected")
                 self._set_state("lost", "Lost the engine after an unexpected error; re-attaching…")
-            await asyncio.sleep(RETRY_DELAYS[attempt] if attempt < len(RETRY_DELAYS) else FAILED_START_RETRY)
+            await asyncio.sleep(RETRY.delay(attempt))
             attempt += 1
 
     async def _follow(self) -> None:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 def run_load(args: argparse.Namespace) -> None:
     """The load process: N mobility services in threads, as N source servers would."""
     from engine import logs
+    from engine.listener import MAX_UNAUTHENTICATED_PER_ADDRESS
     from engine.mobility.service import MobilityService
 
     logs.to_stderr()
@@ -40,10 +41,15 @@ def run_load(args: argparse.Namespace) -> None:
     services = [MobilityService(appliance=args.appliance, passphrase_file=Path(args.passphrase_file),
                                 ca_fingerprint=args.fingerprint, state_dir=Path(args.state_root) / f"s{i}",
                                 disks=[str(disk)], name=f"server-{i:03d}", stop=stop) for i in range(args.servers)]
-    threads = [threading.Thread(target=s.run, daemon=True) for s in services]
-    for t in threads:
-        t.start()
-        time.sleep(0.005)
+    # All these servers share 127.0.0.1, and the management port takes only so many connections without a
+    # client certificate from one address: register a few at a time, as servers on their own addresses would.
+    at_once = MAX_UNAUTHENTICATED_PER_ADDRESS // 2
+    started: list[MobilityService] = []
+    for service in services:
+        while sum(not (s.state_dir / "client.crt").exists() for s in started) >= at_once:
+            time.sleep(0.02)
+        threading.Thread(target=service.run, daemon=True).start()
+        started.append(service)
     try:
         sys.stdin.read()  # until the parent closes our stdin
     finally:
@@ -105,11 +111,16 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
         finally:
             assert load.stdin is not None
             load.stdin.close()
-            load.wait(30)
-            pid = int((data_dir / "engine.lock").read_text())
-            os.kill(pid, 15)
-            while (data_dir / "admin.sock").exists():
-                time.sleep(0.05)
+            try:
+                load.wait(30)
+            except subprocess.TimeoutExpired:
+                load.kill()
+                load.wait()
+            finally:  # the engine runs detached: stop it even when the run failed
+                pid = int((data_dir / "engine.lock").read_text())
+                os.kill(pid, 15)
+                while (data_dir / "admin.sock").exists():
+                    time.sleep(0.05)
     lags.sort()
     return {"p50_ms": 1000 * lags[len(lags) // 2], "p99_ms": 1000 * lags[int(len(lags) * 0.99)],
             "max_ms": 1000 * lags[-1], "samples": float(len(lags))}

@@ -8,9 +8,9 @@ from typing import Any
 from PySide6.QtCore import QLocale, QModelIndex, QObject, Qt
 from PySide6.QtGui import QColor
 
-from app.bridge import ServerStatus
+from app.bridge import ServerState, ServerStatus
 from app.models.table import Index, RecordTableModel
-from app.widgets.formatting import age_text, duration_text, health_colour, health_text, tr
+from app.widgets.formatting import age_text, duration_text, health_colour, health_text, state_text, tr
 
 SortRole = Qt.ItemDataRole.UserRole  #: native, comparable Python value for sorting (sizes overflow Qt ints)
 KeyRole = Qt.ItemDataRole.UserRole + 1  #: the server's name, the row's key
@@ -97,12 +97,12 @@ class ServersModel(RecordTableModel[ServerStatus]):
         if column == self.SIZE:
             return self._size(s.total_size)
         if column == self.STATE:
-            return tr(s.state.replace("-", " ").capitalize())
+            return state_text(s.state)
         if column == self.PROGRESS:
             return self._progress_text(s)
         if column == self.THROUGHPUT:
             rate = sum(d.throughput_bps for d in s.disks)
-            return self._size(rate) + "/s" if s.state == "initial-replication" and rate else ""
+            return self._size(rate) + "/s" if s.state == ServerState.INITIAL_REPLICATION and rate else ""
         if column == self.RPO:
             return duration_text(s.rpo_seconds) if s.rpo_seconds is not None else ""
         if column == self.LAST_POINT:
@@ -115,11 +115,11 @@ class ServersModel(RecordTableModel[ServerStatus]):
         done, total = progress_of(s)
         if not s.replicating:
             return tr("Not replicating")
-        if s.state in ("paused", "error"):
+        if s.state in (ServerState.PAUSED, ServerState.ERROR):
             return tr("Stopped: see Health")
-        if s.state == "resyncing":
+        if s.state == ServerState.RESYNCING:
             return tr("Resyncing every block")
-        if s.state != "initial-replication":
+        if s.state != ServerState.INITIAL_REPLICATION:
             return tr("Done")
         short = QLocale.DataSizeFormat.DataSizeIecFormat
         text = (f"{100 * done / total:.0f}% · {self._locale.formattedDataSize(done, 0, short)} / "
@@ -136,7 +136,7 @@ class ServersModel(RecordTableModel[ServerStatus]):
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(s, col)
         if role == ProgressRole:
-            return self._progress(s) if col == self.PROGRESS and s.state == "initial-replication" else None
+            return self._progress(s) if col == self.PROGRESS and s.state == ServerState.INITIAL_REPLICATION else None
         if role == SortRole:
             return {self.SIZE: s.total_size, self.PROGRESS: progress_of(s)[0],
                     self.THROUGHPUT: sum(d.throughput_bps for d in s.disks), self.RPO: s.rpo_seconds or 0.0,

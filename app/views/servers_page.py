@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QStackedLayout, QVBoxLayout, QWidget
 from qasync import asyncSlot
 
-from app.bridge import EngineBridge, ServerStatus
+from app.bridge import EngineBridge, ServerState, ServerStatus
 from app.errors import show_error
 from app.models.servers import ProgressRole, ServersModel, SortRole
 from app.widgets.dialogs import choose, confirm
@@ -86,7 +86,8 @@ class ServersPage(QWidget):
         self.forget_button.setEnabled(server is not None)
         self.enable_button.setEnabled(server is not None and not server.replicating)
         self.disable_button.setEnabled(server is not None and server.replicating)
-        self.resync_button.setEnabled(server is not None and server.replicating and server.state != "resyncing")
+        self.resync_button.setEnabled(server is not None and server.replicating
+                                      and server.state != ServerState.RESYNCING)
 
     def selected(self) -> ServerStatus | None:
         rows = self.table.selectionModel().selectedRows()

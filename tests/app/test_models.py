@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import time
 
+from PySide6.QtCore import Qt
 from pytestqt.modeltest import ModelTester
 from pytestqt.qtbot import QtBot
 
-from app.bridge import Event, ServerStatus
+from app.bridge import Event, Health, HealthCause, ServerState, ServerStatus
 from app.models.events import MAX_ROWS, EventsModel
-from app.models.servers import KeyRole, ServersModel, SortRole
+from app.models.servers import KeyRole, ProgressRole, ServersModel, SortRole
 from engine.records import DiskStatus  # test data only; the console itself gets records from the bridge
 
 
 def server(name: str, **kw: object) -> ServerStatus:
     base: dict[str, object] = dict(server_id=name, name=name, hostname=f"{name}.lan", os="Debian 12",
-                                   agent_version="0.1.0", state="registered", health="healthy", health_cause=None,
-                                   health_detail=None, registered_at=time.time() - 60, last_heartbeat=time.time(),
-                                   address="10.0.0.5",
+                                   agent_version="0.1.0", state=ServerState.REGISTERED, health=Health.HEALTHY,
+                                   health_cause=None, health_detail=None, registered_at=time.time() - 60,
+                                   last_heartbeat=time.time(), address="10.0.0.5",
                                    disks=(DiskStatus("/dev/sda", 5 << 30), DiskStatus("/dev/sdb", 1 << 40)))
     base.update(kw)
     return ServerStatus(**base)  # type: ignore[arg-type]
 
 
 def test_servers_model_contract(qtmodeltester: ModelTester) -> None:
+    """The Servers model keeps Qt's model contract through reset, insert and remove."""
     model = ServersModel()
     model.set_rows([server("b"), server("a")])
     qtmodeltester.check(model)
@@ -34,17 +36,18 @@ def test_servers_model_contract(qtmodeltester: ModelTester) -> None:
 
 
 def test_servers_model_updates_by_key(qtbot: QtBot) -> None:
+    """An update finds its row by name and signals only the cells whose text changed; sizes sort as Python ints."""
     model = ServersModel()
     first = server("web-01")
     model.set_rows([first, server("db-01")])
     with qtbot.waitSignal(model.dataChanged) as changed:
-        model.update_server(server("web-01", health="warning", health_cause="agent-not-seen",
+        model.update_server(server("web-01", health=Health.WARNING, health_cause=HealthCause.AGENT_NOT_SEEN,
                                    last_heartbeat=first.last_heartbeat))
     top_left, bottom_right = changed.args[0], changed.args[1]
     assert top_left.row() == bottom_right.row() == 1  # sorted by name: db-01, web-01
     assert top_left.column() == bottom_right.column() == ServersModel.HEALTH
     with qtbot.assertNotEmitted(model.dataChanged):
-        model.update_server(server("web-01", health="warning", health_cause="agent-not-seen",
+        model.update_server(server("web-01", health=Health.WARNING, health_cause=HealthCause.AGENT_NOT_SEEN,
                                    last_heartbeat=first.last_heartbeat))
     with qtbot.assertNotEmitted(model.rowsRemoved):
         model.remove_server("not-there")
@@ -55,7 +58,34 @@ def test_servers_model_updates_by_key(qtbot: QtBot) -> None:
     assert model.data(model.index(1, 0), KeyRole) == "web-01"
 
 
+def test_servers_model_words_each_state() -> None:
+    """Status, Progress and Throughput follow the server's state: a bar and a rate only in initial replication."""
+    model = ServersModel()
+    disks = (DiskStatus("/dev/sda", 8 << 20, bytes_done=2 << 20, bytes_total=8 << 20, throughput_bps=1 << 20,
+                        eta_seconds=360.0),)
+    model.set_rows([server("a-new"), server("b-init", state=ServerState.INITIAL_REPLICATION, replicating=True,
+                                            disks=disks),
+                    server("c-ok", state=ServerState.PROTECTED, replicating=True, disks=disks),
+                    server("d-resync", state=ServerState.RESYNCING, replicating=True, disks=disks),
+                    server("e-paused", state=ServerState.PAUSED, replicating=True, disks=disks),
+                    server("f-error", state=ServerState.ERROR, replicating=True, disks=disks,
+                           health=Health.CRITICAL, health_cause=HealthCause.SEGMENT_CORRUPT)])
+
+    def cell(row: int, column: int, role: int = Qt.ItemDataRole.DisplayRole) -> object:
+        return model.data(model.index(row, column), role)
+
+    assert [cell(r, ServersModel.STATE) for r in range(6)] == [
+        "Registered", "Initial replication", "Protected", "Resyncing", "Paused", "Error"]
+    assert [cell(r, ServersModel.PROGRESS) for r in range(6)] == [
+        "Not replicating", "25% · 2 MiB / 8 MiB · 6 min", "Done", "Resyncing every block", "Stopped: see Health",
+        "Stopped: see Health"]
+    assert [cell(r, ServersModel.PROGRESS, ProgressRole) for r in range(6)] == [None, 250, None, None, None, None]
+    assert [cell(r, ServersModel.THROUGHPUT) for r in range(6)] == ["", "1.0 MiB/s", "", "", "", ""]
+    assert cell(5, ServersModel.HEALTH) == "Critical · segment corrupt"
+
+
 def test_events_model_contract_dedupe_and_cap(qtmodeltester: ModelTester) -> None:
+    """The Events model keeps Qt's contract, drops an event it already has and keeps at most MAX_ROWS."""
     model = EventsModel()
     model.set_rows([Event(i, time.time(), "info", "c", f"m{i}") for i in range(1, 4)])
     qtmodeltester.check(model)

@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from app.bridge import EngineBridge
+from app.bridge import EngineBridge, ServerState
 from app.views.main_window import MainWindow
 from tests.appliance import HEARTBEAT, Appliance, Mobility, free_port
 
@@ -54,6 +54,7 @@ def _visible_texts(window: MainWindow) -> str:
 
 
 async def test_console_shows_live_servers_and_setup(appliance: Appliance, qapp: QApplication) -> None:
+    """A registered server, the setup details and passphrase rotations reach the pages live; Forget revokes it."""
     bridge = EngineBridge(appliance.data_dir, start_engine=False)
     window = MainWindow(bridge)
     window.show()
@@ -121,6 +122,7 @@ async def test_console_shows_live_servers_and_setup(appliance: Appliance, qapp: 
 
 
 async def test_console_starts_the_engine_and_reattaches_after_a_crash(tmp_path: Path, qapp: QApplication) -> None:
+    """With no engine the console starts one, and after the engine is killed it starts another and re-attaches."""
     data_dir = tmp_path / "embedded"
     mgmt, data = free_port(), free_port()
     bridge = EngineBridge(data_dir, engine_args=["--management-port", str(mgmt), "--data-port", str(data),
@@ -160,6 +162,7 @@ async def test_console_starts_the_engine_and_reattaches_after_a_crash(tmp_path: 
 
 
 async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QApplication) -> None:
+    """An engine that cannot start (its port taken) shows its one-line reason in the status bar, marked bad."""
     import socket
 
     with socket.socket() as busy:
@@ -181,6 +184,7 @@ async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QA
 
 
 async def test_console_enables_and_disables_replication(appliance: Appliance, qapp: QApplication) -> None:
+    """Enable, Resync and Disable from the Servers page drive a server to Protected, back to Protected and off."""
     from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox
 
     from tests.appliance import fill_disk
@@ -206,7 +210,7 @@ async def test_console_enables_and_disables_replication(appliance: Appliance, qa
         assert combo is not None and combo.currentText() == "default"
         buttons = dialog.findChild(QDialogButtonBox)
         next(b for b in buttons.buttons() if b.text() == "Enable").click()
-        await until(lambda: model.server(0).state == "protected", timeout=60, what="app-01 to be protected")
+        await until(lambda: model.server(0).state == ServerState.PROTECTED, timeout=60, what="app-01 to be protected")
         assert model.data(model.index(0, model.STATE)) == "Protected"
         assert model.server(0).last_recovery_point is not None
         assert model.data(model.index(0, model.LAST_POINT)) == "just now"
@@ -218,7 +222,7 @@ async def test_console_enables_and_disables_replication(appliance: Appliance, qa
         await until(lambda: "resync-requested" in [e.code for e in (
             window.events_page.model.event_at(i) for i in range(window.events_page.model.rowCount()))],
             what="the resync to be requested")
-        await until(lambda: model.server(0).state == "protected", timeout=60, what="the resync to finish")
+        await until(lambda: model.server(0).state == ServerState.PROTECTED, timeout=60, what="the resync to finish")
         page.disable_button.click()
         await until(lambda: isinstance(QApplication.activeModalWidget(), QMessageBox), what="the confirmation")
         box = QApplication.activeModalWidget()
@@ -232,6 +236,7 @@ async def test_console_enables_and_disables_replication(appliance: Appliance, qa
 
 
 async def test_console_leaves_an_engine_the_admin_stopped_stopped(appliance: Appliance, qapp: QApplication) -> None:
+    """An engine the console did not start and the admin stopped is not started again: the console says lost."""
     bridge = EngineBridge(appliance.data_dir)  # may start engines, but did not start this one
     bridge.start()
     try:
