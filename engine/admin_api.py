@@ -9,6 +9,8 @@ decided by the services (:mod:`engine.services`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -16,8 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import ProtocolError
-from engine.export import stream_export
+from engine.errors import BadInput, NotFound, ProtocolError
 from engine.http_server import error_middleware, read_json, speaks
 from engine.links import decode, encode
 from engine.links.admin import ADMIN, Hello, SetupChanged, encode_message
@@ -35,6 +36,8 @@ from engine.links.agent import (
 from engine.replication import make_policy
 from engine.services import Services
 from engine.state import ServerRecord
+from engine.storage import replica
+from engine.storage.vhd import SECTOR, padded_size, vhd_footer
 
 log = logging.getLogger(__name__)
 SERVICES = web.AppKey("services", Services)
@@ -178,9 +181,51 @@ async def list_points(request: web.Request) -> web.Response:
     return _json(services.replication.points(services.inventory.row(request.match_info["name"])))
 
 
+#: An export reads and sends the point this many bytes at a time.
+EXPORT_CHUNK = 4 * 1024 * 1024
+
+
 async def export_point(request: web.Request) -> web.StreamResponse:
+    """A recovery point of one disk as a raw image or a fixed VHD, streamed (zeros are sent as zeros)."""
     services = _services(request)
-    return await stream_export(request, services.inventory, services.replication, services.storage)
+    row = services.inventory.row(request.match_info["name"])
+    fmt = request.query.get("format", "raw")
+    if fmt not in ("raw", "vhd"):
+        raise BadInput(f"Format {fmt!r} is not raw or vhd.")
+    disks = row.disks
+    try:
+        disk = int(request.query.get("disk", "0"))
+        size = disks[disk].size
+    except (ValueError, IndexError) as exc:
+        raise BadInput(f"{row.name} has disks 0 to {len(disks) - 1}.") from exc
+    points = services.replication.points(row)
+    if not points:
+        raise NotFound(f"{row.name} has no recovery point yet: wait for its initial replication to finish.")
+    wanted = request.query.get("point", "latest")
+    point_id = points[-1].id if wanted == "latest" else next((p.id for p in points if str(p.id) == wanted), None)
+    if point_id is None:
+        raise NotFound(f"{row.name} has no recovery point {wanted}; `godwit vm points {row.name}` lists them.")
+    loop = asyncio.get_running_loop()
+    with contextlib.ExitStack() as held:
+        # Opening takes the disk's lock, which the log processor may hold for a slice: not on this loop.
+        image = await loop.run_in_executor(None, held.enter_context, services.storage.open_point(
+            replica(row.server_id, row.epoch or 0), disk, size, point_id, chunk=EXPORT_CHUNK, name=row.name))
+        padded = padded_size(image.size)
+        total = padded + (SECTOR if fmt == "vhd" else 0)
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Godwit-Size": str(total),
+                                           "X-Godwit-Point": str(image.point.id)})
+        resp.content_length = total
+        await resp.prepare(request)
+        zeros = memoryview(bytes(EXPORT_CHUNK))
+        while (piece := await loop.run_in_executor(None, next, image.chunks, None)) is not None:
+            off, data = piece
+            await resp.write(data if data is not None else zeros[:min(EXPORT_CHUNK, image.size - off)])
+        if padded > image.size:
+            await resp.write(bytes(padded - image.size))
+        if fmt == "vhd":
+            await resp.write(vhd_footer(padded))
+    await resp.write_eof()
+    return resp
 
 
 def make_admin_app(services: Services) -> web.Application:

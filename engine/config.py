@@ -61,14 +61,6 @@ class DataDir:
         return self.root / "pki"
 
     @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def target(self) -> Path:
-        return self.root / "target"
-
-    @property
     def keys(self) -> Path:
         return self.root / "keys"
 

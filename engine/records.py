@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -234,10 +233,13 @@ def to_json(obj: Any) -> Any:
     return obj
 
 
-@functools.cache
 def type_hints(cls: type[Any]) -> dict[str, Any]:
-    """A record class's field types, resolved once."""
-    return typing.get_type_hints(cls)
+    """A record class's field types, resolved once per class (resolving them is slow)."""
+    hints: dict[str, Any] | None = cls.__dict__.get("__godwit_hints__")
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        type.__setattr__(cls, "__godwit_hints__", hints)
+    return hints
 
 
 def from_json(cls: type[T], data: Any) -> T:

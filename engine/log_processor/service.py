@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from engine.keys import DataKeys, master_key
 from engine.links.agent import Ack, AppliedPoint, AppliedReport, Replicating
 from engine.protocol import BatchHeader, Bookmark, Kind
 from engine.records import HealthCause
-from engine.storage import PointInfo, TargetDisk, open_local_cache, open_local_target, replica
+from engine.storage import PointInfo, TargetDisk, open_storage, replica
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +112,10 @@ class DiskJob:
 class LogProcessor:
     def __init__(self, ctx: AgentContext) -> None:
         _, store = ctx.require_appliance()
-        data_dir = self.data_dir = ctx.data_dir
+        data_dir = ctx.data_dir
         self.keys = DataKeys(data_dir.keys, master_key(store))
-        self.cache = open_local_cache(data_dir.cache)
+        self.storage = open_storage(data_dir)
+        self.cache = self.storage.cache
         self.link = ctx.supervisor_link()
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="apply")
         for _ in range(WORKERS):  # start the workers now: later, short of memory, a new thread may not start
@@ -144,7 +144,7 @@ class LogProcessor:
                 if key in self.jobs and self.jobs[key].epoch != epoch:
                     self._drop(key)  # disabled and enabled again: that target was deleted
                 if key not in self.jobs:
-                    target = open_local_target(self.data_dir.target, replica(key[0], epoch), key[1], d.size)
+                    target = self.storage.target_disk(replica(key[0], epoch), key[1], d.size)
                     self.jobs[key] = DiskJob(key[0], key[1], target, retention, epoch=epoch, points=target.points())
                 self.jobs[key].retention = retention
                 self.jobs[key].resync_gen = desired.resync_gen
@@ -159,14 +159,8 @@ class LogProcessor:
 
     def _sweep(self, epochs: dict[str, int]) -> None:
         """Delete what earlier enablings of a replicating server left (a late write can outrun a disable)."""
-        for root in (self.data_dir.cache, self.data_dir.target):
-            for server_id, epoch in epochs.items():
-                base = root / server_id
-                if not base.is_dir():
-                    continue
-                for old in base.iterdir():
-                    if old.name.isdigit() and int(old.name) < epoch:
-                        shutil.rmtree(old, ignore_errors=True)
+        for server_id, epoch in epochs.items():
+            self.storage.delete_older_copies(server_id, epoch)
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
         d = getattr(self._local, "decompressor", None)
@@ -201,7 +195,7 @@ class LogProcessor:
                 job.clear()
                 log.info("resync.mending server=%s disk=%s generation=%s", job.server_id, job.disk, job.resync_gen)
         changed = False
-        acked = self.cache.acked_seq(job.replica, job.disk)
+        acked = self._acked(job)
         present = set(self.cache.segments(job.replica, job.disk))
         for seq in sorted(s for s in present if s <= target.applied_seq):
             self.cache.delete_segment(job.replica, job.disk, seq)  # applied before a crash
@@ -244,6 +238,15 @@ class LogProcessor:
             changed = True
         return changed, False
 
+    def _acked(self, job: DiskJob) -> int:
+        """The last segment the process server acknowledged: only those may be applied. A segment
+        stored but not acknowledged (a crash in between) is sent again and replaced."""
+        try:
+            state = self.cache.stream_state(job.replica, job.disk)
+        except ValueError:  # unreadable: as if nothing were acknowledged yet
+            return 0
+        return state.acked_seq if state is not None else 0
+
     def _open(self, job: DiskJob, seq: int, present: set[int]) -> tuple[BatchHeader | None, list[Block], str]:
         """Segment ``seq`` authenticated and decrypted, or None and why it cannot be applied (a
         corrupt one is set aside)."""
@@ -275,19 +278,16 @@ class LogProcessor:
 
     def _paused(self, job: DiskJob, exc: OSError) -> float:
         """A target that cannot be written: say why once, and when to try again."""
-        where = self.data_dir.target
         if diskspace.is_no_space(exc):
-            try:
-                fs = diskspace.where(diskspace.mount_point(where), *diskspace.usage(where))
-            except OSError:
-                fs = f"the file system of {where}"
+            fs = self.storage.target_room()
             code, message = HealthCause.TARGET_FULL, (
                 f"{fs[0].upper()}{fs[1:]} is full: disk {job.disk}'s seed disk cannot take more changes. They "
                 "wait safely in the cache; free space on the appliance and applying resumes by itself.")
         else:
             code, message = HealthCause.TARGET_UNWRITABLE, (
-                f"Disk {job.disk}'s seed disk under {where} cannot be written ({exc.strerror or exc}). "
-                "Changes wait in the cache; check the appliance's storage. Applying retries by itself.")
+                f"Disk {job.disk}'s seed disk under {self.storage.target_location()} cannot be written "
+                f"({exc.strerror or exc}). Changes wait in the cache; check the appliance's storage. Applying "
+                "retries by itself.")
         if job.error_code != code:  # said once (a log line, an event), not at every retry
             log.warning("apply.paused server=%s disk=%s: %s", job.server_id, job.disk, message)
             job.fail(code, message)

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 import zstandard
 from aiohttp import web
 
-from engine import diskspace
 from engine.agents import AgentContext
 from engine.codec import SegmentIdent, seal
 from engine.errors import (
@@ -41,7 +40,7 @@ from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener
 from engine.pki import peer_identity
 from engine.process_server.streams import Streams
 from engine.protocol import MAX_BATCH, BatchHeader, Bookmark, Kind, decode_batch
-from engine.storage import open_local_cache, replica
+from engine.storage import open_storage, replica
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +57,12 @@ class ProcessServer:
         _, store = ctx.require_appliance()
         self.pki = open_pki(ctx.data_dir, store)
         self.keys = DataKeys(ctx.data_dir.keys, master_key(store))
-        self.cache = open_local_cache(ctx.data_dir.cache)
-        self.streams = Streams(ctx.data_dir.cache)
+        self.cache = open_storage(ctx.data_dir).cache
+        self.streams = Streams(self.cache)
         self.link = ctx.supervisor_link()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="process")
         self.cache_limit = int(os.environ.get("GODWIT_CACHE_LIMIT_MB", DEFAULT_CACHE_LIMIT_MB)) * 1024 * 1024
         self.cache_used = 0
-        #: Where the cache lives: batches are refused before its file system is down to its reserve.
-        self.cache_root = ctx.data_dir.cache
-        self.cache_mount = diskspace.mount_point(ctx.data_dir.cache)
         self._auth: dict[tuple[str, int], tuple[float, Authorization]] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._reports: dict[tuple[str, int], ReceivedReport] = {}
@@ -136,9 +132,7 @@ class ProcessServer:
                 self._report(server_id, disk, state, cache_full=True)
                 raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
             try:
-                # Before the disk is full, not when it is: the log processor, the state database and the
-                # logs need room too (statvfs is cheap enough to ask per batch).
-                diskspace.check_room(self.cache_root, self.cache_mount, len(body))
+                self.cache.check_room(len(body))  # batches are refused before the disk is down to its reserve
             except CacheFull as exc:
                 self._report(server_id, disk, state, cache_full=True, detail=exc.message)  # the admin sees why
                 raise
@@ -156,14 +150,11 @@ class ProcessServer:
                                       header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
                                   bytes_received=state.bytes_received + len(body))
                 await loop.run_in_executor(self.pool, self.streams.save, server_id, disk, new)
-            except OSError as exc:
+            except CacheFull as exc:
                 # Another writer took the room meanwhile. Nothing is acknowledged: a segment written
                 # without its stream state is replaced when the batch is sent again.
-                if not diskspace.is_no_space(exc):
-                    raise
-                refusal = diskspace.out_of_space(self.cache_root, self.cache_mount)
-                self._report(server_id, disk, state, cache_full=True, detail=refusal.message)
-                raise refusal from exc
+                self._report(server_id, disk, state, cache_full=True, detail=exc.message)
+                raise
         log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, expected, len(body))
         self._report(server_id, disk, new, cache_full=False)
         return web.json_response(encode(new))
@@ -203,8 +194,8 @@ async def serve(ctx: AgentContext) -> None:
     sock = ctx.require_listen_socket()
     server = ProcessServer(ctx)
     server.cache_used = server.cache.used_bytes()
-    for server_id, disk, state in server.streams.stored():  # the supervisor may have restarted too
-        server._report(server_id, disk, state, cache_full=False)
+    for stored in server.streams.stored():  # the supervisor may have restarted too
+        server._report(stored.server_id, stored.disk, stored.state, cache_full=False)
     guard = ConnectionGuard()
     app = web.Application(client_max_size=MAX_BATCH,
                           middlewares=[guard.middleware, error_middleware("data port", network=True)])

@@ -1,5 +1,10 @@
 """The ``local`` storage backend: segment files and sparse seed disks under the data directory.
 
+Layout (docs/segment-format.md): ``cache/<server id>/<epoch>/disk<N>/`` holds the segments
+(``<seq>.seg``), the stream state (``stream.json``) and ``refused/``; ``target/<server id>/<epoch>/
+disk<N>/`` holds the seed disk (``seed.img``), ``meta.json``, the undo logs and ``lock``. Nothing
+outside this module knows it.
+
 Recovery points of a seed disk are kept as undo logs: once a point exists, the first write to a
 block after it saves the block's previous content in that point's undo log. The disk at point P is
 then, block by block, the oldest saved copy from P's log or a newer one, else the seed disk itself.
@@ -21,10 +26,14 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine import diskspace
 from engine.codec import Block
+from engine.errors import CacheFull, NotFound
 from engine.files import data_extents, write_atomically
+from engine.links.data import StreamState
 from engine.protocol import BLOCK
-from engine.storage import PointInfo
+from engine.records import from_json, to_json
+from engine.storage import PointImage, PointInfo, StoredStream, rechunk
 
 STREAM_FILE = "stream.json"  #: the process server's durable state of a disk's stream, next to its segments
 _UNDO = struct.Struct(">QIBI")  # offset, length, flags (1 = was zeros), crc32 of the data
@@ -33,27 +42,68 @@ _ZERO_BLOCK = bytes(BLOCK)
 
 
 class LocalStorage:
-    """Cache and target under the data directory."""
+    """Cache and target under the data directory (``cache/`` and ``target/``)."""
 
-    def __init__(self, cache_root: Path, target_root: Path) -> None:
-        self.cache_root = cache_root
-        self.target_root = target_root
+    def __init__(self, root: Path) -> None:
+        self.cache_root = root / "cache"
+        self.target_root = root / "target"
+        self._cache: LocalCache | None = None
 
     def __repr__(self) -> str:
         return f"<LocalStorage cache={self.cache_root} target={self.target_root}>"
+
+    @property
+    def cache(self) -> LocalCache:
+        """Created on first use: the engine supervisor, which only deletes and exports, never makes it."""
+        if self._cache is None:
+            self._cache = LocalCache(self.cache_root)
+        return self._cache
+
+    def target_disk(self, replica: str, disk: int, size: int) -> LocalTargetDisk:
+        return LocalTargetDisk(self.target_root / replica / f"disk{disk}", size)
+
+    @contextlib.contextmanager
+    def open_point(self, replica: str, disk: int, size: int, point_id: int, *, chunk: int,
+                   name: str) -> Iterator[PointImage]:
+        # The log processor applies nothing to this disk (it skips it) while the lock is held; the
+        # disk's metadata is read only once it is, so the point cannot be pruned meanwhile.
+        with self.target_disk(replica, disk, size).locked():
+            target = self.target_disk(replica, disk, size)
+            point = next((p for p in target.points() if p.id == point_id), None)
+            if point is None:
+                raise NotFound(f"Recovery point {point_id} of {name} was just pruned; export a newer one.")
+            yield PointImage(point, target.size, target.read_point(point_id, chunk))
 
     def delete_server(self, server_id: str) -> None:
         for root in (self.cache_root, self.target_root):
             shutil.rmtree(root / server_id, ignore_errors=True)
 
-    def target_disk(self, replica: str, disk: int, size: int) -> LocalTargetDisk:
-        return LocalTargetDisk(self.target_root / replica / f"disk{disk}", size)
+    def delete_older_copies(self, server_id: str, epoch: int) -> None:
+        for root in (self.cache_root, self.target_root):
+            base = root / server_id
+            if not base.is_dir():
+                continue
+            for old in base.iterdir():
+                if old.name.isdigit() and int(old.name) < epoch:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def target_location(self) -> str:
+        return str(self.target_root)
+
+    def target_room(self) -> str:
+        try:
+            return diskspace.where(diskspace.mount_point(self.target_root), *diskspace.usage(self.target_root))
+        except OSError:
+            return f"the file system of {self.target_root}"
 
 
 class LocalCache:
+    """Segment files, one directory per disk of each copy; the stream state in a file next to them."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._mount: str | None = None
 
     def __repr__(self) -> str:
         return f"<LocalCache {self.root} used={self.used_bytes()}>"
@@ -61,10 +111,25 @@ class LocalCache:
     def _dir(self, replica: str, disk: int) -> Path:
         return self.root / replica / f"disk{disk}"
 
+    def _mount_point(self) -> str:
+        if self._mount is None:  # asked once: where the cache lives does not move
+            self._mount = diskspace.mount_point(self.root)
+        return self._mount
+
+    def _out_of_space(self) -> CacheFull:
+        """The refusal for a write that failed with ENOSPC after :meth:`check_room` let it through:
+        another writer took the space meanwhile, or the file system has no inodes left."""
+        return diskspace.out_of_space(self.root, self._mount_point())
+
     def put_segment(self, replica: str, disk: int, seq: int, data: bytes) -> None:
         d = self._dir(replica, disk)
-        d.mkdir(parents=True, exist_ok=True)
-        write_atomically(d / f"{seq:016d}.seg", data)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            write_atomically(d / f"{seq:016d}.seg", data)
+        except OSError as exc:
+            if diskspace.is_no_space(exc):
+                raise self._out_of_space() from exc
+            raise
 
     def segments(self, replica: str, disk: int) -> list[int]:
         d = self._dir(replica, disk)
@@ -87,20 +152,54 @@ class LocalCache:
                 total += p.stat().st_size
         return total
 
-    def acked_seq(self, replica: str, disk: int) -> int:
-        """The last segment the process server acknowledged: only those may be applied. A segment
-        written but not acknowledged (a crash in between) is sent again and replaced."""
-        try:
-            return int(json.loads((self._dir(replica, disk) / STREAM_FILE).read_text())["acked_seq"])
-        except (FileNotFoundError, ValueError, KeyError):
-            return 0
-
     def set_aside(self, replica: str, disk: int, seq: int) -> None:
         src = self._dir(replica, disk) / f"{seq:016d}.seg"
         refused = src.parent / "refused"
         refused.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             src.rename(refused / src.name)
+
+    def stream_state(self, replica: str, disk: int) -> StreamState | None:
+        try:
+            return _read_stream(self._dir(replica, disk) / STREAM_FILE)
+        except FileNotFoundError:
+            return None
+
+    def save_stream_state(self, replica: str, disk: int, state: StreamState) -> None:
+        path = self._dir(replica, disk) / STREAM_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, json.dumps(to_json(state)).encode())
+        except OSError as exc:
+            if diskspace.is_no_space(exc):
+                raise self._out_of_space() from exc
+            raise
+
+    def stream_states(self) -> list[StoredStream]:
+        out = []
+        for path in self.root.glob(f"*/*/disk*/{STREAM_FILE}"):
+            try:
+                state = _read_stream(path)
+                out.append(StoredStream(path.parents[2].name, int(path.parent.name.removeprefix("disk")), state))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def check_room(self, incoming: int) -> None:
+        # Before the disk is full, not when it is: the log processor, the state database and the logs
+        # need room too (statvfs is cheap enough to ask per batch).
+        diskspace.check_room(self.root, self._mount_point(), incoming)
+
+
+def _read_stream(path: Path) -> StreamState:
+    """A stream state file; ValueError if it is not one. Fields a newer process server added are ignored."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a stream state")
+    try:
+        return from_json(StreamState, data)
+    except TypeError as exc:
+        raise ValueError(f"{path} does not hold a stream state") from exc
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -288,11 +387,15 @@ class LocalTargetDisk:
             self._undo_path(point_id).unlink()
 
     def read_point(self, point_id: int | None, chunk: int = BLOCK) -> Iterator[tuple[int, bytes | None]]:
+        if point_id is not None and point_id not in {p.id for p in self._points}:
+            raise KeyError(point_id)
+        return rechunk(self._blocks(point_id), size=self.size, unit=BLOCK, chunk=chunk)
+
+    def _blocks(self, point_id: int | None) -> Iterator[tuple[int, bytes | None]]:
+        """The disk at a point block by block (``None``: a block of zeros)."""
         saved: dict[int, tuple[Path, int, int, bool]] = {}
         if point_id is not None:
             ids = [p.id for p in self._points]
-            if point_id not in ids:
-                raise KeyError(point_id)
             for pid in reversed(ids[ids.index(point_id):]):  # newest first; older logs win
                 path = self._undo_path(pid)
                 for off, (pos, length, was_zero) in self._scan_undo(path, repair=False).items():

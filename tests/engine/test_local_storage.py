@@ -38,6 +38,7 @@ def random_blocks(rng: random.Random, source: bytearray) -> list[Block]:
 
 
 def test_points_reconstruct_exactly(tmp_path: Path) -> None:
+    """Every point of the local seed disk reads back exactly, after a restart and after pruning."""
     rng = random.Random(7)
     disk = LocalTargetDisk(tmp_path / "d", SIZE)
     source = bytearray(SIZE)
@@ -69,6 +70,7 @@ def test_points_reconstruct_exactly(tmp_path: Path) -> None:
 
 
 def test_reapplying_after_a_crash_mid_apply_is_exact(tmp_path: Path) -> None:
+    """A crash after the undo log and half the blocks were written, with a torn log tail, is mended by re-applying."""
     disk = LocalTargetDisk(tmp_path / "d", SIZE)
     first = os.urandom(SIZE)
     disk.apply(1, [Block(0, SIZE, first)], point=PointInfo(1, 1.0, "crash-consistent", 1.0))
@@ -93,6 +95,7 @@ def test_reapplying_after_a_crash_mid_apply_is_exact(tmp_path: Path) -> None:
 
 
 def test_cache_segments_are_ordered_and_counted(tmp_path: Path) -> None:
+    """Local cache segments list in order, are counted while waiting, and not once set aside."""
     cache = LocalCache(tmp_path / "cache")
     r = replica("server", 1)
     for seq in (3, 1, 2):
@@ -104,10 +107,11 @@ def test_cache_segments_are_ordered_and_counted(tmp_path: Path) -> None:
     assert cache.segments(r, 1) == []
     cache.set_aside(r, 0, 3)
     assert cache.used_bytes() == 2  # a refused segment no longer counts
-    assert cache.acked_seq(r, 0) == 0
+    assert cache.stream_state(r, 0) is None  # nothing acknowledged yet
 
 
 def test_a_point_is_recorded_with_the_segment_that_takes_it(tmp_path: Path) -> None:
+    """A point and a completed resync are recorded with applied_seq; the flock is exclusive between objects."""
     disk = LocalTargetDisk(tmp_path / "d", SIZE)
     disk.apply(1, [Block(0, BLOCK, b"\x01" * BLOCK)], point=PointInfo(9, 1.0, "crash-consistent", 1.0),
                resync_done=2)
