@@ -1,9 +1,10 @@
 """The mobility service's data path: initial replication, then delta cycles, to the data port.
 
 Which blocks to read comes from each disk's change tracking (``sources.py``); whether to send a
-block read comes from its digest. Per disk the service keeps one 16-byte xxh3 digest per 64 KiB
-block (``disk<N>.digests`` in the state directory), updated only after the process server
-acknowledged the block, so after any crash a block is sent again rather than lost. Where initial
+block read comes from its digest (``digests.py``, updated only after the process server
+acknowledged the block, so after any crash a block is sent again rather than lost). Each pass is
+read and cut into batches (``batches.py``) by this thread and sent by a sender thread (:meth:`send`,
+over ``appliance_client.py``), so that reading overlaps with the network. Where initial
 replication stands is asked from the process server (the source of truth for what is durable), so it
 resumes, never restarts. A cycle that is due a recovery point catches up in passes while the server
 writes, then takes every disk at one instant in a short window (``_window``).
@@ -12,7 +13,6 @@ Runs in its own thread; the heartbeat loop hands it the desired state.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -24,34 +24,27 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from engine.errors import ApplianceUnreachable, EngineError, FingerprintMismatch, ProtocolError, Revoked, from_code
-from engine.links import decode
-from engine.links.data import DATA, StreamState, StreamStates
-from engine.links.management import PolicyTerms
+from engine.backoff import Backoff
+from engine.errors import ApplianceUnreachable, EngineError, FingerprintMismatch, Revoked, VersionMismatch
+from engine.links.data import EPOCH_HEADER, StreamState, StreamStates
+from engine.links.management import PointFacts, PolicyTerms
 from engine.mobility import consistency
+from engine.mobility.appliance_client import data_client
+from engine.mobility.batches import Batch, Labels, cut_batches
+from engine.mobility.digests import Tracker
 from engine.mobility.sources import Captured, Reader, SourceDisk, TrackedDevice, WindowOverrun, Work, open_disk
 from engine.mobility.tracking import remove_stale_instances
-from engine.protocol import (
-    BATCH_DATA,
-    BLOCK,
-    MAX_DESCRIBED,
-    MAX_RUN,
-    MAX_RUNS,
-    BatchHeader,
-    Bookmark,
-    Kind,
-    digest,
-    encode_batch,
-)
+from engine.protocol import BLOCK, Bookmark, Kind
 
 log = logging.getLogger(__name__)
 
-DIGEST = 16
-ZERO_DIGEST = digest(bytes(BLOCK))
-UNKNOWN_DIGEST = b"\xff" * DIGEST  # matches no block's digest
-RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+#: Tells the admin once, as an event with the next heartbeat: ``notify(severity, code, message)``.
+Notify = Callable[[Literal["info", "warning"], str, str], None]
+
+#: How long a batch the appliance did not take waits before it is sent again.
+BATCH_RETRY = Backoff((0.5, 1.0, 2.0, 4.0, 8.0, 15.0))
 #: Seconds between delta cycles at most (sooner if the policy's crash-consistent cadence is shorter).
 MAX_CYCLE_INTERVAL = 5.0
 #: Catch-up passes before a point's window, at most; windows tried before a point is labelled
@@ -66,8 +59,9 @@ def retryable(exc: EngineError) -> bool:
     """Worth trying again later: the appliance was not reached, or it reported trouble of its own
     (5xx: its engine restarting, its disk or cache full, an internal error). A refusal that only the
     admin can undo (a revoked registration, a wrong passphrase or name, a batch that is not the
-    protocol) or a wrong identity (a CA other than the pinned one) is not."""
-    if isinstance(exc, Revoked | FingerprintMismatch):
+    protocol), a wrong identity (a CA other than the pinned one) or an appliance that speaks another
+    major version of the protocol is not."""
+    if isinstance(exc, Revoked | FingerprintMismatch | VersionMismatch):
         return False
     return isinstance(exc, ApplianceUnreachable) or exc.status >= 500
 
@@ -82,59 +76,6 @@ class Desired:
     disk_sizes: list[int]
     resync_gen: int = 0
     epoch: int = 0
-
-
-class Tracker:
-    """The block digests of one source disk: as the appliance acknowledged them (on disk), and as it
-    will have them once the batches in flight land (what a new read is compared with: a block that
-    went A -> B -> A while B was in flight must be sent again)."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.path = path
-        self.blocks = -(-size // BLOCK)
-        #: True when no usable tracking was found (first start, or lost with a power cut).
-        self.fresh = not (path.exists() and path.stat().st_size == self.blocks * DIGEST)
-        if not self.fresh:
-            self.digests = bytearray(path.read_bytes())
-        else:
-            self.digests = bytearray(ZERO_DIGEST * self.blocks)  # the seed disk starts as zeros
-            path.write_bytes(self.digests)
-        self._fd = os.open(path, os.O_RDWR)
-        self._in_flight: dict[int, tuple[bytes, int]] = {}  # block -> (digest, batch token)
-        self._tokens = 0
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-    def get(self, block: int) -> bytes:
-        flying = self._in_flight.get(block)
-        return flying[0] if flying else bytes(self.digests[block * DIGEST:(block + 1) * DIGEST])
-
-    def forget(self) -> None:
-        """Assume nothing about the appliance's copy: every block counts as changed (a resync)."""
-        with self._lock:
-            self._in_flight.clear()
-            self.digests[:] = UNKNOWN_DIGEST * self.blocks
-            os.pwrite(self._fd, self.digests, 0)
-
-    def sending(self, updates: dict[int, bytes]) -> int:
-        """These blocks are queued to be sent with these digests; returns the batch's token for :meth:`commit`."""
-        with self._lock:
-            self._tokens += 1
-            for block, dig in updates.items():
-                self._in_flight[block] = (dig, self._tokens)
-            return self._tokens
-
-    def commit(self, updates: dict[int, bytes], token: int) -> None:
-        """Record acknowledged blocks (no fsync needed: a lost update only means sending again)."""
-        with self._lock:
-            for block, dig in updates.items():
-                self.digests[block * DIGEST:(block + 1) * DIGEST] = dig
-                os.pwrite(self._fd, dig, block * DIGEST)
-                flying = self._in_flight.get(block)
-                if flying is not None and flying[1] == token:  # else a later batch is in flight for it
-                    del self._in_flight[block]
 
 
 @dataclass
@@ -207,9 +148,9 @@ class CaptureStats:
     deferred: str | None = None  #: why the last point was deferred, if it was
     inconsistent: str | None = None  #: why the last point is not crash-consistent, if it is not
 
-    def facts(self) -> dict[str, Any]:
-        return {"last_freeze_ms": round(self.freezes[-1] * 1000, 1) if self.freezes else None,
-                "deferred": self.deferred, "inconsistent": self.inconsistent}
+    def facts(self) -> PointFacts:
+        return PointFacts(last_freeze_ms=round(self.freezes[-1] * 1000, 1) if self.freezes else None,
+                          deferred=self.deferred, inconsistent=self.inconsistent)
 
 
 class RateLimit:
@@ -230,7 +171,7 @@ class RateLimit:
 class Replicator(threading.Thread):
     def __init__(self, *, host: str, state_dir: Path, disks: list[str], context: ssl.SSLContext,
                  desired: Desired, hooks: SnapshotHooks | None = None, freeze_budget: float = FREEZE_BUDGET,
-                 notify: Callable[[str, str, str], None] | None = None) -> None:
+                 notify: Notify | None = None) -> None:
         super().__init__(name="replicator", daemon=True)
         self.host = host
         self.hooks = hooks or SnapshotHooks()
@@ -247,7 +188,9 @@ class Replicator(threading.Thread):
         self.desired = desired
         self.stop = threading.Event()
         self.rate = RateLimit()
-        self._conn: http.client.HTTPSConnection | None = None
+        #: The data port; its port is the desired state's when this replicator started (another port
+        #: starts another replicator).
+        self.client = data_client(host, desired.data_port, context)
         self._seq: dict[int, int] = {}
         self._last_point = 0.0
         self.error: EngineError | None = None
@@ -256,7 +199,7 @@ class Replicator(threading.Thread):
         #: Delta cycles completed: one means the disks are being read again.
         self.cycles_done = 0
         #: Batches read and encoded, waiting for the sender thread (2: one in flight, one ready).
-        self._outbox: queue.Queue[tuple[int, bytes, Tracker, dict[int, bytes], int]] = queue.Queue(maxsize=2)
+        self._outbox: queue.Queue[tuple[Batch, Tracker]] = queue.Queue(maxsize=2)
         self._sender_error: Exception | None = None
 
     def __repr__(self) -> str:
@@ -269,64 +212,25 @@ class Replicator(threading.Thread):
         path.mkdir(exist_ok=True, mode=0o700)
         return path
 
-    # --- HTTPS to the data port -------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
-        headers = {"X-Godwit-Epoch": str(self.desired.epoch)}
-        if body is not None:
-            headers["Content-Type"] = "application/octet-stream"
-        for fresh in (False, True):
-            reused = self._conn is not None
-            if self._conn is None:
-                self._conn = http.client.HTTPSConnection(self.host, self.desired.data_port, context=self.context,
-                                                         timeout=120)
-            try:
-                self._conn.request(method, path, body=body, headers=headers)
-                resp = self._conn.getresponse()
-                raw = resp.read()
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                self._conn.close()
-                self._conn = None
-                # The appliance closes a keep-alive connection that idled: the request never reached it,
-                # so sending it once more on a new connection is not a retry worth a line.
-                closed_while_idle = isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError |
-                                               BrokenPipeError)
-                if reused and closed_while_idle and not fresh:
-                    continue
-                raise ApplianceUnreachable(f"data port {self.host}:{self.desired.data_port}: "
-                                           f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from exc
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            if resp.status >= 500:  # e.g. a proxy in between whose upstream is down
-                raise ApplianceUnreachable(f"data port {self.host}:{self.desired.data_port} answered "
-                                           f"{resp.status}") from exc
-            raise ProtocolError(f"The data port answered {resp.status} without JSON.") from exc
-        if resp.status >= 400:
-            if resp.getheader("Connection", "").lower() == "close" and self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            error = from_code(str(data.get("code")), str(data.get("message")))
-            if resp.status < 500 and error.status >= 500:  # a refusal this version has no class for
-                raise ProtocolError(f"The data port refused the request ({resp.status} {data.get('code')}): "
-                                    f"{error.message}")
-            raise error
-        return data  # type: ignore[no-any-return]
+    # --- sending: the data port -------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        return {EPOCH_HEADER: str(self.desired.epoch)}
 
-    def _post(self, disk: int, body: bytes) -> dict[str, Any]:
-        """Send one batch until it is acknowledged: what is :func:`retryable` (the appliance busy, its
-        disk or cache full, an internal error, unreachable) is sent again with a growing wait, one line
-        each time saying why; a refusal raises."""
+    def send(self, disk: int, body: bytes) -> StreamState:
+        """The sending step: one batch until it is acknowledged. What is :func:`retryable` (the appliance
+        busy, its disk or cache full, an internal error, unreachable) is sent again with a growing wait,
+        one line each time saying why; a refusal raises; :class:`InterruptedError` once stopped."""
         attempt = 0
         while not self.stop.is_set():
             self.rate.mbps = self.desired.max_mbps
             self.rate.wait(len(body), self.stop)
             try:
-                result = self._request("POST", f"/v1/streams/{disk}/batches", body)
+                state = self.client.call("POST", f"/v1/streams/{disk}/batches", body, StreamState,
+                                         headers=self._headers())
             except EngineError as exc:
                 if not retryable(exc):
                     raise
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                delay = BATCH_RETRY.delay(attempt)
                 log.warning("disk %d: batch not taken (%s): %s. Retrying in %.1f s.", disk, exc.code,
                             str(exc).rstrip("."), delay)
                 self.stop.wait(delay)
@@ -334,21 +238,15 @@ class Replicator(threading.Thread):
                 continue
             if attempt:
                 log.info("disk %d: the appliance takes batches again", disk)
-            return result
+            return state
         raise InterruptedError
 
-    def _batch(self, disk: int, kind: Kind, bookmark: Bookmark, cycle: int, initial_done: int,
-               runs: list[tuple[int, int, bytes | None]], tracker: Tracker, pending: dict[int, bytes],
-               token: int) -> None:
-        """Queue a batch for the sender thread, so that reading the next one overlaps with this one's trip."""
-        seq = self._seq[disk]
-        header = BatchHeader(disk, seq, kind, bookmark, cycle, initial_done, time.time(), len(runs))
-        body = encode_batch(header, runs)
-        self._seq[disk] = seq + 1
+    def _queue(self, batch: Batch, tracker: Tracker) -> None:
+        """Hand a batch to the sender thread, so that reading the next one overlaps with this one's trip."""
         while not self.stop.is_set():
             self._raise_sender_error()
             try:
-                self._outbox.put((disk, body, tracker, pending, token), timeout=0.2)
+                self._outbox.put((batch, tracker), timeout=0.2)
                 return
             except queue.Full:
                 continue
@@ -369,12 +267,12 @@ class Replicator(threading.Thread):
     def _sender(self) -> None:
         while not self.stop.is_set():
             try:
-                disk, body, tracker, pending, token = self._outbox.get(timeout=0.2)
+                batch, tracker = self._outbox.get(timeout=0.2)
             except queue.Empty:
                 continue
             try:
-                self._post(disk, body)
-                tracker.commit(pending, token)  # only what the appliance acknowledged counts as sent
+                self.send(batch.disk, batch.body)
+                tracker.commit(batch.digests, batch.token)  # only what the appliance acknowledged counts as sent
             except InterruptedError:
                 return
             except Exception as exc:  # handed to the replicator thread, which stops (and is restarted)
@@ -386,74 +284,15 @@ class Replicator(threading.Thread):
     # --- reading the source ---------------------------------------------------------------------------
     def _send(self, disk: int, tracker: Tracker, work: Work, reader: Reader, *, kind: Kind, bookmark: Bookmark,
               cycle: int, generation: int = 0) -> int:
-        """Read the work's blocks and send those whose content differs from what the appliance has.
-        Returns the bytes sent. The last batch carries ``bookmark`` (nothing is sent for an empty work
-        without a bookmark)."""
-        size = self.desired.disk_sizes[disk]
+        """Read the work's blocks and queue for sending those whose content differs from what the
+        appliance has (:func:`cut_batches`). Returns the bytes queued. The last batch carries
+        ``bookmark`` (nothing is sent for an empty work without a bookmark)."""
         sent = 0
-        runs: list[tuple[int, int, bytes | None]] = []
-        pending: dict[int, bytes] = {}
-        batch_bytes = described = 0
-        buf = self.sources[disk].buf
-        zero = bytes(BLOCK)
-
-        def add(offset: int, length: int, data: bytes | None) -> None:
-            nonlocal batch_bytes, described
-            runs.append((offset, length, data))
-            batch_bytes += length if data is not None else 0
-            described += length
-
-        def cut(mark_bookmark: Bookmark, initial_done: int) -> None:
-            """Hand the runs gathered so far to the sender as one batch."""
-            nonlocal runs, pending, batch_bytes, described, sent
-            token = tracker.sending(pending)
-            self._batch(disk, kind, mark_bookmark, cycle, initial_done if kind == Kind.INITIAL else generation,
-                        runs, tracker, pending, token)
-            sent += batch_bytes
-            runs, pending, batch_bytes, described = [], {}, 0, 0
-
-        for off, length, is_hole in work:
-            if self.stop.is_set():
-                raise InterruptedError
-            if is_hole:
-                add(off, length, None)
-                pending[off // BLOCK] = ZERO_DIGEST
-            else:
-                view = memoryview(buf)[:length]
-                began = time.perf_counter()
-                try:
-                    got = reader(off, view)
-                except OSError as exc:  # say which disk: the admin has to look at it
-                    raise OSError(exc.errno, exc.strerror, self.disks[disk]) from exc
-                if reader == self.sources[disk].read:  # the disk itself, not memory or a clone
-                    self._read_rate.add(got, time.perf_counter() - began)
-                if got < length:
-                    view[got:] = bytes(length - got)  # the disk shrank under us
-                run_start = None  # where the current run of changed, non-zero blocks began
-                for boff in range(0, length, BLOCK):
-                    block = view[boff:boff + BLOCK]
-                    bno = (off + boff) // BLOCK
-                    dig = digest(block)
-                    changed = dig != tracker.get(bno)
-                    is_zero = changed and bytes(block) == zero[:len(block)]
-                    if run_start is not None and (not changed or is_zero):
-                        add(off + run_start, boff - run_start, bytes(view[run_start:boff]))
-                        run_start = None
-                    if not changed:
-                        continue
-                    pending[bno] = dig
-                    if is_zero:
-                        add(off + boff, len(block), None)
-                    elif run_start is None:
-                        run_start = boff
-                if run_start is not None:
-                    add(off + run_start, length - run_start, bytes(view[run_start:length]))
-            # A work item adds at most MAX_RUN // BLOCK runs and MAX_RUN bytes: cut before a limit is crossed.
-            if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK or \
-                    described > MAX_DESCRIBED - MAX_RUN:
-                cut(Bookmark.NONE, off + length)
-        if bookmark != Bookmark.NONE or runs:
-            cut(bookmark, size)
+        for batch in cut_batches(self.sources[disk], tracker, work, reader, Labels(kind, bookmark, cycle, generation),
+                                 first_seq=self._seq[disk], stop=self.stop, disk_read=self._read_rate.add):
+            self._seq[disk] = batch.seq + 1
+            self._queue(batch, tracker)
+            sent += batch.data_bytes
         return sent
 
     # --- the loop ------------------------------------------------------------------------------------------
@@ -481,7 +320,7 @@ class Replicator(threading.Thread):
         for i, tracker in enumerate(trackers):
             tracker.forget()
             self.sources[i].need_full(None)
-            work, reader = self.sources[i].pass_work(self._was_data(tracker))
+            work, reader = self.sources[i].pass_work(tracker.was_data)
             self._send(i, tracker, work, reader, kind=Kind.RESYNC, bookmark=Bookmark.CYCLE_END, cycle=cycle,
                        generation=generation)
         self._drain()
@@ -489,10 +328,6 @@ class Replicator(threading.Thread):
         path.write_text(json.dumps({"done": generation}))
         self._last_point = 0.0
         log.info("resync %d complete", generation)
-
-    @staticmethod
-    def _was_data(tracker: Tracker) -> Callable[[int], bool]:
-        return lambda block: tracker.get(block) != ZERO_DIGEST
 
     def _note_lost(self) -> None:
         """Disks whose tracking lost writes get a full compare, and the admin an event saying why."""
@@ -509,7 +344,7 @@ class Replicator(threading.Thread):
         """One pass over every disk: send what changed, while the server keeps writing."""
         sent = 0
         for i, (src, tracker) in enumerate(zip(self.sources, trackers, strict=True)):
-            work, reader = src.pass_work(self._was_data(tracker))
+            work, reader = src.pass_work(tracker.was_data)
             sent += self._send(i, tracker, work, reader, kind=Kind.DELTA, bookmark=bookmark, cycle=cycle)
         return sent
 
@@ -538,7 +373,7 @@ class Replicator(threading.Thread):
             try:
                 deadline = began + self.capture.freeze_budget
                 for src, t in zip(self.sources, trackers, strict=True):
-                    captured.append(src.capture(self._was_data(t), deadline))
+                    captured.append(src.capture(t.was_data, deadline))
                 for src, c in zip(self.sources, captured, strict=True):
                     src.verify(c)
             except WindowOverrun:
@@ -633,7 +468,7 @@ class Replicator(threading.Thread):
             streams: dict[int, StreamState] = {}
             while not self.stop.is_set():
                 try:
-                    states = decode(StreamStates, self._request("GET", "/v1/streams"), link=DATA)
+                    states = self.client.call("GET", "/v1/streams", None, StreamStates, headers=self._headers())
                     streams = {d.disk: d.state for d in states.disks}
                     break
                 except EngineError as exc:
@@ -657,7 +492,7 @@ class Replicator(threading.Thread):
                     src = self.sources[i]
                     src.need_full(None)
                     src.full_reason = None
-                    work, reader = src.pass_work(self._was_data(tracker), start=start)
+                    work, reader = src.pass_work(tracker.was_data, start=start)
                     self._send(i, tracker, work, reader, kind=Kind.INITIAL, bookmark=Bookmark.CYCLE_END,
                                cycle=int(time.time() * 1000))
                     self._drain()
@@ -690,9 +525,7 @@ class Replicator(threading.Thread):
             log.exception("replication stopped by an internal error")
         finally:
             self.stop.set()
-            conn = self._conn  # the sender may drop it meanwhile
-            if conn is not None:
-                conn.close()  # unblocks a sender waiting on the network
+            self.client.close()  # unblocks a sender waiting on the network
             sender.join(timeout=30)
             if not sender.is_alive():  # else it may still commit to them; leave them to the process's end
                 for t in trackers:

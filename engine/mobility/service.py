@@ -8,8 +8,8 @@ certificate, and the appliance CA it pinned.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import http.client
 import json
 import logging
 import os
@@ -18,35 +18,33 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from engine import __version__
-from engine.errors import (
-    ApplianceUnreachable,
-    BadInput,
-    EngineError,
-    FingerprintMismatch,
-    ProtocolError,
-    from_code,
-)
+from engine.backoff import Backoff
+from engine.errors import ApplianceUnreachable, BadInput, EngineError, FingerprintMismatch
 from engine.files import write_atomically
-from engine.links import decode
-from engine.links.management import MANAGEMENT, MAX_NOTICES, HeartbeatAnswer, Registered
+from engine.links import encode
+from engine.links.management import MAX_NOTICES, HeartbeatAnswer, Notice, PointFacts, Registered, ServerFacts
+from engine.mobility.appliance_client import management_client
 from engine.mobility.consistency import Freezer
 from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks, retryable
 from engine.mobility.sources import describe
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
+from engine.records import Disk
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+#: How long a registration or heartbeat the appliance did not take waits before it is sent again.
+RETRY = Backoff((1.0, 2.0, 4.0, 8.0, 15.0, 30.0))
 #: Notices waiting for a heartbeat, at most (older ones are kept, newer dropped: the first says why).
 MAX_PENDING_NOTICES = 64
 #: The management port refuses longer text fields.
 MAX_TEXT = 512
-REQUEST_TIMEOUT = 15.0
 
 
 def read_passphrase(path: Path) -> str:
@@ -88,9 +86,14 @@ def disk_size(path: str) -> int:
         os.close(fd)
 
 
-def _clipped(values: dict[str, Any]) -> dict[str, Any]:
-    """Texts cut to what the management port accepts (a long list of mounts must not stop heartbeats)."""
-    return {k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in values.items()}
+def _clip(text: str | None) -> str | None:
+    """A text cut to what the management port accepts (a long list of mounts must not stop heartbeats)."""
+    return None if text is None else text[:MAX_TEXT]
+
+
+def _disk_facts(path: str, size: int, how: dict[str, str]) -> Disk:
+    return Disk(path=path, size=size, capture=_clip(how.get("capture")) or "",
+                tracking=_clip(how.get("tracking")) or "", note=_clip(how.get("note")) or "")
 
 
 def describe_os() -> str:
@@ -98,6 +101,11 @@ def describe_os() -> str:
         return platform.freedesktop_os_release().get("PRETTY_NAME") or platform.platform()
     except OSError:
         return platform.platform()
+
+
+def registration_body(*, passphrase: str, csr: str, name: str, facts: ServerFacts) -> dict[str, Any]:
+    """``POST /v1/register`` as :meth:`Registration.parse` reads it: the facts' fields beside the others."""
+    return {"passphrase": passphrase, "csr": csr, "name": name, **encode(facts)}
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,7 @@ class MobilityService:
         self.read_failure: str | None = None
         self.freeze_budget = freeze_budget
         self._described: dict[str, dict[str, str]] = {}
-        self._notices: list[dict[str, str]] = []
+        self._notices: list[Notice] = []
         self._notices_lock = threading.Lock()
         for d in self.disks:
             if not os.path.exists(d):
@@ -161,14 +169,15 @@ class MobilityService:
     def _save(self, name: str, data: bytes, mode: int = 0o600) -> None:
         write_atomically(self.state_dir / name, data, mode=mode)
 
-    # --- HTTPS -------------------------------------------------------------------------------------
-    def notify(self, severity: str, code: str, message: str) -> None:
+    # --- what the appliance is told ------------------------------------------------------------------
+    def notify(self, severity: Literal["info", "warning"], code: str, message: str) -> None:
         """Tell the admin once, as an event, with the next heartbeat."""
         with self._notices_lock:
             if len(self._notices) < MAX_PENDING_NOTICES:
-                self._notices.append({"severity": severity, "code": code, "message": message[:MAX_TEXT]})
+                self._notices.append(Notice(severity=severity, code=code, message=message[:MAX_TEXT]))
 
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> ServerFacts:
+        """What this server says about itself in its registration and every heartbeat."""
         disks = []
         replicator = self.replicator
         sources = replicator.sources if replicator is not None and replicator.is_alive() else []
@@ -182,27 +191,28 @@ class MobilityService:
                 if d not in self._described:
                     self._described[d] = describe(d)
                 how = self._described[d]
-            disks.append({"path": d, "size": size, **_clipped(how)})
+            disks.append(_disk_facts(d, size, how))
         with self._notices_lock:
-            notices = self._notices[:MAX_NOTICES]
-        facts: dict[str, Any] = {"hostname": socket.gethostname(), "os": describe_os(), "agent_version": __version__,
-                                 "disks": disks, "notices": notices, "clock": time.time()}
-        if sources:
-            facts["points"] = _clipped(self.replicator.capture.facts())  # type: ignore[union-attr]
+            notices = tuple(self._notices[:MAX_NOTICES])
+        points: PointFacts | None = None
+        if sources and replicator is not None:
+            taken = replicator.capture.facts()
+            points = dataclasses.replace(taken, deferred=_clip(taken.deferred), inconsistent=_clip(taken.inconsistent))
         if self.read_failure is not None:
             if replicator is not None and replicator.is_alive() and replicator.cycles_done:
                 log.info("the source disks are read again")
                 self.read_failure = None
             else:
-                facts["points"] = _clipped({**facts.get("points", {}), "deferred":
-                                            f"Recovery points are deferred: {self.read_failure}. The mobility "
-                                            "service retries by itself; check the source disk."})
-        return facts
+                points = dataclasses.replace(points or PointFacts(), deferred=_clip(
+                    f"Recovery points are deferred: {self.read_failure}. The mobility service retries by itself; "
+                    "check the source disk."))
+        return ServerFacts(hostname=socket.gethostname(), os=describe_os(), agent_version=__version__,
+                           disks=tuple(disks), notices=notices, points=points, clock=time.time())
 
-    def _sent(self, facts: dict[str, Any]) -> None:
+    def _sent(self, facts: ServerFacts) -> None:
         """The appliance has these notices now."""
         with self._notices_lock:
-            del self._notices[:len(facts.get("notices", []))]
+            del self._notices[:len(facts.notices)]
 
     def _context(self, *, pinned_ca: bytes | None, client: bool) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -217,51 +227,10 @@ class MobilityService:
             ctx.load_cert_chain(self.state_dir / "client.crt", self.state_dir / "client.key")
         return ctx
 
-    def _request(self, ctx: ssl.SSLContext, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=ctx, timeout=REQUEST_TIMEOUT)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.read(1024 * 1024)
-        except ssl.SSLError as exc:
-            if exc.reason == "CERTIFICATE_VERIFY_FAILED":
-                raise FingerprintMismatch(
-                    f"{self.host}:{self.port} presented a certificate that the pinned CA did not issue: "
-                    "check --appliance and --ca-fingerprint.") from exc
-            raise ApplianceUnreachable(f"TLS with {self.host}:{self.port} failed ({exc.reason}).") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise ApplianceUnreachable(f"{self.host}:{self.port} is unreachable ({reason}).") from exc
-        finally:
-            conn.close()
-
-    def _json(self, ctx: ssl.SSLContext, path: str, body: Any) -> dict[str, Any]:
-        status, raw = self._request(ctx, "POST", path, body)
-        try:
-            data = json.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            if status >= 500:  # e.g. a proxy in between whose upstream is down
-                raise ApplianceUnreachable(f"{self.host}:{self.port} answered {status}.") from exc
-            raise ProtocolError(f"{self.host}:{self.port} answered {status} without JSON: is this the "
-                                "appliance's management port?") from exc
-        if status >= 400:
-            if status >= 500 and data.get("code") == "engine-not-running":
-                raise ApplianceUnreachable("The appliance's engine is restarting.")
-            error = from_code(str(data.get("code")), str(data.get("message")))
-            if status < 500 and error.status >= 500:  # a refusal this version has no class for: still a refusal
-                raise ProtocolError(f"{self.host}:{self.port} refused the request ({status} {data.get('code')}): "
-                                    f"{error.message}")
-            raise error
-        return data
-
     # --- the service ---------------------------------------------------------------------------------
-    def _retrying(self, what: str, fn: Any) -> Any:
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T | None:
         """Call ``fn`` until it succeeds or raises an error that is not :func:`retryable`; None when
-        stopped. Each failure is one line that says why, and the wait grows up to RETRY_DELAYS[-1]."""
+        stopped. Each failure is one line that says why, and the wait grows up to ``RETRY.longest``."""
         attempt = 0
         unreachable = False
         while not self.stop.is_set():
@@ -270,7 +239,7 @@ class MobilityService:
             except EngineError as exc:
                 if not retryable(exc):
                     raise
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                delay = RETRY.delay(attempt)
                 attempt += 1
                 unreachable = isinstance(exc, ApplianceUnreachable)
                 log.warning("%s: %s Retrying in %.0f s.", what, exc, delay)
@@ -287,15 +256,17 @@ class MobilityService:
         passphrase = read_passphrase(self.passphrase_file)
 
         def attempt() -> Registered:
-            status, ca_pem = self._request(self._context(pinned_ca=None, client=False), "GET", "/v1/ca")
-            if status != 200:
+            with management_client(self.host, self.port, self._context(pinned_ca=None, client=False)) as unpinned:
+                ca = unpinned.request("GET", "/v1/ca")
+            if ca.status != 200:
                 raise FingerprintMismatch(f"{self.host}:{self.port} is not a Godwit appliance's management port.")
+            ca_pem = ca.body
             verify_pinned_ca(ca_pem, self.fingerprint)
             key = new_key()
-            body = {"passphrase": passphrase, "csr": make_csr(key, self.name).decode(), "name": self.name,
-                    **self.facts()}
-            answer = decode(Registered, self._json(self._context(pinned_ca=ca_pem, client=False), "/v1/register",
-                                                   body), link=MANAGEMENT)
+            body = registration_body(passphrase=passphrase, csr=make_csr(key, self.name).decode(), name=self.name,
+                                     facts=self.facts())
+            with management_client(self.host, self.port, self._context(pinned_ca=ca_pem, client=False)) as pinned:
+                answer = pinned.call("POST", "/v1/register", body, Registered)
             self._save("ca.crt", ca_pem, 0o644)
             self._save("client.key", key_pem(key, None))
             self._save("client.crt", answer.certificate.encode(), 0o644)
@@ -395,18 +366,20 @@ class MobilityService:
         if ident is None:
             return
         ca_pem = (self.state_dir / "ca.crt").read_bytes()
-        ctx = self._context(pinned_ca=ca_pem, client=True)
+        client = management_client(self.host, self.port, self._context(pinned_ca=ca_pem, client=True))
         log.info("sending heartbeats to %s:%d as %s", self.host, self.port, ident.name)
         try:
             while not self.stop.is_set():
                 facts = self.facts()
-                answer = self._retrying("heartbeat", functools.partial(self._json, ctx, "/v1/heartbeat", facts))
+                answer = self._retrying("heartbeat", functools.partial(client.call, "POST", "/v1/heartbeat", facts,
+                                                                       HeartbeatAnswer))
                 if answer is not None:
                     self._sent(facts)
-                    self._apply(decode(HeartbeatAnswer, answer, link=MANAGEMENT))
+                    self._apply(answer)
                     log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
                 self.stop.wait(self.heartbeat_interval)
         finally:
+            client.close()
             self._stop_replicator()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.mobility.consistency import Extent, changed_ranges
-from engine.mobility.replicator import Tracker
+from engine.mobility.digests import Tracker
 from engine.mobility.tracking import DirtyMap
 from engine.protocol import BLOCK, digest
 
