@@ -10,8 +10,7 @@ from engine.codec import Block
 from engine.protocol import BLOCK
 from engine.storage import PointInfo, replica
 from engine.storage.local import LocalCache, LocalTargetDisk
-
-SIZE = 40 * BLOCK + 1000  # a last partial block, as real disks may have
+from tests.engine.test_storage_contract import SIZE, random_blocks
 
 
 def image(disk: LocalTargetDisk, point: int | None) -> bytes:
@@ -20,21 +19,6 @@ def image(disk: LocalTargetDisk, point: int | None) -> bytes:
         if data is not None:
             out[off:off + len(data)] = data
     return bytes(out)
-
-
-def random_blocks(rng: random.Random, source: bytearray) -> list[Block]:
-    blocks = []
-    for _ in range(rng.randint(1, 6)):
-        off = rng.randrange(0, SIZE // BLOCK + 1) * BLOCK
-        n = min(BLOCK * rng.randint(1, 3), SIZE - off)
-        if rng.random() < 0.2:
-            source[off:off + n] = bytes(n)
-            blocks.append(Block(off, n, None))
-        else:
-            data = os.urandom(n)
-            source[off:off + n] = data
-            blocks.append(Block(off, n, data))
-    return blocks
 
 
 def test_points_reconstruct_exactly(tmp_path: Path) -> None:
