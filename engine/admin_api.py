@@ -206,10 +206,18 @@ async def export_point(request: web.Request) -> web.StreamResponse:
     if point_id is None:
         raise NotFound(f"{row.name} has no recovery point {wanted}; `godwit vm points {row.name}` lists them.")
     loop = asyncio.get_running_loop()
+    opening = services.storage.open_point(replica(row.server_id, row.epoch or 0), disk, size, point_id,
+                                          chunk=EXPORT_CHUNK, name=row.name)
+    # Opening takes the disk's lock, which the log processor may hold for a slice: not on this loop. A
+    # request cancelled meanwhile gives the lock back as soon as the thread has it.
+    entered = loop.run_in_executor(None, opening.__enter__)
+    try:
+        image = await asyncio.shield(entered)
+    except asyncio.CancelledError:
+        entered.add_done_callback(lambda f: f.cancelled() or f.exception() or opening.__exit__(None, None, None))
+        raise
     with contextlib.ExitStack() as held:
-        # Opening takes the disk's lock, which the log processor may hold for a slice: not on this loop.
-        image = await loop.run_in_executor(None, held.enter_context, services.storage.open_point(
-            replica(row.server_id, row.epoch or 0), disk, size, point_id, chunk=EXPORT_CHUNK, name=row.name))
+        held.push(opening)
         padded = padded_size(image.size)
         total = padded + (SECTOR if fmt == "vhd" else 0)
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "X-Godwit-Size": str(total),

@@ -225,9 +225,18 @@ T = TypeVar("T")
 
 
 def to_json(obj: Any) -> Any:
-    """A record (or list of records) as plain JSON values."""
+    """A record (or list of records) as plain JSON values. The fields a record names in
+    ``FLATTENED`` are written beside its own fields, not nested (a wire shape that predates them)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        flat: tuple[str, ...] = getattr(type(obj), "FLATTENED", ())
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = to_json(getattr(obj, f.name))
+            if f.name in flat:
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
     if isinstance(obj, list | tuple):
         return [to_json(x) for x in obj]
     return obj
@@ -245,9 +254,12 @@ def type_hints(cls: type[Any]) -> dict[str, Any]:
 def from_json(cls: type[T], data: Any) -> T:
     """Rebuild a record from :func:`to_json` output; unknown keys are ignored (newer engines)."""
     hints = type_hints(cls)
+    flat: tuple[str, ...] = getattr(cls, "FLATTENED", ())
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in data:
+        if f.name in flat:  # its fields sit beside ours
+            kwargs[f.name] = _convert(hints[f.name], data)
+        elif f.name in data:
             kwargs[f.name] = _convert(hints[f.name], data[f.name])
     return cls(**kwargs)
 

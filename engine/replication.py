@@ -193,14 +193,14 @@ class Replication:
         before = self.progress(row.server_id, report.disk)
         before_error, before_code = before.error, before.error_code
         self._note_applied(report)
-        code = _code(report.error_code)
+        code = report.error_code or HealthCause.SEGMENT_CORRUPT
         if report.error and (report.error, code) != (before_error, before_code):
             text = f"{row.name} disk {report.disk}: {report.error}"
             if code == HealthCause.SEGMENT_CORRUPT:
                 self._hub.record("error", "segment-refused", text, server=row.name)
             else:
                 self._hub.record("warning", "apply-paused", text, server=row.name)
-        elif before_code is not None and before_code.pauses_applying and not report.error:
+        elif isinstance(before_code, HealthCause) and before_code.pauses_applying and not report.error:
             self._hub.record("info", "apply-resumed", f"{row.name} disk {report.disk}: recovery points are "
                              "being created again.", server=row.name)
         return True
@@ -235,7 +235,9 @@ class Replication:
             p.last_bookmark_time = report.bookmark_time
             p.last_bookmark_source = report.bookmark_source_time or None
         p.error = report.error
-        p.error_code = _code(report.error_code) if report.error else None
+        # No code: a refusal (log processors before codes). A code this version does not know stays as it
+        # came (a pause, shown as it is).
+        p.error_code = (report.error_code or HealthCause.SEGMENT_CORRUPT) if report.error else None
         p.points = [RecoveryPoint(id=x.id, created_at=x.created_at, kind=x.kind) for x in report.points]
 
     # --- what the admin sees ---------------------------------------------------------------------
@@ -320,14 +322,6 @@ class Replication:
                      f"{policy.rpo_threshold / 60:.0f} min. Check the source server's network and the appliance's "
                      "load.")
         return Summary(state, rpo=rpo, last_point=last_point, cause=cause)
-
-
-def _code(code: str | None) -> HealthCause:
-    """What a log processor's stop code means (a code this version does not know: a refusal)."""
-    try:
-        return HealthCause(code) if code else HealthCause.SEGMENT_CORRUPT
-    except ValueError:
-        return HealthCause.SEGMENT_CORRUPT
 
 
 def disk_change(row: ServerRecord) -> tuple[HealthCause, str] | None:

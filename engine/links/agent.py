@@ -18,10 +18,12 @@ path                      request                    answer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from engine.links import Link
 from engine.links.data import StreamState
 from engine.links.management import DesiredState, HeartbeatAnswer, Registered, Registration, ServerFacts
+from engine.records import HealthCause
 
 AGENT_LINK = Link("agent", 1, 0, "agent link")
 
@@ -45,6 +47,8 @@ __all__ = [
 @dataclass(frozen=True)
 class RegisterRequest:
     """A registration the replication-manager checked, with the address it came from."""
+
+    FLATTENED: ClassVar = ("registration",)
 
     registration: Registration
     address: str | None
@@ -72,6 +76,8 @@ class AuthorizeRequest:
 class Authorization:
     """Yes, for this server and as this desired state says (``desired.replicate`` may be false)."""
 
+    FLATTENED: ClassVar = ("desired",)
+
     name: str
     desired: DesiredState
 
@@ -79,6 +85,8 @@ class Authorization:
 @dataclass(frozen=True)
 class ReceivedReport:
     """From the process-server: a disk's stream state after a batch, or why batches are refused."""
+
+    FLATTENED: ClassVar = ("state",)
 
     server_id: str
     disk: int
@@ -109,7 +117,7 @@ class AppliedReport:
     bookmark_source_time: float | None = None
     error: str | None = None
     #: segment-corrupt | target-full | target-unwritable (engine.records.HealthCause)
-    error_code: str | None = None
+    error_code: HealthCause | None = None
     points: tuple[AppliedPoint, ...] = ()
 
 
@@ -122,6 +130,8 @@ class Ack:
 
 @dataclass(frozen=True)
 class ReplicatingServer:
+    FLATTENED: ClassVar = ("desired",)
+
     server_id: str
     name: str
     desired: DesiredState

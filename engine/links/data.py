@@ -9,6 +9,7 @@ the ``Godwit-Protocol`` header.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from engine.links import Link
 
@@ -31,6 +32,10 @@ class StreamState:
 
 @dataclass(frozen=True)
 class DiskStream:
+    """A disk's stream state (its fields beside ``disk`` on the wire)."""
+
+    FLATTENED: ClassVar = ("state",)
+
     disk: int
     state: StreamState
 

@@ -9,7 +9,7 @@ the appliance answers is decoded with :func:`engine.links.decode`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from engine.errors import ProtocolError
 from engine.links import Link
@@ -199,7 +199,9 @@ class DesiredState:
 @dataclass(frozen=True)
 class HeartbeatAnswer:
     """The appliance's answer to every heartbeat: when to send the next, where to send data, and
-    what to replicate."""
+    what to replicate (the desired state's fields sit beside the others on the wire)."""
+
+    FLATTENED: ClassVar = ("desired",)
 
     heartbeat_interval: float
     data_port: int
@@ -208,7 +210,10 @@ class HeartbeatAnswer:
 
 @dataclass(frozen=True)
 class Registered:
-    """The answer to a registration: the server's identity and certificate, then as a heartbeat's."""
+    """The answer to a registration: the server's identity and certificate, then a heartbeat's answer
+    (its fields beside these on the wire)."""
+
+    FLATTENED: ClassVar = ("answer",)
 
     server_id: str
     name: str

@@ -16,9 +16,12 @@ threads); :meth:`ApplianceClient.close` may be called from another thread to unb
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,6 +71,9 @@ class ApplianceClient:
         self.where = where
         self.timeout = timeout
         self._conn: http.client.HTTPSConnection | None = None
+        #: Guards ``_conn`` and ``_closed``: :meth:`close` may come from another thread.
+        self._lock = threading.Lock()
+        self._closed = False
         #: Connections opened so far (a kept-alive one is opened once).
         self.connections = 0
 
@@ -82,16 +88,35 @@ class ApplianceClient:
         self.close()
 
     def close(self) -> None:
-        """Drop the connection (a later request opens a new one). Safe from another thread: a request
-        blocked on it fails as unreachable."""
-        conn, self._conn = self._conn, None
+        """Close the client for good. Safe from another thread: a request blocked on the connection
+        fails as unreachable (the socket is shut down, which wakes a blocked read), and no request
+        opens a new one afterwards."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
         if conn is not None:
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
             conn.close()
+
+    def _connection(self) -> tuple[http.client.HTTPSConnection, bool]:
+        """The kept-alive connection, or a new one; and whether it was reused."""
+        with self._lock:
+            if self._closed:
+                raise ApplianceUnreachable(f"The connection to the {self.port_name} {self.where} was closed.")
+            if self._conn is not None:
+                return self._conn, True
+            self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+                                                     timeout=self.timeout)
+            self.connections += 1
+            return self._conn, False
 
     def _drop(self, conn: http.client.HTTPSConnection) -> None:
         conn.close()
-        if self._conn is conn:
-            self._conn = None
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
 
     # --- requests ---------------------------------------------------------------------------------
     def request(self, method: str, path: str, body: bytes | None = None, *, content_type: str | None = None,
@@ -103,12 +128,7 @@ class ApplianceClient:
         if body is not None:
             sent["Content-Type"] = content_type or "application/octet-stream"
         for last_try in (False, True):
-            conn = self._conn
-            reused = conn is not None
-            if conn is None:
-                conn = self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
-                                                                timeout=self.timeout)
-                self.connections += 1
+            conn, reused = self._connection()
             try:
                 conn.request(method, path, body=body, headers=sent)
                 resp = conn.getresponse()
@@ -122,7 +142,7 @@ class ApplianceClient:
                 # so sending it once more on a new connection is not a retry worth a line.
                 closed_while_idle = isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError |
                                                BrokenPipeError)
-                if reused and closed_while_idle and not last_try:
+                if reused and closed_while_idle and not last_try and not self._closed:
                     continue
                 raise self._transport_error(exc) from exc
         self.link.check(resp.getheader(HEADER), peer="The appliance")

@@ -65,6 +65,8 @@ class LocalStorage:
     @contextlib.contextmanager
     def open_point(self, replica: str, disk: int, size: int, point_id: int, *, chunk: int,
                    name: str) -> Iterator[PointImage]:
+        if not (self.target_root / replica / f"disk{disk}").is_dir():  # disabled meanwhile: never create it anew
+            raise NotFound(f"Recovery point {point_id} of {name} is gone: replication of {name} was disabled.")
         # The log processor applies nothing to this disk (it skips it) while the lock is held; the
         # disk's metadata is read only once it is, so the point cannot be pruned meanwhile.
         with self.target_disk(replica, disk, size).locked():

@@ -17,7 +17,8 @@ from engine.http_server import error_middleware, speaks
 from engine.links import HEADER, Link, decode, encode
 from engine.links.admin import ADMIN, EventAdded, ServerRemoved, decode_message, encode_message
 from engine.links.agent import AGENT_LINK, Ack, AppliedPoint, AppliedReport
-from engine.links.management import MANAGEMENT, DesiredState, DiskSize, HeartbeatAnswer, PolicyTerms
+from engine.links.data import DATA, StreamStates
+from engine.links.management import MANAGEMENT, DesiredState, DiskSize, HeartbeatAnswer, PolicyTerms, Registered
 from engine.records import Event
 
 
@@ -53,7 +54,7 @@ def test_messages_ignore_fields_a_newer_minor_version_adds() -> None:
         replicate=True, epoch=7, policy=PolicyTerms("p", 300, None, 86400), disks=(DiskSize(0, 1 << 20),)))
     wire = encode(answer)
     wire["added_later"] = {"x": 1}
-    wire["desired"]["policy"]["added_later_too"] = [1, 2]
+    wire["policy"]["added_later_too"] = [1, 2]
     assert decode(HeartbeatAnswer, wire, link=MANAGEMENT) == answer
 
 
@@ -172,3 +173,22 @@ def test_a_field_of_the_wrong_type_is_refused_by_name(wire: dict[str, object], f
     """A message whose field has the wrong type is a protocol error naming the field, not a crash later."""
     with pytest.raises(ProtocolError, match=rf"field {re.escape(field)} has the wrong type"):
         decode(AppliedReport, wire, link=AGENT_LINK)
+
+
+def test_version_1_0_keeps_the_wire_shape_sources_already_speak() -> None:
+    """Answers to sources keep the flat shape that mobility services from before versions read (the
+    desired state's fields beside the others), and such flat bodies decode to the typed messages."""
+    old_heartbeat_answer = {"heartbeat_interval": 5.0, "data_port": 9443, "replicate": True, "max_mbps": 50.0,
+                            "resync_gen": 2, "epoch": 1700000000000,
+                            "policy": {"name": "fast", "crash_consistent_every": 1.0, "app_consistent_every": None,
+                                       "retention": 3600.0},
+                            "disks": [{"index": 0, "size": 1 << 30}]}
+    answer = decode(HeartbeatAnswer, old_heartbeat_answer, link=MANAGEMENT)
+    assert answer.desired.epoch == 1700000000000 and answer.desired.disk_sizes == [1 << 30]
+    assert encode(answer) == old_heartbeat_answer
+    old_registered = {"server_id": "id", "name": "web-01", "certificate": "PEM", **old_heartbeat_answer}
+    assert encode(decode(Registered, old_registered, link=MANAGEMENT)) == old_registered
+    old_streams = {"disks": [{"disk": 0, "epoch": 7, "acked_seq": 12, "initial_done": 65536,
+                              "initial_complete": False, "bytes_received": 99}]}
+    states = decode(StreamStates, old_streams, link=DATA)
+    assert states.disks[0].state.acked_seq == 12 and encode(states) == old_streams

@@ -82,8 +82,16 @@ def _app(port: Port) -> web.Application:
         return web.Response(status=int(request.match_info["status"]), text="<html>Bad gateway</html>",
                             content_type="text/html")
 
+    async def slow(request: web.Request) -> web.Response:
+        for _ in range(600):  # an appliance that stalls for a minute, or until the client goes
+            if request.transport is None or request.transport.is_closing():
+                break
+            await asyncio.sleep(0.1)
+        return web.json_response({})
+
     app = web.Application(middlewares=[record])
     app.router.add_route("*", "/state", state)
+    app.router.add_get("/slow", slow)
     app.router.add_get("/refuse/{status}/{code}", refuse)
     app.router.add_get("/html/{status}", proxy_error)
     return app
@@ -183,3 +191,29 @@ def test_transport_failures_become_engine_errors(port: Port, tmp_path: Path) -> 
     with data_client("127.0.0.1", closed, ctx) as client, pytest.raises(ApplianceUnreachable) as unreachable:
         client.request("GET", "/v1/streams")
     assert f"data port 127.0.0.1:{closed} is unreachable" in str(unreachable.value) and retryable(unreachable.value)
+
+
+def test_close_from_another_thread_wakes_a_blocked_request_and_stays_closed(port: Port) -> None:
+    """Stopping replication while a batch waits on a stalled appliance ends the wait at once, and the
+    stopped client never opens a new connection (nothing is sent after the stop)."""
+    client = port.client()
+    client.call("POST", "/state", {}, StreamState)  # a kept-alive connection exists
+    outcome: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            client.request("GET", "/slow")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=blocked)
+    waiter.start()
+    while len(port.seen) < 2:  # the slow request reached the appliance
+        threading.Event().wait(0.02)
+    client.close()
+    waiter.join(timeout=10)  # below the client's 15 s read timeout: only the close can end it this soon
+    assert not waiter.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ApplianceUnreachable)
+    with pytest.raises(ApplianceUnreachable, match="was closed"):
+        client.call("POST", "/state", {}, StreamState)
+    assert client.connections == 1

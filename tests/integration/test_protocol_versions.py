@@ -57,7 +57,7 @@ def test_management_port_serves_newer_minor_versions_and_refuses_other_majors(ap
     status, data, version = _ask(_tls(appliance, appliance.management_port), "POST", "/v1/register",
                                  "management/1.4", registration)
     assert (status, version) == (200, "management/1.0"), data
-    assert isinstance(data, dict) and data["name"] == "later-01" and data["answer"]["desired"]["replicate"] is False
+    assert isinstance(data, dict) and data["name"] == "later-01" and data["replicate"] is False
     assert appliance.servers()["later-01"]["disks"][0]["size"] == 1 << 30
 
 
