@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -21,10 +20,9 @@ from aiohttp import web
 from engine.errors import BadInput, NotFound, ProtocolError
 from engine.http_server import error_middleware, read_json, speaks
 from engine.links import decode, encode
-from engine.links.admin import ADMIN, Hello, SetupChanged, encode_message
+from engine.links.admin import ADMIN, Hello, encode_message
 from engine.links.agent import (
     AGENT_LINK,
-    Ack,
     AppliedReport,
     AuthorizeRequest,
     HeartbeatRequest,
@@ -61,11 +59,7 @@ async def get_setup(request: web.Request) -> web.Response:
 
 
 async def rotate_passphrase(request: web.Request) -> web.Response:
-    services = _services(request)
-    services.inventory.rotate_passphrase()
-    info = services.setup_info()
-    services.hub.publish(SetupChanged(info))
-    return _json(info)
+    return _json(_services(request).rotate_passphrase())
 
 
 async def list_servers(request: web.Request) -> web.Response:
@@ -142,38 +136,35 @@ async def enable_server(request: web.Request) -> web.Response:
     policy = (await read_json(request)).get("policy")
     if policy is not None and not isinstance(policy, str):
         raise ProtocolError("policy must be a policy's name, or null for the default policy.")
-    return _changed(services, services.inventory.row(request.match_info["name"]),
-                    lambda row: services.replication.enable(row, policy))
+    return _json(services.change_server(request.match_info["name"],
+                                        lambda row: services.replication.enable(row, policy)))
 
 
 async def disable_server(request: web.Request) -> web.Response:
     services = _services(request)
-    return _changed(services, services.inventory.row(request.match_info["name"]), services.replication.disable)
+    return _json(services.change_server(request.match_info["name"], services.replication.disable))
 
 
 async def resync_server(request: web.Request) -> web.Response:
     services = _services(request)
-    return _changed(services, services.inventory.row(request.match_info["name"]), services.replication.resync)
-
-
-def _changed(services: Services, row: ServerRecord, change: Callable[[ServerRecord], None]) -> web.Response:
-    """Apply an admin's change to a server, push its new status to every console, and return it."""
-    change(row)
-    services.inventory.publish(row.server_id)
-    return _json(services.inventory.server(row.name))
+    return _json(services.change_server(request.match_info["name"], services.replication.resync))
 
 
 async def set_server(request: web.Request) -> web.Response:
     services = _services(request)
     body = await read_json(request)
-    row = services.inventory.row(request.match_info["name"])
+    cap: float | None = None
     if "max_mbps" in body:
         value = body["max_mbps"]
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
             raise ProtocolError("max_mbps must be a positive number, or null for no limit.")
-        services.replication.set_max_mbps(row, None if value is None else float(value))
-    services.inventory.publish(row.server_id)
-    return _json(services.inventory.server(row.name))
+        cap = None if value is None else float(value)
+
+    def change(row: ServerRecord) -> None:
+        if "max_mbps" in body:
+            services.replication.set_max_mbps(row, cap)
+
+    return _json(services.change_server(request.match_info["name"], change))
 
 
 async def list_points(request: web.Request) -> web.Response:
@@ -280,21 +271,11 @@ async def agent_authorize(request: web.Request) -> web.Response:
 
 
 async def agent_received(request: web.Request) -> web.Response:
-    services = _services(request)
-    report: ReceivedReport = await _message(request, ReceivedReport)
-    ok = services.replication.received(report)
-    if ok:
-        services.inventory.publish(report.server_id)
-    return _json(Ack(ok))
+    return _json(_services(request).received(await _message(request, ReceivedReport)))
 
 
 async def agent_applied(request: web.Request) -> web.Response:
-    services = _services(request)
-    report: AppliedReport = await _message(request, AppliedReport)
-    ok = services.replication.applied(report)
-    if ok:
-        services.inventory.publish(report.server_id)
-    return _json(Ack(ok))
+    return _json(_services(request).applied(await _message(request, AppliedReport)))
 
 
 async def agent_replicating(request: web.Request) -> web.Response:

@@ -79,22 +79,24 @@ class UnixJsonClient:
                               "directory.") from exc
         except ValueError as exc:
             raise ProtocolError("The engine sent an answer that is not JSON.") from exc
+        self._check(resp, data)
+        return data
+
+    def _check(self, resp: aiohttp.ClientResponse, data: Any) -> None:
+        """The one reading of an answer's status and version: an error answer raises its
+        :class:`EngineError`, an answer of another major version :class:`VersionMismatch`."""
         if resp.status >= 400:
             if isinstance(data, dict) and "code" in data:
                 raise from_code(str(data["code"]), str(data.get("message", "")))
             raise EngineError(f"The engine answered {resp.status}.")
         self.link.check(resp.headers.get(HEADER), peer="The engine")
-        return data
 
     async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
         """Newline-delimited JSON messages until the engine closes the stream."""
         try:
             async with self._http().get(f"http://godwit{path}", headers=self.link.headers,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
-                if resp.status >= 400:
-                    data = await resp.json(content_type=None)
-                    raise from_code(str(data.get("code")), str(data.get("message")))
-                self.link.check(resp.headers.get(HEADER), peer="The engine")
+                self._check(resp, await resp.json(content_type=None) if resp.status >= 400 else None)
                 buf = b""
                 async for chunk in resp.content.iter_any():
                     buf += chunk
@@ -173,10 +175,7 @@ class AdminClient(UnixJsonClient):
         try:
             async with self._http().get(url, headers=self.link.headers,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
-                if resp.status >= 400:
-                    data = await resp.json(content_type=None)
-                    raise from_code(str(data.get("code")), str(data.get("message")))
-                self.link.check(resp.headers.get(HEADER), peer="The engine")
+                self._check(resp, await resp.json(content_type=None) if resp.status >= 400 else None)
                 total = int(resp.headers["X-Godwit-Size"])
                 written = 0
                 zero = bytes(65536)
