@@ -201,10 +201,6 @@ class DiskSpace:
     level: DiskLevel
     detail: str | None = None
 
-    @property
-    def free_fraction(self) -> float:
-        return self.free_bytes / self.size_bytes if self.size_bytes else 0.0
-
 
 @dataclass(frozen=True)
 class EngineStatus:
