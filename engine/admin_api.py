@@ -97,7 +97,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     with services.hub.subscribe() as queue:
         last = services.state.events(limit=1)
         hello = Hello(engine=services.status(), setup=services.setup_info(),
-                      servers=tuple(services.inventory.servers()), last_event_id=last[-1].id if last else 0)
+                      servers=tuple(services.inventory.servers()), last_event_id=last[-1].id if last else 0,
+                      licence=services.licence.status(), ports=services.ports.status())
         try:
             await resp.write(json.dumps(encode_message(hello)).encode() + b"\n")
             while True:
@@ -108,6 +109,47 @@ async def stream(request: web.Request) -> web.StreamResponse:
         except ConnectionResetError:
             pass  # the console or CLI went away: nothing to report
     return resp
+
+
+# --- licence, ports, backup ----------------------------------------------------------------------
+async def get_licence(request: web.Request) -> web.Response:
+    return _json(_services(request).licence.status())
+
+
+async def activate_licence(request: web.Request) -> web.Response:
+    text = (await read_json(request)).get("licence")
+    if not isinstance(text, str):
+        raise ProtocolError("licence must be the text of a licence file.")
+    return _json(_services(request).activate_licence(text))
+
+
+async def get_ports(request: web.Request) -> web.Response:
+    return _json(_services(request).ports.status())
+
+
+async def set_ports(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return _json(await _services(request).ports.change(
+        management=body.get("management_port"), data=body.get("data_port"),
+        listen=_text_or_none(body, "listen_address"), keep_old_for=body.get("keep_old_for")))
+
+
+def _text_or_none(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"{key} must be text.")
+    return value
+
+
+async def test_ports(request: web.Request) -> web.Response:
+    return _json(await _services(request).ports.check())
+
+
+async def backup_appliance(request: web.Request) -> web.Response:
+    passphrase = (await read_json(request)).get("passphrase")
+    if not isinstance(passphrase, str):
+        raise ProtocolError("passphrase must be text.")
+    return web.Response(body=await _services(request).backup(passphrase), content_type="application/octet-stream")
 
 
 # --- replication -------------------------------------------------------------------------------
@@ -132,12 +174,10 @@ async def create_policy(request: web.Request) -> web.Response:
 
 
 async def enable_server(request: web.Request) -> web.Response:
-    services = _services(request)
     policy = (await read_json(request)).get("policy")
     if policy is not None and not isinstance(policy, str):
         raise ProtocolError("policy must be a policy's name, or null for the default policy.")
-    return _json(services.change_server(request.match_info["name"],
-                                        lambda row: services.replication.enable(row, policy)))
+    return _json(_services(request).enable(request.match_info["name"], policy))
 
 
 async def disable_server(request: web.Request) -> web.Response:
@@ -248,6 +288,12 @@ def make_admin_app(services: Services) -> web.Application:
     r.add_post("/v1/servers/{name}/resync", resync_server)
     r.add_get("/v1/servers/{name}/points", list_points)
     r.add_get("/v1/servers/{name}/export", export_point)
+    r.add_get("/v1/licence", get_licence)
+    r.add_post("/v1/licence", activate_licence)
+    r.add_get("/v1/ports", get_ports)
+    r.add_post("/v1/ports", set_ports)
+    r.add_post("/v1/ports/test", test_ports)
+    r.add_post("/v1/appliance/backup", backup_appliance)
     r.add_get("/v1/stream", stream)
     return app
 

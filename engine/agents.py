@@ -63,7 +63,8 @@ class AgentContext:
 
     name: str
     data_dir: DataDir
-    listen_fd: int | None
+    #: The listening sockets the supervisor handed over (the management port has two while it moves).
+    listen_fds: tuple[int, ...]
     stop: asyncio.Event
 
     def _not_supervised(self) -> ConfigError:
@@ -76,13 +77,14 @@ class AgentContext:
             raise self._not_supervised()
         return ident, ident.secrets(self.data_dir)
 
-    def require_listen_socket(self) -> socket.socket:
-        """The bound listening socket the supervisor handed over."""
-        if self.listen_fd is None:
+    def require_listen_sockets(self) -> list[socket.socket]:
+        """The bound listening sockets the supervisor handed over (at least one)."""
+        if not self.listen_fds:
             raise self._not_supervised()
-        sock = socket.socket(fileno=self.listen_fd)
-        sock.setblocking(False)
-        return sock
+        socks = [socket.socket(fileno=fd) for fd in self.listen_fds]
+        for sock in socks:
+            sock.setblocking(False)
+        return socks
 
     def supervisor_link(self) -> UnixJsonClient:
         """A client of the agent link (close it with ``aclose``)."""
@@ -128,7 +130,7 @@ def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> Non
     """Entry point of an agent process: parse the supervisor's arguments, log to a file, run ``main``."""
     parser = argparse.ArgumentParser(prog=f"godwit-{name}")
     parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--listen-fd", type=int)
+    parser.add_argument("--listen-fd", type=int, action="append", default=[])
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args()
     _die_with_parent(args.parent_pid)
@@ -155,7 +157,7 @@ def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> Non
         loop.set_exception_handler(on_loop_error)
         alive = asyncio.create_task(_prove_alive(data_dir.alive_file(name)))
         try:
-            await main(AgentContext(name=name, data_dir=data_dir, listen_fd=args.listen_fd, stop=stop))
+            await main(AgentContext(name=name, data_dir=data_dir, listen_fds=tuple(args.listen_fd), stop=stop))
         finally:
             alive.cancel()
         if out_of_memory:

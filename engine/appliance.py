@@ -19,13 +19,14 @@ from aiohttp import web
 from engine import __version__, diskspace
 from engine.admin_api import make_admin_app, make_agent_app
 from engine.agents import AGENTS
-from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT, EngineConfig
-from engine.errors import EngineError, PortError
+from engine.config import EngineConfig
+from engine.errors import EngineError
 from engine.events import EventHub
 from engine.identity import ApplianceIdentity, create_secrets_and_pki
 from engine.inventory import Inventory
-from engine.links.admin import EngineChanged
-from engine.listener import bind_port
+from engine.licence import LicenceKeeper
+from engine.links.admin import EngineChanged, LicenceChanged, PortsChanged, SetupChanged
+from engine.ports import DEFAULT_LISTEN_ADDRESS, PortsControl
 from engine.records import DiskLevel, EngineStatus, SetupInfo, Severity
 from engine.replication import Replication
 from engine.services import Services
@@ -34,6 +35,9 @@ from engine.storage import open_storage
 from engine.supervisor import AgentProcess, Launcher
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two checks of the licence (thresholds, expiry, the clock).
+LICENCE_CHECK_EVERY = 5.0
 
 
 class Engine:
@@ -49,8 +53,8 @@ class Engine:
         self.inventory: Inventory
         self.services: Services
         self.agents: list[AgentProcess] = []
-        self.management_port = 0
-        self.data_port = 0
+        self.ports: PortsControl
+        self.licence: LicenceKeeper
         self._secret_store_text = ""
 
     def __repr__(self) -> str:
@@ -64,19 +68,28 @@ class Engine:
 
     def setup_info(self) -> SetupInfo:
         fp = self._fingerprint
-        host = socket.gethostname()
-        command = (f"godwit mobility run --appliance {host}:{self.management_port} --passphrase-file passphrase.txt "
+        ports = self.ports
+        # Sources reach the appliance by its name, or by the one address it listens on.
+        host = socket.gethostname() if ports.listen_address == DEFAULT_LISTEN_ADDRESS else ports.listen_address
+        command = (f"godwit mobility run --appliance {host}:{ports.management_port} --passphrase-file passphrase.txt "
                    f"--ca-fingerprint {fp} --state-dir /var/lib/godwit-mobility --disk /dev/sda")
         return SetupInfo(appliance_id=self.identity.appliance_id, passphrase=self.inventory.passphrase(),
-                         ca_fingerprint=fp, management_port=self.management_port, data_port=self.data_port,
+                         ca_fingerprint=fp, management_port=ports.management_port, data_port=ports.data_port,
                          secret_store=self._secret_store_text, host=host, mobility_command=command)
 
     def _publish_engine(self) -> None:
         if hasattr(self, "hub"):
             self.hub.publish(EngineChanged(self.status()))
 
-    def _open(self) -> dict[str, socket.socket]:
-        """Identity, secrets, PKI, state and ports; returns the bound sockets by port name."""
+    def _publish_ports(self) -> None:
+        self.hub.publish(PortsChanged(self.ports.status()))
+        self.hub.publish(SetupChanged(self.setup_info()))
+
+    def _replicating(self) -> int:
+        return sum(1 for row in self.state.servers() if row.replicate)
+
+    def _open(self) -> None:
+        """Identity, secrets, PKI, state, licence, ports and services."""
         self.data_dir.create()
         ident = ApplianceIdentity.load(self.data_dir)
         first_start = ident is None
@@ -87,27 +100,26 @@ class Engine:
         self._secret_store_text = store.describe()
         self.state = StateDB(self.data_dir.state_db, reserve_bytes=diskspace.STATE_RESERVE)
         self.hub = EventHub(self.state)
-        mgmt = self.config.management_port or int(self.state.get_meta("management_port") or DEFAULT_MANAGEMENT_PORT)
-        data = self.config.data_port or int(self.state.get_meta("data_port") or DEFAULT_DATA_PORT)
-        if mgmt == data:
-            raise PortError(f"The management and data ports must differ (both are {mgmt}).")
-        mgmt_sock = bind_port(self.config.bind_host, mgmt, what="management", flag="--management-port")
-        try:
-            data_sock = bind_port(self.config.bind_host, data, what="data", flag="--data-port")
-        except PortError:
-            mgmt_sock.close()
-            raise
-        self.state.set_meta("management_port", str(mgmt))
-        self.state.set_meta("data_port", str(data))
-        self.management_port, self.data_port = mgmt, data
+        config = self.config
+        self.ports = PortsControl.open(state=self.state, hub=self.hub,
+                                       launcher_for=lambda sockets: Launcher(self.data_dir, sockets),
+                                       management=config.management_port, data=config.data_port,
+                                       listen=config.listen_address)
+        self.licence = LicenceKeeper(data_dir=self.data_dir, identity=self.identity, store=store, state=self.state,
+                                     hub=self.hub, pki=pki)
         storage = open_storage(self.data_dir)
         replication = Replication(state=self.state, hub=self.hub, storage=storage)
-        self.inventory = Inventory(state=self.state, pki=pki, secrets=store, hub=self.hub,
-                                   replication=replication, heartbeat_interval=self.config.heartbeat_interval,
-                                   management_port=mgmt)
-        self.inventory.data_port = data
+        self.inventory = Inventory(
+            state=self.state, pki=pki, secrets=store, hub=self.hub, replication=replication,
+            heartbeat_interval=config.heartbeat_interval, management_port=self.ports.management_port,
+            licence_check=lambda what: self.licence.check_new_server(what, replicating=self._replicating()))
+        self.inventory.data_port = self.ports.data_port
+        self.ports.inventory, self.ports.storage = self.inventory, storage
+        self.ports.ca_pem = pki.ca_cert_path.read_bytes()
+        self.ports.on_change = self._publish_ports
         self.services = Services(state=self.state, hub=self.hub, inventory=self.inventory, replication=replication,
-                                 storage=storage, status=self.status, setup_info=self.setup_info)
+                                 storage=storage, licence=self.licence, ports=self.ports, data_dir=self.data_dir,
+                                 secrets=store, status=self.status, setup_info=self.setup_info)
         if first_start:
             self.hub.record("info", "appliance-created",
                             f"Appliance {self.identity.appliance_id} created; CA fingerprint {self._fingerprint}.")
@@ -116,7 +128,6 @@ class Engine:
                             "No OS keyring is available: the appliance's secrets are kept in "
                             f"{self.data_dir.secrets_file}, protected by file permissions only.")
             self.state.set_meta("secrets_in_file_reported", "1")
-        return {"management": mgmt_sock, "data": data_sock}
 
     async def _start_unix_site(self, app: web.Application, path: Path) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -174,27 +185,42 @@ class Engine:
                 log.exception("disk-space.watch-failed")
             await asyncio.sleep(diskspace.CHECK_EVERY)
 
+    async def _watch_licence(self) -> None:
+        """Check the licence every few seconds: thresholds, expiry and the clock are events, and the consoles
+        see each change."""
+        while True:
+            try:
+                if self.licence.tick():  # on the loop: the state database's one connection is used from here
+                    self.hub.publish(LicenceChanged(self.licence.status()))
+            except Exception:
+                log.exception("licence.watch-failed")
+            await asyncio.sleep(LICENCE_CHECK_EVERY)
+
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] = print) -> None:
         """Serve until ``stop`` is set, then stop the agents and close everything.
 
         ``on_ready`` receives one line for the admin once every socket is up.
         """
-        ports = self._open()
+        self._open()
         runners: list[web.AppRunner] = []
         tasks: list[asyncio.Task[None]] = []
+        ports = self.ports
         try:
             runners.append(await self._start_unix_site(make_agent_app(self.services), self.data_dir.agent_socket))
-            launcher = Launcher(self.data_dir, ports)
+            launcher = ports.launcher
             self.agents = [AgentProcess(spec, self.data_dir, launcher, self.hub, self._publish_engine)
                            for spec in AGENTS]
+            ports.agents = {a.spec.name: a for a in self.agents}
             tasks = [asyncio.create_task(a.run(), name=a.spec.name) for a in self.agents]
             tasks.append(asyncio.create_task(self.inventory.watch_health(), name="health"))
+            tasks.append(asyncio.create_task(ports.watch(), name="ports"))
+            tasks.append(asyncio.create_task(self._watch_licence(), name="licence"))
             runners.append(await self._start_unix_site(make_admin_app(self.services), self.data_dir.admin_socket))
-            self._record_quietly("info", "engine-started", f"Engine {__version__} started: management port "
-                                 f"{self.management_port}, data port {self.data_port}.")
+            where = f"management port {ports.management_port}, data port {ports.data_port} on {ports.listen_address}"
+            self._record_quietly("info", "engine-started", f"Engine {__version__} started: {where}.")
             tasks.append(asyncio.create_task(self._watch_disk_space(), name="disk-space"))
-            on_ready(f"Godwit engine running for {self.data_dir.root} (pid {os.getpid()}): management port "
-                     f"{self.management_port}, data port {self.data_port}, admin socket {self.data_dir.admin_socket}.")
+            on_ready(f"Godwit engine running for {self.data_dir.root} (pid {os.getpid()}): {where}, admin socket "
+                     f"{self.data_dir.admin_socket}.")
             await stop.wait()
             log.info("engine.stopping")
         finally:
@@ -206,8 +232,7 @@ class Engine:
             self.hub.close()
             for runner in reversed(runners):
                 await runner.cleanup()
-            for sock in ports.values():
-                sock.close()
+            ports.close()
             for path in (self.data_dir.admin_socket, self.data_dir.agent_socket):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

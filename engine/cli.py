@@ -21,10 +21,12 @@ from engine import __version__
 from engine.client import AdminClient
 from engine.config import DataDir, EngineConfig, default_data_dir
 from engine.diskspace import human_bytes
-from engine.durations import age_text, setting_text
-from engine.errors import EngineError, EngineNotRunning
+from engine.durations import age_text, parse_duration, setting_text
+from engine.errors import BadInput, EngineError, EngineNotRunning
+from engine.files import write_atomically
 from engine.links.admin import EventAdded, Hello
-from engine.records import Event, ServerStatus, to_json
+from engine.ports import old_port_text
+from engine.records import Event, PortsStatus, ServerStatus, to_json
 
 EXIT_ERROR = 1
 
@@ -44,6 +46,10 @@ def _server_json(s: ServerStatus) -> dict[str, Any]:
     data: dict[str, Any] = to_json(s)
     data["total_size"] = s.total_size
     return data
+
+
+def _date(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts is not None else "-"
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -231,6 +237,138 @@ async def cmd_vm_export(client: AdminClient, args: argparse.Namespace) -> None:
         print(f"{path}  point {point}  {human_bytes(size)}  {time.monotonic() - started:.1f} s")
 
 
+async def cmd_license_show(client: AdminClient, args: argparse.Namespace) -> None:
+    lic = await client.licence()
+    if args.json:
+        _print_json(lic)
+        return
+    state = {"evaluation": "evaluation", "active": "active", "expired": "EXPIRED"}[lic.state]
+    left = "no end" if lic.days_left is None else f"{lic.days_left} day(s) left"
+    print(f"Licence:          {state} ({left})\nExpires:          {_date(lic.expires_at)}\n"
+          f"Licensee:         {lic.licensee or '-'}\nActivated:        {_date(lic.activated_at)}\n"
+          f"Servers allowed:  {'unlimited' if lic.max_servers is None else lic.max_servers}\n"
+          f"Evaluation began: {_date(lic.evaluation_started_at)}")
+    if lic.message:
+        print(f"\n{lic.message}")
+
+
+#: A licence file is a few hundred bytes; a bigger file is refused before it is read whole.
+MAX_LICENCE_FILE = 64 * 1024
+
+
+def _read_small_text(path: Path, what: str, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise BadInput(f"Cannot read {what} {path}: {exc.strerror}.") from exc
+    if len(data) > limit:
+        raise BadInput(f"{path} is larger than {limit // 1024} KiB: it is not a {what}.")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path} is not text: it is not a {what}.") from exc
+
+
+async def cmd_license_activate(client: AdminClient, args: argparse.Namespace) -> None:
+    lic = await client.activate_licence(_read_small_text(Path(args.file), "licence file", MAX_LICENCE_FILE))
+    end = "without end" if lic.expires_at is None else f"until {_date(lic.expires_at)}"
+    servers = "unlimited servers" if lic.max_servers is None else f"up to {lic.max_servers} replicating servers"
+    print(f"Licence activated for {lic.licensee}: {servers}, {end}.")
+
+
+def _print_ports(ports: PortsStatus) -> None:
+    print(f"Management port:  {ports.management_port}\nData port:        {ports.data_port}\n"
+          f"Listen address:   {ports.listen_address}")
+    if ports.old_management_port is not None:
+        print(old_port_text(ports))
+    rows = [[r.direction, r.protocol, str(r.port) if r.port is not None else "-", r.peer, r.purpose]
+            for r in ports.firewall]
+    print("\nFirewall rules this appliance needs:\n" + _table(rows, ["DIRECTION", "PROTOCOL", "PORT", "PEER", "WHAT"]))
+
+
+async def cmd_ports_show(client: AdminClient, args: argparse.Namespace) -> None:
+    ports = await client.ports()
+    if args.json:
+        _print_json(ports)
+    else:
+        _print_ports(ports)
+
+
+async def cmd_ports_set(client: AdminClient, args: argparse.Namespace) -> None:
+    if args.management is None and args.data is None and args.listen is None:
+        raise BadInput("Say what to change: --management N, --data N and/or --listen ADDRESS.")
+    keep = None if args.keep_old_port is None else parse_duration(args.keep_old_port, "--keep-old-port")
+    ports = await client.set_ports(management=args.management, data=args.data, listen=args.listen, keep_old_for=keep)
+    if args.json:
+        _print_json(ports)
+    else:
+        _print_ports(ports)
+
+
+async def cmd_ports_test(client: AdminClient, args: argparse.Namespace) -> None:
+    report = await client.test_ports()
+    if args.json:
+        data = to_json(report)
+        data["ok"] = report.ok
+        print(json.dumps(data, indent=2))
+    else:
+        for c in report.checks:
+            print(f"{'OK    ' if c.ok else 'FAILED'}  {c.name}: {c.detail}" + (f" {c.fix}" if c.fix else ""))
+        if report.servers:
+            rows = [[r.name, age_text(r.management_at), str(r.management_port or "-"), age_text(r.data_at)]
+                    for r in report.servers]
+            print("\n" + _table(rows, ["SERVER", "MANAGEMENT PORT SEEN", "ON PORT", "DATA PORT SEEN"]))
+    if not report.ok:
+        failed = sum(1 for c in report.checks if not c.ok)
+        raise EngineError(f"{failed} connectivity check(s) failed; each says above what to do.")
+
+
+def _read_passphrase(args: argparse.Namespace, *, confirm: bool) -> str:
+    if args.passphrase_file:
+        text = _read_small_text(Path(args.passphrase_file), "passphrase file", 4096).strip()
+        if not text:
+            raise BadInput(f"{args.passphrase_file} is empty: write the backup's passphrase in it.")
+        return text
+    if not sys.stdin.isatty():
+        raise BadInput("Give the backup's passphrase with --passphrase-file F (no terminal to ask on).")
+    import getpass
+
+    text = getpass.getpass("Backup passphrase: ")
+    if confirm and getpass.getpass("The same again: ") != text:
+        raise BadInput("The two passphrases differ; nothing was written.")
+    return text
+
+
+async def cmd_appliance_backup(client: AdminClient, args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise BadInput(f"{out} exists: give another --out, or --force to replace it.")
+    blob = await client.backup(_read_passphrase(args, confirm=True))
+    try:
+        write_atomically(out.absolute(), blob, mode=0o600)
+    except OSError as exc:
+        raise BadInput(f"Cannot write {out}: {exc.strerror}.") from exc
+    print(f"Wrote an encrypted backup of the appliance to {out} ({human_bytes(len(blob))}). Restore it on the new "
+          "appliance with `godwit appliance restore FILE`; see docs/moving-an-appliance.md.")
+
+
+def cmd_appliance_restore(args: argparse.Namespace) -> None:
+    from engine.backup import MAX_BACKUP, restore_backup
+
+    path = Path(args.file)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadInput(f"Cannot read {path}: {exc.strerror}.") from exc
+    if size > MAX_BACKUP:
+        raise BadInput(f"{path} is larger than any appliance backup ({human_bytes(size)}): it is not one.")
+    blob = path.read_bytes()
+    storage_from = DataDir(Path(args.storage_from).absolute()) if args.storage_from else None
+    print(restore_backup(blob, passphrase=_read_passphrase(args, confirm=False), data_dir=DataDir(args.data_dir),
+                         storage_from=storage_from))
+
+
 def _print_event(e: Event, as_json: bool) -> None:
     if as_json:
         print(json.dumps(to_json(e)), flush=True)
@@ -285,7 +423,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from engine.daemon import serve, serve_in_background
 
     config = EngineConfig(data_dir=DataDir(args.data_dir), management_port=args.management_port,
-                          data_port=args.data_port, heartbeat_interval=args.heartbeat_interval)
+                          data_port=args.data_port, listen_address=args.listen,
+                          heartbeat_interval=args.heartbeat_interval)
     if args.background:
         print(serve_in_background(config))
     else:
@@ -349,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[data_dir], help="run the engine daemon in the foreground")
     p.add_argument("--management-port", type=_port, help="management port (default 443, then the stored one)")
     p.add_argument("--data-port", type=_port, help="data port (default 9443, then the stored one)")
+    p.add_argument("--listen", metavar="ADDRESS", help="the IPv4 address both ports listen on (default 0.0.0.0, "
+                   "every address; then the stored one)")
     p.add_argument("--background", action="store_true",
                    help="detach and return once the engine serves (its output goes to logs/engine.out)")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help=argparse.SUPPRESS)
@@ -416,6 +557,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--limit", type=int, default=50, help="how many recent events to print (default 50)")
     p.set_defaults(func=_admin(cmd_events))
+
+    lic = sub.add_parser("license", aliases=["licence"], help="the appliance's licence").add_subparsers(
+        dest="license_command", metavar="ACTION", required=True)
+    p = lic.add_parser("show", parents=[data_dir, as_json], help="state, days left, licensee")
+    p.set_defaults(func=_admin(cmd_license_show))
+    p = lic.add_parser("activate", parents=[data_dir], help="activate a licence file")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=_admin(cmd_license_activate))
+
+    ports = sub.add_parser("ports", help="the management and data ports").add_subparsers(
+        dest="ports_command", metavar="ACTION", required=True)
+    p = ports.add_parser("show", parents=[data_dir, as_json], help="ports, listen address and firewall rules")
+    p.set_defaults(func=_admin(cmd_ports_show))
+    p = ports.add_parser("set", parents=[data_dir, as_json], help="move the ports (checked first, applied live)")
+    p.add_argument("--management", type=_port, metavar="N", help="new management port")
+    p.add_argument("--data", type=_port, metavar="N", help="new data port")
+    p.add_argument("--listen", metavar="ADDRESS", help="IPv4 address to listen on (0.0.0.0: every address)")
+    p.add_argument("--keep-old-port", metavar="DURATION", help="how long the old management port stays open for "
+                   "servers that have not moved (default 24h; 0 closes it at once)")
+    p.set_defaults(func=_admin(cmd_ports_set))
+    p = ports.add_parser("test", parents=[data_dir, as_json], help="check that both ports and the target answer")
+    p.set_defaults(func=_admin(cmd_ports_test))
+
+    appl = sub.add_parser("appliance", help="move the appliance: backup and restore").add_subparsers(
+        dest="appliance_command", metavar="ACTION", required=True)
+    p = appl.add_parser("backup", parents=[data_dir], help="write an encrypted backup of the appliance")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--passphrase-file", metavar="F", help="the backup's passphrase (default: asked on the terminal)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.set_defaults(func=_admin(cmd_appliance_backup))
+    p = appl.add_parser("restore", parents=[data_dir], help="restore a backup into a new data directory "
+                        "(the engine must not run there)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--passphrase-file", metavar="F", help="the backup's passphrase (default: asked on the terminal)")
+    p.add_argument("--storage-from", metavar="OLD_DATA_DIR", help="copy the replicated data (cache and target) "
+                   "from the old appliance's data directory on this host (its engine must be stopped)")
+    p.set_defaults(func=cmd_appliance_restore)
 
     mob = sub.add_parser("mobility", help="the mobility service of a source server").add_subparsers(
         dest="mobility_command", metavar="ACTION", required=True)

@@ -18,7 +18,18 @@ from engine.config import DataDir
 from engine.errors import EngineError, EngineNotRunning, ProtocolError, from_code
 from engine.links import HEADER, Link, decode, encode
 from engine.links.admin import ADMIN, StreamMessage, decode_message
-from engine.records import EngineStatus, Event, Policy, RecoveryPoint, ServerStatus, SetupInfo, from_json
+from engine.records import (
+    ConnectivityReport,
+    EngineStatus,
+    Event,
+    LicenceStatus,
+    Policy,
+    PortsStatus,
+    RecoveryPoint,
+    ServerStatus,
+    SetupInfo,
+    from_json,
+)
 
 M = TypeVar("M")
 
@@ -191,6 +202,42 @@ class AdminClient(UnixJsonClient):
                 return resp.headers["X-Godwit-Point"], written
         except _UNREACHABLE as exc:
             raise self._unreachable(exc) from exc
+
+    async def licence(self) -> LicenceStatus:
+        return from_json(LicenceStatus, await self.request("GET", "/v1/licence"))
+
+    async def activate_licence(self, text: str) -> LicenceStatus:
+        """Activate the licence file whose content is ``text`` (the engine checks it; nothing changes if refused)."""
+        return from_json(LicenceStatus, await self.request("POST", "/v1/licence", {"licence": text}))
+
+    async def ports(self) -> PortsStatus:
+        return from_json(PortsStatus, await self.request("GET", "/v1/ports"))
+
+    async def set_ports(self, *, management: int | None = None, data: int | None = None, listen: str | None = None,
+                        keep_old_for: float | None = None) -> PortsStatus:
+        """Move the ports (checked before anything changes; applied live). ``keep_old_for``: seconds the old
+        management port stays open for servers that have not moved yet (None: the engine's default)."""
+        body = {"management_port": management, "data_port": data, "listen_address": listen,
+                "keep_old_for": keep_old_for}
+        return from_json(PortsStatus, await self.request("POST", "/v1/ports", body, timeout=60))
+
+    async def test_ports(self) -> ConnectivityReport:
+        return from_json(ConnectivityReport, await self.request("POST", "/v1/ports/test", {}, timeout=60))
+
+    async def backup(self, passphrase: str) -> bytes:
+        """An encrypted backup of the appliance (see :mod:`engine.backup`)."""
+        try:
+            async with self._http().post("http://godwit/v1/appliance/backup", json={"passphrase": passphrase},
+                                         headers=self.link.headers,
+                                         timeout=aiohttp.ClientTimeout(total=300, sock_connect=5)) as resp:
+                if resp.status >= 400:
+                    self._check(resp, await resp.json(content_type=None))
+                self._check(resp, None)
+                return await resp.read()
+        except _UNREACHABLE as exc:
+            raise self._unreachable(exc) from exc
+        except TimeoutError as exc:
+            raise EngineError("The engine did not finish the backup within 300 s; see its log.") from exc
 
     async def updates(self) -> AsyncIterator[StreamMessage]:
         """The engine's push stream: a :class:`~engine.links.admin.Hello` snapshot first, then one message

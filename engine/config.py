@@ -83,5 +83,6 @@ class EngineConfig:
     data_dir: DataDir
     management_port: int | None = None
     data_port: int | None = None
-    bind_host: str = "0.0.0.0"
+    #: The address both ports listen on; None: the stored one, else every address.
+    listen_address: str | None = None
     heartbeat_interval: float = HEARTBEAT_INTERVAL

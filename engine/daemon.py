@@ -5,7 +5,6 @@ daemon's life), in the foreground until SIGTERM or SIGINT, or detached in the ba
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import signal
@@ -14,36 +13,11 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from engine.appliance import Engine
-from engine.config import DataDir, EngineConfig
-from engine.errors import ConfigError, DataDirInUse, EngineError, from_code
+from engine.config import EngineConfig
+from engine.errors import ConfigError, EngineError, from_code
+from engine.lock import EngineLock
 
 log = logging.getLogger(__name__)
-
-
-class EngineLock:
-    """One engine per data directory: an exclusive ``flock`` held for the daemon's life."""
-
-    def __init__(self, data_dir: DataDir) -> None:
-        self._path = data_dir.lock_file
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise DataDirInUse(f"Another Godwit engine (pid {pid}) is already running for {self._path.parent}. "
-                               "Stop it first, or use another --data-dir.") from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def serve(config: EngineConfig, on_ready: Callable[[str], None] | None = None) -> None:

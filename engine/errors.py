@@ -146,11 +146,38 @@ class DiskFull(EngineError):
     status = 503
 
 
+class TargetUnwritable(EngineError):
+    """The target storage cannot be written (a probe failed)."""
+
+    code = "target-unwritable"
+    status = 503
+
+
 class BadInput(EngineError):
     """A file or argument given by the admin cannot be used."""
 
     code = "bad-input"
     status = 400
+
+
+# --- licence -------------------------------------------------------------------------------------
+class LicenceRequired(EngineError):
+    """The licence does not allow this (expired, or at its number of servers). What replicates goes on."""
+
+    code = "licence-required"
+    status = 403
+
+
+class LicenceInvalid(BadInput):
+    """A licence file that cannot be activated; nothing was changed."""
+
+    code = "licence-invalid"
+
+
+class BackupInvalid(BadInput):
+    """An appliance backup that cannot be read (wrong passphrase, damaged, not a backup)."""
+
+    code = "backup-invalid"
 
 
 _BY_CODE: dict[str, type[EngineError]] = {}

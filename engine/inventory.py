@@ -7,6 +7,8 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from typing import Literal
 
 from cryptography import x509
 
@@ -18,7 +20,7 @@ from engine.links.admin import ServerChanged, ServerRemoved
 from engine.links.agent import Authorization, AuthorizeRequest, HeartbeatRequest, RegisterRequest
 from engine.links.management import HeartbeatAnswer, Registered
 from engine.pki import AppliancePKI
-from engine.records import DiskSpace, Health, HealthCause, ServerState, ServerStatus
+from engine.records import DiskSpace, Health, HealthCause, ServerReach, ServerState, ServerStatus
 from engine.replication import Replication
 from engine.secrets import SecretStore
 from engine.state import ServerRecord, StateDB
@@ -32,9 +34,18 @@ CRITICAL_AFTER = 120.0
 MAX_FAILED_REGISTRATIONS = 5
 FAILED_REGISTRATION_WINDOW = 60.0
 
+#: Asks the licence whether a new server may be registered or enabled (raises LicenceRequired if not).
+LicenceCheck = Callable[[Literal["register", "enable"]], None]
+
+
+def _no_licence_check(what: Literal["register", "enable"]) -> None:
+    return None
+
+
 class Inventory:
     def __init__(self, *, state: StateDB, pki: AppliancePKI, secrets: SecretStore, hub: EventHub,
-                 replication: Replication, heartbeat_interval: float, management_port: int) -> None:
+                 replication: Replication, heartbeat_interval: float, management_port: int,
+                 licence_check: LicenceCheck = _no_licence_check) -> None:
         self.replication = replication
         self._state = state
         self._pki = pki
@@ -43,6 +54,9 @@ class Inventory:
         self.heartbeat_interval = heartbeat_interval
         self.management_port = management_port
         self.data_port = 0
+        self._licence_check = licence_check
+        #: When each server (by id) last reached the management port, on which port, and the data port (this run).
+        self._reached: dict[str, ServerReach] = {}
         #: The last (health, cause) seen per server name, to turn changes into events.
         self._health: dict[str, tuple[Health, HealthCause | None]] = {}
         #: Whether a server was last published with a rate, to publish it again when the rate goes stale.
@@ -184,6 +198,7 @@ class Inventory:
                 "The appliance refused the registration passphrase. Copy the current passphrase from the "
                 "console's Setup page or `godwit setup show` (it changes when rotated)."
             )
+        self._licence_check("register")
         if self._state.server(name=name) is not None:
             raise NameTaken(f"A server named {name!r} is already registered with this appliance. Give this one "
                             "another --name, or forget the old one on the appliance (`godwit vm forget`).")
@@ -214,6 +229,7 @@ class Inventory:
 
     def authorize(self, request: AuthorizeRequest) -> Authorization:
         row = self._current(request.server_id, request.serial, "stream")
+        self.reached_data(row)
         return Authorization(name=row.name, desired=self.replication.desired_state(row))
 
     def heartbeat(self, request: HeartbeatRequest) -> HeartbeatAnswer:
@@ -223,6 +239,9 @@ class Inventory:
         self._state.record_heartbeat(server_id, hostname=facts.hostname, os=facts.os,
                                      agent_version=facts.agent_version, address=request.address,
                                      disks=list(facts.disks), at=time.time())
+        before = self._reached.get(server_id)
+        self._reached[server_id] = ServerReach(name=row.name, management_at=time.time(), management_port=request.port,
+                                               data_at=before.data_at if before else None)
         for notice in facts.notices:
             self._hub.record(notice.severity, notice.code, f"{row.name}: {notice.message}",
                              server=row.name)
@@ -234,7 +253,25 @@ class Inventory:
 
     def _answer(self, row: ServerRecord) -> HeartbeatAnswer:
         return HeartbeatAnswer(heartbeat_interval=self.heartbeat_interval, data_port=self.data_port,
-                               desired=self.replication.desired_state(row))
+                               desired=self.replication.desired_state(row), management_port=self.management_port)
+
+    # --- where the servers reach the appliance --------------------------------------------------------
+    def reached_data(self, row: ServerRecord) -> None:
+        """The server reached the data port (a connection authorized or a batch received) just now."""
+        before = self._reached.get(row.server_id)
+        self._reached[row.server_id] = ServerReach(
+            name=row.name, management_at=before.management_at if before else row.last_heartbeat,
+            management_port=before.management_port if before else None, data_at=time.time())
+
+    def reach(self) -> list[ServerReach]:
+        """When each registered server last reached each port (the ports used before this engine started
+        are not known; its last heartbeat is)."""
+        out = []
+        for row in self._state.servers():
+            seen = self._reached.get(row.server_id)
+            out.append(seen or ServerReach(name=row.name, management_at=row.last_heartbeat, management_port=None,
+                                           data_at=None))
+        return out
 
     # --- admin -----------------------------------------------------------------------------------
     def forget(self, name: str) -> None:
@@ -242,6 +279,7 @@ class Inventory:
         if row.replicate:
             self.replication.disable(row)
         self._state.revoke_server(row.server_id)
+        self._reached.pop(row.server_id, None)
         self._health.pop(name, None)
         self._moving.pop(name, None)
         self._hub.record("warning", "server-forgotten",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -238,6 +239,22 @@ class AppliancePKI:
         key = serialization.load_pem_private_key(self.ca_key_path.read_bytes(), password=self._password)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return key
+
+    def sign(self, data: bytes) -> bytes:
+        """ECDSA (SHA-256) signature of ``data`` with the CA key, DER-encoded: the appliance vouches for a
+        record it keeps in files an admin can edit (the evaluation start, see engine/licence.py)."""
+        return self.ca_key().sign(data, ec.ECDSA(hashes.SHA256()))
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        """True if ``signature`` is :meth:`sign`'s of ``data``, checked with the CA certificate's public key."""
+        public_key = self.ca_cert().public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            return False
+        try:
+            public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
     def ca_fingerprint(self) -> str:
         return fingerprint(self.ca_cert())

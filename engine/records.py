@@ -217,6 +217,94 @@ class EngineStatus:
             (self.disk_space is None or self.disk_space.level == "ok")
 
 
+LicenceState = Literal["evaluation", "active", "expired"]
+#: How loudly the console shows the licence: nothing, an amber banner (30 days left or fewer), a red one (7 or fewer).
+LicenceAlarm = Literal["none", "warning", "critical"]
+
+
+@dataclass(frozen=True)
+class LicenceStatus:
+    """The appliance's licence as the admin sees it (``godwit license show``)."""
+
+    state: LicenceState
+    #: Whole days until the licence ends (rounded up; 0 once expired); None for a licence without an end.
+    days_left: int | None
+    expires_at: float | None
+    activated_at: float | None
+    licensee: str | None
+    #: How many servers may replicate at once; None when unlimited.
+    max_servers: int | None
+    evaluation_started_at: float
+    alarm: LicenceAlarm = "none"
+    #: The banner's sentence: what is about to happen and what to do (empty when ``alarm`` is none).
+    message: str = ""
+    #: The warning threshold reached (30, 14, 7, 3 or 1 days left; 0 once expired); None before the first. The
+    #: console notifies the desktop once per threshold.
+    threshold: int | None = None
+    #: True while the appliance's clock is behind the latest time it has seen: the licence is reckoned from that.
+    clock_rolled_back: bool = False
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """One rule the network around the appliance needs."""
+
+    direction: Literal["inbound", "outbound"]
+    protocol: str
+    port: int | None
+    #: Who is on the other side: "source servers", "target storage", ...
+    peer: str
+    purpose: str
+
+
+@dataclass(frozen=True)
+class PortsStatus:
+    """Where the appliance listens (``godwit ports show``)."""
+
+    management_port: int
+    data_port: int
+    #: The address both ports listen on; 0.0.0.0 is every IPv4 address of this machine.
+    listen_address: str
+    firewall: tuple[FirewallRule, ...] = ()
+    #: While the management port moves: the old port, still served until every registered server has reached
+    #: the new one or until ``old_port_closes_at``; ``servers_not_moved`` are those not seen on the new one yet.
+    old_management_port: int | None = None
+    old_port_closes_at: float | None = None
+    servers_not_moved: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConnectivityCheck:
+    """One result of ``godwit ports test``."""
+
+    name: str
+    ok: bool
+    #: What was found.
+    detail: str
+    #: What to do when it failed (empty when ok).
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class ServerReach:
+    """When a registered server last reached each port of the appliance."""
+
+    name: str
+    management_at: float | None
+    management_port: int | None
+    data_at: float | None
+
+
+@dataclass(frozen=True)
+class ConnectivityReport:
+    checks: tuple[ConnectivityCheck, ...]
+    servers: tuple[ServerReach, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
 T = TypeVar("T")
 
 

@@ -7,15 +7,20 @@ the consoles live in the services, never in a handler.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.config import DataDir
 from engine.events import EventHub
 from engine.inventory import Inventory
-from engine.links.admin import SetupChanged
+from engine.licence import LicenceKeeper
+from engine.links.admin import LicenceChanged, SetupChanged
 from engine.links.agent import Ack, AppliedReport, ReceivedReport
-from engine.records import EngineStatus, ServerStatus, SetupInfo
+from engine.ports import PortsControl
+from engine.records import EngineStatus, LicenceStatus, ServerStatus, SetupInfo
 from engine.replication import Replication
+from engine.secrets import SecretStore
 from engine.state import ServerRecord, StateDB
 from engine.storage import Storage
 
@@ -27,6 +32,10 @@ class Services:
     inventory: Inventory
     replication: Replication
     storage: Storage
+    licence: LicenceKeeper
+    ports: PortsControl
+    data_dir: DataDir
+    secrets: SecretStore
     #: The engine's own status (agents, disk space) and the set-up an admin copies to a source.
     status: Callable[[], EngineStatus]
     setup_info: Callable[[], SetupInfo]
@@ -40,6 +49,34 @@ class Services:
         change(row)
         self.inventory.publish(row.server_id)
         return self.inventory.server(name)
+
+    def replicating(self) -> int:
+        """How many servers replicate now (what a licence's number of servers counts)."""
+        return sum(1 for row in self.state.servers() if row.replicate)
+
+    def enable(self, name: str, policy: str | None) -> ServerStatus:
+        """Start replicating a server (the licence must allow one more), or change the policy of one that does."""
+        def change(row: ServerRecord) -> None:
+            if not row.replicate:
+                self.licence.check_new_server("enable", replicating=self.replicating())
+            self.replication.enable(row, policy)
+
+        return self.change_server(name, change)
+
+    def activate_licence(self, text: str) -> LicenceStatus:
+        status = self.licence.activate(text, replicating=self.replicating())
+        self.hub.publish(LicenceChanged(status))
+        return status
+
+    async def backup(self, passphrase: str) -> bytes:
+        """An encrypted backup of the appliance (:mod:`engine.backup`), made in a worker thread."""
+        from engine.backup import create_backup
+
+        blob = await asyncio.to_thread(create_backup, data_dir=self.data_dir, store=self.secrets, passphrase=passphrase)
+        self.hub.record("info", "appliance-backed-up", f"An encrypted backup of the appliance was written "
+                        f"({len(blob)} bytes): identity, CA, keys, policies and {self.state.count_servers()} "
+                        "registered server(s).")
+        return blob
 
     def rotate_passphrase(self) -> SetupInfo:
         self.inventory.rotate_passphrase()

@@ -208,6 +208,9 @@ class StateDB:
             "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
             (key, value)))
 
+    def delete_meta(self, key: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM meta WHERE key = ?", (key,)))
+
     # --- servers ----------------------------------------------------------------------------
     def count_servers(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM servers").fetchone()[0])

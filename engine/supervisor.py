@@ -41,29 +41,31 @@ STOP_GRACE = 5.0
 
 @dataclass(frozen=True)
 class Launch:
-    """How an agent is started: its command line and the listening socket it inherits (if any)."""
+    """How an agent is started: its command line and the listening sockets it inherits."""
 
     argv: tuple[str, ...]
-    listen: socket.socket | None = None
+    listen: tuple[socket.socket, ...] = ()
 
 
 class Launcher:
-    """Decides, at every start of an agent, its program and its listening socket."""
+    """Decides, at every start of an agent, its program and its listening sockets."""
 
-    def __init__(self, data_dir: DataDir, sockets: dict[str, socket.socket]) -> None:
+    def __init__(self, data_dir: DataDir, sockets: dict[str, tuple[socket.socket, ...]]) -> None:
         self._data_dir = data_dir
-        #: The bound listening sockets by port name ("management", "data").
+        #: The bound listening sockets by port name ("management", "data"): usually one each; two management
+        #: sockets while the management port moves (the new one first). :mod:`engine.ports` changes them.
         self.sockets = sockets
 
     def __repr__(self) -> str:
-        return f"<Launcher ports={sorted(self.sockets)}>"
+        ports = {name: [s.getsockname()[1] for s in socks if s.fileno() >= 0] for name, socks in self.sockets.items()}
+        return f"<Launcher ports={ports}>"
 
     def launch(self, spec: AgentSpec) -> Launch:
         argv = [sys.executable, "-P", "-m", spec.module, "--data-dir", str(self._data_dir.root),
                 "--parent-pid", str(os.getpid())]
-        listen = self.sockets.get(spec.port) if spec.port else None
-        if listen is not None:
-            argv += ["--listen-fd", str(listen.fileno())]
+        listen = self.sockets.get(spec.port, ()) if spec.port else ()
+        for sock in listen:
+            argv += ["--listen-fd", str(sock.fileno())]
         return Launch(tuple(argv), listen)
 
 
@@ -79,6 +81,9 @@ class AgentProcess:
         self._on_change = on_change
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
+        #: Why the agent is being restarted on purpose (see :meth:`restart`), what to do before it starts
+        #: again, and who waits for that; until it has exited.
+        self._planned: tuple[str, Callable[[], None] | None, asyncio.Future[None]] | None = None
         self.state: AgentState = "starting"
         self.restarts = 0
         self._restarted_at: list[float] = []  # monotonic times of the restarts in the last hour
@@ -103,7 +108,7 @@ class AgentProcess:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         launch = self._launcher.launch(self.spec)
-        fds = () if launch.listen is None else (launch.listen.fileno(),)
+        fds = tuple(sock.fileno() for sock in launch.listen)
         out: IO[bytes] = open(self._data_dir.logs / f"{self.spec.name}.out", "ab")  # noqa: SIM115
         try:
             return await asyncio.create_subprocess_exec(*launch.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
@@ -137,6 +142,13 @@ class AgentProcess:
         hung = await self._wait_or_hang(self._proc)
         code = self._proc.returncode or 0
         if self._stopping:
+            return attempt
+        if self._planned is not None:  # restarted on purpose: at once, and not a crash
+            reason, between, done = self._planned
+            self._planned = None
+            log.info("agent.restarted name=%s reason=%s", self.spec.name, reason)
+            self._set_state("restarting")
+            _settle(done, between)
             return attempt
         ran = time.monotonic() - started
         attempt = 0 if ran >= HEALTHY_RUN else max(0, attempt - int(ran // DECAY))
@@ -177,11 +189,27 @@ class AgentProcess:
                 return True
         return False
 
+    async def restart(self, reason: str, *, between: Callable[[], None] | None = None) -> None:
+        """Stop the agent (as :meth:`stop` does) and start it again at once, e.g. to serve other sockets.
+        ``between`` runs once the old process has exited and before the new one starts (e.g. to bind a
+        port the old one held); its exception is raised here. Returns before the new process starts."""
+        proc = self._proc
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._stopping or proc is None or proc.returncode is not None:
+            _settle(done, between)  # not running: its next start takes the launcher's sockets anyway
+        else:
+            self._planned = (reason, between, done)
+            await self._terminate(proc)
+        await done
+
     async def stop(self) -> None:
         self._stopping = True
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
+        await self._terminate(proc)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         proc.terminate()
         try:
             async with asyncio.timeout(STOP_GRACE):
@@ -190,3 +218,14 @@ class AgentProcess:
             log.warning("agent.kill name=%s reason=no exit %ss after SIGTERM", self.spec.name, STOP_GRACE)
             proc.kill()
             await proc.wait()
+
+
+def _settle(done: asyncio.Future[None], between: Callable[[], None] | None) -> None:
+    """Run ``between`` (if any) and give its outcome to whoever waits on ``done``."""
+    try:
+        if between is not None:
+            between()
+    except Exception as exc:
+        done.set_exception(exc)
+    else:
+        done.set_result(None)

@@ -113,8 +113,9 @@ def start(demo: Path) -> int:
     if godwit("setup", "show", "--data-dir", str(appliance)).returncode != 0:
         mgmt, data = pick_ports()
         with open(demo / "engine.out", "ab") as out:
+            # The demo's sources run on this machine: the appliance listens on loopback only.
             subprocess.Popen([PY, "-m", "engine", "serve", "--data-dir", str(appliance), "--management-port",
-                              str(mgmt), "--data-port", str(data)], stdout=out, stderr=out,
+                              str(mgmt), "--data-port", str(data), "--listen", "127.0.0.1"], stdout=out, stderr=out,
                              stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
         while godwit("setup", "show", "--data-dir", str(appliance)).returncode != 0:

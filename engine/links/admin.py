@@ -12,9 +12,10 @@ from typing import Any
 
 from engine.errors import ProtocolError
 from engine.links import Link, decode, encode
-from engine.records import EngineStatus, Event, ServerStatus, SetupInfo
+from engine.records import EngineStatus, Event, LicenceStatus, PortsStatus, ServerStatus, SetupInfo
 
-ADMIN = Link("admin", 1, 0, "admin API")
+#: 1.1: the licence and the ports (Hello fields, LicenceChanged, PortsChanged, their requests).
+ADMIN = Link("admin", 1, 1, "admin API")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Hello:
     servers: tuple[ServerStatus, ...]
     #: Events up to this id are in ``GET /v1/events``; later ones arrive as :class:`EventAdded`.
     last_event_id: int
+    #: None from an engine before admin 1.1.
+    licence: LicenceStatus | None = None
+    ports: PortsStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,24 @@ class SetupChanged:
     setup: SetupInfo
 
 
-StreamMessage = Hello | ServerChanged | ServerRemoved | EventAdded | EngineChanged | SetupChanged
+@dataclass(frozen=True)
+class LicenceChanged:
+    """The licence changed: activated, expired, a warning threshold crossed, or a day went by."""
+
+    licence: LicenceStatus
+
+
+@dataclass(frozen=True)
+class PortsChanged:
+    ports: PortsStatus
+
+
+StreamMessage = (Hello | ServerChanged | ServerRemoved | EventAdded | EngineChanged | SetupChanged | LicenceChanged
+                 | PortsChanged)
 #: The ``type`` of each stream message on the wire.
 STREAM_TYPES: dict[str, type[Any]] = {"hello": Hello, "server": ServerChanged, "server-removed": ServerRemoved,
-                                      "event": EventAdded, "engine": EngineChanged, "setup": SetupChanged}
+                                      "event": EventAdded, "engine": EngineChanged, "setup": SetupChanged,
+                                      "licence": LicenceChanged, "ports": PortsChanged}
 _TYPE_OF = {cls: name for name, cls in STREAM_TYPES.items()}
 
 

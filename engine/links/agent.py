@@ -25,7 +25,8 @@ from engine.links.data import StreamState
 from engine.links.management import DesiredState, HeartbeatAnswer, Registered, Registration, ServerFacts
 from engine.records import HealthCause
 
-AGENT_LINK = Link("agent", 1, 0, "agent link")
+#: 1.1: a heartbeat says which management port it came in on.
+AGENT_LINK = Link("agent", 1, 1, "agent link")
 
 __all__ = [
     "AGENT_LINK",
@@ -62,6 +63,8 @@ class HeartbeatRequest:
     serial: int
     facts: ServerFacts
     address: str | None
+    #: The management port it came in on (None from a replication-manager before agent link 1.1).
+    port: int | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from engine.errors import ProtocolError
 from engine.links import Link
 from engine.records import Disk
 
-MANAGEMENT = Link("management", 1, 0, "management protocol")
+#: 1.1: the heartbeat answer names the management port to use from now on.
+MANAGEMENT = Link("management", 1, 1, "management protocol")
 
 MAX_DISKS = 64
 MAX_NOTICES = 16
@@ -206,6 +207,9 @@ class HeartbeatAnswer:
     heartbeat_interval: float
     data_port: int
     desired: DesiredState
+    #: The management port to send heartbeats to from now on (it moved when it differs from the one used);
+    #: absent from appliances before management 1.1.
+    management_port: int | None = None
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,9 @@ async def heartbeat(request: web.Request) -> web.Response:
     if peer is None:
         raise CertificateRequired("Heartbeats need the client certificate this appliance issued at registration.")
     facts = ServerFacts.parse(await read_json(request))
-    beat = HeartbeatRequest(server_id=peer.server_id, serial=peer.serial, facts=facts, address=request.remote)
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    beat = HeartbeatRequest(server_id=peer.server_id, serial=peer.serial, facts=facts, address=request.remote,
+                            port=sockname[1] if sockname else None)
     return web.json_response(encode(await request.app[LINK].call("POST", "/agent/heartbeat", beat, HeartbeatAnswer)))
 
 
@@ -63,7 +65,7 @@ def make_app(link: UnixJsonClient, ca_pem: bytes) -> web.Application:
 
 async def serve(ctx: AgentContext) -> None:
     _, store = ctx.require_appliance()
-    sock = ctx.require_listen_socket()
+    socks = ctx.require_listen_sockets()
     pki = open_pki(ctx.data_dir, store)
     link = ctx.supervisor_link()
     guard = ConnectionGuard()
@@ -72,12 +74,16 @@ async def serve(ctx: AgentContext) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
                            logger=TlsListener.peer_logger())
     await runner.setup()
-    listener = TlsListener(sock, pki.server_context(), runner, port_name="management", guard=guard)
-    listener.start()
-    log.info("management.listening address=%s", sock.getsockname())
+    # While the management port moves, the old port is served too (one guard: one budget for both).
+    context = pki.server_context()
+    listeners = [TlsListener(sock, context, runner, port_name="management", guard=guard) for sock in socks]
+    for listener in listeners:
+        listener.start()
+    log.info("management.listening addresses=%s", [s.getsockname() for s in socks])
     try:
         await ctx.stop.wait()
     finally:
-        await listener.close()
+        for listener in listeners:
+            await listener.close()
         await runner.cleanup()
         await link.aclose()

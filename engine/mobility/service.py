@@ -120,6 +120,7 @@ class MobilityService:
                  disks: list[str], name: str | None, stop: threading.Event,
                  hooks: SnapshotHooks | None = None, freeze_budget: float = FREEZE_BUDGET) -> None:
         self.hooks = hooks or SnapshotHooks()
+        self.appliance = appliance
         self.host, self.port = parse_appliance(appliance)
         self.fingerprint = parse_fingerprint(ca_fingerprint)
         self.passphrase_file = passphrase_file
@@ -151,6 +152,33 @@ class MobilityService:
     @property
     def _identity_file(self) -> Path:
         return self.state_dir / "identity.json"
+
+    @property
+    def _port_file(self) -> Path:
+        """The management port the appliance moved to, and the --appliance it was learnt under."""
+        return self.state_dir / "management-port.json"
+
+    def _learnt_port(self) -> None:
+        """Use the management port the appliance told us about, unless the admin gave another --appliance since
+        (then the command line wins: e.g. a server pointed at a new appliance, or at the new port by hand)."""
+        try:
+            raw = json.loads(self._port_file.read_text())
+            given, port = str(raw["given"]), int(raw["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if given == self.appliance and 1 <= port <= 65535 and port != self.port:
+            log.info("using management port %d, which the appliance moved to (was %d)", port, self.port)
+            self.port = port
+
+    def _follow_port(self, port: int | None) -> bool:
+        """The appliance names its management port in every answer; True if it moved (reconnect there)."""
+        if port is None or port == self.port or not 1 <= port <= 65535:
+            return False
+        log.info("the appliance's management port moved from %d to %d: sending heartbeats there from now on",
+                 self.port, port)
+        self.port = port
+        self._save(self._port_file.name, json.dumps({"given": self.appliance, "port": port}).encode(), 0o644)
+        return True
 
     def load_identity(self) -> Identity | None:
         try:
@@ -279,6 +307,7 @@ class MobilityService:
         ident = Identity(server_id=answer.server_id, name=answer.name, ca_fingerprint=self.fingerprint)
         self._save("identity.json", json.dumps(ident.__dict__).encode(), 0o644)
         self._apply(answer.answer)
+        self._follow_port(answer.answer.management_port)
         log.info("registered with %s:%d as %s (server id %s)", self.host, self.port, ident.name, ident.server_id)
         return ident
 
@@ -362,11 +391,13 @@ class MobilityService:
         for mount in Freezer(self.state_dir / "frozen.json").thaw_leftovers():
             self.notify("warning", "thawed", f"{mount} was left frozen by a mobility service that was killed; "
                         "thawed it.")
+        self._learnt_port()
         ident = self.load_identity() or self.register()
         if ident is None:
             return
         ca_pem = (self.state_dir / "ca.crt").read_bytes()
-        client = management_client(self.host, self.port, self._context(pinned_ca=ca_pem, client=True))
+        context = self._context(pinned_ca=ca_pem, client=True)
+        client = management_client(self.host, self.port, context)
         log.info("sending heartbeats to %s:%d as %s", self.host, self.port, ident.name)
         try:
             while not self.stop.is_set():
@@ -377,6 +408,10 @@ class MobilityService:
                     self._sent(facts)
                     self._apply(answer)
                     log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
+                    if self._follow_port(answer.management_port):
+                        client.close()
+                        client = management_client(self.host, self.port, context)
+                        continue  # tell the appliance at once that we are on the new port
                 self.stop.wait(self.heartbeat_interval)
         finally:
             client.close()

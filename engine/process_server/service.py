@@ -191,7 +191,7 @@ class ProcessServer:
 
 
 async def serve(ctx: AgentContext) -> None:
-    sock = ctx.require_listen_socket()
+    sock, *_ = ctx.require_listen_sockets()
     server = ProcessServer(ctx)
     server.cache_used = server.cache.used_bytes()
     for stored in server.streams.stored():  # the supervisor may have restarted too

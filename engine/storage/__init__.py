@@ -137,6 +137,9 @@ class PointImage:
 class Storage(Protocol):
     """The configured backend: the only thing that knows where cache and target data live."""
 
+    #: The backend's name as the admin chooses it: ``local``.
+    kind: str
+
     @property
     def cache(self) -> CacheStore:
         """The cache: segments and stream states."""
@@ -164,6 +167,10 @@ class Storage(Protocol):
     def target_room(self) -> str:
         """The room where seed disks live, in a phrase for a message that says it is full: ``the file
         system at /srv (1.2 GiB free of 4.0 GiB, 30 %)``."""
+
+    def probe_target(self) -> str:
+        """Write, read back and delete a small probe where seed disks live; return what was found (a phrase).
+        Raises :class:`~engine.errors.EngineError` with what to do when the target cannot be written."""
 
 
 def open_storage(data_dir: DataDir) -> Storage:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from engine import diskspace
 from engine.codec import Block
-from engine.errors import CacheFull, NotFound
+from engine.errors import CacheFull, NotFound, TargetUnwritable
 from engine.files import data_extents, write_atomically
 from engine.links.data import StreamState
 from engine.protocol import BLOCK
@@ -43,6 +43,8 @@ _ZERO_BLOCK = bytes(BLOCK)
 
 class LocalStorage:
     """Cache and target under the data directory (``cache/`` and ``target/``)."""
+
+    kind = "local"
 
     def __init__(self, root: Path) -> None:
         self.cache_root = root / "cache"
@@ -91,6 +93,22 @@ class LocalStorage:
 
     def target_location(self) -> str:
         return str(self.target_root)
+
+    def probe_target(self) -> str:
+        probe = self.target_root / f".probe-{os.getpid()}"
+        data = os.urandom(4096)
+        try:
+            self.target_root.mkdir(parents=True, exist_ok=True)
+            write_atomically(probe, data)
+            if probe.read_bytes() != data:
+                raise OSError(errno.EIO, "the probe read back differently")
+            probe.unlink()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+            raise TargetUnwritable(f"The target storage {self.target_root} cannot be written ({exc.strerror or exc}). "
+                                   "Check the file system and its permissions.") from exc
+        return f"{self.target_root} is writable; " + self.target_room()
 
     def target_room(self) -> str:
         try:

@@ -109,7 +109,7 @@ def test_agent_link_round_trip_between_the_same_major_versions(tmp_path: Path) -
 
 def test_a_server_of_another_major_version_refuses_the_request(tmp_path: Path) -> None:
     """A supervisor of agent link 2.x refuses an agent of 1.x with one line that names both."""
-    with pytest.raises(VersionMismatch, match=r"speaks agent link 1\.0; this program speaks 2\.0"):
+    with pytest.raises(VersionMismatch, match=r"speaks agent link 1\.1; this program speaks 2\.0"):
         asyncio.run(_exchange(tmp_path, server=Link("agent", 2, 0, "agent link"), client=AGENT_LINK,
                               answer=Ack(True)))
 
@@ -135,7 +135,7 @@ def test_a_client_refuses_an_answer_of_another_major_version(tmp_path: Path) -> 
             await link.aclose()
             await runner.cleanup()
 
-    with pytest.raises(VersionMismatch, match=r"The engine speaks agent link 2\.1; this program speaks 1\.0"):
+    with pytest.raises(VersionMismatch, match=r"The engine speaks agent link 2\.1; this program speaks 1\.1"):
         asyncio.run(main())
 
 
@@ -159,7 +159,7 @@ def test_every_answer_carries_the_servers_version(tmp_path: Path) -> None:
         finally:
             await runner.cleanup()
 
-    assert asyncio.run(main()) == ("agent/1.0", "agent/1.0")
+    assert asyncio.run(main()) == ("agent/1.1", "agent/1.1")
 
 
 @pytest.mark.parametrize(("wire", "field"), [
@@ -185,9 +185,10 @@ def test_version_1_0_keeps_the_wire_shape_sources_already_speak() -> None:
                             "disks": [{"index": 0, "size": 1 << 30}]}
     answer = decode(HeartbeatAnswer, old_heartbeat_answer, link=MANAGEMENT)
     assert answer.desired.epoch == 1700000000000 and answer.desired.disk_sizes == [1 << 30]
-    assert encode(answer) == old_heartbeat_answer
+    assert answer.management_port is None  # 1.1 added it; an answer without it is from an older appliance
+    assert encode(answer) == {**old_heartbeat_answer, "management_port": None}  # only added, nothing reshaped
     old_registered = {"server_id": "id", "name": "web-01", "certificate": "PEM", **old_heartbeat_answer}
-    assert encode(decode(Registered, old_registered, link=MANAGEMENT)) == old_registered
+    assert encode(decode(Registered, old_registered, link=MANAGEMENT)) == {**old_registered, "management_port": None}
     old_streams = {"disks": [{"disk": 0, "epoch": 7, "acked_seq": 12, "initial_done": 65536,
                               "initial_complete": False, "bytes_received": 99}]}
     states = decode(StreamStates, old_streams, link=DATA)

@@ -131,8 +131,10 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         res = godwit("serve", "--data-dir", str(tmp_path / "d"), "--management-port", str(port),
                      "--data-port", str(free_port()))
     assert res.returncode == 1
-    assert res.stderr.strip() == (f"godwit: The management port {port} is in use by another program. Stop that "
-                                  "program or choose another port with --management-port.")
+    program = Path(f"/proc/{os.getpid()}/comm").read_text().strip()  # this test holds the port
+    assert res.stderr.strip() == (f"godwit: The management port {port} is in use by another program, {program} "
+                                  f"(pid {os.getpid()}). Stop that program, or choose another port with "
+                                  "--management-port.")
     assert not (tmp_path / "d" / "admin.sock").exists()
 
 
@@ -162,9 +164,10 @@ def test_privileged_port_without_privilege() -> None:
                          capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(data)})
     shutil.rmtree(data)
     assert res.returncode == 1, res.stderr
-    assert res.stderr.strip() == ("godwit: Binding the management port 443 needs privileges: run the engine as root, "
-                                  "grant it CAP_NET_BIND_SERVICE (setcap 'cap_net_bind_service=+ep' on the Python "
-                                  "binary), or choose a port above 1023 with --management-port.")
+    assert res.stderr.strip() == ("godwit: The management port 443 is privileged (below 1024) and the engine may not "
+                                  "bind it: run the engine as root, grant it CAP_NET_BIND_SERVICE (setcap "
+                                  "'cap_net_bind_service=+ep' on the Python binary), or choose another port with "
+                                  "--management-port above 1023.")
 
 
 def test_agent_reaped_within_grace_period(appliance: Appliance) -> None:
