@@ -30,6 +30,7 @@ import sqlite3
 import tarfile
 import time
 import unicodedata
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,9 +48,10 @@ from engine.errors import BackupInvalid, BadInput, ConfigError, DataDirInUse, En
 from engine.files import data_extents, fsync_dir, write_atomically
 from engine.identity import KEY_PASSWORD, PASSPHRASE
 from engine.keys import MASTER_KEY
+from engine.licence import LICENCE_FILE, NOT_MOVED_META, NOT_MOVED_SECRETS, restore_record
 from engine.licence import SECRET_NAMES as LICENCE_SECRET_NAMES
 from engine.lock import EngineLock
-from engine.pki import fingerprint
+from engine.pki import AppliancePKI, fingerprint
 from engine.secrets import SecretStore, StoreKind, choose_store
 from engine.state import SCHEMA_VERSION, StateDB
 
@@ -643,6 +645,7 @@ def restore_backup(blob: bytes, *, passphrase: str, data_dir: DataDir, storage_f
     log.info("restore.started data_dir=%s appliance=%s storage_from=%s", root, backup.appliance_id,
              storage_from.root if storage_from else None)
     job = _Restore(data_dir)
+    new_id = str(uuid.uuid4())
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         job.mkdir(root)
@@ -653,7 +656,7 @@ def restore_backup(blob: bytes, *, passphrase: str, data_dir: DataDir, storage_f
             if storage_from is not None:
                 locks.enter_context(_engine_lock(storage_from))  # no engine starts on the old data meanwhile
             _check_fresh_again(data_dir)
-            moved = _write(job, backup, store_kind, storage_from)
+            moved = _write(job, backup, store_kind, storage_from, new_id)
     except BaseException as exc:
         job.undo()
         if isinstance(exc, OSError):
@@ -661,7 +664,7 @@ def restore_backup(blob: bytes, *, passphrase: str, data_dir: DataDir, storage_f
         raise
     log.info("restore.complete appliance=%s servers=%d moved_files=%s seconds=%.1f", backup.appliance_id,
              backup.servers, moved[0] if moved else None, time.monotonic() - started)
-    return _summary(data_dir, backup, storage_from, moved)
+    return _summary(data_dir, backup, storage_from, moved, new_id)
 
 
 def _check_fresh_again(data_dir: DataDir) -> None:
@@ -672,20 +675,30 @@ def _check_fresh_again(data_dir: DataDir) -> None:
                            "was restored. Give a new or empty --data-dir.")
 
 
-def _write(job: _Restore, backup: _Content, store_kind: StoreKind,
-           storage_from: DataDir | None) -> tuple[int, int] | None:
+def _write(job: _Restore, backup: _Content, store_kind: StoreKind, storage_from: DataDir | None,
+           new_id: str) -> tuple[int, int] | None:
+    """The restored appliance is a fresh appliance with the old one's CA, keys, servers and replication: a new id,
+    its own evaluation (the old one's evaluation record, warnings and activated licence stay behind; see
+    engine/licence.py), and a signed record that says so."""
     data_dir = job.data_dir
-    store = SecretStore(store_kind, appliance_id=backup.appliance_id, file_path=data_dir.secrets_file)
+    store = SecretStore(store_kind, appliance_id=new_id, file_path=data_dir.secrets_file)
     if store_kind == "file":
         job.written += [data_dir.secrets_file.with_name(data_dir.secrets_file.name + ".tmp"), data_dir.secrets_file]
     for name, value in backup.secrets.items():
-        store.set(name, value)
+        if name not in NOT_MOVED_SECRETS:
+            store.set(name, value)
     job.mkdir(data_dir.pki)
     job.mkdir(data_dir.keys)
     for rel, content in sorted(backup.files.items()):
-        job.write(rel, content)
+        if rel != LICENCE_FILE:
+            job.write(rel, content)
+    now = time.time()
+    pki = AppliancePKI(data_dir.pki, backup.secrets[KEY_PASSWORD].encode())
+    restored = restore_record(pki, appliance_id=new_id, restored_from=backup.appliance_id, at=now)
     state = StateDB(data_dir.state_db)
     try:
+        for key in NOT_MOVED_META:
+            state.delete_meta(key)
         moved_text = f"; replication data moved from {storage_from.root}" if storage_from else \
             "; replication data not moved by the restore"
         state.add_event("info", "appliance-restored", f"Appliance restored into {data_dir.root} from the backup "
@@ -708,8 +721,8 @@ def _write(job: _Restore, backup: _Content, store_kind: StoreKind,
                 os.replace(data_dir.root / staging, data_dir.root / part)  # replaces an empty directory
         fsync_dir(data_dir.root)
         moved = (files, data)
-    ident = dict(backup.appliance)
-    ident["secret_store"] = store_kind  # every other field as it was (e.g. the signed evaluation record)
+    ident = {key: value for key, value in backup.appliance.items() if key != "evaluation"}
+    ident.update(appliance_id=new_id, created_at=now, secret_store=store_kind, restored=restored)
     job.write("appliance.json", json.dumps(ident, indent=1).encode() + b"\n")
     return moved
 
@@ -723,17 +736,19 @@ def _write_failed(root: Path, exc: OSError) -> EngineError:
                        "restored; fix that and restore again.")
 
 
-def _summary(data_dir: DataDir, backup: _Content, storage_from: DataDir | None, moved: tuple[int, int] | None) -> str:
+def _summary(data_dir: DataDir, backup: _Content, storage_from: DataDir | None, moved: tuple[int, int] | None,
+             new_id: str) -> str:
     root = data_dir.root
     try:
         fp = fingerprint(x509.load_pem_x509_certificate(backup.files["pki/ca.crt"]))
     except ValueError:
         fp = "(see `godwit setup show`)"
     port = backup.management_port or DEFAULT_MANAGEMENT_PORT
-    lines = [f"Restored appliance {backup.appliance_id} into {root} from the backup taken "
-             f"{_date(backup.created_at)} on {backup.hostname}: {_count(backup.servers, 'registered server')} "
+    lines = [f"Restored appliance {backup.appliance_id} into {root} as the new appliance {new_id}, from the backup "
+             f"taken {_date(backup.created_at)} on {backup.hostname}: {_count(backup.servers, 'registered server')} "
              f"({backup.replicating} replicating), {_count(backup.policies, 'policy', 'policies')}, its CA, keys and "
-             "secrets."]
+             "secrets. It is a fresh appliance: its 180-day evaluation begins at its first start (an activated "
+             "licence belongs to the old appliance's id: ask for one for the new id)."]
     if storage_from is not None and moved is not None:
         lines.append(f"Moved the replication data (cache and target: {moved[0]} files, "
                      f"{diskspace.human_bytes(moved[1])} of data) from {storage_from.root}: replication continues "

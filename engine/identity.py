@@ -42,6 +42,9 @@ class ApplianceIdentity:
     #: The signed evaluation record exactly as ``appliance.json`` holds it (any JSON value: engine/licence.py
     #: checks it); None in files written before licences existed.
     evaluation: object = field(default=None, compare=False)
+    #: For an appliance made by restoring another's backup: ``{"from", "at", "signature"}`` signed with the CA
+    #: key (engine/licence.py checks it); None otherwise.
+    restored: object = field(default=None, compare=False)
 
     @staticmethod
     def path(data_dir: DataDir) -> str:
@@ -60,7 +63,8 @@ class ApplianceIdentity:
         try:
             raw = cls._read(data_dir)
             return cls(appliance_id=str(raw["appliance_id"]), secret_store=raw["secret_store"],
-                       created_at=float(raw["created_at"]), evaluation=raw.get("evaluation"))
+                       created_at=float(raw["created_at"]), evaluation=raw.get("evaluation"),
+                       restored=raw.get("restored"))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:

@@ -242,6 +242,26 @@ def _record_message(appliance_id: str, started_at: float) -> bytes:
     return _RECORD_CONTEXT + f"{appliance_id}\n{started_at!r}".encode()
 
 
+_RESTORE_CONTEXT = b"godwit-restored-appliance/1\n"
+#: The secret-store entries and state-database keys of one appliance's evaluation: an appliance restored from
+#: another's backup is a fresh appliance with an evaluation of its own, so they do not move with a backup.
+NOT_MOVED_SECRETS: tuple[str, ...] = (SECRET_EVALUATION,)
+NOT_MOVED_META: tuple[str, ...] = (META_EVALUATION, META_WARNED, META_ROLLBACK)
+#: The activated licence file (bound to the old appliance's id): it does not move either.
+LICENCE_FILE = "licence.json"
+
+
+def _restore_message(appliance_id: str, restored_from: str, at: float) -> bytes:
+    return _RESTORE_CONTEXT + f"{appliance_id}\n{restored_from}\n{at!r}".encode()
+
+
+def restore_record(pki: AppliancePKI, *, appliance_id: str, restored_from: str, at: float) -> dict[str, Any]:
+    """The record that makes a restored appliance (new id, the old CA) a fresh one: its evaluation begins at
+    ``at``, not when its CA was made. Signed with the CA key; without a valid one the CA's date counts."""
+    signature = pki.sign(_restore_message(appliance_id, restored_from, at))
+    return {"from": restored_from, "at": at, "signature": base64.b64encode(signature).decode()}
+
+
 def _parse(text: str | None) -> object:
     """A record kept as JSON text: None when absent, a marker that fails verification when not JSON."""
     try:
@@ -338,9 +358,25 @@ class LicenceKeeper:
             return None
         return float(started) if ok else None
 
+    def _restored_at(self) -> float | None:
+        """When this appliance was made from another's backup, if its signed restore record verifies."""
+        raw = self._identity.restored
+        if not isinstance(raw, dict) or not _number(raw.get("at")) or not isinstance(raw.get("from"), str) \
+                or not isinstance(raw.get("signature"), str):
+            return None
+        try:
+            sig = base64.b64decode(raw["signature"], validate=True)
+            ok = self._pki.verify(_restore_message(self._identity.appliance_id, raw["from"], float(raw["at"])), sig)
+        except (binascii.Error, OSError, ValueError):
+            return None
+        return float(raw["at"]) if ok else None
+
     def _ca_created_at(self) -> float | None:
         """When the CA was made, if its certificate is the one of the CA key (a replaced certificate is no
-        evidence)."""
+        evidence), and unless this appliance was restored from another's backup: it kept that one's CA but is
+        a fresh appliance (a record that does not verify leaves the CA's date as evidence)."""
+        if self._restored_at() is not None:
+            return None
         try:
             cert, key = self._pki.ca_cert(), self._pki.ca_key()
         except (OSError, ValueError, TypeError) as exc:

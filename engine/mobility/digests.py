@@ -53,6 +53,13 @@ class Tracker:
         a hole now but was not is sent as zeros."""
         return self.get(block) != ZERO_DIGEST
 
+    def reset(self) -> None:
+        """The appliance holds nothing of this disk (a new seed disk: zeros): every block with data is sent."""
+        with self._lock:
+            self._in_flight.clear()
+            self.digests[:] = ZERO_DIGEST * self.blocks
+            os.pwrite(self._fd, self.digests, 0)
+
     def forget(self) -> None:
         """Assume nothing about the appliance's copy: every block counts as changed (a resync)."""
         with self._lock:

@@ -478,8 +478,14 @@ class Replicator(threading.Thread):
                     self.stop.wait(2.0)
             for i, size in enumerate(self.desired.disk_sizes):
                 tracker = Tracker(self.tracking_dir(self.state_dir, self.desired.epoch) / f"disk{i}.digests", size)
-                if tracker.fresh and streams.get(i, StreamState()).acked_seq > 0:
+                acked = streams.get(i, StreamState()).acked_seq
+                if tracker.fresh and acked > 0:
                     tracker.forget()  # the appliance has data we no longer know about: compare everything
+                elif not tracker.fresh and acked == 0:
+                    # the appliance has nothing of this copy although we sent it some (e.g. restored from a backup
+                    # without its storage): its seed disk is zeros, so everything with data goes again
+                    log.warning("the appliance holds nothing of %s: replicating it from the start", self.disks[i])
+                    tracker.reset()
                 trackers.append(tracker)
                 self._seq[i] = streams.get(i, StreamState()).acked_seq + 1
                 self.sources[i].need_full("the mobility service started, so writes made while it was not running "

@@ -23,7 +23,7 @@ from engine.config import DataDir
 from engine.errors import BackupInvalid, BadInput, DataDirInUse, EngineError
 from engine.identity import KEY_PASSWORD, PASSPHRASE, ApplianceIdentity, create_secrets_and_pki, open_pki
 from engine.keys import MASTER_KEY, DataKeys, master_key
-from engine.licence import SECRET_NAMES
+from engine.licence import NOT_MOVED_SECRETS, SECRET_NAMES
 from engine.lock import EngineLock
 from engine.records import Disk, Policy
 from engine.secrets import SecretStore
@@ -107,29 +107,33 @@ def _mode(path: Path) -> int:
 
 def test_round_trip_brings_the_appliance_back_with_its_replication_data(
         source: tuple[DataDir, SecretStore, dict[str, Any], bytes], tmp_path: Path) -> None:
-    """Restored into a fresh data directory with the old one's storage: the same identity (every field of
-    appliance.json), secrets, CA, data keys, servers, policies and revocations, and a byte-exact, still sparse
-    cache and target; keys 0600, directories 0700."""
+    """Restored into a fresh data directory with the old one's storage: a new appliance id with the same CA,
+    secrets, data keys, servers, policies and revocations, and a byte-exact, still sparse cache and target;
+    keys 0600, directories 0700. The old evaluation record, warnings and activated licence stay behind."""
     old, old_store, facts, blob = source
     new = DataDir(tmp_path / "new" / "data")
     text = backup.restore_backup(blob, passphrase=PASSWORD, data_dir=new, storage_from=old)
 
     ident_old = json.loads((old.root / "appliance.json").read_text())
     ident_new = json.loads((new.root / "appliance.json").read_text())
-    assert ident_new == ident_old  # the new host has no keyring either: secret_store stays "file"
-    assert ident_new["evaluation"] == EVALUATION
+    assert ident_new["appliance_id"] != ident_old["appliance_id"] and "evaluation" not in ident_new
+    assert ident_new["secret_store"] == ident_old["secret_store"]  # the new host has no keyring either
+    assert ident_new["restored"]["from"] == ident_old["appliance_id"]
+    assert ident_old["evaluation"] == EVALUATION
     ident = ApplianceIdentity.load(new)
-    assert ident is not None and ident.appliance_id == ident_old["appliance_id"]
+    assert ident is not None and ident.appliance_id == ident_new["appliance_id"]
     store = ident.secrets(new)
-    for name in (KEY_PASSWORD, PASSPHRASE, MASTER_KEY, *SECRET_NAMES):
+    for name in (KEY_PASSWORD, PASSPHRASE, MASTER_KEY, *(n for n in SECRET_NAMES if n not in NOT_MOVED_SECRETS)):
         assert store.get(name) == old_store.get(name) is not None
+    for name in NOT_MOVED_SECRETS:
+        assert store.get(name) is None
     pki = open_pki(new, store)
     assert pki.ca_fingerprint() == open_pki(old, old_store).ca_fingerprint()
     pki.ca_key()  # opens with the restored key password
     pki.server_context()
     keys = DataKeys(new.keys, master_key(store))
     assert {sid: keys.get(sid) for sid in facts["data_keys"]} == facts["data_keys"]
-    assert (new.root / "licence.json").read_text() == '{"licence": "signed text"}'
+    assert not (new.root / "licence.json").exists()
 
     state_old, state_new = StateDB(old.state_db), StateDB(new.state_db)
     try:
@@ -185,9 +189,9 @@ def test_restore_uses_the_new_hosts_keyring(source: tuple[DataDir, SecretStore, 
         backup.restore_backup(blob, passphrase=PASSWORD, data_dir=new)
         ident_old = json.loads((old.root / "appliance.json").read_text())
         ident_new = json.loads((new.root / "appliance.json").read_text())
-        assert ident_new == {**ident_old, "secret_store": "keyring"}
+        assert ident_new["secret_store"] == "keyring" and ident_new["restored"]["from"] == ident_old["appliance_id"]
         assert not new.secrets_file.exists()
-        service = f"godwit/{ident_old['appliance_id']}"
+        service = f"godwit/{ident_new['appliance_id']}"  # its own entries: never the old appliance's
         assert ring.values[(service, MASTER_KEY)] == old_store.get(MASTER_KEY)
         ident = ApplianceIdentity.load(new)
         assert ident is not None
@@ -473,3 +477,37 @@ def test_sparse_copy_falls_back_and_keeps_holes(without: str, tmp_path: Path, mo
     assert copied == 2 * MiB
     assert (tmp_path / "copy.img").read_bytes() == src.read_bytes()
     assert (tmp_path / "copy.img").stat().st_blocks * 512 <= 3 * MiB
+
+
+def test_a_restored_appliance_is_a_fresh_one_with_its_own_evaluation(
+        source: tuple[DataDir, SecretStore, dict[str, Any], bytes], tmp_path: Path) -> None:
+    """The restored appliance's evaluation begins when it was restored, not when its (older) CA was made; with
+    its signed restore record removed, the CA's date counts again (removing it never helps)."""
+    from engine.events import EventHub
+    from engine.licence import EVALUATION_DAYS, LicenceKeeper
+
+    old, _, _, blob = source
+    new = DataDir(tmp_path / "data")
+    backup.restore_backup(blob, passphrase=PASSWORD, data_dir=new)
+    ca_made = open_pki(old, ApplianceIdentity.load(old).secrets(old)).ca_cert()  # type: ignore[union-attr]
+    restored_at = json.loads((new.root / "appliance.json").read_text())["restored"]["at"]
+    assert ca_made.not_valid_before_utc.timestamp() + 2 * 86400 < restored_at  # the CA is older (backdated)
+
+    def start(data_dir: DataDir) -> float:
+        ident = ApplianceIdentity.load(data_dir)
+        assert ident is not None
+        store = ident.secrets(data_dir)
+        state = StateDB(data_dir.state_db)
+        try:
+            keeper = LicenceKeeper(data_dir=data_dir, identity=ident, store=store, state=state, hub=EventHub(state),
+                                   pki=open_pki(data_dir, store), clock=lambda: restored_at + 60)
+            assert keeper.status().days_left == EVALUATION_DAYS
+            return keeper.evaluation_started_at
+        finally:
+            state.close()
+
+    assert start(new) == restored_at
+    raw = json.loads((new.root / "appliance.json").read_text())
+    del raw["restored"]
+    (new.root / "appliance.json").write_text(json.dumps(raw))
+    assert start(new) < restored_at
