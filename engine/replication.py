@@ -153,6 +153,7 @@ class Replication:
     def disable(self, row: ServerRecord) -> None:
         """Stop replicating and free the server's cache and target data."""
         self._state.set_replication(row.server_id, replicate=False, policy=None)
+        self._state.delete_meta(f"initial-complete.{row.server_id}.", prefix=True)
         for key in [k for k in self._disks if k[0] == row.server_id]:
             del self._disks[key]
         self._storage.delete_server(row.server_id)
@@ -180,8 +181,12 @@ class Replication:
         if row is None or row.epoch != report.state.epoch:
             return False
         if self._note_received(report):
-            self._hub.record("info", "initial-replication-complete",
-                             f"Initial replication of {row.name} disk {report.disk} is complete.", server=row.name)
+            # Once per copy and disk: the process server tells its stored states again at every start.
+            said = f"initial-complete.{row.server_id}.{row.epoch}.{report.disk}"
+            if self._state.get_meta(said) is None:
+                self._hub.record("info", "initial-replication-complete",
+                                 f"Initial replication of {row.name} disk {report.disk} is complete.", server=row.name)
+                self._state.set_meta(said, "1")
         return True
 
     def applied(self, report: AppliedReport) -> bool:

@@ -208,8 +208,13 @@ class StateDB:
             "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
             (key, value)))
 
-    def delete_meta(self, key: str) -> None:
-        self._write(lambda db: db.execute("DELETE FROM meta WHERE key = ?", (key,)))
+    def delete_meta(self, key: str, *, prefix: bool = False) -> None:
+        """Delete one key, or with ``prefix`` every key that starts with it."""
+        if prefix:
+            pattern = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            self._write(lambda db: db.execute("DELETE FROM meta WHERE key LIKE ? ESCAPE '\\'", (pattern,)))
+        else:
+            self._write(lambda db: db.execute("DELETE FROM meta WHERE key = ?", (key,)))
 
     # --- servers ----------------------------------------------------------------------------
     def count_servers(self) -> int:

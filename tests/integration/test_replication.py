@@ -291,7 +291,8 @@ def test_disable_and_enable_at_once_starts_a_fresh_copy(appliance: Appliance, tm
 
 
 def test_engine_restart_while_the_source_is_down_keeps_the_state(appliance: Appliance) -> None:
-    """An engine restarted while the source is off still knows the server is protected and keeps its points."""
+    """An engine restarted while the source is off still knows the server is protected and keeps its points; it
+    does not announce the long-finished initial replication again."""
     mob, _ = replicating(appliance, "quiet-01", 4 * MiB, seed=51)
     mob.stop()  # the source server is switched off
     appliance.stop()
@@ -301,6 +302,7 @@ def test_engine_restart_while_the_source_is_down_keeps_the_state(appliance: Appl
                       what="the state to be known again")
     assert server["disks"][0]["bytes_done"] == server["disks"][0]["bytes_total"]
     assert appliance.points("quiet-01")
+    assert [e["code"] for e in appliance.events()].count("initial-replication-complete") == 1
 
 
 def test_a_block_device_is_replicated(appliance: Appliance, tmp_path: Path) -> None:
