@@ -24,8 +24,32 @@ from engine.backoff import Backoff
 from engine.client import AdminClient
 from engine.config import DataDir, default_data_dir
 from engine.errors import EngineError, EngineNotRunning
-from engine.links.admin import EngineChanged, EventAdded, Hello, ServerChanged, ServerRemoved, SetupChanged
-from engine.records import EngineStatus, Event, Health, HealthCause, Policy, ServerState, ServerStatus, SetupInfo
+from engine.links.admin import (
+    EngineChanged,
+    EventAdded,
+    Hello,
+    LicenceChanged,
+    PortsChanged,
+    ServerChanged,
+    ServerRemoved,
+    SetupChanged,
+)
+from engine.records import (
+    ConnectivityCheck,
+    ConnectivityReport,
+    EngineStatus,
+    Event,
+    FirewallRule,
+    Health,
+    HealthCause,
+    LicenceStatus,
+    Policy,
+    PortsStatus,
+    ServerReach,
+    ServerState,
+    ServerStatus,
+    SetupInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +63,8 @@ FAILED_START_RETRY = 15.0
 #: Waits between attempts to attach: quick at first, then :data:`FAILED_START_RETRY` apart.
 RETRY = Backoff((0.25, 0.5, 1.0, 2.0, 3.0, FAILED_START_RETRY))
 
-__all__ = ["DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event", "Health", "HealthCause", "Policy",
+__all__ = ["ConnectivityCheck", "ConnectivityReport", "DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event",
+           "FirewallRule", "Health", "HealthCause", "LicenceStatus", "Policy", "PortsStatus", "ServerReach",
            "ServerState", "ServerStatus", "SetupInfo", "default_data_dir", "durations", "setup_console_logging"]
 
 
@@ -60,6 +85,8 @@ class EngineBridge(QObject):
     server_removed = Signal(str)  #: name
     events_reset = Signal(list)  #: list[Event]
     event_added = Signal(object)  #: Event
+    licence_changed = Signal(object)  #: LicenceStatus
+    ports_changed = Signal(object)  #: PortsStatus
 
     def __init__(self, data_dir: Path, *, engine_args: list[str] | None = None, start_engine: bool = True,
                  parent: QObject | None = None) -> None:
@@ -68,6 +95,9 @@ class EngineBridge(QObject):
         self.client = AdminClient(self.data_dir)
         self.state = "connecting"
         self.engine: EngineStatus | None = None
+        #: The last licence and ports the engine reported (None until then, or from an engine before admin 1.1).
+        self.licence: LicenceStatus | None = None
+        self.ports: PortsStatus | None = None
         self._engine_args = engine_args or []
         self._start_engine = start_engine
         self._task: asyncio.Task[None] | None = None
@@ -152,6 +182,10 @@ class EngineBridge(QObject):
                     self.engine_changed.emit(engine)
                 case SetupChanged(setup=setup):
                     self.setup_changed.emit(setup)
+                case LicenceChanged(licence=licence):
+                    self._licence_known(licence)
+                case PortsChanged(ports=ports):
+                    self._ports_known(ports)
 
     async def _on_hello(self, hello: Hello) -> None:
         self.engine = hello.engine
@@ -162,7 +196,19 @@ class EngineBridge(QObject):
         self.servers_reset.emit(list(hello.servers))
         self.events_reset.emit(events)
         self.engine_changed.emit(self.engine)
+        if hello.licence is not None:  # None from an engine before admin 1.1: nothing to show
+            self._licence_known(hello.licence)
+        if hello.ports is not None:
+            self._ports_known(hello.ports)
         self._set_state("attached", f"Attached to the engine (pid {self.engine.pid}).")
+
+    def _licence_known(self, licence: LicenceStatus) -> None:
+        self.licence = licence
+        self.licence_changed.emit(licence)
+
+    def _ports_known(self, ports: PortsStatus) -> None:
+        self.ports = ports
+        self.ports_changed.emit(ports)
 
     def _flush_servers(self) -> None:
         pending, self._pending = self._pending, {}
@@ -224,3 +270,34 @@ class EngineBridge(QObject):
 
     async def resync(self, name: str) -> ServerStatus:
         return await self.client.resync(name)
+
+    async def activate_licence(self, text: str) -> LicenceStatus:
+        """Activate the licence file whose content is ``text``. A refusal raises the engine's
+        :class:`EngineError` and changes nothing; the new licence reaches :attr:`licence_changed` at once."""
+        licence = await self.client.activate_licence(text)
+        self._licence_known(licence)
+        return licence
+
+    async def refresh_ports(self) -> PortsStatus:
+        """Ask the engine for its ports now (the push stream keeps :attr:`ports` current by itself), and pass
+        them on as :attr:`ports_changed`. Named apart from :attr:`ports`, the last known value."""
+        ports = await self.client.ports()
+        self._ports_known(ports)
+        return ports
+
+    async def set_ports(self, *, management: int | None = None, data: int | None = None, listen: str | None = None,
+                        keep_old_for: float | None = None) -> PortsStatus:
+        """Move the ports (None: leave that one as it is). The engine checks everything before it changes
+        anything; a refusal raises its :class:`EngineError`. The new ports reach :attr:`ports_changed` at once."""
+        ports = await self.client.set_ports(management=management, data=data, listen=listen,
+                                            keep_old_for=keep_old_for)
+        self._ports_known(ports)
+        return ports
+
+    async def test_ports(self) -> ConnectivityReport:
+        return await self.client.test_ports()
+
+    async def backup(self, passphrase: str) -> bytes:
+        """An encrypted backup of the appliance, to be written to a file of the admin's (restored with
+        ``godwit appliance restore``)."""
+        return await self.client.backup(passphrase)

@@ -249,7 +249,9 @@ async def cmd_license_show(client: AdminClient, args: argparse.Namespace) -> Non
           f"Servers allowed:  {'unlimited' if lic.max_servers is None else lic.max_servers}\n"
           f"Evaluation began: {_date(lic.evaluation_started_at)}")
     if lic.message:
-        print(f"\n{lic.message}")
+        print(f"\n{lic.message}\n  Activate: godwit license activate FILE\n"
+              "  Move:     godwit appliance backup --out FILE, then godwit appliance restore FILE on the new "
+              "appliance (docs/moving-an-appliance.md)")
 
 
 #: A licence file is a few hundred bytes; a bigger file is refused before it is read whole.

@@ -84,7 +84,10 @@ META_ROLLBACK = "licence.rollback_reported"
 #: ``{"period": ..., "threshold": N}``: the lowest warning threshold recorded for the current period.
 META_WARNED = "licence.warned"
 
-HOW_TO_ACTIVATE = "`godwit license activate FILE` or on the console's Licence page"
+HOW_TO_ACTIVATE = "`godwit license activate FILE` or Activate licence… in the console"
+#: What a licence event adds to the banner's sentence: the commands.
+ADVICE = (f" To activate a licence: {HOW_TO_ACTIVATE}. To move: `godwit appliance backup` on this appliance, then "
+          "`godwit appliance restore` on the new one (docs/moving-an-appliance.md).")
 _RECORD_CONTEXT = b"godwit-evaluation-record/1\n"
 _PAYLOAD_FIELDS = ("licence_id", "appliance_id", "licensee", "max_servers", "issued_at", "expires_at")
 
@@ -537,14 +540,14 @@ class LicenceKeeper:
             (w for w in WARN_AT_DAYS if days <= w), default=None))
         alarm: LicenceAlarm = "none" if threshold is None else "critical" if threshold <= 7 else "warning"
         message = ""
+        # What the banner says (its buttons are the how); events add the commands (ADVICE).
         if end is not None and days == 0:
-            message = (f"{self._whose()} ended on {_date(end)}: servers that replicate go on, but no new server can "
-                       f"be registered or enabled. Activate a licence with {HOW_TO_ACTIVATE}, or move to a fresh "
-                       "appliance with `godwit appliance backup`.")
+            message = (f"{self._whose()} ended on {_date(end)}. Servers that replicate go on, but no new server can "
+                       "be registered or enabled: activate a licence, or move to a fresh appliance.")
         elif end is not None and days is not None and threshold is not None:
-            message = (f"{self._whose()} ends in {_days(days)}, on {_date(end)}: activate a licence with "
-                       f"{HOW_TO_ACTIVATE}, or move to a fresh appliance with `godwit appliance backup`. After "
-                       "that, servers that replicate go on, but no new server can be registered or enabled.")
+            message = (f"{self._whose()} ends in {_days(days)}, on {_date(end)}. Activate a licence, or move to a "
+                       "fresh appliance: once it ends, servers that replicate go on, but no new server can be "
+                       "registered or enabled.")
         return LicenceStatus(
             state="expired" if days == 0 else "evaluation" if lic is None else "active",
             days_left=days, expires_at=end, activated_at=self._activated_at,
@@ -639,10 +642,10 @@ class LicenceKeeper:
         if st.threshold is not None and not (self._warned and self._warned[0] == period
                                              and self._warned[1] <= st.threshold):
             if st.threshold == 0:
-                recorded = self._record_quietly("error", "licence-expired", st.message)
+                recorded = self._record_quietly("error", "licence-expired", st.message + ADVICE)
             else:
                 recorded = self._record_quietly("error" if st.threshold <= 7 else "warning", "licence-expiring",
-                                                st.message)
+                                                st.message + ADVICE)
             if recorded:
                 self._warned, self._warned_saved = (period, st.threshold), False
         if not self._warned_saved and self._warned is not None:

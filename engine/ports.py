@@ -183,6 +183,8 @@ class PortsControl:
         self.listen_address = listen_address
         self._old = _OldPort(*old) if old else None
         self._lock = asyncio.Lock()
+        #: The servers not moved yet, as last pushed to the consoles.
+        self._not_moved: tuple[str, ...] = ()
         #: Set by the engine once the agents and the inventory exist.
         self.agents: Mapping[str, AgentProcess] = {}
         self.inventory: Inventory | None = None
@@ -300,7 +302,9 @@ class PortsControl:
             return self.status()
         ours = {mgmt_now: "management port", data_now: "data port"}
         if self._old:
-            ours[self._old.port] = "old management port (open until every server has moved)"
+            closes = time.strftime("%Y-%m-%d %H:%M", time.localtime(self._old.closes_at))
+            ours[self._old.port] = (f"old management port, open until every server has moved (at most until {closes});"
+                                    " wait until it closes, or give --keep-old-port 0 with a new move to close it")
         for port, what, moving in ((mgmt, "management", move_mgmt), (data_port, "data", move_data)):
             if moving and port in ours:
                 raise BadInput(f"Port {port} is this appliance's {ours[port]}: choose another {what} port, or move "
@@ -441,6 +445,9 @@ class PortsControl:
         if old is None:
             return
         waiting = self.servers_not_moved()
+        if waiting != self._not_moved:  # a server moved: the consoles show who is left
+            self._not_moved = waiting
+            self.on_change()
         if waiting and time.time() < old.closes_at:
             return
         self._old = None

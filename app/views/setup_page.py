@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from PySide6.QtCore import Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -15,14 +18,29 @@ from PySide6.QtWidgets import (
 )
 from qasync import asyncSlot
 
-from app.bridge import EngineBridge, SetupInfo
+from app.bridge import EngineBridge, LicenceStatus, SetupInfo
 from app.errors import show_error
 from app.widgets.copy_field import CopyField
 from app.widgets.dialogs import confirm
 from app.widgets.formatting import tr
 
 
+def licence_text(licence: LicenceStatus) -> str:
+    """The licence in one line for the Setup page."""
+    end = time.strftime("%Y-%m-%d", time.localtime(licence.expires_at)) if licence.expires_at else None
+    if licence.state == "expired":
+        return tr("Expired on %s: servers that replicate go on; no new server can be added") % end
+    if licence.state == "evaluation":
+        return tr("Evaluation, %d day(s) left (ends %s)") % (licence.days_left or 0, end)
+    servers = tr("unlimited servers") if licence.max_servers is None else tr("up to %d servers") % licence.max_servers
+    until = tr("no end") if end is None else tr("%d day(s) left (ends %s)") % (licence.days_left or 0, end)
+    return tr("Active for %s, %s, %s") % (licence.licensee, servers, until)
+
+
 class SetupPage(QWidget):
+    #: The admin asked to activate a licence (the main window opens the dialog).
+    activate_licence_requested = Signal()
+
     def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
@@ -69,6 +87,13 @@ class SetupPage(QWidget):
         aform.addRow(tr("Management port"), self.management_port)
         aform.addRow(tr("Data port"), self.data_port)
         aform.addRow(tr("Secrets"), self.secret_store)
+        self.licence = QLabel(tr("…"), objectName="licence_state", wordWrap=True)
+        self.activate_button = QPushButton(tr("Activate licence…"), objectName="setup_activate_licence")
+        self.activate_button.clicked.connect(self.activate_licence_requested)
+        licence_row = QHBoxLayout()
+        licence_row.addWidget(self.licence, 1)
+        licence_row.addWidget(self.activate_button)
+        aform.addRow(tr("Licence"), licence_row)
 
         layout = QVBoxLayout(self)
         layout.addWidget(title)
@@ -77,7 +102,13 @@ class SetupPage(QWidget):
         layout.addWidget(appliance)
         layout.addStretch(1)
         bridge.setup_changed.connect(self.show_setup)
+        bridge.licence_changed.connect(self.show_licence)
         self.setEnabled(False)
+
+    def show_licence(self, licence: LicenceStatus) -> None:
+        self.licence.setText(licence_text(licence))
+        self.licence.setProperty("warning", licence.alarm != "none")
+        self.licence.style().polish(self.licence)
 
     def show_setup(self, info: SetupInfo) -> None:
         self.info = info

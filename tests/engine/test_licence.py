@@ -30,6 +30,7 @@ from engine.errors import DiskFull, LicenceInvalid, LicenceRequired
 from engine.events import EventHub
 from engine.identity import ApplianceIdentity
 from engine.licence import (
+    ADVICE,
     DAY,
     DEFAULT_PUBLIC_KEY,
     EVALUATION_DAYS,
@@ -216,10 +217,11 @@ def test_warnings_at_each_threshold_once_and_never_again_after_restarts(rig: Rig
         assert (st.state, st.days_left, st.threshold) == ("evaluation", days, days)
         assert st.alarm == ("warning" if days > 7 else "critical")
         assert f"ends in {days} day" in st.message
-        assert "`godwit license activate FILE`" in st.message and "`godwit appliance backup`" in st.message
+        assert "Activate a licence, or move to a fresh appliance" in st.message  # the banner's buttons are the how
         expected.append(("licence-expiring", "warning" if days > 7 else "error"))
         assert rig.licence_events() == expected
-        assert rig.events()[-1].message == st.message
+        assert rig.events()[-1].message == st.message + ADVICE  # the event adds the commands
+        assert "`godwit license activate FILE`" in ADVICE and "`godwit appliance backup`" in ADVICE
         assert not keeper.tick()  # the same threshold again: nothing new
         keeper = rig.keeper()  # an engine restart
         assert not keeper.tick()
@@ -228,7 +230,7 @@ def test_warnings_at_each_threshold_once_and_never_again_after_restarts(rig: Rig
     assert keeper.tick()
     st = keeper.status()
     assert (st.state, st.days_left, st.threshold, st.alarm) == ("expired", 0, 0, "critical")
-    assert "ended on" in st.message and "`godwit license activate FILE`" in st.message
+    assert "ended on" in st.message and "activate a licence, or move to a fresh appliance" in st.message
     assert rig.licence_events() == [*expected, ("licence-expired", "error")]
     rig.at(EVALUATION_DAYS + 30)
     keeper = rig.keeper()

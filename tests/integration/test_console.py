@@ -176,8 +176,10 @@ async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QA
         try:
             await until(lambda: bridge.state == "failed", timeout=30, what="the failure to be reported")
             assert window.engine_label.property("level") == "bad"
-            assert window.engine_label.text() == (f"The management port {port} is in use by another program. Stop "
-                                                  "that program or choose another port with --management-port.")
+            program = Path(f"/proc/{os.getpid()}/comm").read_text().strip()  # this test holds the port
+            assert window.engine_label.text() == (f"The management port {port} is in use by another program, "
+                                                  f"{program} (pid {os.getpid()}). Stop that program, or choose "
+                                                  "another port with --management-port.")
         finally:
             await bridge.aclose()
             window.close()

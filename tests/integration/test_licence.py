@@ -97,7 +97,7 @@ def test_warnings_expiry_and_activation(licensed: Licensed, tmp_path: Path) -> N
             shown = wait_for(lambda d=days: (s := licensed.show())["threshold"] == d and s,  # type: ignore[misc]
                              what=f"license show at {days} days")
             assert shown["days_left"] == days and shown["state"] == "evaluation"
-            assert shown["alarm"] == ("warning" if days > 7 else "critical") and "godwit appliance backup" in \
+            assert shown["alarm"] == ("warning" if days > 7 else "critical") and "move to a fresh appliance" in \
                 shown["message"]
         assert len(licensed.codes("licence-expiring")) == len(WARN_AT_DAYS)  # each once
 

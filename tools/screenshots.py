@@ -1,0 +1,186 @@
+"""Screenshots of the console's licence banner and Ports page, from a real engine, for docs/screenshots.
+
+Starts ``godwit serve`` on a temporary data directory with its wall clock moved by libfaketime (the
+engine and its mobility services only; the machine's clock is left alone), registers two real
+mobility services (web-01, db-01) that share the engine's clock, and opens the console on it. Then:
+
+- db-01 stops, the management port moves from the Ports page (web-01 follows, db-01 cannot) and
+  the connectivity test runs -> ``console-ports.png``; db-01 starts again and follows;
+- clock +150 days (30 days of evaluation left): the Servers page under the amber banner
+  -> ``console-licence-30-days.png``;
+- clock +177 days (3 days left): the Setup page under the red banner -> ``console-licence-3-days.png``.
+
+Renders offscreen (``QWidget.grab()``) unless a display is set, e.g. under
+``xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" .venv/bin/python tools/screenshots.py``.
+Everything it started is stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.appliance import Appliance, Mobility, free_port, wait_for  # noqa: E402
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+SIZE = (1180, 640)  # the frame of the other console screenshots
+
+
+class ShotFailed(Exception):
+    """A step did not happen in time; ``str()`` says which."""
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise ShotFailed(f"timed out waiting for {what}")
+
+
+async def shoot(window: object, out: Path, offset: Path, app: Appliance, db: Mobility) -> None:
+    from app.views.main_window import MainWindow
+
+    assert isinstance(window, MainWindow)
+    bridge = window.bridge
+    servers = window.servers_page.model
+    await until(lambda: bridge.state == "attached" and servers.rowCount() == 2 and window.ports_page.ports,
+                "the console to attach and list both servers")
+
+    def save(name: str) -> None:
+        # No processEvents() here: it would run other tasks inside this one. The sleeps before let it paint.
+        path = out / name
+        window.grab().save(str(path))
+        print(f"saved {path}", flush=True)
+
+    # The Ports page while the management port moves: db-01 is down, so it cannot follow yet.
+    db.stop()  # a second at most: the console can wait
+    page = window.ports_page
+    window.show_page("ports")
+    page.management_edit.setValue(free_port())
+    page.apply_button.click()
+    await until(lambda: page.message.property("level") in ("ok", "error"), "the management port to move")
+    if page.message.property("level") == "error":
+        raise ShotFailed(f"the engine refused the move: {page.message.text()}")
+    await moved(window, ("db-01",))
+    page.test_button.click()
+    await until(lambda: page.checks_model.rowCount() > 0, "the connectivity results")
+    await asyncio.sleep(0.5)
+    save("console-ports.png")
+
+    db.start()  # it reaches the old port, still open, and is told the new one
+    await moved(window, ())
+
+    offset.write_text("+150d\n")
+    await until(lambda: window.licence_banner.level == "warning", "the 30-day banner")
+    window.show_page("servers")
+    await asyncio.sleep(1.5)  # a heartbeat or two at the new time, and the ages settle
+    save("console-licence-30-days.png")
+
+    offset.write_text("+177d\n")
+    await until(lambda: window.licence_banner.level == "critical", "the 3-day banner")
+    window.show_page("setup")  # the banner is above every page
+    await asyncio.sleep(1.0)
+    save("console-licence-3-days.png")
+
+
+async def moved(window: object, not_moved: tuple[str, ...]) -> None:
+    """Wait until the engine counts ``not_moved`` as the servers still on the old management port, and the
+    console shows it."""
+    from app.views.main_window import MainWindow
+
+    assert isinstance(window, MainWindow)
+    bridge, page = window.bridge, window.ports_page
+    deadline = time.monotonic() + 30
+    while (await bridge.client.ports()).servers_not_moved != not_moved:
+        if time.monotonic() > deadline:
+            raise ShotFailed(f"the servers not moved are not {not_moved} after 30 s")
+        await asyncio.sleep(0.2)
+    try:
+        await until(lambda: page.ports is not None and page.ports.servers_not_moved == not_moved,
+                    "the engine to push the ports once a server moved", timeout=3)
+    except ShotFailed as exc:
+        print(f"screenshots: warning: {exc}; asking the engine instead", flush=True)
+        await bridge.refresh_ports()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="where to save the PNGs")
+    args = parser.parse_args(argv)
+    if not LIBFAKETIME.exists():
+        print(f"screenshots: {LIBFAKETIME} is missing (Debian package libfaketime)", file=sys.stderr)
+        return 1
+    if not os.environ.get("DISPLAY"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    root = Path(tempfile.mkdtemp(prefix="godwit-screenshots-"))
+    os.environ["XDG_CONFIG_HOME"] = str(root / "config")  # the console's QSettings stay out of the user's own
+    os.environ.setdefault("GODWIT_SECRET_STORE", "file")
+    offset = root / "clock_offset"
+    offset.write_text("+0\n")
+    clock = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1",
+             "DONT_FAKE_MONOTONIC": "1"}
+    app = Appliance(root)
+    app.start(env=clock)
+    mobs = [Mobility(app, name, env=clock) for name in ("web-01", "db-01")]
+    try:
+        for mob in mobs:
+            mob.start()
+        wait_for(lambda: len(app.servers()) == 2, what="web-01 and db-01 to register")
+        args.out.mkdir(parents=True, exist_ok=True)
+        return run_console(app, mobs[1], offset, args.out)
+    except ShotFailed as exc:
+        print(f"screenshots: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for mob in mobs:
+            if mob.proc is not None:
+                mob.stop()
+        app.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_console(app: Appliance, db: Mobility, offset: Path, out: Path) -> int:
+    import qasync
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from app.bridge import EngineBridge
+    from app.views.main_window import LicenceNotifier, MainWindow
+
+    qapp = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(qapp, QApplication)
+    qapp.setOrganizationName("Godwit")
+    qapp.setApplicationName("Godwit console")
+    qapp.setStyleSheet((ROOT / "resources" / "console.qss").read_text())
+
+    async def run() -> None:
+        bridge = EngineBridge(app.data_dir, start_engine=False)
+        window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(), tray_available=lambda: False,
+                                                             notify=lambda *_: None))
+        window.resize(*SIZE)
+        window.show()
+        bridge.start()
+        try:
+            await shoot(window, out, offset, app, db)
+        finally:
+            await bridge.aclose()
+            window.close()
+
+    qasync.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
