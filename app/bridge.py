@@ -21,9 +21,12 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from engine import durations
 from engine.backoff import Backoff
+from engine.backup import MIN_PASSPHRASE
 from engine.client import AdminClient
 from engine.config import DataDir, default_data_dir
 from engine.errors import EngineError, EngineNotRunning
+from engine.files import write_atomically
+from engine.licence import read_licence_file
 from engine.links.admin import (
     EngineChanged,
     EventAdded,
@@ -63,9 +66,31 @@ FAILED_START_RETRY = 15.0
 #: Waits between attempts to attach: quick at first, then :data:`FAILED_START_RETRY` apart.
 RETRY = Backoff((0.25, 0.5, 1.0, 2.0, 3.0, FAILED_START_RETRY))
 
-__all__ = ["ConnectivityCheck", "ConnectivityReport", "DataDir", "EngineBridge", "EngineError", "EngineStatus", "Event",
-           "FirewallRule", "Health", "HealthCause", "LicenceStatus", "Policy", "PortsStatus", "ServerReach",
-           "ServerState", "ServerStatus", "SetupInfo", "default_data_dir", "durations", "setup_console_logging"]
+__all__ = [
+    "MIN_PASSPHRASE",
+    "ConnectivityCheck",
+    "ConnectivityReport",
+    "DataDir",
+    "EngineBridge",
+    "EngineError",
+    "EngineStatus",
+    "Event",
+    "FirewallRule",
+    "Health",
+    "HealthCause",
+    "LicenceStatus",
+    "Policy",
+    "PortsStatus",
+    "ServerReach",
+    "ServerState",
+    "ServerStatus",
+    "SetupInfo",
+    "default_data_dir",
+    "durations",
+    "read_licence_file",
+    "setup_console_logging",
+    "write_atomically",
+]
 
 
 def setup_console_logging(data_dir: Path) -> None:

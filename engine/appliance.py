@@ -20,7 +20,7 @@ from engine import __version__, diskspace
 from engine.admin_api import make_admin_app, make_agent_app
 from engine.agents import AGENTS
 from engine.config import EngineConfig
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.events import EventHub
 from engine.identity import ApplianceIdentity, create_secrets_and_pki
 from engine.inventory import Inventory
@@ -85,14 +85,16 @@ class Engine:
         self.hub.publish(PortsChanged(self.ports.status()))
         self.hub.publish(SetupChanged(self.setup_info()))
 
-    def _replicating(self) -> int:
-        return sum(1 for row in self.state.servers() if row.replicate)
-
     def _open(self) -> None:
         """Identity, secrets, PKI, state, licence, ports and services."""
         self.data_dir.create()
         ident = ApplianceIdentity.load(self.data_dir)
         first_start = ident is None
+        if first_start and (self.data_dir.state_db.exists() or any(self.data_dir.pki.glob("*.key"))):
+            # appliance.json is written last by a restore: state without it is a restore cut short (or a lost file)
+            raise ConfigError(f"{self.data_dir.root} holds an appliance's state but no appliance.json: a restore that "
+                              "was cut short, or a deleted file. Restore appliance.json, or restore the backup again "
+                              "into an empty --data-dir.")
         self.identity = ident or ApplianceIdentity.create(self.data_dir)
         store = self.identity.secrets(self.data_dir)
         pki = create_secrets_and_pki(self.data_dir, self.identity, store)
@@ -112,7 +114,7 @@ class Engine:
         self.inventory = Inventory(
             state=self.state, pki=pki, secrets=store, hub=self.hub, replication=replication,
             heartbeat_interval=config.heartbeat_interval, management_port=self.ports.management_port,
-            licence_check=lambda what: self.licence.check_new_server(what, replicating=self._replicating()))
+            licence_check=lambda what: self.licence.check_new_server(what, replicating=self.services.replicating()))
         self.inventory.data_port = self.ports.data_port
         self.ports.inventory, self.ports.storage = self.inventory, storage
         self.ports.ca_pem = pki.ca_cert_path.read_bytes()

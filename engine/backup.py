@@ -52,6 +52,7 @@ from engine.licence import LICENCE_FILE, NOT_MOVED_META, NOT_MOVED_SECRETS, rest
 from engine.licence import SECRET_NAMES as LICENCE_SECRET_NAMES
 from engine.lock import EngineLock
 from engine.pki import AppliancePKI, fingerprint
+from engine.ports import NOT_MOVED_META as PORTS_NOT_MOVED_META
 from engine.secrets import SecretStore, StoreKind, choose_store
 from engine.state import SCHEMA_VERSION, StateDB
 
@@ -121,6 +122,10 @@ def check_passphrase(passphrase: str) -> None:
     if len(unicodedata.normalize("NFC", passphrase)) < MIN_PASSPHRASE:
         raise BadInput(f"The backup passphrase must be at least {MIN_PASSPHRASE} characters long; "
                        "use a longer one (a few words).")
+    try:
+        _passphrase_bytes(passphrase)
+    except UnicodeEncodeError as exc:  # e.g. a lone surrogate sent over the admin API
+        raise BadInput("The backup passphrase is not valid text; type it again.") from exc
 
 
 def _seal(content: bytes, passphrase: str) -> bytes:
@@ -409,6 +414,9 @@ def _engine_pid(data_dir: DataDir) -> str | None:
         fd = os.open(data_dir.lock_file, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except OSError as exc:  # not ours to read: another user's engine may hold it
+        raise BadInput(f"Cannot tell whether an engine runs on {data_dir.root} ({exc.strerror}): run this as the "
+                       "user who runs the engine.") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -697,7 +705,7 @@ def _write(job: _Restore, backup: _Content, store_kind: StoreKind, storage_from:
     restored = restore_record(pki, appliance_id=new_id, restored_from=backup.appliance_id, at=now)
     state = StateDB(data_dir.state_db)
     try:
-        for key in NOT_MOVED_META:
+        for key in (*NOT_MOVED_META, *PORTS_NOT_MOVED_META):  # the new appliance listens on every address
             state.delete_meta(key)
         moved_text = f"; replication data moved from {storage_from.root}" if storage_from else \
             "; replication data not moved by the restore"

@@ -254,10 +254,6 @@ async def cmd_license_show(client: AdminClient, args: argparse.Namespace) -> Non
               "appliance (docs/moving-an-appliance.md)")
 
 
-#: A licence file is a few hundred bytes; a bigger file is refused before it is read whole.
-MAX_LICENCE_FILE = 64 * 1024
-
-
 def _read_small_text(path: Path, what: str, limit: int) -> str:
     try:
         with open(path, "rb") as f:
@@ -273,7 +269,9 @@ def _read_small_text(path: Path, what: str, limit: int) -> str:
 
 
 async def cmd_license_activate(client: AdminClient, args: argparse.Namespace) -> None:
-    lic = await client.activate_licence(_read_small_text(Path(args.file), "licence file", MAX_LICENCE_FILE))
+    from engine.licence import read_licence_file
+
+    lic = await client.activate_licence(read_licence_file(Path(args.file)))
     end = "without end" if lic.expires_at is None else f"until {_date(lic.expires_at)}"
     servers = "unlimited servers" if lic.max_servers is None else f"up to {lic.max_servers} replicating servers"
     print(f"Licence activated for {lic.licensee}: {servers}, {end}.")
@@ -356,16 +354,9 @@ async def cmd_appliance_backup(client: AdminClient, args: argparse.Namespace) ->
 
 
 def cmd_appliance_restore(args: argparse.Namespace) -> None:
-    from engine.backup import MAX_BACKUP, restore_backup
+    from engine.backup import read_backup, restore_backup
 
-    path = Path(args.file)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise BadInput(f"Cannot read {path}: {exc.strerror}.") from exc
-    if size > MAX_BACKUP:
-        raise BadInput(f"{path} is larger than any appliance backup ({human_bytes(size)}): it is not one.")
-    blob = path.read_bytes()
+    blob = read_backup(Path(args.file))
     storage_from = DataDir(Path(args.storage_from).absolute()) if args.storage_from else None
     print(restore_backup(blob, passphrase=_read_passphrase(args, confirm=False), data_dir=DataDir(args.data_dir),
                          storage_from=storage_from))

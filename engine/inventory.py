@@ -216,7 +216,8 @@ class Inventory:
         self._publish(server_id)
         row = self._state.server(server_id=server_id)
         assert row is not None, "just added"
-        return Registered(server_id=server_id, name=name, certificate=cert_pem, answer=self._answer(row))
+        return Registered(server_id=server_id, name=name, certificate=cert_pem,
+                          answer=self._answer(row, came_on=request.port))
 
     def _current(self, server_id: str, serial: int, what: str) -> ServerRecord:
         """The server's row if this certificate is its current one; else :class:`Revoked`."""
@@ -249,11 +250,16 @@ class Inventory:
         if facts.clock is not None:  # what the source's clock is ahead of ours (the trip is a rounding error)
             self.replication.clock_skew[server_id] = facts.clock - time.time()
         self._publish(server_id)
-        return self._answer(row)  # a heartbeat changes nothing the desired state depends on
+        return self._answer(row, came_on=request.port)  # a heartbeat changes nothing the desired state depends on
 
-    def _answer(self, row: ServerRecord) -> HeartbeatAnswer:
+    def _answer(self, row: ServerRecord, *, came_on: int | None) -> HeartbeatAnswer:
+        """The answer to a heartbeat (or registration) that came in on the management port ``came_on``: it names
+        the current management port only when that is another one (the port moved; a source that reaches this
+        one through a forwarded port of another number is left alone)."""
+        moved = came_on is not None and came_on != self.management_port
         return HeartbeatAnswer(heartbeat_interval=self.heartbeat_interval, data_port=self.data_port,
-                               desired=self.replication.desired_state(row), management_port=self.management_port)
+                               desired=self.replication.desired_state(row),
+                               management_port=self.management_port if moved else None)
 
     # --- where the servers reach the appliance --------------------------------------------------------
     def reached_data(self, row: ServerRecord) -> None:

@@ -58,6 +58,8 @@ CHECK_TIMEOUT = 5.0
 # The state database's meta keys.
 _MANAGEMENT, _DATA, _LISTEN = "management_port", "data_port", "listen_address"
 _OLD, _OLD_CLOSES, _STRANDED = "old_management_port", "old_port_closes_at", "servers_not_moved"
+#: What belongs to the host (its addresses) or to a move under way there: not carried to another appliance.
+NOT_MOVED_META = (_LISTEN, _OLD, _OLD_CLOSES, _STRANDED)
 
 
 # --- binding ------------------------------------------------------------------------------------
@@ -205,7 +207,8 @@ class PortsControl:
         while its time lasts (quietly skipped if it cannot be)."""
         from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT
 
-        mgmt = management or int(state.get_meta(_MANAGEMENT) or DEFAULT_MANAGEMENT_PORT)
+        stored = int(state.get_meta(_MANAGEMENT) or 0)
+        mgmt = management or stored or DEFAULT_MANAGEMENT_PORT
         data = data or int(state.get_meta(_DATA) or DEFAULT_DATA_PORT)
         address = check_address(listen or state.get_meta(_LISTEN) or DEFAULT_LISTEN_ADDRESS)
         if mgmt == data:
@@ -218,18 +221,23 @@ class PortsControl:
             raise
         old: tuple[socket.socket, float] | None = None
         old_port, closes_at = state.get_meta(_OLD), float(state.get_meta(_OLD_CLOSES) or 0)
+        moved_by_flag = bool(stored and mgmt != stored)
+        if moved_by_flag and not (old_port and closes_at > time.time()):
+            # a management port given on the command line moves it: the sources know the stored one
+            old_port, closes_at = str(stored), time.time() + DEFAULT_KEEP_OLD_PORT
         if old_port and int(old_port) not in (mgmt, data) and closes_at > time.time():
             try:
                 old = (bind_listening(address, int(old_port), what="old management", hint="-"), closes_at)
             except PortError as exc:
                 log.warning("ports.old-not-reopened port=%s: %s", old_port, exc)
-        if old is None:
-            for key in (_OLD, _OLD_CLOSES):
-                state.delete_meta(key)
-        for key, value in ((_MANAGEMENT, mgmt), (_DATA, data), (_LISTEN, address)):
-            state.set_meta(key, str(value))
         sockets = {"management": (mgmt_sock, *((old[0],) if old else ())), "data": (data_sock,)}
-        return cls(state=state, hub=hub, launcher=launcher_for(sockets), listen_address=address, old=old)
+        ports = cls(state=state, hub=hub, launcher=launcher_for(sockets), listen_address=address, old=old)
+        ports._save()
+        if moved_by_flag:
+            kept = f"; {stored} stays open until every registered server has reached {mgmt}" if old else ""
+            ports._record("info", "ports-changed", f"Ports changed: the management port moved from {stored} to {mgmt} "
+                          f"(--management-port){kept}.")
+        return ports
 
     # --- what is served -----------------------------------------------------------------------------
     @property
@@ -300,15 +308,25 @@ class PortsControl:
         move_mgmt, move_data, move_address = mgmt != mgmt_now, data_port != data_now, address != address_now
         if not (move_mgmt or move_data or move_address):
             return self.status()
+        if move_address and (move_mgmt or move_data):
+            # an address change rebinds every port in its agent's restart: one kind of change at a time keeps a
+            # failure from leaving the ports half-moved
+            raise BadInput("Change the listen address on its own, then the ports (or the reverse).")
+        old = self._old
+        if move_mgmt and old is not None and mgmt == old.port:
+            if move_data:
+                raise BadInput(f"Port {mgmt} is the management port being left: move back to it on its own.")
+            await self._move_back(keep)
+            return self.status()
         ours = {mgmt_now: "management port", data_now: "data port"}
-        if self._old:
-            closes = time.strftime("%Y-%m-%d %H:%M", time.localtime(self._old.closes_at))
-            ours[self._old.port] = (f"old management port, open until every server has moved (at most until {closes});"
-                                    " wait until it closes, or give --keep-old-port 0 with a new move to close it")
+        if old:
+            ours[old.port] = "old management port, open until every server has moved (move the management port " \
+                "back to it on its own, or wait until it closes)"
         for port, what, moving in ((mgmt, "management", move_mgmt), (data_port, "data", move_data)):
             if moving and port in ours:
                 raise BadInput(f"Port {port} is this appliance's {ours[port]}: choose another {what} port, or move "
                                "the ports one at a time.")
+        left_behind = self.servers_not_moved() if move_mgmt and old is not None else ()
         new = await asyncio.to_thread(self._bind_new, address, mgmt if (move_mgmt or move_address) else None,
                                       data_port if (move_data or move_address) else None)
         await self._apply(new, address=address, keep=keep, moved_from=mgmt_now if move_mgmt else None)
@@ -325,9 +343,44 @@ class PortsControl:
             changes.append(f"the management port moved from {mgmt_now} to {mgmt}; the old port stays open {until}"
                            if keep else f"the management port moved from {mgmt_now} to {mgmt}; the old port was "
                            "closed at once, as asked: servers that have not moved must be pointed at the new port")
+        if old is not None and move_mgmt:
+            changes.append(f"the earlier old port {old.port} closed"
+                           + (f"; not moved from it: {', '.join(left_behind)}" if left_behind else ""))
+            self._strand(left_behind)
         self._record("info", "ports-changed", "Ports changed: " + "; ".join(changes) + ".")
         self.on_change()
         return self.status()
+
+    async def _move_back(self, keep: float) -> None:
+        """The management port moves back to the one being left (still open): the two swap, nothing is bound."""
+        assert self._old is not None
+        sockets = self._launcher.sockets
+        current, back = sockets["management"][0], self._old.sock
+        was = _port_of(current)
+        if keep > 0:
+            self._old = _OldPort(current, time.time() + keep)
+            sockets["management"] = (back, current)
+        else:
+            self._old = None
+            sockets["management"] = (back,)
+        self._save()
+        if self.inventory is not None:
+            self.inventory.management_port = self.management_port
+        try:
+            await self._restart("replication-manager", "the management port moved back")
+        finally:
+            if keep <= 0:
+                current.close()
+        self._record("info", "ports-changed", f"Ports changed: the management port moved back from {was} to "
+                     f"{self.management_port}" + (f"; {was} stays open until every server is back" if keep > 0 else "")
+                     + ".")
+        self.on_change()
+
+    def _strand(self, names: tuple[str, ...]) -> None:
+        """Remember servers left on a closed management port: an event says when each one is back."""
+        if names:
+            before = set(json.loads(self._state.get_meta(_STRANDED) or "[]"))
+            self._state.set_meta(_STRANDED, json.dumps(sorted(before | set(names))))
 
     def _bind_new(self, address: str, mgmt: int | None, data: int | None) -> dict[str, socket.socket]:
         """Bind the sockets a change needs; all or none. A port that stays the same on another address is
@@ -459,7 +512,7 @@ class PortsControl:
         new = self.management_port
         if waiting:
             host = self.listen_address if self.listen_address != DEFAULT_LISTEN_ADDRESS else socket.gethostname()
-            self._state.set_meta(_STRANDED, json.dumps(list(waiting)))
+            self._strand(waiting)
             self._record("warning", "old-port-closed",
                          f"The old management port {old.port} is closed; {len(waiting)} server(s) had not reached the "
                          f"new port {new}: {', '.join(waiting)}. Restart their mobility service with --appliance "

@@ -84,6 +84,7 @@ class AgentProcess:
         #: Why the agent is being restarted on purpose (see :meth:`restart`), what to do before it starts
         #: again, and who waits for that; until it has exited.
         self._planned: tuple[str, Callable[[], None] | None, asyncio.Future[None]] | None = None
+        self._spawning = False
         self.state: AgentState = "starting"
         self.restarts = 0
         self._restarted_at: list[float] = []  # monotonic times of the restarts in the last hour
@@ -132,23 +133,22 @@ class AgentProcess:
     async def _run_once(self, attempt: int) -> int:
         """Start the agent, wait for it to exit, back off. Returns the next backoff step."""
         started = time.monotonic()
-        self._proc = await self._spawn()
-        if self._stopping:  # stop() came while we were starting it
-            self._proc.terminate()
+        self._spawning = True
+        try:
+            self._proc = await self._spawn()
+        finally:
+            self._spawning = False
+        if self._stopping or self._planned is not None:  # stop() or restart() came while we were starting it:
+            self._proc.terminate()  # it may have been given the sockets of before
             await self._proc.wait()
+            self._settle_planned()
             return attempt
         self._set_state("running")
         log.info("agent.started name=%s pid=%s", self.spec.name, self._proc.pid)
         hung = await self._wait_or_hang(self._proc)
         code = self._proc.returncode or 0
-        if self._stopping:
-            return attempt
-        if self._planned is not None:  # restarted on purpose: at once, and not a crash
-            reason, between, done = self._planned
-            self._planned = None
-            log.info("agent.restarted name=%s reason=%s", self.spec.name, reason)
-            self._set_state("restarting")
-            _settle(done, between)
+        if self._stopping or self._planned is not None:  # stopped, or restarted on purpose: at once, not a crash
+            self._settle_planned()
             return attempt
         ran = time.monotonic() - started
         attempt = 0 if ran >= HEALTHY_RUN else max(0, attempt - int(ran // DECAY))
@@ -195,12 +195,24 @@ class AgentProcess:
         port the old one held); its exception is raised here. Returns before the new process starts."""
         proc = self._proc
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._stopping or proc is None or proc.returncode is not None:
+        if self._spawning and not self._stopping:  # being started, maybe with the sockets of before: once it
+            self._planned = (reason, between, done)  # runs, :meth:`_run_once` stops it and starts it again
+        elif self._stopping or proc is None or proc.returncode is not None:
             _settle(done, between)  # not running: its next start takes the launcher's sockets anyway
         else:
             self._planned = (reason, between, done)
             await self._terminate(proc)
         await done
+
+    def _settle_planned(self) -> None:
+        """The agent exited for a planned restart (or a stop): run what comes between, wake whoever waits."""
+        if self._planned is not None:
+            reason, between, done = self._planned
+            self._planned = None
+            log.info("agent.restarted name=%s reason=%s", self.spec.name, reason)
+            if not self._stopping:
+                self._set_state("restarting")
+            _settle(done, between)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -8,8 +8,6 @@ corrected there (an error box would hide the form it is about).
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,51 +28,19 @@ from PySide6.QtWidgets import (
 )
 from qasync import asyncSlot
 
-from app.bridge import EngineBridge, EngineError, LicenceStatus
+from app.bridge import (
+    MIN_PASSPHRASE,
+    EngineBridge,
+    EngineError,
+    LicenceStatus,
+    read_licence_file,
+    write_atomically,
+)
 from app.errors import show_error
 from app.widgets.formatting import tr
 
 #: A licence file is small signed text; anything larger is not one, and is not sent to the engine.
-MAX_LICENCE_BYTES = 64 * 1024
-#: The shortest passphrase a backup may have.
-MIN_PASSPHRASE = 12
 MOVING_DOC = "docs/moving-an-appliance.md"
-
-
-class LicenceFileError(Exception):
-    """A licence file the console cannot send: unreadable, too large, not text. ``str()`` is for the admin."""
-
-
-def read_licence_file(path: Path) -> str:
-    """The text of the licence file at ``path``, read only up to :data:`MAX_LICENCE_BYTES`."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_LICENCE_BYTES + 1)
-    except OSError as exc:
-        raise LicenceFileError(tr("Cannot read %s (%s). Choose the licence file again.")
-                               % (path, exc.strerror or exc)) from exc
-    if len(data) > MAX_LICENCE_BYTES:
-        raise LicenceFileError(tr("%s is larger than 64 KiB, so it is not a licence file. Choose the file you "
-                                  "received with your licence.") % path.name)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LicenceFileError(tr("%s is not a text file, so it is not a licence file. Choose the file you "
-                                  "received with your licence.") % path.name) from exc
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` readable by its owner only (0600), whole or not at all."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _error_label(object_name: str) -> QLabel:
@@ -138,9 +104,7 @@ class ActivateLicenceDialog(QDialog):
         self.error.hide()
         try:
             licence = await self.bridge.activate_licence(read_licence_file(Path(path)))
-        except LicenceFileError as exc:
-            self.show_refusal(str(exc))
-        except EngineError as exc:
+        except EngineError as exc:  # a file that cannot be read, or the engine's refusal
             self.show_refusal(exc.message)
         except Exception as exc:
             show_error(self, exc)
@@ -277,7 +241,7 @@ class BackupDialog(QDialog):
         self.written_note.show()
         try:
             data = await self.bridge.backup(self.passphrase.text())
-            await asyncio.get_running_loop().run_in_executor(None, write_private, path, data)
+            await asyncio.get_running_loop().run_in_executor(None, write_atomically, path, data)
         except OSError as exc:
             self.written_note.hide()
             self.show_refusal(tr("Cannot write %s (%s). Choose another place.") % (path, exc.strerror or exc))

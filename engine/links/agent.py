@@ -53,6 +53,8 @@ class RegisterRequest:
 
     registration: Registration
     address: str | None
+    #: The management port it came in on (agent link 1.1).
+    port: int | None = None
 
 
 @dataclass(frozen=True)

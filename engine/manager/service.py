@@ -29,6 +29,12 @@ LINK = web.AppKey("link", UnixJsonClient)
 CA_PEM = web.AppKey("ca_pem", bytes)
 
 
+def _port(request: web.Request) -> int | None:
+    """The management port a request came in on (two while the port moves)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return int(sockname[1]) if sockname else None
+
+
 async def get_ca(request: web.Request) -> web.Response:
     """The CA certificate, for a mobility service to compare with the fingerprint it was given."""
     return web.Response(body=request.app[CA_PEM], content_type="application/x-pem-file")
@@ -36,7 +42,8 @@ async def get_ca(request: web.Request) -> web.Response:
 
 async def register(request: web.Request) -> web.Response:
     reg = Registration.parse(await read_json(request))
-    answer = await request.app[LINK].call("POST", "/agent/register", RegisterRequest(reg, request.remote), Registered)
+    answer = await request.app[LINK].call("POST", "/agent/register",
+                                          RegisterRequest(reg, request.remote, port=_port(request)), Registered)
     log.info("register.complete name=%s address=%s", reg.name, request.remote)
     return web.json_response(encode(answer))
 
@@ -46,9 +53,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     if peer is None:
         raise CertificateRequired("Heartbeats need the client certificate this appliance issued at registration.")
     facts = ServerFacts.parse(await read_json(request))
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
     beat = HeartbeatRequest(server_id=peer.server_id, serial=peer.serial, facts=facts, address=request.remote,
-                            port=sockname[1] if sockname else None)
+                            port=_port(request))
     return web.json_response(encode(await request.app[LINK].call("POST", "/agent/heartbeat", beat, HeartbeatAnswer)))
 
 

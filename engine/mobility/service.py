@@ -41,6 +41,10 @@ T = TypeVar("T")
 
 #: How long a registration or heartbeat the appliance did not take waits before it is sent again.
 RETRY = Backoff((1.0, 2.0, 4.0, 8.0, 15.0, 30.0))
+#: Heartbeats tried on a management port the appliance moved to before going back to the port that answered,
+#: and how long (seconds) that port is then left alone.
+TRIAL_ATTEMPTS = 3
+SHUN_PORT_FOR = 600.0
 #: Notices waiting for a heartbeat, at most (older ones are kept, newer dropped: the first says why).
 MAX_PENDING_NOTICES = 64
 #: The management port refuses longer text fields.
@@ -122,6 +126,10 @@ class MobilityService:
         self.hooks = hooks or SnapshotHooks()
         self.appliance = appliance
         self.host, self.port = parse_appliance(appliance)
+        #: While trying a management port the appliance moved to: the port we came from (None otherwise).
+        self._trial_from: int | None = None
+        #: A moved-to port that did not answer, and until when (monotonic) it is not tried again.
+        self._shunned: tuple[int, float] = (0, 0.0)
         self.fingerprint = parse_fingerprint(ca_fingerprint)
         self.passphrase_file = passphrase_file
         self.state_dir = state_dir
@@ -171,14 +179,32 @@ class MobilityService:
             self.port = port
 
     def _follow_port(self, port: int | None) -> bool:
-        """The appliance names its management port in every answer; True if it moved (reconnect there)."""
-        if port is None or port == self.port or not 1 <= port <= 65535:
+        """The appliance names its new management port when the one we used is being left: try it (True: reconnect
+        there). It is kept only once a heartbeat got through (:meth:`_kept_port`); a port that did not answer is
+        not tried again for a while."""
+        if port is None or port == self.port or not 1 <= port <= 65535 or self._trial_from is not None:
+            return False
+        shunned_port, until = self._shunned
+        if port == shunned_port and time.monotonic() < until:
             return False
         log.info("the appliance's management port moved from %d to %d: sending heartbeats there from now on",
                  self.port, port)
-        self.port = port
-        self._save(self._port_file.name, json.dumps({"given": self.appliance, "port": port}).encode(), 0o644)
+        self._trial_from, self.port = self.port, port
         return True
+
+    def _kept_port(self) -> None:
+        """A heartbeat got through on the port we moved to: remember it (across restarts)."""
+        if self._trial_from is not None:
+            self._trial_from = None
+            self._save(self._port_file.name, json.dumps({"given": self.appliance, "port": self.port}).encode(), 0o644)
+
+    def _port_failed(self) -> None:
+        """The port we moved to did not answer: back to the one that did (the appliance keeps it open meanwhile)."""
+        assert self._trial_from is not None
+        log.warning("the appliance's new management port %d does not answer from here (a firewall?): back to "
+                    "port %d, and trying it again in %.0f min", self.port, self._trial_from, SHUN_PORT_FOR / 60)
+        self._shunned = (self.port, time.monotonic() + SHUN_PORT_FOR)
+        self.port, self._trial_from = self._trial_from, None
 
     def load_identity(self) -> Identity | None:
         try:
@@ -256,12 +282,13 @@ class MobilityService:
         return ctx
 
     # --- the service ---------------------------------------------------------------------------------
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T | None:
+    def _retrying(self, what: str, fn: Callable[[], T], *, attempts: int | None = None) -> T | None:
         """Call ``fn`` until it succeeds or raises an error that is not :func:`retryable`; None when
-        stopped. Each failure is one line that says why, and the wait grows up to ``RETRY.longest``."""
+        stopped, or after ``attempts`` failures. Each failure is one line that says why, and the wait grows
+        up to ``RETRY.longest``."""
         attempt = 0
         unreachable = False
-        while not self.stop.is_set():
+        while not self.stop.is_set() and (attempts is None or attempt < attempts):
             try:
                 result = fn()
             except EngineError as exc:
@@ -270,6 +297,9 @@ class MobilityService:
                 delay = RETRY.delay(attempt)
                 attempt += 1
                 unreachable = isinstance(exc, ApplianceUnreachable)
+                if attempts is not None and attempt >= attempts:
+                    log.warning("%s: %s", what, exc)
+                    break
                 log.warning("%s: %s Retrying in %.0f s.", what, exc, delay)
                 self.stop.wait(delay)
                 continue
@@ -402,9 +432,17 @@ class MobilityService:
         try:
             while not self.stop.is_set():
                 facts = self.facts()
+                trying = self._trial_from is not None
                 answer = self._retrying("heartbeat", functools.partial(client.call, "POST", "/v1/heartbeat", facts,
-                                                                       HeartbeatAnswer))
+                                                                       HeartbeatAnswer),
+                                        attempts=TRIAL_ATTEMPTS if trying else None)
+                if answer is None and trying and not self.stop.is_set():
+                    self._port_failed()
+                    client.close()
+                    client = management_client(self.host, self.port, context)
+                    continue
                 if answer is not None:
+                    self._kept_port()
                     self._sent(facts)
                     self._apply(answer)
                     log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)

@@ -80,7 +80,7 @@ class LocalStorage:
 
     def delete_server(self, server_id: str) -> None:
         for root in (self.cache_root, self.target_root):
-            shutil.rmtree(root / server_id, ignore_errors=True)
+            _remove_tree(root / server_id)
 
     def delete_older_copies(self, server_id: str, epoch: int) -> None:
         for root in (self.cache_root, self.target_root):
@@ -89,7 +89,7 @@ class LocalStorage:
                 continue
             for old in base.iterdir():
                 if old.name.isdigit() and int(old.name) < epoch:
-                    shutil.rmtree(old, ignore_errors=True)
+                    _remove_tree(old)
 
     def target_location(self) -> str:
         return str(self.target_root)
@@ -115,6 +115,20 @@ class LocalStorage:
             return diskspace.where(diskspace.mount_point(self.target_root), *diskspace.usage(self.target_root))
         except OSError:
             return f"the file system of {self.target_root}"
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a directory tree that an agent may still be writing into: renamed away first (atomic), so that a
+    late write by its path fails instead of leaving the directory half-deleted (``rmtree`` racing a writer
+    cannot remove a directory that just got a new file)."""
+    trash = path.with_name(f".deleting-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    except OSError:
+        trash = path  # cannot rename (another file system?): delete in place, as well as it goes
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 class LocalCache:
@@ -198,6 +212,8 @@ class LocalCache:
     def stream_states(self) -> list[StoredStream]:
         out = []
         for path in self.root.glob(f"*/*/disk*/{STREAM_FILE}"):
+            if path.parents[2].name.startswith("."):  # being deleted (see _remove_tree)
+                continue
             try:
                 state = _read_stream(path)
                 out.append(StoredStream(path.parents[2].name, int(path.parent.name.removeprefix("disk")), state))

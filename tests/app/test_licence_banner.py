@@ -18,10 +18,11 @@ from PySide6.QtWidgets import QApplication, QDialogButtonBox, QMessageBox
 from pytestqt.qtbot import QtBot
 
 from app.bridge import DataDir, EngineBridge, EngineError, LicenceStatus, SetupInfo
-from app.views.licence_dialogs import MAX_LICENCE_BYTES, ActivateLicenceDialog, BackupDialog
+from app.views.licence_dialogs import ActivateLicenceDialog, BackupDialog
 from app.views.main_window import LicenceNotifier, MainWindow, notification_title
 from app.widgets.licence_banner import LicenceBanner
 from engine.errors import LicenceInvalid  # test data only: what the engine raises for a refused licence
+from engine.licence import MAX_LICENCE_FILE
 from engine.links.admin import Hello, LicenceChanged
 
 QSS = Path(__file__).resolve().parents[2] / "resources" / "console.qss"
@@ -314,15 +315,15 @@ async def test_activation_shows_the_refusal_then_activates(tmp_path: Path, qapp:
         assert dialog.error.text() == "Choose the licence file first."
 
         big = tmp_path / "big.lic"
-        big.write_bytes(b"x" * (MAX_LICENCE_BYTES + 1))
+        big.write_bytes(b"x" * (MAX_LICENCE_FILE + 1))
         dialog.path.setText(str(big))
         dialog.activate_button.click()
-        await until(lambda: "larger than 64 KiB" in dialog.error.text(), what="the size refusal")
+        await until(lambda: "larger than any licence file" in dialog.error.text(), what="the size refusal")
         binary = tmp_path / "photo.jpg"
         binary.write_bytes(b"\xff\xd8\xff\xe0" * 10)
         dialog.path.setText(str(binary))
         dialog.activate_button.click()
-        await until(lambda: "not a text file" in dialog.error.text(), what="the text refusal")
+        await until(lambda: "(not text)" in dialog.error.text(), what="the text refusal")
         assert bridge.calls == []
 
         lic = tmp_path / "acme.lic"

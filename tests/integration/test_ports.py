@@ -3,8 +3,10 @@ without restarting the engine or the other agents, followed by the mobility serv
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,7 @@ def test_every_bad_port_change_is_one_line_and_changes_nothing(app: Appliance) -
     assert "is not an IP address" in _refused(app, "--listen", "not-an-address")
     assert "IPv6" in _refused(app, "--listen", "::1")
     assert "Say what to change" in _refused(app)
+    assert "listen address on its own" in _refused(app, "--listen", "127.0.0.1", "--data", str(free_port()))
     assert _ports(app) == before
     assert _pids(app) == pids
     assert [e["code"] for e in app.events()[events:] if e["code"] == "ports-changed"] == []
@@ -179,3 +182,86 @@ def test_listen_address_moves_both_ports_and_the_registration_command(app: Appli
     assert report["ok"], report
     rules = {(r["direction"], r["port"]) for r in moved["firewall"]}
     assert ("inbound", app.management_port) in rules and ("inbound", app.data_port) in rules
+
+
+def test_the_management_port_moves_back_to_the_one_being_left(app: Appliance) -> None:
+    """Moving the management port back to the old one still open swaps them; nothing is bound anew."""
+    old, new = app.management_port, free_port()
+    app.json("ports", "set", "--management", str(new), "--keep-old-port", "1h")
+    back = app.json("ports", "set", "--management", str(old), "--keep-old-port", "0")
+    assert back["management_port"] == old and back["old_management_port"] is None
+    wait_for(lambda: _accepts(old) and not _accepts(new), what="the port to move back")
+    assert "moved back from" in [e for e in app.events() if e["code"] == "ports-changed"][-1]["message"]
+
+
+class _Forwarder:
+    """A TCP port forward (as a NAT or a load balancer would be) from ``listen`` to ``target``."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.sock = socket.create_server(listen)
+        self.open: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.open.append(client)
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                continue
+            self.open.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                self.threads.append(threading.Thread(target=self._pump, args=(a, b), daemon=True))
+                self.threads[-1].start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+        for s in self.open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for t in self.threads:
+            t.join(timeout=5)
+        for s in self.open:
+            s.close()
+
+
+def test_a_source_that_cannot_reach_the_new_management_port_goes_back_to_the_old_one(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A source reaching the appliance through a port forward follows a moved management port, finds it
+    unreachable, and goes back to the port that answers (kept open meanwhile); it is named as not moved."""
+    app = Appliance(tmp_path_factory.mktemp("forwarded"))
+    app.start("--listen", "127.0.0.1")
+    forward = _Forwarder(("127.0.0.2", 0), ("127.0.0.1", app.management_port))
+    mob = Mobility(app, "nat-01", address=f"127.0.0.2:{forward.sock.getsockname()[1]}").start()
+    try:
+        wait_for(lambda: app.servers().get("nat-01"), what="registration through the forward")
+        new = free_port()
+        app.json("ports", "set", "--management", str(new), "--keep-old-port", "1h")
+        wait_for(lambda: "does not answer from here" in mob.output, timeout=30, what="the source to give up")
+        t = time.time()
+        wait_for(lambda: (app.servers()["nat-01"]["last_heartbeat"] or 0) > t, what="heartbeats through the forward")
+        assert _ports(app)["servers_not_moved"] == ["nat-01"]
+        assert not (mob.state_dir / "management-port.json").exists()  # kept only once a heartbeat got through
+    finally:
+        mob.stop()
+        forward.close()
+        app.stop()
