@@ -25,15 +25,19 @@ from app.widgets.dialogs import confirm
 from app.widgets.formatting import tr
 
 
+def _days_left(days: int) -> str:
+    return tr("1 day left") if days == 1 else tr("%d days left") % days
+
+
 def licence_text(licence: LicenceStatus) -> str:
     """The licence in one line for the Setup page."""
     end = time.strftime("%Y-%m-%d", time.localtime(licence.expires_at)) if licence.expires_at else None
     if licence.state == "expired":
         return tr("Expired on %s: servers that replicate go on; no new server can be added") % end
     if licence.state == "evaluation":
-        return tr("Evaluation, %d day(s) left (ends %s)") % (licence.days_left or 0, end)
+        return tr("Evaluation, %s (ends %s)") % (_days_left(licence.days_left or 0), end)
     servers = tr("unlimited servers") if licence.max_servers is None else tr("up to %d servers") % licence.max_servers
-    until = tr("no end") if end is None else tr("%d day(s) left (ends %s)") % (licence.days_left or 0, end)
+    until = tr("no end") if end is None else tr("%s (ends %s)") % (_days_left(licence.days_left or 0), end)
     return tr("Active for %s, %s, %s") % (licence.licensee, servers, until)
 
 

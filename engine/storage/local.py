@@ -95,7 +95,7 @@ class LocalStorage:
         return str(self.target_root)
 
     def probe_target(self) -> str:
-        probe = self.target_root / f".probe-{os.getpid()}"
+        probe = self.target_root / f".probe-{os.getpid()}-{os.urandom(4).hex()}"  # two checks at once: two probes
         data = os.urandom(4096)
         try:
             self.target_root.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ per threshold, and the activation and move dialogs — driven by a fake bridge w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import stat
 import time
@@ -416,3 +417,14 @@ async def test_move_writes_an_encrypted_backup(tmp_path: Path, qapp: QApplicatio
         assert window.dialog is not dialog and window.dialog.isVisible()
     finally:
         window.close()
+
+
+def test_setup_page_licence_line() -> None:
+    """The Setup page's licence line says the state, the days left (singular for one) and the end."""
+    from app.views.setup_page import licence_text
+
+    assert licence_text(licence(150)).startswith("Evaluation, 150 days left (ends ")
+    assert licence_text(licence(1, alarm="critical", threshold=1)).startswith("Evaluation, 1 day left")
+    assert licence_text(EXPIRED).startswith("Expired on ")
+    active = dataclasses.replace(licence(None, state="active"), expires_at=None, licensee="Example Ltd", max_servers=5)
+    assert licence_text(active) == "Active for Example Ltd, up to 5 servers, no end"
