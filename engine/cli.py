@@ -243,7 +243,7 @@ async def cmd_license_show(client: AdminClient, args: argparse.Namespace) -> Non
         _print_json(lic)
         return
     state = {"evaluation": "evaluation", "active": "active", "expired": "EXPIRED"}[lic.state]
-    left = "no end" if lic.days_left is None else f"{lic.days_left} day(s) left"
+    left = "no end" if lic.days_left is None else "1 day left" if lic.days_left == 1 else f"{lic.days_left} days left"
     print(f"Licence:          {state} ({left})\nExpires:          {_date(lic.expires_at)}\n"
           f"Licensee:         {lic.licensee or '-'}\nActivated:        {_date(lic.activated_at)}\n"
           f"Servers allowed:  {'unlimited' if lic.max_servers is None else lic.max_servers}\n"
