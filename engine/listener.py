@@ -1,8 +1,8 @@
 """A TLS port of the appliance that is polite to whatever connects to it.
 
-The supervisor binds the sockets (so privilege and "port in use" errors surface once, at start,
-and a restarted agent takes over the very same socket); an appliance agent serves a bound socket
-with :class:`TlsListener`. Before the TLS handshake it peeks at the first bytes: plain HTTP gets a
+The supervisor binds the sockets (:mod:`engine.ports`: privilege and "port in use" errors surface
+there, before anything changes, and a restarted agent takes over the very same socket); an appliance
+agent serves a bound socket with :class:`TlsListener`. Before the TLS handshake it peeks at the first bytes: plain HTTP gets a
 400 that says to use HTTPS, anything else that is not TLS is closed. Every refusal is one warning
 line in the log, never a traceback; where a flood could write thousands, the lines of a kind are
 summed up (:class:`_Warnings`).
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import resource
 import socket
@@ -44,8 +43,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-
-from engine.errors import PortError
 
 log = logging.getLogger(__name__)
 
@@ -73,35 +70,6 @@ SWEEP_EVERY = 0.5
 #: Warning lines of one kind beyond its burst are summed up in one line per this many seconds.
 WARN_EVERY = 5.0
 _TLS_HANDSHAKE_RECORD = 0x16
-
-
-def bind_port(host: str, port: int, *, what: str, flag: str) -> socket.socket:
-    """Bind a listening TCP socket, or raise a one-line :class:`PortError` that says what to do."""
-    if not 1 <= port <= 65535:
-        raise PortError(f"The {what} port must be between 1 and 65535, not {port}.")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(512)
-    except PermissionError as exc:
-        sock.close()
-        raise PortError(
-            f"Binding the {what} port {port} needs privileges: run the engine as root, grant it "
-            f"CAP_NET_BIND_SERVICE (setcap 'cap_net_bind_service=+ep' on the Python binary), "
-            f"or choose a port above 1023 with {flag}."
-        ) from exc
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise PortError(
-                f"The {what} port {port} is in use by another program. Stop that program or choose "
-                f"another port with {flag}."
-            ) from exc
-        raise PortError(f"The {what} port {port} cannot be opened ({exc.strerror}).") from exc
-    sock.setblocking(False)
-    sock.set_inheritable(True)
-    return sock
 
 
 class _PeerLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -19,6 +19,20 @@ from typing import Any
 
 PYTHON = sys.executable
 HEARTBEAT = 0.3
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def fake_clock(offset_file: Path) -> dict[str, str]:
+    """The environment that gives a process (the engine and the agents it starts) a wall clock that is the
+    machine's plus the libfaketime offset written to ``offset_file`` (e.g. ``+150d``), re-read at every call;
+    monotonic time is left alone, as a real clock step leaves it. Starts at +0."""
+    if not LIBFAKETIME.exists():
+        raise AssertionError(f"{LIBFAKETIME} is missing: run `bash installers/debian-packages.sh` "
+                             "(package libfaketime)")
+    if not offset_file.exists():
+        offset_file.write_text("+0\n")
+    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset_file), "FAKETIME_NO_CACHE": "1",
+            "DONT_FAKE_MONOTONIC": "1"}
 
 
 _HANDED_OUT: set[int] = set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from app.bridge import (
     SetupInfo,
 )
 from engine.links.admin import EngineChanged, EventAdded, Hello, ServerChanged, ServerRemoved, SetupChanged
+from tests.app.scripted import ScriptedClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.qt_loop]
 
@@ -40,24 +40,6 @@ def server(name: str, **kw: Any) -> ServerStatus:
                                 state=ServerState.REGISTERED, health=Health.HEALTHY, health_cause=None,
                                 health_detail=None, registered_at=0.0, last_heartbeat=None, address=None)
     return ServerStatus(**{**base, **kw})
-
-
-class _Stream:
-    """An admin client whose stream is a fixed list of messages, then the end of the stream."""
-
-    def __init__(self, messages: list[object]) -> None:
-        self.messages = messages
-
-    async def updates(self) -> AsyncIterator[object]:
-        for message in self.messages:
-            yield message
-            await asyncio.sleep(0)
-
-    async def events(self, *, limit: int) -> list[Event]:
-        return [Event(1, 0.0, "info", "engine-started", "The engine started.")]
-
-    async def aclose(self) -> None:
-        pass
 
 
 class _Waits:
@@ -84,7 +66,8 @@ async def test_stream_messages_become_signals(tmp_path: Path, qapp: QApplication
     bridge = EngineBridge(tmp_path, start_engine=False)
     later = server("web-01", state=ServerState.PROTECTED, health=Health.WARNING,
                    health_cause=HealthCause.RPO_EXCEEDED)
-    bridge.client = _Stream([  # type: ignore[assignment]
+    started = Event(1, 0.0, "info", "engine-started", "The engine started.")
+    bridge.client = ScriptedClient(events=[started], messages=[  # type: ignore[assignment]
         Hello(engine=ENGINE, setup=SETUP, servers=(server("web-01"), server("db-01")), last_event_id=1),
         ServerChanged(server(name="web-01", state=ServerState.INITIAL_REPLICATION)),
         ServerChanged(later),

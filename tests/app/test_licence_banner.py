@@ -8,7 +8,7 @@ import dataclasses
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from app.widgets.licence_banner import LicenceBanner
 from engine.errors import LicenceInvalid  # test data only: what the engine raises for a refused licence
 from engine.licence import MAX_LICENCE_FILE
 from engine.links.admin import Hello, LicenceChanged
+from tests.app.scripted import ScriptedClient
 
 QSS = Path(__file__).resolve().parents[2] / "resources" / "console.qss"
 DAY = 86400.0
@@ -246,22 +247,6 @@ def test_window_skips_the_tray_offscreen(qtbot: QtBot, tmp_path: Path) -> None:
 
 
 # --- the bridge ------------------------------------------------------------------------------------
-class _Stream:
-    def __init__(self, messages: list[object]) -> None:
-        self.messages = messages
-
-    async def updates(self) -> AsyncIterator[object]:
-        for message in self.messages:
-            yield message
-            await asyncio.sleep(0)
-
-    async def events(self, *, limit: int) -> list[object]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
-
-
 @pytest.mark.asyncio
 @pytest.mark.qt_loop
 async def test_bridge_passes_the_licence_on(tmp_path: Path, qapp: QApplication) -> None:
@@ -273,10 +258,10 @@ async def test_bridge_passes_the_licence_on(tmp_path: Path, qapp: QApplication) 
     bridge = EngineBridge(tmp_path, start_engine=False)
     seen: list[LicenceStatus] = []
     bridge.licence_changed.connect(seen.append)
-    bridge.client = _Stream([Hello(engine=engine, setup=SETUP, servers=(), last_event_id=0)])  # type: ignore[assignment]
+    bridge.client = ScriptedClient([Hello(engine=engine, setup=SETUP, servers=(), last_event_id=0)])  # type: ignore[assignment]
     await bridge._follow()
     assert seen == [] and bridge.licence is None
-    bridge.client = _Stream([  # type: ignore[assignment]
+    bridge.client = ScriptedClient([  # type: ignore[assignment]
         Hello(engine=engine, setup=SETUP, servers=(), last_event_id=0, licence=WARNING),
         LicenceChanged(CRITICAL),
     ])

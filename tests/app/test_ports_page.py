@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from app.bridge import (
 from app.views.ports_page import ChecksModel, FirewallModel, PortsPage, ReachModel, moving_text
 from engine.errors import PortError  # test data only: what the engine raises for a port it cannot take
 from engine.links.admin import Hello, PortsChanged
+from tests.app.scripted import ScriptedClient
 
 RULES = (
     FirewallRule("inbound", "tcp", 9443, "source servers", "registration and heartbeats (management)"),
@@ -257,22 +258,6 @@ async def test_connectivity_test_lists_each_result(qapp: QApplication) -> None:
         page.close()
 
 
-class _Stream:
-    def __init__(self, messages: list[object]) -> None:
-        self.messages = messages
-
-    async def updates(self) -> AsyncIterator[object]:
-        for message in self.messages:
-            yield message
-            await asyncio.sleep(0)
-
-    async def events(self, *, limit: int) -> list[object]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
-
-
 @pytest.mark.asyncio
 @pytest.mark.qt_loop
 async def test_bridge_passes_the_ports_on(tmp_path: Path, qapp: QApplication) -> None:
@@ -284,7 +269,7 @@ async def test_bridge_passes_the_ports_on(tmp_path: Path, qapp: QApplication) ->
     bridge = EngineBridge(tmp_path, start_engine=False)
     seen: list[PortsStatus] = []
     bridge.ports_changed.connect(seen.append)
-    bridge.client = _Stream([Hello(engine=engine, setup=setup, servers=(), last_event_id=0, ports=PORTS),  # type: ignore[assignment]
+    bridge.client = ScriptedClient([Hello(engine=engine, setup=setup, servers=(), last_event_id=0, ports=PORTS),  # type: ignore[assignment]
                              PortsChanged(moved)])
     await bridge._follow()
     assert seen == [PORTS, moved] and bridge.ports == moved

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.appliance import Appliance, change_disk, replicating, wait_for
+from tests.appliance import Appliance, change_disk, fake_clock, replicating, wait_for
 
 MiB = 1024 * 1024
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
 @pytest.fixture
@@ -21,13 +20,9 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> object:
     """An engine whose wall clock is the machine's plus the offset written to ``clock_offset`` (a
     libfaketime offset such as ``+2h``), re-read at every call; monotonic time is left alone, as a
     real clock step leaves it."""
-    if not LIBFAKETIME.exists():
-        pytest.fail(f"{LIBFAKETIME} is missing: run `bash installers/debian-packages.sh` (package libfaketime)")
     app = Appliance(tmp_path_factory.mktemp("clock"))
     offset = app.root / "clock_offset"
-    offset.write_text("+0\n")
-    app.start(env={"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1",
-                   "DONT_FAKE_MONOTONIC": "1"})
+    app.start(env=fake_clock(offset))
     yield app, offset
     app.stop()
 

@@ -15,11 +15,10 @@ from PySide6.QtWidgets import QApplication
 
 from app.bridge import EngineBridge
 from app.views.main_window import LicenceNotifier, MainWindow
-from tests.appliance import Appliance, free_port
+from tests.appliance import Appliance, fake_clock, free_port
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.qt_loop]
 
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 QSS = Path(__file__).resolve().parents[2] / "resources" / "console.qss"
 
 
@@ -36,13 +35,9 @@ async def until(predicate: Callable[[], object], timeout: float = 20.0, what: st
 def skewed(tmp_path_factory: pytest.TempPathFactory) -> object:
     """An engine whose wall clock is the machine's plus the libfaketime offset in ``clock_offset``, re-read at
     every call; it starts at +0 so its evaluation starts now."""
-    if not LIBFAKETIME.exists():
-        pytest.fail(f"{LIBFAKETIME} is missing: run `bash installers/debian-packages.sh` (package libfaketime)")
     app = Appliance(tmp_path_factory.mktemp("licence"))
     offset = app.root / "clock_offset"
-    offset.write_text("+0\n")
-    app.start(env={"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1",
-                   "DONT_FAKE_MONOTONIC": "1"})
+    app.start(env=fake_clock(offset))
     yield app, offset
     app.stop()
 

@@ -15,10 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine.licence import DAY, WARN_AT_DAYS, Licence, encode_licence
-from tests.appliance import Appliance, Mobility, change_disk, make_disk, replicating, wait_for
+from tests.appliance import Appliance, Mobility, change_disk, fake_clock, make_disk, replicating, wait_for
 
 MiB = 1024 * 1024
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 VENDOR = Ed25519PrivateKey.generate()  # the test's vendor key; the engine trusts it through GODWIT_LICENCE_PUBLIC_KEY
 
 
@@ -28,12 +27,10 @@ class Licensed:
     def __init__(self, app: Appliance) -> None:
         self.app = app
         self.offset = app.root / "clock_offset"
-        self.offset.write_text("+0\n")
         public = app.root / "vendor-test.pub"
         public.write_bytes(VENDOR.public_key().public_bytes(serialization.Encoding.PEM,
                                                             serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(self.offset),
-                    "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1", "GODWIT_LICENCE_PUBLIC_KEY": str(public)}
+        self.env = {**fake_clock(self.offset), "GODWIT_LICENCE_PUBLIC_KEY": str(public)}
 
     def shift(self, offset: str) -> None:
         self.offset.write_text(f"{offset}\n")
@@ -61,8 +58,6 @@ class Licensed:
 
 @pytest.fixture
 def licensed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Licensed]:
-    if not LIBFAKETIME.exists():
-        pytest.fail(f"{LIBFAKETIME} is missing: run `bash installers/debian-packages.sh` (package libfaketime)")
     lic = Licensed(Appliance(tmp_path_factory.mktemp("licence")))
     lic.app.start(env=lic.env)
     yield lic
