@@ -2,10 +2,10 @@
 
 The supervisor binds the sockets (:mod:`engine.ports`: privilege and "port in use" errors surface
 there, before anything changes, and a restarted agent takes over the very same socket); an appliance
-agent serves a bound socket with :class:`TlsListener`. Before the TLS handshake it peeks at the first bytes: plain HTTP gets a
-400 that says to use HTTPS, anything else that is not TLS is closed. Every refusal is one warning
-line in the log, never a traceback; where a flood could write thousands, the lines of a kind are
-summed up (:class:`_Warnings`).
+agent serves a bound socket with :class:`TlsListener`. Before the TLS handshake it peeks at the first
+bytes: plain HTTP gets a 400 that says to use HTTPS, anything else that is not TLS is closed. Every
+refusal is one warning line in the log, never a traceback; where a flood could write thousands, the
+lines of a kind are summed up (:class:`_Warnings`).
 
 Connection hygiene, so that connections which never authenticate cannot starve the agent of file
 descriptors (a :class:`ConnectionGuard` holds the limits, the listener enforces them):
