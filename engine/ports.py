@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT
 from engine.durations import duration_text
 from engine.errors import BadInput, EngineError, PortError
 from engine.events import EventHub
@@ -205,8 +206,6 @@ class PortsControl:
         """Bind the ports at start: those given on the command line, else the stored ones, else the defaults
         (443, 9443, every address). The old management port of a move that was under way is bound again
         while its time lasts (quietly skipped if it cannot be)."""
-        from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT
-
         stored = int(state.get_meta(_MANAGEMENT) or 0)
         mgmt = management or stored or DEFAULT_MANAGEMENT_PORT
         data = data or int(state.get_meta(_DATA) or DEFAULT_DATA_PORT)

@@ -49,6 +49,19 @@ def free_port() -> int:
             return port
 
 
+async def until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    """:func:`wait_for` inside a coroutine on the console's (qasync) loop: it polls with ``asyncio.sleep`` and
+    never nests a Qt event loop (``qtbot.waitUntil`` there hangs)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

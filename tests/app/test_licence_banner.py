@@ -8,7 +8,6 @@ import dataclasses
 import os
 import stat
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from engine.errors import LicenceInvalid  # test data only: what the engine rais
 from engine.licence import MAX_LICENCE_FILE
 from engine.links.admin import Hello, LicenceChanged
 from tests.app.scripted import ScriptedClient
+from tests.appliance import until
 
 QSS = Path(__file__).resolve().parents[2] / "resources" / "console.qss"
 DAY = 86400.0
@@ -96,15 +96,6 @@ class FakeBridge(QObject):
         return data
 
 
-async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _background(widget: LicenceBanner) -> QColor:
     return widget.grab().toImage().pixelColor(4, 4)
 
@@ -143,8 +134,7 @@ def test_banner_is_above_every_page(qtbot: QtBot, tmp_path: Path) -> None:
     """The banner sits above the navigation and stays shown whichever page is open; Ports is between Setup
     and Events."""
     bridge = FakeBridge(tmp_path)
-    window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
-                                                          tray_available=lambda: False, notify=_no_notify))
+    window = _window_without_tray(bridge, tmp_path)
     qtbot.addWidget(window)
     window.show()
     assert window.PAGES == ("servers", "setup", "ports", "events")
@@ -271,6 +261,11 @@ async def test_bridge_passes_the_licence_on(tmp_path: Path, qapp: QApplication) 
 
 
 # --- the dialogs -----------------------------------------------------------------------------------
+def _window_without_tray(bridge: FakeBridge, tmp_path: Path) -> MainWindow:
+    return MainWindow(bridge, notifier=LicenceNotifier(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
+                                                        tray_available=lambda: False, notify=_no_notify))
+
+
 @pytest.mark.asyncio
 @pytest.mark.qt_loop
 async def test_activation_shows_the_refusal_then_activates(tmp_path: Path, qapp: QApplication) -> None:
@@ -278,8 +273,7 @@ async def test_activation_shows_the_refusal_then_activates(tmp_path: Path, qapp:
     in the dialog, which stays open; files over 64 KiB or not text are not sent; an accepted licence hides the
     banner and says so."""
     bridge = FakeBridge(tmp_path)
-    window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
-                                                          tray_available=lambda: False, notify=_no_notify))
+    window = _window_without_tray(bridge, tmp_path)
     window.show()
     try:
         bridge.setup_changed.emit(SETUP)
@@ -343,8 +337,7 @@ async def test_move_writes_an_encrypted_backup(tmp_path: Path, qapp: QApplicatio
     at least 12 characters), writes the engine's bytes to the chosen file with mode 0600 and shows how to
     restore it; an engine error is shown in the dialog."""
     bridge = FakeBridge(tmp_path)
-    window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
-                                                          tray_available=lambda: False, notify=_no_notify))
+    window = _window_without_tray(bridge, tmp_path)
     window.show()
     try:
         bridge.setup_changed.emit(SETUP)

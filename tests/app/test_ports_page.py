@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from app.views.ports_page import ChecksModel, FirewallModel, PortsPage, ReachMod
 from engine.errors import PortError  # test data only: what the engine raises for a port it cannot take
 from engine.links.admin import Hello, PortsChanged
 from tests.app.scripted import ScriptedClient
+from tests.appliance import until
 
 RULES = (
     FirewallRule("inbound", "tcp", 9443, "source servers", "registration and heartbeats (management)"),
@@ -74,15 +74,6 @@ class FakeBridge(QObject):
     async def test_ports(self) -> ConnectivityReport:
         report: ConnectivityReport = await self._answer("test_ports", None)
         return report
-
-
-async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _cells(model: Any) -> list[list[str]]:

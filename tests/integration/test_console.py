@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,9 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.bridge import EngineBridge, ServerState
 from app.views.main_window import MainWindow
-from tests.appliance import HEARTBEAT, Appliance, Mobility, free_port
+from tests.appliance import HEARTBEAT, Appliance, Mobility, free_port, until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.qt_loop]
-
-
-async def until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _stop_engine_of(data_dir: Path) -> None:

@@ -3,10 +3,7 @@ moved with libfaketime (the engine's processes only; the console and the machine
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,20 +12,11 @@ from PySide6.QtWidgets import QApplication
 
 from app.bridge import EngineBridge
 from app.views.main_window import LicenceNotifier, MainWindow
-from tests.appliance import Appliance, fake_clock, free_port
+from tests.appliance import Appliance, fake_clock, free_port, until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.qt_loop]
 
 QSS = Path(__file__).resolve().parents[2] / "resources" / "console.qss"
-
-
-async def until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
