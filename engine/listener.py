@@ -281,6 +281,11 @@ class TlsListener:
             return
         mine = self._unauthenticated.get(address)
         if mine is not None and len(mine) >= guard.max_unauthenticated_per_address:
+            # connections closed since the last sweep still count: count them out before refusing (a client
+            # that opens and closes quickly, one request each, is not holding connections)
+            self._sweep(asyncio.get_running_loop().time())
+            mine = self._unauthenticated.get(address)
+        if mine is not None and len(mine) >= guard.max_unauthenticated_per_address:
             self._refuse(conn)
             self._warnings.warn("per-address", "connections refused, too many without a client certificate from "
                                 "one address", address, "refused a connection from %s: it has %d connections "
