@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -98,6 +99,10 @@ def writer(mode: str, *paths: Path | str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.source_disks", mode, *map(str, paths)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # Yield only once it has written: a point taken while Python still starts is of an idle disk.
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready and proc.stdout.readline() == "writing\n", f"the {mode} writer did not start"
         yield proc
     finally:
         proc.terminate()
@@ -140,6 +145,12 @@ def sectors_read(device: str) -> int:
 
 
 # --- the writers, run as ``python -m tests.source_disks MODE ...`` -------------------------------------
+def _started() -> bool:
+    """Tell ``writer`` that the first write is done."""
+    print("writing", flush=True)
+    return True
+
+
 def _ordered(x: str, y: str) -> None:
     """Whatever is durable in Y was durable in X first: in any crash-consistent image Y <= X.
     Each is ``PATH`` or ``PATH@OFFSET`` (a position inside a disk image)."""
@@ -153,6 +164,8 @@ def _ordered(x: str, y: str) -> None:
         os.fsync(fx)
         os.pwrite(fy, COUNTER.pack(n), int(oy or 0))
         os.fsync(fy)
+        if n == 1:
+            _started()
 
 
 def _busy(path: str) -> None:
@@ -165,9 +178,12 @@ def _busy(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | (os.O_DIRECT if device else 0))
     buf = mmap.mmap(-1, 4096)
     rng = random.Random(1)
+    started = False
     while True:
         buf[:] = rng.randbytes(4096)
         os.pwrite(fd, buf, rng.randrange(256) * 65536)
+        if not started:
+            started = _started()
 
 
 def _sqlite(db: Path) -> None:
@@ -177,11 +193,14 @@ def _sqlite(db: Path) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, payload BLOB)")
+    started = False
     while True:
         conn.execute("BEGIN")
         for _ in range(10):
             conn.execute("INSERT INTO t (payload) VALUES (randomblob(300))")
         conn.execute("COMMIT")
+        if not started:
+            started = _started()
         time.sleep(0.002)
 
 
