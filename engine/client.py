@@ -28,6 +28,7 @@ from engine.records import (
     RecoveryPoint,
     ServerStatus,
     SetupInfo,
+    UpdatesStatus,
     from_json,
 )
 
@@ -238,6 +239,30 @@ class AdminClient(UnixJsonClient):
             raise self._unreachable(exc) from exc
         except TimeoutError as exc:
             raise EngineError("The engine did not finish the backup within 300 s; see its log.") from exc
+
+    # --- agent updates (admin 1.2) ---
+    async def agent_updates(self) -> UpdatesStatus:
+        return await self.call("GET", "/v1/agents", None, UpdatesStatus)
+
+    async def check_updates(self) -> UpdatesStatus:
+        """Ask the feed now (waits for the check; an unreachable feed is in ``check_error``)."""
+        return await self.call("POST", "/v1/agents/check", {}, UpdatesStatus, timeout=120)
+
+    async def update_agents(self, names: list[str] | None = None) -> UpdatesStatus:
+        """Install the available version of ``names`` (None: every outdated agent, together, in dependency
+        order). Returns once the install started; progress arrives as UpdatesChanged."""
+        return await self.call("POST", "/v1/agents/update", {"names": names, "all": names is None}, UpdatesStatus)
+
+    async def rollback_agent(self, name: str) -> UpdatesStatus:
+        return await self.call("POST", "/v1/agents/rollback", {"name": name}, UpdatesStatus, timeout=120)
+
+    async def set_update_mode(self, mode: str | None = None, *, window: str | None = None,
+                              now: bool = False) -> UpdatesStatus:
+        return await self.call("POST", "/v1/agents/mode", {"mode": mode, "window": window, "now": now},
+                               UpdatesStatus)
+
+    async def set_update_feed(self, url: str | None) -> UpdatesStatus:
+        return await self.call("POST", "/v1/agents/feed", {"url": url}, UpdatesStatus)
 
     async def updates(self) -> AsyncIterator[StreamMessage]:
         """The engine's push stream: a :class:`~engine.links.admin.Hello` snapshot first, then one message

@@ -180,6 +180,35 @@ class BackupInvalid(BadInput):
     code = "backup-invalid"
 
 
+
+# --- agent updates -------------------------------------------------------------------------------
+class UpdateError(EngineError):
+    """An agent update that cannot be done; nothing was installed (or it was rolled back)."""
+
+    code = "update-failed"
+    status = 409
+
+
+class FeedUnreachable(UpdateError):
+    """The update feed did not answer (in time)."""
+
+    code = "feed-unreachable"
+    status = 503
+
+
+class FeedInvalid(UpdateError):
+    """The feed answered with metadata or a package that does not verify (tampered, rolled back, expired,
+    mixed releases, an unknown key): refused, nothing installed."""
+
+    code = "feed-invalid"
+    status = 502
+
+
+class Incompatible(UpdateError):
+    """The versions asked for would not work together (the feed's compatibility record)."""
+
+    code = "update-incompatible"
+
 _BY_CODE: dict[str, type[EngineError]] = {}
 
 

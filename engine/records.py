@@ -305,6 +305,54 @@ class ConnectivityReport:
         return all(c.ok for c in self.checks)
 
 
+
+UpdateMode = Literal["auto", "manual"]
+#: Where an agent stands against the update feed.
+UpdateState = Literal["up-to-date", "update-available", "updating", "update-failed", "cannot-update"]
+#: The steps of an install, in order (``updating``).
+UpdateStage = Literal["downloading", "verifying", "installing", "health-check"]
+
+
+@dataclass(frozen=True)
+class AgentUpdate:
+    """One appliance agent's versions (``godwit agents list``)."""
+
+    name: str
+    #: How the admin knows it: "Replication manager".
+    title: str
+    installed_version: str
+    #: The newest version the feed offers that may be installed beside the others; None when unknown or none.
+    available_version: str | None
+    #: The version kept for rollback; None when there is none.
+    previous_version: str | None
+    status: UpdateState
+    #: Why it failed or cannot update, and what to do (None otherwise).
+    reason: str | None = None
+    stage: UpdateStage | None = None
+    #: Within the stage, 0..1 (downloading); None when not measured.
+    progress: float | None = None
+
+
+@dataclass(frozen=True)
+class UpdatesStatus:
+    """Agent updates as the admin sees them: the mode, the feed, and every agent."""
+
+    mode: UpdateMode
+    #: The daily check-and-install time of auto mode, "HH:MM" in the appliance's local time.
+    window: str
+    feed_url: str | None
+    agents: tuple[AgentUpdate, ...]
+    last_check_at: float | None = None
+    #: The last check that reached the feed and verified it.
+    last_success_at: float | None = None
+    #: Why the last check failed and what to do (None when it succeeded).
+    check_error: str | None = None
+    #: Auto mode: when the pending updates (if any) will be installed.
+    next_install_at: float | None = None
+    #: True while the agents run different versions (one updated, another not): the console recommends Update all.
+    mismatched: bool = False
+
+
 T = TypeVar("T")
 
 

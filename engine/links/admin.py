@@ -12,10 +12,11 @@ from typing import Any
 
 from engine.errors import ProtocolError
 from engine.links import Link, decode, encode
-from engine.records import EngineStatus, Event, LicenceStatus, PortsStatus, ServerStatus, SetupInfo
+from engine.records import EngineStatus, Event, LicenceStatus, PortsStatus, ServerStatus, SetupInfo, UpdatesStatus
 
 #: 1.1: the licence and the ports (Hello fields, LicenceChanged, PortsChanged, their requests).
-ADMIN = Link("admin", 1, 1, "admin API")
+#: 1.2: agent updates (Hello.updates, UpdatesChanged, the /v1/agents requests).
+ADMIN = Link("admin", 1, 2, "admin API")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Hello:
     #: None from an engine before admin 1.1.
     licence: LicenceStatus | None = None
     ports: PortsStatus | None = None
+    #: None from an engine before admin 1.2.
+    updates: UpdatesStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,20 @@ class PortsChanged:
     ports: PortsStatus
 
 
+@dataclass(frozen=True)
+class UpdatesChanged:
+    """Agent updates changed: a check, a stage of an install, a mode, a version."""
+
+    updates: UpdatesStatus
+
+
 StreamMessage = (Hello | ServerChanged | ServerRemoved | EventAdded | EngineChanged | SetupChanged | LicenceChanged
-                 | PortsChanged)
+                 | PortsChanged | UpdatesChanged)
 #: The ``type`` of each stream message on the wire.
 STREAM_TYPES: dict[str, type[Any]] = {"hello": Hello, "server": ServerChanged, "server-removed": ServerRemoved,
                                       "event": EventAdded, "engine": EngineChanged, "setup": SetupChanged,
-                                      "licence": LicenceChanged, "ports": PortsChanged}
+                                      "licence": LicenceChanged, "ports": PortsChanged,
+                                      "updates": UpdatesChanged}
 _TYPE_OF = {cls: name for name, cls in STREAM_TYPES.items()}
 
 
