@@ -36,8 +36,10 @@ from engine.links.admin import (
     ServerChanged,
     ServerRemoved,
     SetupChanged,
+    UpdatesChanged,
 )
 from engine.records import (
+    AgentUpdate,
     ConnectivityCheck,
     ConnectivityReport,
     EngineStatus,
@@ -52,6 +54,7 @@ from engine.records import (
     ServerState,
     ServerStatus,
     SetupInfo,
+    UpdatesStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ RETRY = Backoff((0.25, 0.5, 1.0, 2.0, 3.0, FAILED_START_RETRY))
 
 __all__ = [
     "MIN_PASSPHRASE",
+    "AgentUpdate",
     "ConnectivityCheck",
     "ConnectivityReport",
     "DataDir",
@@ -85,6 +89,7 @@ __all__ = [
     "ServerState",
     "ServerStatus",
     "SetupInfo",
+    "UpdatesStatus",
     "default_data_dir",
     "durations",
     "read_licence_file",
@@ -112,6 +117,7 @@ class EngineBridge(QObject):
     event_added = Signal(object)  #: Event
     licence_changed = Signal(object)  #: LicenceStatus
     ports_changed = Signal(object)  #: PortsStatus
+    updates_changed = Signal(object)  #: UpdatesStatus
 
     def __init__(self, data_dir: Path, *, engine_args: list[str] | None = None, start_engine: bool = True,
                  parent: QObject | None = None) -> None:
@@ -123,6 +129,8 @@ class EngineBridge(QObject):
         #: The last licence and ports the engine reported (None until then, or from an engine before admin 1.1).
         self.licence: LicenceStatus | None = None
         self.ports: PortsStatus | None = None
+        #: The last agent updates the engine reported (None until then, or from an engine before admin 1.2).
+        self.updates: UpdatesStatus | None = None
         self._engine_args = engine_args or []
         self._start_engine = start_engine
         self._task: asyncio.Task[None] | None = None
@@ -211,6 +219,8 @@ class EngineBridge(QObject):
                     self._licence_known(licence)
                 case PortsChanged(ports=ports):
                     self._ports_known(ports)
+                case UpdatesChanged(updates=updates):
+                    self._updates_known(updates)
 
     async def _on_hello(self, hello: Hello) -> None:
         self.engine = hello.engine
@@ -225,6 +235,8 @@ class EngineBridge(QObject):
             self._licence_known(hello.licence)
         if hello.ports is not None:
             self._ports_known(hello.ports)
+        if hello.updates is not None:  # None from an engine before admin 1.2
+            self._updates_known(hello.updates)
         self._set_state("attached", f"Attached to the engine (pid {self.engine.pid}).")
 
     def _licence_known(self, licence: LicenceStatus) -> None:
@@ -234,6 +246,10 @@ class EngineBridge(QObject):
     def _ports_known(self, ports: PortsStatus) -> None:
         self.ports = ports
         self.ports_changed.emit(ports)
+
+    def _updates_known(self, updates: UpdatesStatus) -> None:
+        self.updates = updates
+        self.updates_changed.emit(updates)
 
     def _flush_servers(self) -> None:
         pending, self._pending = self._pending, {}
@@ -326,3 +342,38 @@ class EngineBridge(QObject):
         """An encrypted backup of the appliance, to be written to a file of the admin's (restored with
         ``godwit appliance restore``)."""
         return await self.client.backup(passphrase)
+
+    # --- agent updates (admin 1.2) --------------------------------------------------------------------
+    # Each command passes the engine's answer on as :attr:`updates_changed` at once (the push stream
+    # repeats it, and brings what follows: the stages of an install, a check's result).
+    async def refresh_updates(self) -> UpdatesStatus:
+        """Ask the engine for the agents' versions now. Named apart from :attr:`updates`, the last known value."""
+        return self._answered(await self.client.agent_updates())
+
+    async def check_updates(self) -> UpdatesStatus:
+        """Ask the update feed now; returns when the check is done (an unreachable feed is in ``check_error``)."""
+        return self._answered(await self.client.check_updates())
+
+    async def update_agents(self, names: list[str] | None) -> UpdatesStatus:
+        """Install the available version of ``names`` (None: Update all — every outdated agent, together, in the
+        engine's order). Returns once the install started; its stages arrive as :attr:`updates_changed`."""
+        return self._answered(await self.client.update_agents(names))
+
+    async def rollback_agent(self, name: str) -> UpdatesStatus:
+        """Put agent ``name``'s previous version back; returns when it runs again."""
+        return self._answered(await self.client.rollback_agent(name))
+
+    async def set_update_mode(self, mode: str | None, *, window: str | None = None,
+                              now: bool = False) -> UpdatesStatus:
+        """Switch to ``mode`` ("auto" | "manual"; None: keep it), move the daily install ``window`` ("HH:MM", the
+        appliance's local time; None: keep it). ``now``: on switching to auto, install pending updates at once
+        rather than at the next window."""
+        return self._answered(await self.client.set_update_mode(mode, window=window, now=now))
+
+    async def set_update_feed(self, url: str | None) -> UpdatesStatus:
+        """Use the update feed at ``url``; the engine checks the address before it keeps it."""
+        return self._answered(await self.client.set_update_feed(url))
+
+    def _answered(self, updates: UpdatesStatus) -> UpdatesStatus:
+        self._updates_known(updates)
+        return updates

@@ -98,7 +98,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         last = services.state.events(limit=1)
         hello = Hello(engine=services.status(), setup=services.setup_info(),
                       servers=tuple(services.inventory.servers()), last_event_id=last[-1].id if last else 0,
-                      licence=services.licence.status(), ports=services.ports.status())
+                      licence=services.licence.status(), ports=services.ports.status(),
+                      updates=services.updater.status())
         try:
             await resp.write(json.dumps(encode_message(hello)).encode() + b"\n")
             while True:
@@ -207,6 +208,14 @@ async def set_server(request: web.Request) -> web.Response:
     return _json(services.change_server(request.match_info["name"], change))
 
 
+async def update_mobility(request: web.Request) -> web.Response:
+    """The mobility service's Update on the named servers (``{"names": [...]}``): their new status."""
+    names = (await read_json(request)).get("names")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)):
+        raise BadInput("Name the servers whose mobility service to update.")
+    return _json(_services(request).update_mobility(names))
+
+
 async def list_points(request: web.Request) -> web.Response:
     services = _services(request)
     return _json(services.replication.points(services.inventory.row(request.match_info["name"])))
@@ -267,6 +276,50 @@ async def export_point(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+# --- agent updates -------------------------------------------------------------------------------------
+def _optional_text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadInput(f"{key} must be text.")
+    return value
+
+
+async def get_agents(request: web.Request) -> web.Response:
+    return _json(_services(request).updater.status())
+
+
+async def check_agents(request: web.Request) -> web.Response:
+    return _json(await _services(request).updater.check())
+
+
+async def update_agents(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    names = data.get("names")
+    if data.get("all") is True:
+        names = None
+    elif not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise BadInput("Name the agents to update, or ask for all of them.")
+    return _json(await _services(request).updater.update(names))
+
+
+async def rollback_agent(request: web.Request) -> web.Response:
+    name = _optional_text(await read_json(request), "name")
+    if not name:
+        raise BadInput("Name the agent to roll back.")
+    return _json(await _services(request).updater.rollback(name))
+
+
+async def set_update_mode(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    updater = _services(request).updater
+    return _json(updater.set_mode(_optional_text(data, "mode"), window=_optional_text(data, "window"),
+                                  now=data.get("now") is True))
+
+
+async def set_update_feed(request: web.Request) -> web.Response:
+    return _json(_services(request).updater.set_feed(_optional_text(await read_json(request), "url")))
+
+
 def make_admin_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[error_middleware("admin API", network=False)])
     speaks(app, ADMIN, peer="The CLI or console")
@@ -276,6 +329,7 @@ def make_admin_app(services: Services) -> web.Application:
     r.add_get("/v1/setup", get_setup)
     r.add_post("/v1/setup/rotate-passphrase", rotate_passphrase)
     r.add_get("/v1/servers", list_servers)
+    r.add_post("/v1/servers/mobility-update", update_mobility)
     r.add_get("/v1/servers/{name}", show_server)
     r.add_delete("/v1/servers/{name}", forget_server)
     r.add_get("/v1/events", list_events)
@@ -294,6 +348,12 @@ def make_admin_app(services: Services) -> web.Application:
     r.add_post("/v1/ports", set_ports)
     r.add_post("/v1/ports/test", test_ports)
     r.add_post("/v1/appliance/backup", backup_appliance)
+    r.add_get("/v1/agents", get_agents)
+    r.add_post("/v1/agents/check", check_agents)
+    r.add_post("/v1/agents/update", update_agents)
+    r.add_post("/v1/agents/rollback", rollback_agent)
+    r.add_post("/v1/agents/mode", set_update_mode)
+    r.add_post("/v1/agents/feed", set_update_feed)
     r.add_get("/v1/stream", stream)
     return app
 
@@ -314,6 +374,11 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
 async def agent_authorize(request: web.Request) -> web.Response:
     """May this certificate stream data, and for which disks? (process server, per connection)."""
     return _json(_services(request).inventory.authorize(await _message(request, AuthorizeRequest)))
+
+
+async def agent_mobility_feed(request: web.Request) -> web.Response:
+    """May this certificate read the mobility feed? (replication-manager, per request of the feed)."""
+    return _json(_services(request).inventory.feed_access(await _message(request, AuthorizeRequest)))
 
 
 async def agent_received(request: web.Request) -> web.Response:
@@ -340,6 +405,7 @@ def make_agent_app(services: Services) -> web.Application:
     app.router.add_post("/agent/register", agent_register)
     app.router.add_post("/agent/heartbeat", agent_heartbeat)
     app.router.add_post("/agent/authorize", agent_authorize)
+    app.router.add_post("/agent/mobility-feed", agent_mobility_feed)
     app.router.add_post("/agent/received", agent_received)
     app.router.add_post("/agent/applied", agent_applied)
     app.router.add_get("/agent/replicating", agent_replicating)

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import resource
@@ -27,12 +28,16 @@ from engine import __version__, logs
 from engine.client import UnixJsonClient
 from engine.config import DataDir
 from engine.errors import ConfigError
+from engine.files import write_atomically
 from engine.identity import ApplianceIdentity
 from engine.links.agent import AGENT_LINK
 from engine.secrets import SecretStore
 
 #: An agent touches its alive file this often (seconds) while its event loop runs.
 ALIVE_EVERY = 1.0
+
+#: The environment variable in which the supervisor tells an agent which installed version it runs.
+VERSION_ENV = "GODWIT_AGENT_VERSION"
 
 #: The soft limit of open files an agent raises itself to, at most (more connections would only cost memory).
 MAX_OPEN_FILES = 65536
@@ -86,10 +91,24 @@ class AgentContext:
             sock.setblocking(False)
         return socks
 
+    def ready(self) -> None:
+        """Say that this agent serves its port or does its work: the health check of an update waits for it.
+        Idempotent; a failure to write is logged (the agent works on, an update of it would roll back)."""
+        try:
+            write_atomically(self.data_dir.ready_file(self.name),
+                         json.dumps({"pid": os.getpid(), "version": agent_version()}).encode())
+        except OSError as exc:
+            logging.getLogger(__name__).warning("agent.ready-not-written name=%s: %s", self.name, exc)
+
     def supervisor_link(self) -> UnixJsonClient:
         """A client of the agent link (close it with ``aclose``)."""
         return UnixJsonClient(self.data_dir.agent_socket, link=AGENT_LINK,
                               what="The engine supervisor is not reachable.")
+
+
+def agent_version() -> str:
+    """The installed version this agent runs (the engine's own version when run outside a version directory)."""
+    return os.environ.get(VERSION_ENV) or __version__
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -163,8 +182,8 @@ def run_agent(name: str, main: Callable[[AgentContext], Awaitable[None]]) -> Non
         if out_of_memory:
             raise MemoryError
 
-    log.info("agent.started name=%s pid=%s version=%s open_files=%s hard=%s", name, os.getpid(), __version__, soft,
-             hard)
+    log.info("agent.started name=%s pid=%s version=%s from=%s open_files=%s hard=%s", name, os.getpid(),
+             agent_version(), Path(__file__).parent, soft, hard)
     try:
         asyncio.run(runner())
     except MemoryError:  # e.g. an address-space limit: a fresh process (the supervisor starts one) does better

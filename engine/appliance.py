@@ -25,7 +25,7 @@ from engine.events import EventHub
 from engine.identity import ApplianceIdentity, create_secrets_and_pki
 from engine.inventory import Inventory
 from engine.licence import LicenceKeeper
-from engine.links.admin import EngineChanged, LicenceChanged, PortsChanged, SetupChanged
+from engine.links.admin import EngineChanged, LicenceChanged, PortsChanged, SetupChanged, UpdatesChanged
 from engine.ports import DEFAULT_LISTEN_ADDRESS, PortsControl
 from engine.records import DiskLevel, EngineStatus, SetupInfo, Severity
 from engine.replication import Replication
@@ -33,6 +33,8 @@ from engine.services import Services
 from engine.state import StateDB
 from engine.storage import open_storage
 from engine.supervisor import AgentProcess, Launcher
+from engine.updater.mobility import MobilityUpdates
+from engine.updater.service import Updater
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Engine:
         self.agents: list[AgentProcess] = []
         self.ports: PortsControl
         self.licence: LicenceKeeper
+        self.updater: Updater
         self._secret_store_text = ""
 
     def __repr__(self) -> str:
@@ -109,6 +112,10 @@ class Engine:
                                        listen=config.listen_address)
         self.licence = LicenceKeeper(data_dir=self.data_dir, identity=self.identity, store=store, state=self.state,
                                      hub=self.hub, pki=pki)
+        self.updater = Updater(data_dir=self.data_dir, state=self.state, hub=self.hub,
+                               probe_address=self._probe_address)
+        self.updater.on_change = lambda status: self.hub.publish(UpdatesChanged(status))
+        self.updater.prepare()  # before any agent starts: an interrupted install is rolled back first
         storage = open_storage(self.data_dir)
         replication = Replication(state=self.state, hub=self.hub, storage=storage)
         self.inventory = Inventory(
@@ -119,9 +126,12 @@ class Engine:
         self.ports.inventory, self.ports.storage = self.inventory, storage
         self.ports.ca_pem = pki.ca_cert_path.read_bytes()
         self.ports.on_change = self._publish_ports
+        self.mobility = MobilityUpdates(state=self.state, hub=self.hub, data_dir=self.data_dir)
+        self.inventory.mobility_updates = self.mobility
         self.services = Services(state=self.state, hub=self.hub, inventory=self.inventory, replication=replication,
                                  storage=storage, licence=self.licence, ports=self.ports, data_dir=self.data_dir,
-                                 secrets=store, status=self.status, setup_info=self.setup_info)
+                                 secrets=store, status=self.status, setup_info=self.setup_info,
+                                 updater=self.updater, mobility=self.mobility)
         if first_start:
             self.hub.record("info", "appliance-created",
                             f"Appliance {self.identity.appliance_id} created; CA fingerprint {self._fingerprint}.")
@@ -130,6 +140,12 @@ class Engine:
                             "No OS keyring is available: the appliance's secrets are kept in "
                             f"{self.data_dir.secrets_file}, protected by file permissions only.")
             self.state.set_meta("secrets_in_file_reported", "1")
+
+    def _probe_address(self, port: str) -> tuple[str, int]:
+        """Where the health check of an agent reaches its port on this machine."""
+        ports = self.ports
+        host = {DEFAULT_LISTEN_ADDRESS: "127.0.0.1", "::": "::1"}.get(ports.listen_address, ports.listen_address)
+        return host, ports.management_port if port == "management" else ports.data_port
 
     async def _start_unix_site(self, app: web.Application, path: Path) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -213,10 +229,12 @@ class Engine:
             self.agents = [AgentProcess(spec, self.data_dir, launcher, self.hub, self._publish_engine)
                            for spec in AGENTS]
             ports.agents = {a.spec.name: a for a in self.agents}
+            self.updater.agents = dict(ports.agents)
             tasks = [asyncio.create_task(a.run(), name=a.spec.name) for a in self.agents]
             tasks.append(asyncio.create_task(self.inventory.watch_health(), name="health"))
             tasks.append(asyncio.create_task(ports.watch(), name="ports"))
             tasks.append(asyncio.create_task(self._watch_licence(), name="licence"))
+            tasks.append(asyncio.create_task(self.updater.watch(), name="updates"))
             runners.append(await self._start_unix_site(make_admin_app(self.services), self.data_dir.admin_socket))
             where = f"management port {ports.management_port}, data port {ports.data_port} on {ports.listen_address}"
             self._record_quietly("info", "engine-started", f"Engine {__version__} started: {where}.")
@@ -226,6 +244,7 @@ class Engine:
             await stop.wait()
             log.info("engine.stopping")
         finally:
+            await self.updater.aclose()
             await asyncio.gather(*(a.stop() for a in self.agents))
             for task in tasks:
                 task.cancel()

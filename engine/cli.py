@@ -22,11 +22,11 @@ from engine.client import AdminClient
 from engine.config import DataDir, EngineConfig, default_data_dir
 from engine.diskspace import human_bytes
 from engine.durations import age_text, parse_duration, setting_text
-from engine.errors import BadInput, EngineError, EngineNotRunning
+from engine.errors import BadInput, EngineError, EngineNotRunning, UpdateError
 from engine.files import write_atomically
-from engine.links.admin import EventAdded, Hello
+from engine.links.admin import EventAdded, Hello, UpdatesChanged
 from engine.ports import old_port_text
-from engine.records import Event, PortsStatus, ServerStatus, to_json
+from engine.records import AgentUpdate, Event, PortsStatus, ServerStatus, UpdatesStatus, to_json
 
 EXIT_ERROR = 1
 
@@ -46,6 +46,17 @@ def _server_json(s: ServerStatus) -> dict[str, Any]:
     data: dict[str, Any] = to_json(s)
     data["total_size"] = s.total_size
     return data
+
+
+_MOBILITY_STATES = {"up-to-date": "up to date", "update-available": "update available", "updating": "updating",
+                    "update-failed": "update failed"}
+
+
+def _mobility_text(s: ServerStatus) -> str:
+    """The mobility version a server runs and where its update stands: "0.1.0 (update available)"."""
+    version = s.mobility_version or s.agent_version
+    state = _MOBILITY_STATES.get(s.mobility_update, s.mobility_update)
+    return f"{version} ({state})" if state else version
 
 
 def _date(ts: float | None) -> str:
@@ -81,9 +92,9 @@ async def cmd_vm_list(client: AdminClient, args: argparse.Namespace) -> None:
     if not servers:
         print("No source servers are registered. `godwit setup show` prints the command to run on one.")
         return
-    rows = [[s.name, s.state, s.health, s.os, str(len(s.disks)), human_bytes(s.total_size),
+    rows = [[s.name, s.state, s.health, s.os, str(len(s.disks)), human_bytes(s.total_size), _mobility_text(s),
              age_text(s.last_heartbeat)] for s in servers]
-    print(_table(rows, ["NAME", "STATE", "HEALTH", "OS", "DISKS", "SIZE", "LAST HEARTBEAT"]))
+    print(_table(rows, ["NAME", "STATE", "HEALTH", "OS", "DISKS", "SIZE", "MOBILITY", "LAST HEARTBEAT"]))
 
 
 async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
@@ -92,7 +103,7 @@ async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
         print(json.dumps(_server_json(s), indent=2))
         return
     print(f"Name:            {s.name}\nServer id:       {s.server_id}\nHost name:       {s.hostname}\n"
-          f"Address:         {s.address or '-'}\nOS:              {s.os}\nMobility:        {s.agent_version}\n"
+          f"Address:         {s.address or '-'}\nOS:              {s.os}\nMobility:        {_mobility_text(s)}\n"
           f"State:           {s.state}\nHealth:          {s.health}"
           + (f" ({s.health_cause}: {s.health_detail})" if s.health_cause else "")
           + f"\nLast heartbeat:  {age_text(s.last_heartbeat)}\nRegistered:      {age_text(s.registered_at)}")
@@ -113,6 +124,18 @@ async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
         print(line)
         if d.note:
             print(f"    points: {d.note}")
+
+
+async def cmd_vm_update_mobility(client: AdminClient, args: argparse.Namespace) -> None:
+    servers = await client.update_mobility(args.names)
+    if args.json:
+        print(json.dumps([_server_json(s) for s in servers], indent=2))
+        return
+    for s in servers:
+        if s.mobility_update == "up-to-date":
+            print(f"{s.name}: mobility {s.mobility_version} is up to date.")
+        else:
+            print(f"{s.name}: the update of mobility {s.mobility_version} starts at its next heartbeat.")
 
 
 async def cmd_vm_forget(client: AdminClient, args: argparse.Namespace) -> None:
@@ -275,6 +298,89 @@ async def cmd_license_activate(client: AdminClient, args: argparse.Namespace) ->
     end = "without end" if lic.expires_at is None else f"until {_date(lic.expires_at)}"
     servers = "unlimited servers" if lic.max_servers is None else f"up to {lic.max_servers} replicating servers"
     print(f"Licence activated for {lic.licensee}: {servers}, {end}.")
+
+
+_UPDATE_STATES = {"up-to-date": "Up to date", "update-available": "Update available", "updating": "Updating",
+                  "update-failed": "Update failed", "cannot-update": "Cannot update"}
+
+
+def _update_text(agent: AgentUpdate) -> str:
+    text = _UPDATE_STATES[agent.status]
+    if agent.stage:
+        text += f"… {agent.stage}" + (f" {agent.progress:.0%}" if agent.progress is not None else "")
+    return text + (f": {agent.reason}" if agent.reason else "")
+
+
+def _print_updates(updates: UpdatesStatus) -> None:
+    rows = [[a.name, a.installed_version, a.available_version or "-", a.previous_version or "-", _update_text(a)]
+            for a in updates.agents]
+    print(_table(rows, ["AGENT", "INSTALLED", "AVAILABLE", "PREVIOUS", "STATUS"]))
+    mode = (f"auto (checks and installs every day at {updates.window}, local time)" if updates.mode == "auto"
+            else "manual (installs only on `godwit agents update`)")
+    print(f"\nMode:        {mode}\nFeed:        {updates.feed_url or '- (none set: godwit agents feed URL)'}\n"
+          f"Last check:  {_date(updates.last_check_at)}" + ("" if updates.check_error else " (ok)"))
+    if updates.next_install_at is not None:
+        print(f"Next install: {_date(updates.next_install_at)}")
+    if updates.mismatched:
+        print("\nThe agents run different versions: update them all together (godwit agents update --all).")
+
+
+def _agents_json(updates: UpdatesStatus) -> list[dict[str, Any]]:
+    return [{"name": a.name, "installed_version": a.installed_version, "available_version": a.available_version,
+             "previous_version": a.previous_version, "status": a.status, "reason": a.reason, "stage": a.stage,
+             "progress": a.progress} for a in updates.agents]
+
+
+async def cmd_agents_list(client: AdminClient, args: argparse.Namespace) -> None:
+    updates = await client.agent_updates()
+    if args.json:
+        _print_json(_agents_json(updates))
+    else:
+        _print_updates(updates)
+
+
+async def cmd_agents_check(client: AdminClient, args: argparse.Namespace) -> None:
+    updates = await client.check_updates()
+    if updates.check_error:
+        raise EngineError(updates.check_error)
+    _print_updates(updates)
+
+
+async def cmd_agents_update(client: AdminClient, args: argparse.Namespace) -> None:
+    if bool(args.name) == bool(args.all):
+        raise BadInput("Name one agent, or give --all (every outdated agent, together).")
+    names = None if args.all else [args.name]
+    updates = await client.update_agents(names)
+    wanted = {a.name for a in updates.agents if a.stage is not None}
+    print(f"Updating {', '.join(sorted(wanted)) or 'nothing'}…", file=sys.stderr)
+    if args.no_wait:
+        return
+    async for message in client.updates():  # until no agent is updating any more
+        if isinstance(message, UpdatesChanged | Hello) and (status := message.updates) is not None and \
+                not any(a.stage for a in status.agents):
+            updates = status
+            break
+    _print_updates(updates)
+    failed = [a for a in updates.agents if a.name in wanted and a.status == "update-failed"]
+    if failed:
+        raise UpdateError("; ".join(f"{a.name}: {a.reason}" for a in failed))
+
+
+async def cmd_agents_rollback(client: AdminClient, args: argparse.Namespace) -> None:
+    _print_updates(await client.rollback_agent(args.name))
+
+
+async def cmd_agents_mode(client: AdminClient, args: argparse.Namespace) -> None:
+    if args.mode is None and args.window is None and not args.now:
+        updates = await client.agent_updates()
+    else:
+        updates = await client.set_update_mode(args.mode, window=args.window, now=args.now)
+    print(f"Agent updates: {updates.mode}, window {updates.window} (local time).")
+
+
+async def cmd_agents_feed(client: AdminClient, args: argparse.Namespace) -> None:
+    updates = await client.set_update_feed(None if args.url in ("", "none") else args.url)
+    print(f"Update feed: {updates.feed_url or 'none'}.")
 
 
 def _print_ports(ports: PortsStatus) -> None:
@@ -502,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = vm.add_parser("show", parents=[data_dir, as_json], help="one server in detail")
     p.add_argument("name")
     p.set_defaults(func=_admin(cmd_vm_show))
+    p = vm.add_parser("update-mobility", parents=[data_dir, as_json],
+                      help="install the mobility version the appliance offers on these servers (manual mode)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(func=_admin(cmd_vm_update_mobility))
     p = vm.add_parser("forget", parents=[data_dir], help="revoke a server's certificate and remove it")
     p.add_argument("name")
     p.set_defaults(func=_admin(cmd_vm_forget))
@@ -572,6 +682,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_admin(cmd_ports_set))
     p = ports.add_parser("test", parents=[data_dir, as_json], help="check that both ports and the target answer")
     p.set_defaults(func=_admin(cmd_ports_test))
+
+    agents = sub.add_parser("agents", help="the appliance agents' versions and their updates").add_subparsers(
+        dest="agents_command", metavar="ACTION", required=True)
+    p = agents.add_parser("list", parents=[data_dir, as_json], help="installed and available versions")
+    p.set_defaults(func=_admin(cmd_agents_list))
+    p = agents.add_parser("check", parents=[data_dir], help="ask the update feed now")
+    p.set_defaults(func=_admin(cmd_agents_check))
+    p = agents.add_parser("update", parents=[data_dir], help="install the available version of an agent, or all")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every outdated agent, together, in dependency order")
+    p.add_argument("--no-wait", action="store_true", help="return once the install started")
+    p.set_defaults(func=_admin(cmd_agents_update))
+    p = agents.add_parser("rollback", parents=[data_dir], help="run an agent's previous version again")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=_admin(cmd_agents_rollback))
+    p = agents.add_parser("mode", parents=[data_dir], help="auto or manual updates, and the daily window")
+    p.add_argument("mode", nargs="?", choices=["auto", "manual"])
+    p.add_argument("--window", metavar="HH:MM", help="when auto mode checks and installs (local time)")
+    p.add_argument("--now", action="store_true", help="back in auto mode: install what is pending now")
+    p.set_defaults(func=_admin(cmd_agents_mode))
+    p = agents.add_parser("feed", parents=[data_dir], help="the update feed's URL (none: no feed)")
+    p.add_argument("url", metavar="URL")
+    p.set_defaults(func=_admin(cmd_agents_feed))
 
     appl = sub.add_parser("appliance", help="move the appliance: backup and restore").add_subparsers(
         dest="appliance_command", metavar="ACTION", required=True)

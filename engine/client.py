@@ -173,6 +173,12 @@ class AdminClient(UnixJsonClient):
     async def resync(self, name: str) -> ServerStatus:
         return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/resync", {}))
 
+    async def update_mobility(self, names: list[str]) -> list[ServerStatus]:
+        """Install the offered mobility version on these servers (manual mode's Update, one or a selection); each
+        does at its next heartbeat. Returns their new status."""
+        return [from_json(ServerStatus, s) for s in await self.request("POST", "/v1/servers/mobility-update",
+                                                                        {"names": names})]
+
     async def set_server(self, name: str, **settings: Any) -> ServerStatus:
         return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/settings", settings))
 

@@ -52,6 +52,21 @@ class DataDir:
         """Touched every second by an agent whose event loop runs; the supervisor restarts a silent one."""
         return self.run_dir / f"{agent}.alive"
 
+    def ready_file(self, agent: str) -> Path:
+        """Written by an agent once it serves its port or does its work: its pid and version (the health check
+        of an update waits for it)."""
+        return self.run_dir / f"{agent}.ready"
+
+    @property
+    def agents(self) -> Path:
+        """The installed versions of the appliance agents (:mod:`engine.updater.store`)."""
+        return self.root / "agents"
+
+    @property
+    def updates(self) -> Path:
+        """The update feed's verified metadata and downloaded packages."""
+        return self.root / "updates"
+
     @property
     def logs(self) -> Path:
         return self.root / "logs"

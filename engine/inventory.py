@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
 
@@ -17,13 +17,16 @@ from engine.errors import DiskFull, NameTaken, Revoked, TooManyAttempts, Unknown
 from engine.events import EventHub
 from engine.identity import PASSPHRASE, new_passphrase
 from engine.links.admin import ServerChanged, ServerRemoved
-from engine.links.agent import Authorization, AuthorizeRequest, HeartbeatRequest, RegisterRequest
-from engine.links.management import HeartbeatAnswer, Registered
+from engine.links.agent import Ack, Authorization, AuthorizeRequest, HeartbeatRequest, RegisterRequest
+from engine.links.management import HeartbeatAnswer, MobilityUpdate, Registered
 from engine.pki import AppliancePKI
 from engine.records import DiskSpace, Health, HealthCause, ServerReach, ServerState, ServerStatus
 from engine.replication import Replication
 from engine.secrets import SecretStore
 from engine.state import ServerRecord, StateDB
+
+if TYPE_CHECKING:
+    from engine.updater.mobility import MobilityUpdates
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ class Inventory:
         self._failures: dict[str, list[float]] = {}
         #: The data directory's file system as the supervisor last measured it.
         self.disk_space: DiskSpace | None = None
+        #: The mobility version offered to the sources and their updates (None: nothing is offered).
+        self.mobility_updates: MobilityUpdates | None = None
 
     def __repr__(self) -> str:
         return f"<Inventory servers={self._state.count_servers()}>"
@@ -104,7 +109,18 @@ class Inventory:
             address=row.address, disks=self.replication.disk_statuses(row, now),
             replicating=row.replicate, policy=row.policy, max_mbps=row.max_mbps,
             rpo_seconds=summary.rpo, last_recovery_point=summary.last_point,
+            mobility_version=row.agent_version, mobility_update=self._mobility_status(row),
         )
+
+    def _mobility_status(self, row: ServerRecord) -> str:
+        """The server's mobility update as the admin sees it ("" when nothing is offered)."""
+        if self.mobility_updates is None:
+            return ""
+        try:
+            return self.mobility_updates.status_of(row, row.agent_version)
+        except Exception:  # a bug there must not hide the server
+            log.exception("mobility.status-failed server=%s", row.name)
+            return ""
 
     def row(self, name: str) -> ServerRecord:
         row = self._state.server(name=name)
@@ -246,20 +262,40 @@ class Inventory:
         for notice in facts.notices:
             self._hub.record(notice.severity, notice.code, f"{row.name}: {notice.message}",
                              server=row.name)
+        if facts.update is not None and self.mobility_updates is not None:
+            self.mobility_updates.reported(row, facts.update)
         self.replication.points_taken[server_id] = facts.points
         if facts.clock is not None:  # what the source's clock is ahead of ours (the trip is a rounding error)
             self.replication.clock_skew[server_id] = facts.clock - time.time()
         self._publish(server_id)
-        return self._answer(row, came_on=request.port)  # a heartbeat changes nothing the desired state depends on
+        # a heartbeat changes nothing the desired state depends on; the version it runs is in the facts
+        return self._answer(row, came_on=request.port, running=facts.agent_version)
 
-    def _answer(self, row: ServerRecord, *, came_on: int | None) -> HeartbeatAnswer:
+    def _answer(self, row: ServerRecord, *, came_on: int | None, running: str | None = None) -> HeartbeatAnswer:
         """The answer to a heartbeat (or registration) that came in on the management port ``came_on``: it names
         the current management port only when that is another one (the port moved; a source that reaches this
-        one through a forwarded port of another number is left alone)."""
+        one through a forwarded port of another number is left alone), and the mobility version offered to a
+        server that runs an older one (``running``, default: the version recorded)."""
         moved = came_on is not None and came_on != self.management_port
         return HeartbeatAnswer(heartbeat_interval=self.heartbeat_interval, data_port=self.data_port,
                                desired=self.replication.desired_state(row),
-                               management_port=self.management_port if moved else None)
+                               management_port=self.management_port if moved else None,
+                               mobility_update=self._mobility_offer(row, running or row.agent_version))
+
+    def _mobility_offer(self, row: ServerRecord, running: str) -> MobilityUpdate | None:
+        if self.mobility_updates is None:
+            return None
+        try:
+            return self.mobility_updates.offer(row, running)
+        except Exception:  # e.g. a full disk for its note, or a bug: the heartbeat's answer matters more
+            log.exception("mobility.offer-failed server=%s", row.name)
+            return None
+
+    def feed_access(self, request: AuthorizeRequest) -> Ack:
+        """May the holder of this certificate read the mobility feed? Only a registered server's current one
+        (:class:`Revoked` otherwise)."""
+        self._current(request.server_id, request.serial, "mobility-feed")
+        return Ack(True)
 
     # --- where the servers reach the appliance --------------------------------------------------------
     def reached_data(self, row: ServerRecord) -> None:
@@ -285,6 +321,8 @@ class Inventory:
         if row.replicate:
             self.replication.disable(row)
         self._state.revoke_server(row.server_id)
+        if self.mobility_updates is not None:
+            self.mobility_updates.forget(row.server_id)
         self._reached.pop(row.server_id, None)
         self._health.pop(name, None)
         self._moving.pop(name, None)

@@ -106,6 +106,11 @@ class ServerStatus:
     max_mbps: float | None = None
     rpo_seconds: float | None = None
     last_recovery_point: float | None = None
+    #: The mobility service version the server runs (what its last heartbeat said).
+    mobility_version: str = ""
+    #: Its update against the mobility version the appliance offers: "up-to-date", "update-available",
+    #: "updating", "update-failed"; empty when the appliance offers none.
+    mobility_update: str = ""
 
     @property
     def total_size(self) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.config import DataDir
+from engine.errors import UpdateError
 from engine.events import EventHub
 from engine.inventory import Inventory
 from engine.licence import LicenceKeeper
@@ -23,6 +24,8 @@ from engine.replication import Replication
 from engine.secrets import SecretStore
 from engine.state import ServerRecord, StateDB
 from engine.storage import Storage
+from engine.updater.mobility import MobilityUpdates
+from engine.updater.service import Updater
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class Services:
     #: The engine's own status (agents, disk space) and the set-up an admin copies to a source.
     status: Callable[[], EngineStatus]
     setup_info: Callable[[], SetupInfo]
+    updater: Updater
+    #: The mobility version offered to the source servers (None: this engine offers none).
+    mobility: MobilityUpdates | None = None
 
     def __repr__(self) -> str:
         return f"<Services {self.inventory!r} {self.replication!r} {self.storage!r}>"
@@ -49,6 +55,17 @@ class Services:
         change(row)
         self.inventory.publish(row.server_id)
         return self.inventory.server(name)
+
+    def update_mobility(self, names: list[str]) -> list[ServerStatus]:
+        """The admin's Update of the mobility service on these servers (one, or a bulk selection): each installs the
+        offered version at its next heartbeat. Returns their new status (also pushed to every console)."""
+        if self.mobility is None:
+            raise UpdateError("This engine offers no mobility updates.")
+        self.mobility.request(names)
+        names = list(dict.fromkeys(names))
+        for name in names:
+            self.inventory.publish(self.inventory.row(name).server_id)
+        return [self.inventory.server(name) for name in names]
 
     def replicating(self) -> int:
         """How many servers replicate now (what a licence's number of servers counts)."""

@@ -71,6 +71,18 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     server TEXT
 );
+-- A server's mobility update (engine/updater/mobility.py): the version the admin asked it to install, the one
+-- it was told to install, when, and when it said it is at it (an update under way), and the last version that
+-- failed there and why.
+CREATE TABLE IF NOT EXISTS mobility_updates (
+    server_id TEXT PRIMARY KEY REFERENCES servers(server_id) ON DELETE CASCADE,
+    requested TEXT,
+    started_version TEXT,
+    started_at REAL,
+    acknowledged_at REAL,
+    failed_version TEXT,
+    failed_reason TEXT
+);
 """
 
 
@@ -114,6 +126,27 @@ class ServerRecord:
                    registered_at=r["registered_at"], last_heartbeat=r["last_heartbeat"], address=r["address"],
                    disks=disks, replicate=bool(r["replicate"]), policy=r["policy"], max_mbps=r["max_mbps"],
                    enabled_at=r["enabled_at"], replicated_sizes=sizes, resync_gen=int(r["resync_gen"]))
+
+
+@dataclass(frozen=True)
+class MobilityUpdateRecord:
+    """Where a server's mobility update stands, as the state database holds it (all None: nothing)."""
+
+    server_id: str
+    #: The version the admin asked this server to install (manual mode's Update).
+    requested: str | None = None
+    #: The version the server was told to install, and when: an update under way.
+    started_version: str | None = None
+    started_at: float | None = None
+    #: When the server said it is installing that version (None: not yet).
+    acknowledged_at: float | None = None
+    #: The last version that failed to install (or was rolled back) on this server, and why.
+    failed_version: str | None = None
+    failed_reason: str | None = None
+
+
+_MOBILITY_FIELDS = ("requested", "started_version", "started_at", "acknowledged_at", "failed_version",
+                    "failed_reason")
 
 
 def is_full(exc: BaseException) -> bool:
@@ -278,6 +311,27 @@ class StateDB:
 
     def set_max_mbps(self, server_id: str, max_mbps: float | None) -> None:
         self._write(lambda db: db.execute("UPDATE servers SET max_mbps=? WHERE server_id=?", (max_mbps, server_id)))
+
+    # --- mobility updates ---------------------------------------------------------------------
+    def mobility_update(self, server_id: str) -> MobilityUpdateRecord:
+        """Where the server's mobility update stands (an empty record when nothing was ever noted)."""
+        row = self._db.execute("SELECT * FROM mobility_updates WHERE server_id=?", (server_id,)).fetchone()
+        if row is None:
+            return MobilityUpdateRecord(server_id=server_id)
+        return MobilityUpdateRecord(server_id=server_id, **{k: row[k] for k in _MOBILITY_FIELDS})
+
+    def mobility_updates(self) -> list[MobilityUpdateRecord]:
+        return [MobilityUpdateRecord(server_id=r["server_id"], **{k: r[k] for k in _MOBILITY_FIELDS})
+                for r in self._db.execute("SELECT * FROM mobility_updates")]
+
+    def set_mobility_update(self, record: MobilityUpdateRecord) -> None:
+        """Store the record whole (a server that is gone is ignored: its row went with it)."""
+        values = tuple(getattr(record, k) for k in _MOBILITY_FIELDS)
+        self._write(lambda db: db.execute(
+            f"INSERT INTO mobility_updates(server_id, {', '.join(_MOBILITY_FIELDS)})"
+            " SELECT ?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM servers WHERE server_id=?)"
+            f" ON CONFLICT(server_id) DO UPDATE SET {', '.join(f'{k}=excluded.{k}' for k in _MOBILITY_FIELDS)}",
+            (record.server_id, *values, record.server_id)))
 
     # --- policies ---------------------------------------------------------------------------
     def policies(self) -> list[Policy]:

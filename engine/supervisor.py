@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
-from engine.agents import AgentSpec
+from engine import __version__
+from engine.agents import VERSION_ENV, AgentSpec
 from engine.backoff import Backoff
 from engine.config import DataDir
 from engine.errors import EngineError
 from engine.events import EventHub
 from engine.records import AgentState, AgentStatus
+from engine.updater.store import AgentStore
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,16 @@ class Launch:
 
     argv: tuple[str, ...]
     listen: tuple[socket.socket, ...] = ()
+    #: The installed version it runs, and the directory its code is imported from (None: the engine's own).
+    version: str = __version__
+    code_dir: str | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[VERSION_ENV] = self.version
+        if self.code_dir is not None:  # before the engine's own install on the import path
+            env["PYTHONPATH"] = self.code_dir
+        return env
 
 
 class Launcher:
@@ -52,6 +64,7 @@ class Launcher:
 
     def __init__(self, data_dir: DataDir, sockets: dict[str, tuple[socket.socket, ...]]) -> None:
         self._data_dir = data_dir
+        self._store = AgentStore(data_dir.agents)
         #: The bound listening sockets by port name ("management", "data"): usually one each; two management
         #: sockets while the management port moves (the new one first). :mod:`engine.ports` changes them.
         self.sockets = sockets
@@ -66,7 +79,10 @@ class Launcher:
         listen = self.sockets.get(spec.port, ()) if spec.port else ()
         for sock in listen:
             argv += ["--listen-fd", str(sock.fileno())]
-        return Launch(tuple(argv), listen)
+        installed = self._store.current(spec.name)  # read at every start: an update switches it
+        if installed is None:
+            return Launch(tuple(argv), listen)
+        return Launch(tuple(argv), listen, version=installed.version, code_dir=str(installed.path))
 
 
 class AgentProcess:
@@ -80,6 +96,8 @@ class AgentProcess:
         self._hub = hub
         self._on_change = on_change
         self._proc: asyncio.subprocess.Process | None = None
+        #: The installed version of the process that runs (or ran last).
+        self.version = spec.version
         self._stopping = False
         #: Why the agent is being restarted on purpose (see :meth:`restart`), what to do before it starts
         #: again, and who waits for that; until it has exited.
@@ -87,6 +105,8 @@ class AgentProcess:
         self._spawning = False
         self.state: AgentState = "starting"
         self.restarts = 0
+        #: How the last process ended on its own, as a phrase ("exited with code 3"), for the health check.
+        self.last_exit: str | None = None
         self._restarted_at: list[float] = []  # monotonic times of the restarts in the last hour
         self._hung_after = float(os.environ.get("GODWIT_AGENT_HUNG_AFTER", HUNG_AFTER))
 
@@ -99,7 +119,7 @@ class AgentProcess:
 
     def status(self) -> AgentStatus:
         hour_ago = time.monotonic() - 3600
-        return AgentStatus(name=self.spec.name, version=self.spec.version, state=self.state,
+        return AgentStatus(name=self.spec.name, version=self.version, state=self.state,
                            pid=self.pid, restarts=self.restarts,
                            restarts_last_hour=sum(1 for t in self._restarted_at if t > hour_ago))
 
@@ -111,9 +131,10 @@ class AgentProcess:
         launch = self._launcher.launch(self.spec)
         fds = tuple(sock.fileno() for sock in launch.listen)
         out: IO[bytes] = open(self._data_dir.logs / f"{self.spec.name}.out", "ab")  # noqa: SIM115
+        self.version = launch.version
         try:
             return await asyncio.create_subprocess_exec(*launch.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                                                        stderr=out, pass_fds=fds)
+                                                        stderr=out, pass_fds=fds, env=launch.env())
         finally:
             out.close()
 
@@ -160,6 +181,7 @@ class AgentProcess:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         if hung:
             how = f"stopped responding for {self._hung_after:.0f} s and was killed"
+        self.last_exit = how
         try:
             self._hub.record("warning", "agent-restarted",
                              f"Appliance agent {self.spec.name} {how}; restarting it in {delay:g} s. "

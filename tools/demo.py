@@ -5,8 +5,10 @@ disks with realistic content, starts a real mobility service for each, enables r
 fast demo policy (a crash-consistent point every 30 s), keeps a little churn going on the disks,
 and opens the console. db-01 and files-01 replicate under a bandwidth cap so their initial
 replication can be watched. With no display it runs the console on a virtual framebuffer (Xvfb),
-saves screenshots of its pages and prints the server list. Everything keeps running in the
-background until ``make demo-stop``.
+saves screenshots of its pages and prints the server list. It also publishes a signed update feed
+on loopback offering version 0.2.0 of every agent and puts agent updates in manual mode, so the
+Agents page shows an Update button on each agent. Everything keeps running in the background until
+``make demo-stop``.
 """
 
 from __future__ import annotations
@@ -106,10 +108,40 @@ def alive(pid: int | None) -> bool:
     return b"engine" in cmdline or b"demo.py" in cmdline
 
 
+def publish_feed(demo: Path) -> str:
+    """A signed update feed on loopback offering version 0.2.0 of every agent (built from this checkout, with the
+    demo's own keys): the Agents page has something to update. Returns its URL."""
+    feed, keys = demo / "feed", demo / "feed-keys"
+    if not (feed / "metadata" / "timestamp.json").exists():
+        subprocess.run([PY, str(Path(__file__).parent / "release.py"), "--feed", str(feed), "--keys", str(keys),
+                        "--version", "0.2.0"], check=True, stdout=subprocess.DEVNULL)
+    pid_file, port_file = demo / "feed.pid", demo / "feed.port"
+    if not (pid_file.exists() and alive(int(pid_file.read_text())) and port_file.exists()):
+        port = 18080
+        while not port_free(port):
+            port += 1
+        proc = subprocess.Popen([PY, __file__, "--dir", str(demo), "--serve-feed", str(port)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        pid_file.write_text(str(proc.pid))
+        port_file.write_text(str(port))
+    os.environ["GODWIT_UPDATE_ROOT"] = str(feed / "metadata" / "1.root.json")  # the demo feed's trusted root
+    return f"http://127.0.0.1:{port_file.read_text().strip()}"
+
+
+def serve_feed(demo: Path, port: int) -> None:
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(demo / "feed"))
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
+
+
 def start(demo: Path) -> int:
     appliance = demo / "appliance"
     demo.mkdir(exist_ok=True)
     os.environ["GODWIT_SECRET_STORE"] = "file"  # keep the demo out of the admin's own keyring
+    feed_url = publish_feed(demo)
     if godwit("setup", "show", "--data-dir", str(appliance)).returncode != 0:
         mgmt, data = pick_ports()
         with open(demo / "engine.out", "ab") as out:
@@ -124,6 +156,11 @@ def start(demo: Path) -> int:
                 return 1
             time.sleep(0.2)
     setup = json.loads(godwit("setup", "show", "--json", "--data-dir", str(appliance)).stdout)
+    if godwit("agents", "feed", feed_url, "--data-dir", str(appliance)).returncode == 0:
+        # Manual mode: the Agents page shows an Update button on each agent the feed has a newer version of.
+        godwit("agents", "mode", "manual", "--data-dir", str(appliance))
+        godwit("agents", "check", "--data-dir", str(appliance))
+        print(f"demo: update feed {feed_url} offers version 0.2.0 of every agent (manual mode: press Update)")
     print(f"demo: appliance running in {appliance} (management port {setup['management_port']}, "
           f"data port {setup['data_port']})")
 
@@ -226,8 +263,9 @@ def churn(demo: Path) -> None:
 
 def stop(demo: Path) -> int:
     pids = [int(p.read_text()) for p in (demo / "sources").glob("*/mobility.pid") if p.read_text().strip()]
-    if (demo / "churn.pid").exists():
-        pids.append(int((demo / "churn.pid").read_text()))
+    for name in ("churn.pid", "feed.pid"):
+        if (demo / name).exists():
+            pids.append(int((demo / name).read_text()))
     engine = engine_pid(demo / "appliance")
     if alive(engine):
         pids.append(engine)  # type: ignore[arg-type]
@@ -237,7 +275,7 @@ def stop(demo: Path) -> int:
     deadline = time.monotonic() + 15
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for p in [*(demo / "sources").glob("*/mobility.pid"), demo / "churn.pid"]:
+    for p in [*(demo / "sources").glob("*/mobility.pid"), demo / "churn.pid", demo / "feed.pid"]:
         p.unlink(missing_ok=True)
     print(f"demo: stopped ({len(pids)} processes). The demo data stays in {demo}; `make clean` removes it.")
     return 0
@@ -248,8 +286,12 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=Path(".demo"))
     parser.add_argument("--stop", action="store_true")
     parser.add_argument("--churn", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-feed", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     demo = args.dir.resolve()
+    if args.serve_feed:
+        serve_feed(demo, args.serve_feed)
+        return 0
     if args.churn:
         churn(demo)
         return 0

@@ -10,6 +10,10 @@ mobility services (web-01, db-01) that share the engine's clock, and opens the c
   -> ``console-licence-30-days.png``;
 - clock +177 days (3 days left): the Setup page under the red banner -> ``console-licence-3-days.png``.
 
+``--agents`` renders the Agents page instead, with no engine: a real bridge over a scripted admin client
+(``tests/app/scripted.py``) pushes one :class:`UpdatesStatus` per state (:func:`agent_states`) ->
+``console-agents-<state>.png``.
+
 Renders offscreen (``QWidget.grab()``) unless a display is set, e.g. under
 ``xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp" .venv/bin/python tools/screenshots.py``.
 Everything it started is stopped before it returns.
@@ -26,11 +30,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.appliance import Appliance, Mobility, free_port, wait_for  # noqa: E402
+
+if TYPE_CHECKING:
+    from engine.records import UpdatesStatus
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 SIZE = (1180, 640)  # the frame of the other console screenshots
@@ -115,10 +123,128 @@ async def moved(window: object, not_moved: tuple[str, ...]) -> None:
         await bridge.refresh_ports()
 
 
+def agent_states(now: float) -> dict[str, UpdatesStatus]:
+    """The Agents page's states to show: name -> the :class:`UpdatesStatus` the scripted engine pushes."""
+    from engine.records import AgentUpdate, UpdatesStatus
+
+    titles = {"log-processor": "Log processor", "process-server": "Process server",
+              "replication-manager": "Replication manager", "mobility-package": "Mobility package"}
+    feed = "https://updates.godwit.example/stable"
+
+    def agent(name: str, status: str = "up-to-date", installed: str = "0.1.0", available: str | None = None,
+              previous: str | None = None, **kw: object) -> AgentUpdate:
+        return AgentUpdate(name=name, title=titles[name], installed_version=installed, available_version=available,
+                           previous_version=previous, status=status, **kw)  # type: ignore[arg-type]
+
+    def updates(*agents: AgentUpdate, **kw: object) -> UpdatesStatus:
+        base: dict[str, object] = dict(mode="manual", window="00:00", feed_url=feed, last_check_at=now - 12 * 60,
+                                       last_success_at=now - 12 * 60)
+        return UpdatesStatus(agents=agents, **{**base, **kw})  # type: ignore[arg-type]
+
+    outdated = [agent(n, "update-available", available="0.2.0") for n in titles]
+    return {
+        "up-to-date": updates(*(agent(n, installed="0.2.0", previous="0.1.0") for n in titles), mode="auto"),
+        "update-available": updates(*outdated),
+        "updating": updates(agent("log-processor", installed="0.2.0", previous="0.1.0"),
+                            agent("process-server", "updating", available="0.2.0", stage="downloading",
+                                  progress=0.45),
+                            *outdated[2:]),
+        "update-failed": updates(
+            outdated[0],
+            agent("process-server", "update-failed", available="0.2.0",
+                  reason="0.2.0 did not pass its health check (no answer on the data port within 60 s); 0.1.0 "
+                         "runs again. See the engine log, then retry."),
+            *outdated[2:]),
+        "cannot-update": updates(
+            agent("log-processor", "cannot-update", available="0.3.0",
+                  reason="the feed's metadata expired on 2031-05-01 and could not be renewed. Check that the "
+                         "appliance reaches the feed, then press Check now."),
+            agent("process-server", "cannot-update",
+                  reason="0.3.0 needs Replication manager 0.3.0, which the feed does not offer yet. Wait for the "
+                         "next release."),
+            agent("replication-manager"), agent("mobility-package"),
+            last_check_at=now - 90, last_success_at=now - 2 * 86400,
+            check_error="The update feed did not answer (connection refused). Check the appliance's network or "
+                        "the feed address, then press Check now."),
+        "mismatched": updates(outdated[0], agent("process-server", installed="0.2.0", previous="0.1.0"),
+                              *outdated[2:], mismatched=True),
+    }
+
+
+def agents_shots(out: Path, root: Path) -> int:
+    """The Agents page in each of :func:`agent_states`, from a scripted engine (nothing is started)."""
+    import qasync
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from app.bridge import EngineBridge
+    from app.views.main_window import LicenceNotifier, MainWindow
+    from engine.links.admin import Hello, UpdatesChanged
+    from engine.records import AgentStatus, EngineStatus, SetupInfo
+    from tests.app.scripted import ScriptedClient
+
+    qapp = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(qapp, QApplication)
+    qapp.setOrganizationName("Godwit")
+    qapp.setApplicationName("Godwit console")
+    qapp.setStyleSheet((ROOT / "resources" / "console.qss").read_text())
+    states = agent_states(time.time())
+    engine = EngineStatus(pid=2317, version="0.1.0", started_at=time.time() - 3600, data_dir="/var/lib/godwit",
+                          agents=tuple(AgentStatus(n, "0.1.0", "running", 2318 + i, 0)
+                                       for i, n in enumerate(("replication-manager", "process-server",
+                                                              "log-processor"))))
+    setup = SetupInfo(appliance_id="appl-7f3a", passphrase="p", ca_fingerprint="f", management_port=9443,
+                      data_port=9444, secret_store="file", host="godwit-01", mobility_command="godwit mobility run")
+    first = next(iter(states.values()))
+
+    async def run() -> None:
+        bridge = EngineBridge(root / "data", start_engine=False)  # no engine there: the client is scripted
+        client = ScriptedClient([Hello(engine=engine, setup=setup, servers=(), last_event_id=0, updates=first)],
+                                keep_open=True)
+        bridge.client = client  # type: ignore[assignment]
+        window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(), tray_available=lambda: False,
+                                                             notify=lambda *_: None))
+        window.resize(*SIZE)
+        window.show()
+        bridge.start()
+        try:
+            page = window.agents_page
+            await until(lambda: bridge.state == "attached" and page.updates is not None, "the scripted engine")
+            window.show_page("agents")
+            for name, status in states.items():
+                client.push(UpdatesChanged(status))
+                await until(lambda s=status: page.updates == s, f"the {name} state")  # type: ignore[misc]
+                await asyncio.sleep(0.3)  # let it lay out and paint
+                path = out / f"console-agents-{name}.png"
+                window.grab().save(str(path))
+                print(f"saved {path}", flush=True)
+        finally:
+            await bridge.aclose()
+            window.close()
+
+    qasync.run(run())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="where to save the PNGs")
+    parser.add_argument("--agents", action="store_true",
+                        help="render the Agents page in each update state from a scripted engine instead")
     args = parser.parse_args(argv)
+    if args.agents:
+        if not os.environ.get("DISPLAY"):
+            os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        root = Path(tempfile.mkdtemp(prefix="godwit-screenshots-"))
+        os.environ["XDG_CONFIG_HOME"] = str(root / "config")
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            return agents_shots(args.out, root)
+        except ShotFailed as exc:
+            print(f"screenshots: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
     if not LIBFAKETIME.exists():
         print(f"screenshots: {LIBFAKETIME} is missing (Debian package libfaketime)", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
-"""The console's main window: navigation, pages, the licence banner above them, and the engine's
-health in the status bar.
+"""The console's main window: navigation, pages, the licence and agent-version banners above them, and the
+engine's health in the status bar.
 
 The licence also reaches the desktop: one tray notification per warning threshold per appliance
 (:class:`LicenceNotifier`), remembered across restarts.
@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import EngineBridge, EngineStatus, LicenceStatus, SetupInfo
+from app.views.agents_page import AgentsPage
 from app.views.events_page import EventsPage
 from app.views.licence_dialogs import ActivateLicenceDialog, BackupDialog, show_activated
 from app.views.ports_page import PortsPage
@@ -35,6 +36,7 @@ from app.views.servers_page import ServersPage
 from app.views.setup_page import SetupPage
 from app.widgets.formatting import tr
 from app.widgets.licence_banner import LicenceBanner
+from app.widgets.mismatch_banner import MismatchBanner
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def notification_title(licence: LicenceStatus) -> str:
 
 
 class MainWindow(QMainWindow):
-    PAGES = ("servers", "setup", "ports", "events")
+    PAGES = ("servers", "setup", "ports", "agents", "events")
 
     def __init__(self, bridge: EngineBridge, *, notifier: LicenceNotifier | None = None) -> None:
         super().__init__()
@@ -105,13 +107,14 @@ class MainWindow(QMainWindow):
         self.setup_page = SetupPage(bridge)
         self.servers_page = ServersPage(bridge)
         self.ports_page = PortsPage(bridge)
+        self.agents_page = AgentsPage(bridge)
         self.events_page = EventsPage(bridge)
 
         self.nav = QListWidget(objectName="nav")
-        self.nav.addItems([tr("Servers"), tr("Setup"), tr("Ports"), tr("Events")])
+        self.nav.addItems([tr("Servers"), tr("Setup"), tr("Ports"), tr("Agents"), tr("Events")])
         self.nav.setFixedWidth(150)
         self.pages = QStackedWidget()
-        for page in (self.servers_page, self.setup_page, self.ports_page, self.events_page):
+        for page in (self.servers_page, self.setup_page, self.ports_page, self.agents_page, self.events_page):
             self.pages.addWidget(page)
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.nav.setCurrentRow(0)
@@ -120,6 +123,10 @@ class MainWindow(QMainWindow):
         self.licence_banner.activate_button.clicked.connect(self.on_licence_banner_activate_clicked)
         self.licence_banner.move_button.clicked.connect(self.on_licence_banner_move_clicked)
         self.setup_page.activate_licence_requested.connect(self.on_licence_banner_activate_clicked)
+        self.mismatch_banner = MismatchBanner()
+        self.mismatch_banner.update_all_button.clicked.connect(self.on_mismatch_banner_update_all_clicked)
+        self.mismatch_banner.show_agents_button.clicked.connect(lambda: self.show_page("agents"))
+        bridge.updates_changed.connect(self.mismatch_banner.show_updates)
         body = QHBoxLayout()
         body.setContentsMargins(0, 0, 0, 0)
         body.setSpacing(0)
@@ -130,6 +137,7 @@ class MainWindow(QMainWindow):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addWidget(self.licence_banner)  # above the navigation and every page
+        layout.addWidget(self.mismatch_banner)
         layout.addLayout(body, 1)
         self.setCentralWidget(central)
         self.dialog: QDialog | None = None
@@ -231,6 +239,18 @@ class MainWindow(QMainWindow):
         dialog = BackupDialog(self.bridge, self, suggested_name=name)
         dialog.path.setText(str(Path.home() / name))
         self._open_dialog(dialog)
+
+    # --- agent versions ------------------------------------------------------------------------------
+    def on_mismatch_banner_update_all_clicked(self) -> None:
+        """The banner's Update all is the Agents page's: its controls wait too, and it shows a refusal."""
+        self.agents_page.start(self._update_all_from_banner())
+
+    async def _update_all_from_banner(self) -> None:
+        self.mismatch_banner.set_busy(True)
+        try:
+            await self.agents_page.update_all()
+        finally:
+            self.mismatch_banner.set_busy(False)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         QSettings().setValue("main_window/geometry", self.saveGeometry())

@@ -4,6 +4,10 @@
 :class:`Registered`) and ``POST /v1/heartbeat`` with the client certificate (:class:`ServerFacts`
 → :class:`HeartbeatAnswer`). What a source sends is checked field by field here (``parse``); what
 the appliance answers is decoded with :func:`engine.links.decode`.
+
+From 1.2 a registered source also reads ``GET /v1/mobility/feed/{metadata,targets}/...`` with its
+client certificate: the signed update metadata of the mobility version the appliance offers
+(:class:`MobilityUpdate`), and the package, which it verifies against the update feed's trusted root.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from engine.links import Link
 from engine.records import Disk
 
 #: 1.1: the heartbeat answer names the management port to use from now on.
-MANAGEMENT = Link("management", 1, 1, "management protocol")
+#: 1.2: the heartbeat answer offers a mobility version (:class:`MobilityUpdate`), the facts say how the
+#: service's own update went (:class:`UpdateReport`), and ``GET /v1/mobility/feed/...`` serves the package.
+MANAGEMENT = Link("management", 1, 2, "management protocol")
 
 MAX_DISKS = 64
 MAX_NOTICES = 16
@@ -109,6 +115,36 @@ def _clock(data: dict[str, Any]) -> float | None:
     return float(value)
 
 
+#: How a mobility service's own update stands: ``updating`` while it downloads and installs a version (sent with
+#: every heartbeat meanwhile), then once one of the outcomes.
+UpdateOutcome = Literal["updating", "updated", "update-failed", "rolled-back"]
+_OUTCOMES = ("updating", "updated", "update-failed", "rolled-back")
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """How the mobility service's update to ``version`` went (management 1.2). An outcome other than ``updating``
+    is sent until a heartbeat carrying it got through: the appliance records it as one event."""
+
+    version: str
+    outcome: UpdateOutcome
+    #: The version it came from (updated) or went back to (rolled-back); empty when it does not say.
+    previous: str = ""
+    #: Why it failed or was rolled back, for the admin (empty otherwise).
+    reason: str = ""
+
+
+def _update_report(data: dict[str, Any]) -> UpdateReport | None:
+    raw = data.get("update")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("outcome") not in _OUTCOMES:
+        raise ProtocolError(f"Field 'update' must be an object with an outcome of {', '.join(_OUTCOMES)}.")
+    return UpdateReport(version=_text(raw, "version", max_len=64), outcome=raw["outcome"],
+                        previous=_text(raw, "previous", max_len=64, required=False),
+                        reason=_text(raw, "reason", max_len=512, required=False))
+
+
 @dataclass(frozen=True)
 class ServerFacts:
     """What a source server says about itself in every registration and heartbeat."""
@@ -121,6 +157,8 @@ class ServerFacts:
     points: PointFacts | None = None
     #: The source server's wall clock when it sent this (None from services that do not say).
     clock: float | None = None
+    #: How the service's own update goes (management 1.2; None: no update under way or to tell).
+    update: UpdateReport | None = None
 
     @classmethod
     def parse(cls, data: Any) -> ServerFacts:
@@ -128,7 +166,8 @@ class ServerFacts:
             raise ProtocolError("The request body must be a JSON object.")
         return cls(hostname=_text(data, "hostname"), os=_text(data, "os"),
                    agent_version=_text(data, "agent_version", max_len=64), disks=_disks(data),
-                   notices=_notices(data), points=_point_facts(data), clock=_clock(data))
+                   notices=_notices(data), points=_point_facts(data), clock=_clock(data),
+                   update=_update_report(data))
 
 
 @dataclass(frozen=True)
@@ -198,6 +237,19 @@ class DesiredState:
 
 
 @dataclass(frozen=True)
+class MobilityUpdate:
+    """The mobility version the appliance offers a source (management 1.2): the package's path in the feed the
+    appliance serves at ``/v1/mobility/feed``, its length and SHA-256 (the signed metadata must say the same),
+    and whether to install it now (auto mode, staggered; manual mode once the admin asked)."""
+
+    version: str
+    target: str
+    length: int
+    sha256: str
+    install: bool
+
+
+@dataclass(frozen=True)
 class HeartbeatAnswer:
     """The appliance's answer to every heartbeat: when to send the next, where to send data, and
     what to replicate (the desired state's fields sit beside the others on the wire)."""
@@ -210,6 +262,8 @@ class HeartbeatAnswer:
     #: The management port to send heartbeats to from now on (it moved when it differs from the one used);
     #: absent from appliances before management 1.1.
     management_port: int | None = None
+    #: A newer mobility version the appliance offers (None: none, or an appliance before management 1.2).
+    mobility_update: MobilityUpdate | None = None
 
 
 @dataclass(frozen=True)

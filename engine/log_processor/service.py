@@ -117,6 +117,8 @@ class LogProcessor:
         self.storage = open_storage(data_dir)
         self.cache = self.storage.cache
         self.link = ctx.supervisor_link()
+        self.ctx = ctx
+        self._ready = False
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="apply")
         for _ in range(WORKERS):  # start the workers now: later, short of memory, a new thread may not start
             self.pool.submit(time.sleep, 0.05)
@@ -356,6 +358,9 @@ class LogProcessor:
                 try:
                     replicating = await self.link.call("GET", "/agent/replicating", None, Replicating)
                     self.refresh(replicating)
+                    if not self._ready:  # it reached the supervisor and knows its work
+                        self.ctx.ready()
+                        self._ready = True
                     # Deleting what earlier enablings left can take a while: not on this loop.
                     await asyncio.get_running_loop().run_in_executor(
                         self.pool, self._sweep, {s.server_id: s.desired.epoch for s in replicating.servers

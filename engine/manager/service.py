@@ -1,25 +1,33 @@
-"""The management port: registration of source servers and their heartbeats.
+"""The management port: registration of source servers and their heartbeats, and the mobility feed.
 
 The manager terminates TLS, checks every request, and forwards what it accepted to the
-supervisor over the agent link; the supervisor owns the state and the CA key.
+supervisor over the agent link; the supervisor owns the state and the CA key. The mobility
+feed (``GET /v1/mobility/feed/...``) is served from the data directory to registered servers:
+the verified update metadata and package of the mobility version the appliance offers
+(:mod:`engine.updater.mobility`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+from pathlib import Path
 
 from aiohttp import web
 
 from engine.agents import AgentContext
 from engine.client import UnixJsonClient
-from engine.errors import CertificateRequired
+from engine.config import DataDir
+from engine.errors import CertificateRequired, NotFound
 from engine.http_server import error_middleware, read_json, speaks
 from engine.identity import open_pki
 from engine.links import encode
-from engine.links.agent import HeartbeatAnswer, HeartbeatRequest, Registered, RegisterRequest
+from engine.links.agent import Ack, AuthorizeRequest, HeartbeatAnswer, HeartbeatRequest, Registered, RegisterRequest
 from engine.links.management import MANAGEMENT, Registration, ServerFacts
 from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener
-from engine.pki import peer_identity
+from engine.pki import PeerIdentity, peer_identity
+from engine.updater.mobility import mobility_release
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 LINK = web.AppKey("link", UnixJsonClient)
 CA_PEM = web.AppKey("ca_pem", bytes)
+#: One part of a path in the mobility feed: a file or folder name, never "." or ".." or hidden.
+_FEED_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def _port(request: web.Request) -> int | None:
@@ -58,14 +68,70 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response(encode(await request.app[LINK].call("POST", "/agent/heartbeat", beat, HeartbeatAnswer)))
 
 
-def make_app(link: UnixJsonClient, ca_pem: bytes) -> web.Application:
+class MobilityFeed:
+    """The files of the mobility version the appliance offers, for the servers it registered."""
+
+    def __init__(self, data_dir: DataDir | None) -> None:
+        self.data_dir = data_dir
+
+    def __repr__(self) -> str:
+        return f"<MobilityFeed {self.data_dir.root if self.data_dir else None}>"
+
+    async def check(self, link: UnixJsonClient, peer: PeerIdentity) -> None:
+        """Raise :class:`Revoked` unless the certificate is a registered server's current one (asked of the
+        supervisor, which owns the inventory, for every file: an update is a handful of requests)."""
+        await link.call("POST", "/agent/mobility-feed", AuthorizeRequest(peer.server_id, peer.serial), Ack)
+
+    def file(self, tail: str) -> Path:
+        """The feed's file at ``tail`` (``metadata/...`` or ``targets/...``); :class:`NotFound` for anything
+        else, including a path that leads out of the feed."""
+        if self.data_dir is None:
+            raise NotFound("This appliance offers no mobility version.")
+        release = mobility_release(self.data_dir)
+        if release is None:
+            raise NotFound("This appliance offers no mobility version: its mobility package is the one it came "
+                           "with.")
+        parts = tail.split("/")
+        if len(parts) < 2 or len(parts) > 8 or parts[0] not in ("metadata", "targets") or \
+                not all(_FEED_PART.match(p) for p in parts):
+            raise NotFound(f"There is no {tail[:100]!r} in the mobility feed.")
+        root = release.feed_dir.resolve()
+        path = root.joinpath(*parts).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise NotFound(f"There is no {tail[:100]!r} in the mobility feed.")
+        return path
+
+
+FEED = web.AppKey("feed", MobilityFeed)
+
+
+async def mobility_feed(request: web.Request) -> web.StreamResponse:
+    """A file of the mobility feed, streamed, for a registered server (its client certificate)."""
+    peer = peer_identity(request.transport.get_extra_info("peercert") if request.transport else None)
+    if peer is None:
+        raise CertificateRequired("The mobility feed is served to registered servers only, with the client "
+                                  "certificate this appliance issued at registration.")
+    feed = request.app[FEED]
+    await feed.check(request.app[LINK], peer)
+    tail = request.match_info["tail"]
+    path = await asyncio.to_thread(feed.file, tail)
+    if tail.startswith("targets/agents/"):  # the package: once per update of a server
+        log.info("mobility-feed.serve server_id=%s file=%s bytes=%d", peer.server_id, tail, path.stat().st_size)
+    return web.FileResponse(path, chunk_size=256 * 1024,
+                            headers={"Content-Type": "application/json" if path.suffix == ".json"
+                                     else "application/octet-stream"})
+
+
+def make_app(link: UnixJsonClient, ca_pem: bytes, data_dir: DataDir | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware("management port", network=True)])
     speaks(app, MANAGEMENT, peer="The mobility service")
     app[LINK] = link
     app[CA_PEM] = ca_pem
+    app[FEED] = MobilityFeed(data_dir)
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_post("/v1/register", register)
     app.router.add_post("/v1/heartbeat", heartbeat)
+    app.router.add_get("/v1/mobility/feed/{tail:.+}", mobility_feed)
     return app
 
 
@@ -75,7 +141,7 @@ async def serve(ctx: AgentContext) -> None:
     pki = open_pki(ctx.data_dir, store)
     link = ctx.supervisor_link()
     guard = ConnectionGuard()
-    app = make_app(link, pki.ca_cert_path.read_bytes())
+    app = make_app(link, pki.ca_cert_path.read_bytes(), ctx.data_dir)
     app.middlewares.insert(0, guard.middleware)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT,
                            logger=TlsListener.peer_logger())
@@ -86,6 +152,7 @@ async def serve(ctx: AgentContext) -> None:
     for listener in listeners:
         listener.start()
     log.info("management.listening addresses=%s", [s.getsockname() for s in socks])
+    ctx.ready()
     try:
         await ctx.stop.wait()
     finally:

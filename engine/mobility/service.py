@@ -4,6 +4,14 @@ Synchronous on purpose: it is a small loop on someone else's server (register on
 heartbeat every few seconds), and the data path it grows into runs best on blocking sockets in
 threads (see PERFORMANCE.md). State lives in ``--state-dir``: the server id, its client key and
 certificate, and the appliance CA it pinned.
+
+Updates: a heartbeat answer may offer a newer mobility version and say to install it now. The service then
+downloads it from the appliance's management port (mutual TLS), verifies it against the update feed's
+signed metadata from the trusted root it ships with (the appliance re-serves that metadata; it cannot make
+a package of its own pass), unpacks it beside the version that runs (:mod:`engine.mobility.versions`), stops
+replication the normal way (acknowledged data is durable, tracking state kept) and restarts into it, on
+trial: the launcher (:mod:`engine.mobility.launcher`) rolls it back if it does not reach the appliance in
+time. Every outcome is reported with the next heartbeat (``ServerFacts.update``).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import ssl
 import threading
@@ -25,14 +34,24 @@ from typing import Any, Literal, TypeVar
 
 from engine import __version__
 from engine.backoff import Backoff
-from engine.errors import ApplianceUnreachable, BadInput, EngineError, FingerprintMismatch
+from engine.errors import ApplianceUnreachable, BadInput, EngineError, FeedInvalid, FingerprintMismatch
 from engine.files import write_atomically
 from engine.links import encode
-from engine.links.management import MAX_NOTICES, HeartbeatAnswer, Notice, PointFacts, Registered, ServerFacts
+from engine.links.management import (
+    MAX_NOTICES,
+    HeartbeatAnswer,
+    MobilityUpdate,
+    Notice,
+    PointFacts,
+    Registered,
+    ServerFacts,
+    UpdateReport,
+)
 from engine.mobility.appliance_client import management_client
 from engine.mobility.consistency import Freezer
 from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks, retryable
 from engine.mobility.sources import describe
+from engine.mobility.versions import CHILD_ENV, PACKAGE, RESTART_EXIT, VersionStore, parse
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
 from engine.records import Disk
 
@@ -122,8 +141,23 @@ class Identity:
 class MobilityService:
     def __init__(self, *, appliance: str, passphrase_file: Path, ca_fingerprint: str, state_dir: Path,
                  disks: list[str], name: str | None, stop: threading.Event,
-                 hooks: SnapshotHooks | None = None, freeze_budget: float = FREEZE_BUDGET) -> None:
+                 hooks: SnapshotHooks | None = None, freeze_budget: float = FREEZE_BUDGET,
+                 version: str = __version__) -> None:
         self.hooks = hooks or SnapshotHooks()
+        #: The version that runs (the installed code's, or the installed version the launcher runs).
+        self.version = version
+        self.versions = VersionStore(state_dir)
+        #: Guards the update's state below (the update runs in a thread of its own).
+        self._update_lock = threading.Lock()
+        self._update_thread: threading.Thread | None = None
+        #: What is being installed now, a failure not told yet, and the record's outcome not told yet.
+        self._installing: UpdateReport | None = None
+        self._update_failure: UpdateReport | None = None
+        self._recorded: UpdateReport | None = None
+        #: This version reached the appliance since the switch to it (or was never on trial).
+        self._confirmed = False
+        #: A version downloaded, verified and unpacked: stop, and restart into it.
+        self.switch_to: str | None = None
         self.appliance = appliance
         self.host, self.port = parse_appliance(appliance)
         #: While trying a management port the appliance moved to: the port we came from (None otherwise).
@@ -260,13 +294,143 @@ class MobilityService:
                 points = dataclasses.replace(points or PointFacts(), deferred=_clip(
                     f"Recovery points are deferred: {self.read_failure}. The mobility service retries by itself; "
                     "check the source disk."))
-        return ServerFacts(hostname=socket.gethostname(), os=describe_os(), agent_version=__version__,
-                           disks=tuple(disks), notices=notices, points=points, clock=time.time())
+        return ServerFacts(hostname=socket.gethostname(), os=describe_os(), agent_version=self.version,
+                           disks=tuple(disks), notices=notices, points=points, clock=time.time(),
+                           update=self._update_report())
 
     def _sent(self, facts: ServerFacts) -> None:
-        """The appliance has these notices now."""
+        """The appliance has these notices (and this update report) now."""
         with self._notices_lock:
             del self._notices[:len(facts.notices)]
+        self._update_sent(facts.update)
+
+    # --- updates of the service itself ------------------------------------------------------------------
+    def _update_report(self) -> UpdateReport | None:
+        """What the next heartbeat says about this service's update: a failure first, then an install under way,
+        then the outcome the record keeps (updated, rolled back)."""
+        with self._update_lock:
+            return self._update_failure or self._installing or self._recorded
+
+    def _load_record(self) -> None:
+        """At start: the outcome of the switch to this version (or of a rollback to it) to report."""
+        record = self.versions.read()
+        if record is None or record.current != self.version:
+            self._confirmed = True
+            return
+        self._confirmed = record.confirmed
+        report = record.report or {}
+        if report.get("outcome") in ("updated", "rolled-back"):
+            self._recorded = UpdateReport(version=report.get("version", "")[:64],
+                                          outcome=report["outcome"],  # type: ignore[arg-type]
+                                          previous=report.get("previous", "")[:64],
+                                          reason=report.get("reason", "")[:MAX_TEXT])
+
+    def _update_sent(self, sent: UpdateReport | None) -> None:
+        """A heartbeat got through carrying ``sent``: a version on trial is confirmed, what was told is done."""
+        with self._update_lock:
+            if sent is not None and sent is self._update_failure:
+                self._update_failure = None
+            told = sent is not None and sent is self._recorded
+            if told:
+                self._recorded = None
+        if self._confirmed and not told:
+            return
+        record = self.versions.read()
+        if record is not None and record.current == self.version:
+            try:
+                self.versions.write(dataclasses.replace(record, confirmed=True,
+                                                        report=None if told else record.report))
+            except OSError as exc:  # e.g. a full disk: confirmed with a later heartbeat
+                log.warning("could not write %s (%s): trying again with the next heartbeat",
+                            self.versions.record_path, exc.strerror or exc)
+                return
+            if not record.confirmed:
+                log.info("mobility %s reached the appliance: it stays", self.version)
+        self._confirmed = True
+
+    def _consider(self, offer: MobilityUpdate | None) -> None:
+        """Install an offered version when the appliance says so (in a thread: heartbeats and replication go on
+        meanwhile). One change at a time: not while an update runs, a failure is not told yet, or this version
+        is on trial."""
+        if offer is None or not offer.install:
+            return
+        new, own = parse(offer.version), parse(self.version)
+        if new is None or own is None or new <= own:
+            return
+        with self._update_lock:
+            if self._installing is not None or self._update_failure is not None or self.switch_to is not None:
+                return
+            record = self.versions.read()
+            if record is not None and record.current == self.version and record.in_trial(time.time()):
+                return
+            self._installing = UpdateReport(version=offer.version, outcome="updating", previous=self.version)
+            self._update_thread = threading.Thread(target=self._install, args=(offer, self.host, self.port),
+                                                   name=f"update-{offer.version}", daemon=True)
+        self._update_thread.start()
+
+    def _install(self, offer: MobilityUpdate, host: str, port: int) -> None:
+        """Download, verify and unpack ``offer``; then stop the service to restart into it. A failure is kept for
+        the next heartbeat; nothing is installed then."""
+        log.info("installing mobility %s, which the appliance offers (this is %s)", offer.version, self.version)
+        client = None
+        try:
+            from engine.updater.feed import FeedClient, trusted_root
+
+            where = f"[{host}]" if ":" in host else host
+            client = FeedClient(f"https://{where}:{port}/v1/mobility/feed", metadata_dir=self.versions.metadata_dir,
+                                download_dir=self.versions.download_dir, trusted_root=trusted_root(),
+                                tls=(self.state_dir / "client.crt", self.state_dir / "client.key",
+                                     self.state_dir / "ca.crt"))
+            index = client.refresh()
+            target = index.find(PACKAGE, offer.version)
+            if target is None or (target.path, target.length, target.sha256) != (offer.target, offer.length,
+                                                                                 offer.sha256):
+                listed = f"{target.path} of {target.length} bytes, sha256 {target.sha256[:16]}…" if target else \
+                    f"no mobility {offer.version}"
+                raise FeedInvalid(f"The appliance offered mobility {offer.version} as {offer.target} of {offer.length} "
+                                  f"bytes, sha256 {offer.sha256[:16]}…, but the signed metadata it serves lists "
+                                  f"{listed}: refused, nothing was installed.")
+            archive = client.download(target)
+            if self.stop.is_set():
+                return
+            self.versions.prune({self.version})  # the one that runs stays, for rollback
+            self.versions.unpack(archive, offer.version)
+        except EngineError as exc:
+            self._failed(offer, exc.message)
+        except Exception as exc:  # a bug: say so plainly, the traceback goes to the log
+            log.exception("the update to mobility %s failed", offer.version)
+            self._failed(offer, f"the mobility service hit an internal error ({type(exc).__name__}); its log has "
+                         "the details.")
+        else:
+            with self._update_lock:
+                self.switch_to = offer.version
+            log.info("mobility %s is verified and unpacked: stopping replication to restart into it",
+                     offer.version)
+            self.stop.set()
+        finally:
+            if client is not None:
+                client.close()
+            shutil.rmtree(self.versions.download_dir, ignore_errors=True)
+            with self._update_lock:
+                self._installing = None
+
+    def _failed(self, offer: MobilityUpdate, reason: str) -> None:
+        log.warning("mobility %s was not installed: %s", offer.version, reason)
+        with self._update_lock:
+            self._update_failure = UpdateReport(version=offer.version, outcome="update-failed",
+                                                previous=self.version, reason=reason[:MAX_TEXT])
+
+    def finish_switch(self) -> None:
+        """After the service stopped: make the version it unpacked the one that runs from the next start (on
+        trial). Durable when it returns; when it cannot be written, the version that ran runs again (and says
+        why in the log)."""
+        assert self.switch_to is not None
+        try:
+            self.versions.switch(self.switch_to, previous=self.version)
+        except (EngineError, OSError) as exc:
+            why = exc.message if isinstance(exc, EngineError) else str(exc.strerror or exc)
+            log.warning("could not switch to mobility %s (%s): mobility %s runs again", self.switch_to, why,
+                        self.version)
 
     def _context(self, *, pinned_ca: bytes | None, client: bool) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -395,8 +559,6 @@ class MobilityService:
             return 0
 
     def _forget_tracking(self) -> None:
-        import shutil
-
         for d in self.state_dir.glob("epoch-*"):
             shutil.rmtree(d, ignore_errors=True)
 
@@ -425,6 +587,7 @@ class MobilityService:
         ident = self.load_identity() or self.register()
         if ident is None:
             return
+        self._load_record()
         ca_pem = (self.state_dir / "ca.crt").read_bytes()
         context = self._context(pinned_ca=ca_pem, client=True)
         client = management_client(self.host, self.port, context)
@@ -445,6 +608,7 @@ class MobilityService:
                     self._kept_port()
                     self._sent(facts)
                     self._apply(answer)
+                    self._consider(answer.mobility_update)
                     log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
                     if self._follow_port(answer.management_port):
                         client.close()
@@ -454,21 +618,50 @@ class MobilityService:
         finally:
             client.close()
             self._stop_replicator()
+            thread = self._update_thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5)  # a download in flight ends by itself (its deadline); not waited for long
 
 
-def run(args: Any) -> None:
-    """CLI entry for ``godwit mobility run``: blocks until SIGTERM/SIGINT."""
+def run(args: Any, argv: list[str] | None = None) -> None:
+    """CLI entry for ``godwit mobility run``: blocks until SIGTERM/SIGINT. ``argv`` is this process's ``godwit``
+    arguments (default ``sys.argv[1:]``): the launcher runs an installed version with the same ones."""
     import signal
+    import sys
 
+    argv = sys.argv[1:] if argv is None else argv
+    child = os.environ.get(CHILD_ENV)
+    if child is None and VersionStore(Path(args.state_dir)).plan(__version__) is not None:
+        from engine.mobility.launcher import Launcher
+
+        raise SystemExit(Launcher(VersionStore(Path(args.state_dir)), argv=argv).run())
     stop = threading.Event()
+    terminated = threading.Event()
+
+    def on_signal(*_: Any) -> None:
+        terminated.set()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     hooks = SnapshotHooks(pre_command=args.pre_snapshot, post_command=args.post_snapshot,
                           freeze=tuple(args.freeze or ()))
     if not 1 <= args.freeze_budget_ms <= 60_000:
         raise BadInput("--freeze-budget-ms must be between 1 and 60000.")
     service = MobilityService(appliance=args.appliance, passphrase_file=Path(args.passphrase_file),
                               ca_fingerprint=args.ca_fingerprint, state_dir=Path(args.state_dir), disks=args.disk,
-                              name=args.name, stop=stop, hooks=hooks, freeze_budget=args.freeze_budget_ms / 1000)
+                              name=args.name, stop=stop, hooks=hooks, freeze_budget=args.freeze_budget_ms / 1000,
+                              version=child or __version__)
     service.run()
+    if service.switch_to is not None and not terminated.is_set():
+        service.finish_switch()
+        if child is not None:  # the launcher starts the version the record names now
+            raise SystemExit(RESTART_EXIT)
+        from engine.mobility.launcher import own_command
+
+        log.info("mobility service stopped: restarting into mobility %s", service.switch_to)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        command = own_command(argv)
+        os.execv(command[0], command)
     log.info("mobility service stopped")

@@ -209,6 +209,7 @@ async def serve(ctx: AgentContext) -> None:
     listener.start()
     reporter = asyncio.create_task(server.report_loop())
     log.info("data.listening address=%s", sock.getsockname())
+    ctx.ready()
     try:
         await ctx.stop.wait()
     finally:

@@ -66,6 +66,7 @@ class FakeBridge(QObject):
     event_added = Signal(object)
     licence_changed = Signal(object)
     ports_changed = Signal(object)
+    updates_changed = Signal(object)
 
     def __init__(self, root: Path) -> None:
         super().__init__()
@@ -74,6 +75,7 @@ class FakeBridge(QObject):
         self.engine = None
         self.licence: LicenceStatus | None = None
         self.ports = None
+        self.updates = None
         self.calls: list[tuple[str, Any]] = []
         self.answers: dict[str, Any] = {}
 
@@ -137,8 +139,9 @@ def test_banner_is_above_every_page(qtbot: QtBot, tmp_path: Path) -> None:
     window = _window_without_tray(bridge, tmp_path)
     qtbot.addWidget(window)
     window.show()
-    assert window.PAGES == ("servers", "setup", "ports", "events")
-    assert [window.nav.item(i).text() for i in range(window.nav.count())] == ["Servers", "Setup", "Ports", "Events"]
+    assert window.PAGES == ("servers", "setup", "ports", "agents", "events")
+    assert [window.nav.item(i).text() for i in range(window.nav.count())] == \
+        ["Servers", "Setup", "Ports", "Agents", "Events"]
     assert not window.licence_banner.isVisible()
     bridge.setup_changed.emit(SETUP)
     bridge.licence_changed.emit(WARNING)

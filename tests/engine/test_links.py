@@ -186,9 +186,11 @@ def test_version_1_0_keeps_the_wire_shape_sources_already_speak() -> None:
     answer = decode(HeartbeatAnswer, old_heartbeat_answer, link=MANAGEMENT)
     assert answer.desired.epoch == 1700000000000 and answer.desired.disk_sizes == [1 << 30]
     assert answer.management_port is None  # 1.1 added it; an answer without it is from an older appliance
-    assert encode(answer) == {**old_heartbeat_answer, "management_port": None}  # only added, nothing reshaped
+    assert answer.mobility_update is None  # 1.2 added it
+    added = {"management_port": None, "mobility_update": None}
+    assert encode(answer) == {**old_heartbeat_answer, **added}  # only added, nothing reshaped
     old_registered = {"server_id": "id", "name": "web-01", "certificate": "PEM", **old_heartbeat_answer}
-    assert encode(decode(Registered, old_registered, link=MANAGEMENT)) == {**old_registered, "management_port": None}
+    assert encode(decode(Registered, old_registered, link=MANAGEMENT)) == {**old_registered, **added}
     old_streams = {"disks": [{"disk": 0, "epoch": 7, "acked_seq": 12, "initial_done": 65536,
                               "initial_complete": False, "bytes_received": 99}]}
     states = decode(StreamStates, old_streams, link=DATA)

@@ -43,9 +43,9 @@ def test_management_port_serves_newer_minor_versions_and_refuses_other_majors(ap
     """A source of management protocol 1.x registers even with fields this engine does not know; one
     of 2.x is refused in one line naming both versions, before anything is done for it."""
     status, data, version = _ask(_tls(appliance, appliance.management_port), "GET", "/v1/ca", "management/2.0")
-    assert (status, version) == (400, "management/1.1")
+    assert (status, version) == (400, "management/1.2")
     assert isinstance(data, dict) and data["code"] == "protocol-version"
-    assert "management protocol 2.0" in data["message"] and "1.1" in data["message"]
+    assert "management protocol 2.0" in data["message"] and "1.2" in data["message"]
     key = pki.new_key()
     registration = {"passphrase": appliance.setup()["passphrase"], "csr": pki.make_csr(key, "later-01").decode(),
                     "name": "later-01", "hostname": "later", "os": "Linux", "agent_version": "9.9",
@@ -56,7 +56,7 @@ def test_management_port_serves_newer_minor_versions_and_refuses_other_majors(ap
     assert status == 400 and "later-01" not in appliance.servers()
     status, data, version = _ask(_tls(appliance, appliance.management_port), "POST", "/v1/register",
                                  "management/1.4", registration)
-    assert (status, version) == (200, "management/1.1"), data
+    assert (status, version) == (200, "management/1.2"), data
     assert isinstance(data, dict) and data["name"] == "later-01" and data["replicate"] is False
     assert appliance.servers()["later-01"]["disks"][0]["size"] == 1 << 30
 
@@ -85,7 +85,7 @@ def test_admin_api_and_agent_link_check_versions(appliance: Appliance) -> None:
     """The CLI/console socket and the agent link refuse another major version and stamp every answer."""
     admin = str(DataDir(appliance.data_dir).admin_socket)
     agent = str(DataDir(appliance.data_dir).agent_socket)
-    assert _ask(_Unix(admin), "GET", "/v1/engine", "admin/1.2")[::2] == (200, "admin/1.1")
+    assert _ask(_Unix(admin), "GET", "/v1/engine", "admin/1.3")[::2] == (200, "admin/1.2")
     status, data, _ = _ask(_Unix(admin), "GET", "/v1/engine", "admin/2.0")
     assert status == 400 and isinstance(data, dict) and "admin API 2.0" in data["message"]
     status, data, version = _ask(_Unix(agent), "GET", "/agent/replicating", "agent/0.1")
@@ -106,6 +106,6 @@ def test_a_cli_of_another_major_version_says_so(appliance: Appliance) -> None:
     try:
         asyncio.run(main())
     except VersionMismatch as exc:
-        assert "admin API 2.0" in exc.message and "1.1" in exc.message
+        assert "admin API 2.0" in exc.message and "1.2" in exc.message
     else:
         raise AssertionError("a 2.0 admin client was served")
