@@ -38,14 +38,17 @@ RULES = (
     FirewallRule("outbound", "tcp", None, "target storage", "writing replicas"),
 )
 PORTS = PortsStatus(management_port=9443, data_port=9444, listen_address="0.0.0.0", firewall=RULES)
-REPORT = ConnectivityReport(
-    checks=(ConnectivityCheck("management port 9443", True, "listening on 0.0.0.0:9443"),
-            ConnectivityCheck("data port 9444", False, "another program (pid 812) holds 0.0.0.0:9444",
-                              "Stop that program or choose another data port."),
-            ConnectivityCheck("target storage", True, "writable, 120 GiB free")),
-    servers=(ServerReach("web-01", time.time() - 630, 9443, time.time() - 210),  # ages that hold for half a minute
-             ServerReach("db-01", None, None, None)),
-)
+
+def report() -> ConnectivityReport:
+    """A test's report, its ages counted from now (collection may be minutes before the test runs)."""
+    return ConnectivityReport(
+        checks=(ConnectivityCheck("management port 9443", True, "listening on 0.0.0.0:9443"),
+                ConnectivityCheck("data port 9444", False, "another program (pid 812) holds 0.0.0.0:9444",
+                                  "Stop that program or choose another data port."),
+                ConnectivityCheck("target storage", True, "writable, 120 GiB free")),
+        servers=(ServerReach("web-01", time.time() - 630, 9443, time.time() - 210),  # ages that hold for half a minute
+                 ServerReach("db-01", None, None, None)),
+    )
 
 
 class FakeBridge(QObject):
@@ -86,8 +89,8 @@ def test_models_keep_the_model_contract(qtmodeltester: ModelTester) -> None:
     for model in (firewall, checks, reach):
         qtmodeltester.check(model)
     firewall.set_rows(RULES)
-    checks.set_rows(REPORT.checks)
-    reach.set_rows(REPORT.servers)
+    checks.set_rows(report().checks)
+    reach.set_rows(report().servers)
     for model in (firewall, checks, reach):
         qtmodeltester.check(model)
     reach.refresh_ages()
@@ -222,7 +225,7 @@ async def test_connectivity_test_lists_each_result(qapp: QApplication) -> None:
     page.show()
     try:
         bridge.ports_changed.emit(PORTS)
-        bridge.answers["test_ports"] = REPORT
+        bridge.answers["test_ports"] = report()
         page.test_button.click()
         await until(lambda: page.checks_model.rowCount() == 3, what="the results")
         assert _cells(page.checks_model) == [
@@ -240,7 +243,7 @@ async def test_connectivity_test_lists_each_result(qapp: QApplication) -> None:
                                             ["web-01", "10 min ago (port 9443)", "3 min ago"]]
         assert page.reach_table.model() is page.reach_model and page.checks_table.model() is page.checks_model
 
-        bridge.answers["test_ports"] = ConnectivityReport(checks=REPORT.checks[:1], servers=())
+        bridge.answers["test_ports"] = ConnectivityReport(checks=report().checks[:1], servers=())
         page.test_button.click()
         await until(lambda: page.checks_model.rowCount() == 1, what="the second results")
         assert page.summary.text().startswith("All 1 checks passed") and page.summary.property("level") == "ok"
