@@ -300,6 +300,11 @@ class EngineBridge(QObject):
     async def forget_server(self, name: str) -> None:
         await self.client.forget_server(name)
 
+    async def update_mobility(self, names: list[str]) -> None:
+        """Ask these servers' mobility services to update (manual mode); their rows follow by the push stream."""
+        for server in await self.client.update_mobility(names):
+            self.server_updated.emit(server)
+
     async def policies(self) -> list[Policy]:
         return await self.client.policies()
 

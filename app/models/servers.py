@@ -17,14 +17,25 @@ KeyRole = Qt.ItemDataRole.UserRole + 1  #: the server's name, the row's key
 ProgressRole = Qt.ItemDataRole.UserRole + 2  #: initial replication progress in per mille, or None
 
 
+#: How a server's mobility update reads in the table.
+MOBILITY_STATES = {"update-available": "update available", "updating": "updating…", "update-failed": "update failed"}
+
+
+def mobility_text(s: ServerStatus) -> str:
+    """The mobility version a server runs, and its update when there is one: "0.1.0 · update available"."""
+    version = s.mobility_version or s.agent_version
+    state = MOBILITY_STATES.get(s.mobility_update)
+    return f"{version} · {state}" if state else version
+
+
 def progress_of(s: ServerStatus) -> tuple[int, int]:
     return sum(d.bytes_done for d in s.disks), sum(d.bytes_total for d in s.disks)
 
 
 class ServersModel(RecordTableModel[ServerStatus]):
-    NAME, OS, SIZE, STATE, PROGRESS, THROUGHPUT, RPO, LAST_POINT, HEALTH, LAST_HEARTBEAT = range(10)
+    NAME, OS, SIZE, STATE, PROGRESS, THROUGHPUT, RPO, LAST_POINT, HEALTH, MOBILITY, LAST_HEARTBEAT = range(11)
     HEADERS = ("Name", "OS", "Size", "Status", "Progress", "Throughput", "RPO", "Last point", "Health",
-               "Heartbeat")
+               "Mobility", "Heartbeat")
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -109,6 +120,8 @@ class ServersModel(RecordTableModel[ServerStatus]):
             return age_text(s.last_recovery_point) if s.last_recovery_point else ""
         if column == self.HEALTH:
             return health_text(s.health, s.health_cause)
+        if column == self.MOBILITY:
+            return mobility_text(s)
         return age_text(s.last_heartbeat)
 
     def _progress_text(self, s: ServerStatus) -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QStackedLayout, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QStackedLayout,
+    QVBoxLayout,
+    QWidget,
+)
 from qasync import asyncSlot
 
 from app.bridge import EngineBridge, ServerState, ServerStatus
@@ -27,7 +35,8 @@ class ServersPage(QWidget):
         self.table.setItemDelegateForColumn(ServersModel.PROGRESS, ProgressDelegate(ProgressRole, self.table))
         for col, width in ((ServersModel.NAME, 85), (ServersModel.OS, 110), (ServersModel.SIZE, 75),
                            (ServersModel.STATE, 115), (ServersModel.PROGRESS, 205), (ServersModel.THROUGHPUT, 92),
-                           (ServersModel.RPO, 50), (ServersModel.LAST_POINT, 90), (ServersModel.HEALTH, 80)):
+                           (ServersModel.RPO, 50), (ServersModel.LAST_POINT, 90), (ServersModel.HEALTH, 80),
+                           (ServersModel.MOBILITY, 150)):
             self.table.setColumnWidth(col, width)
 
         self.empty = QLabel(tr("No source servers are registered yet.\n\nOn the Setup page you find the command "
@@ -50,6 +59,10 @@ class ServersPage(QWidget):
         self.forget_button = QPushButton(tr("Forget…"), objectName="forget_server", enabled=False)
         self.forget_button.setToolTip(tr("Revoke the selected server's certificate and remove it from the list."))
         self.forget_button.clicked.connect(self.on_forget_button_clicked)
+        self.update_mobility_button = QPushButton(tr("Update mobility"), objectName="update_mobility", enabled=False)
+        self.update_mobility_button.setToolTip(tr("Install the mobility version the appliance offers on the selected "
+                                                  "servers (Ctrl- or Shift-click to select several)."))
+        self.update_mobility_button.clicked.connect(self.on_update_mobility_button_clicked)
         bar = QHBoxLayout()
         bar.addWidget(QLabel(tr("Replicating servers"), objectName="page_title"))
         bar.addStretch(1)
@@ -58,6 +71,7 @@ class ServersPage(QWidget):
         bar.addWidget(self.resync_button)
         bar.addWidget(self.disable_button)
         bar.addWidget(self.forget_button)
+        bar.addWidget(self.update_mobility_button)
 
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
@@ -69,6 +83,7 @@ class ServersPage(QWidget):
         bridge.server_removed.connect(self.model.remove_server)
         for signal in (self.model.modelReset, self.model.rowsInserted, self.model.rowsRemoved):
             signal.connect(self._update_counts)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)  # bulk mobility updates
         self.table.selectionModel().selectionChanged.connect(self._update_buttons)
         self._ages = QTimer(self, interval=1000)
         self._ages.timeout.connect(self.model.refresh_ages)
@@ -88,6 +103,13 @@ class ServersPage(QWidget):
         self.disable_button.setEnabled(server is not None and server.replicating)
         self.resync_button.setEnabled(server is not None and server.replicating
                                       and server.state != ServerState.RESYNCING)
+        self.update_mobility_button.setEnabled(bool(self.outdated()))
+
+    def outdated(self) -> list[str]:
+        """The selected servers whose mobility service has an update it may install."""
+        rows = self.table.selectionModel().selectedRows()
+        servers = [self.model.server(self.table.source_row(r.row())) for r in rows]
+        return [s.name for s in servers if s.mobility_update in ("update-available", "update-failed")]
 
     def selected(self) -> ServerStatus | None:
         rows = self.table.selectionModel().selectedRows()
@@ -144,6 +166,19 @@ class ServersPage(QWidget):
             self.disable_button, tr("Disable replication of %s?"),
             tr("Replication stops and %s's recovery points and cached data on the appliance are deleted."),
             tr("Disable"), self.bridge.disable)
+
+    @asyncSlot()
+    async def on_update_mobility_button_clicked(self) -> None:
+        names = self.outdated()
+        if not names:
+            return
+        self.update_mobility_button.setEnabled(False)
+        try:
+            await self.bridge.update_mobility(names)
+        except Exception as exc:
+            show_error(self, exc)
+        finally:
+            self._update_buttons()
 
     @asyncSlot()
     async def on_forget_button_clicked(self) -> None:

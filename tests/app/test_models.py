@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import pytest
 from PySide6.QtCore import Qt
 from pytestqt.modeltest import ModelTester
 from pytestqt.qtbot import QtBot
@@ -98,3 +100,52 @@ def test_events_model_contract_dedupe_and_cap(qtmodeltester: ModelTester) -> Non
     assert model.rowCount() == MAX_ROWS
     assert model.event_at(0).id == 2
     qtmodeltester.check(model)
+
+
+def test_servers_model_shows_the_mobility_version_and_its_update() -> None:
+    """The Mobility column says the version a server runs and, when there is one, where its update stands."""
+    model = ServersModel()
+    model.set_rows([server("a", mobility_version="0.1.0", mobility_update="update-available"),
+                    server("b", mobility_version="0.2.0", mobility_update="up-to-date"),
+                    server("c", mobility_update="")])
+    assert [model.data(model.index(r, ServersModel.MOBILITY)) for r in range(3)] == [
+        "0.1.0 · update available", "0.2.0", "0.1.0"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_update_mobility_acts_on_the_selected_outdated_servers(qtbot: QtBot) -> None:
+    """Update mobility is enabled for a selection holding an outdated server and asks for exactly those."""
+    from PySide6.QtCore import QItemSelectionModel, QObject, Signal
+
+    from app.views.servers_page import ServersPage
+
+    class Bridge(QObject):
+        servers_reset = Signal(list)
+        server_updated = Signal(object)
+        server_removed = Signal(str)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: list[list[str]] = []
+
+        async def update_mobility(self, names: list[str]) -> None:
+            self.asked.append(names)
+
+    bridge = Bridge()
+    page = ServersPage(bridge)  # type: ignore[arg-type]
+    qtbot.addWidget(page)
+    bridge.servers_reset.emit([server("a", mobility_update="update-available"),
+                               server("b", mobility_update="up-to-date"), server("c", mobility_update="update-failed")])
+    assert not page.update_mobility_button.isEnabled()
+    selection = page.table.selectionModel()
+    for row in range(3):
+        selection.select(page.table.model().index(row, 0),
+                         QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
+    assert page.update_mobility_button.isEnabled()
+    page.update_mobility_button.click()
+    for _ in range(100):
+        if bridge.asked:
+            break
+        await asyncio.sleep(0.02)
+    assert bridge.asked == [["a", "c"]]
