@@ -186,6 +186,11 @@ def test_listen_address_moves_both_ports_and_the_registration_command(app: Appli
 
 def test_the_management_port_moves_back_to_the_one_being_left(app: Appliance) -> None:
     """Moving the management port back to the old one still open swaps them; nothing is bound anew."""
+    # A registered server that is not running keeps the old port open: with no server at all, the port watch
+    # would close it within a second, before the move back.
+    mob = Mobility(app, "back-a", disks=[make_disk(app.root / "back-a.img")]).start()
+    wait_for(lambda: "back-a" in app.servers(), what="the server to register")
+    mob.stop()
     old, new = app.management_port, free_port()
     app.json("ports", "set", "--management", str(new), "--keep-old-port", "1h")
     back = app.json("ports", "set", "--management", str(old), "--keep-old-port", "0")
