@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two checks of the licence (thresholds, expiry, the clock).
 LICENCE_CHECK_EVERY = 5.0
+LICENCE_CHECK_ENV = "GODWIT_LICENCE_CHECK_EVERY"  # tests that move the clock through every threshold
 
 
 class Engine:
@@ -212,7 +213,7 @@ class Engine:
                     self.hub.publish(LicenceChanged(self.licence.status()))
             except Exception:
                 log.exception("licence.watch-failed")
-            await asyncio.sleep(LICENCE_CHECK_EVERY)
+            await asyncio.sleep(float(os.environ.get(LICENCE_CHECK_ENV, LICENCE_CHECK_EVERY)))
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] = print) -> None:
         """Serve until ``stop`` is set, then stop the agents and close everything.

@@ -17,6 +17,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """Make every file and folder under ``root`` durable (before a rename publishes the tree)."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for filename in filenames:
+            fd = os.open(os.path.join(dirpath, filename), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
 def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write-to-temp, fsync, rename, fsync the directory: the file is whole or absent."""
     tmp = path.with_name(path.name + ".tmp")

@@ -267,9 +267,11 @@ class Inventory:
         self.replication.points_taken[server_id] = facts.points
         if facts.clock is not None:  # what the source's clock is ahead of ours (the trip is a rounding error)
             self.replication.clock_skew[server_id] = facts.clock - time.time()
+        # a heartbeat changes nothing the desired state depends on; the version it runs is in the facts. The answer
+        # comes before the push to the consoles: a mobility update it offers shows as under way at once.
+        answer = self._answer(row, came_on=request.port, running=facts.agent_version)
         self._publish(server_id)
-        # a heartbeat changes nothing the desired state depends on; the version it runs is in the facts
-        return self._answer(row, came_on=request.port, running=facts.agent_version)
+        return answer
 
     def _answer(self, row: ServerRecord, *, came_on: int | None, running: str | None = None) -> HeartbeatAnswer:
         """The answer to a heartbeat (or registration) that came in on the management port ``came_on``: it names

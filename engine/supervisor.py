@@ -102,6 +102,7 @@ class AgentProcess:
         #: Why the agent is being restarted on purpose (see :meth:`restart`), what to do before it starts
         #: again, and who waits for that; until it has exited.
         self._planned: tuple[str, Callable[[], None] | None, asyncio.Future[None]] | None = None
+        self._restart_lock = asyncio.Lock()
         self._spawning = False
         self.state: AgentState = "starting"
         self.restarts = 0
@@ -214,17 +215,19 @@ class AgentProcess:
     async def restart(self, reason: str, *, between: Callable[[], None] | None = None) -> None:
         """Stop the agent (as :meth:`stop` does) and start it again at once, e.g. to serve other sockets.
         ``between`` runs once the old process has exited and before the new one starts (e.g. to bind a
-        port the old one held); its exception is raised here. Returns before the new process starts."""
-        proc = self._proc
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._spawning and not self._stopping:  # being started, maybe with the sockets of before: once it
-            self._planned = (reason, between, done)  # runs, :meth:`_run_once` stops it and starts it again
-        elif self._stopping or proc is None or proc.returncode is not None:
-            _settle(done, between)  # not running: its next start takes the launcher's sockets anyway
-        else:
-            self._planned = (reason, between, done)
-            await self._terminate(proc)
-        await done
+        port the old one held); its exception is raised here. Returns before the new process starts.
+        Overlapping calls (a port change during an update) run one after the other."""
+        async with self._restart_lock:
+            proc = self._proc
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._spawning and not self._stopping:  # being started, maybe with the sockets of before: once it
+                self._planned = (reason, between, done)  # runs, :meth:`_run_once` stops it and starts it again
+            elif self._stopping or proc is None or proc.returncode is not None:
+                _settle(done, between)  # not running: its next start takes the launcher's sockets anyway
+            else:
+                self._planned = (reason, between, done)
+                await self._terminate(proc)
+            await done
 
     def _settle_planned(self) -> None:
         """The agent exited for a planned restart (or a stop): run what comes between, wake whoever waits."""

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,31 @@ def change_disk(path: Path, *, seed: int, writes: int = 20) -> None:
             off = rng.randrange(0, size - n) // 4096 * 4096
             f.seek(off)
             f.write(bytes(n) if rng.random() < 0.15 else rng.randbytes(n))
+
+
+class Churn:
+    """Writes to a source disk until stopped, as a busy server does (a context manager)."""
+
+    def __init__(self, disk: Path, *, seed: int = 1000) -> None:
+        self.disk = disk
+        self.seed = seed
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        seed = self.seed
+        while not self.stop.is_set():
+            change_disk(self.disk, seed=seed, writes=4)
+            seed += 1
+            time.sleep(0.1)
+
+    def __enter__(self) -> Churn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def protect(app: Appliance, mob: Mobility, **policy: str) -> Mobility:

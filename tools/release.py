@@ -250,6 +250,15 @@ def _compatibility(feed: Path, targets: Targets) -> Compatibility:
         return Compatibility(agents={})
 
 
+def _open_release(feed: Path, keys: Path, when: datetime) -> tuple[dict[str, CryptoSigner], Targets]:
+    """The signing keys (made, with the repository, on a first release) and the targets metadata to add to."""
+    signers = ensure_keys(keys, create=not _has_root(feed))
+    ensure_repository(feed, signers, now=when)
+    _check_keys(feed, signers)
+    current = load_targets(feed)
+    return signers, current.signed if current is not None else Targets()
+
+
 def publish(feed: Path, keys: Path, *, version: str, agents: Sequence[str], source: Path,
             requires: Mapping[str, Mapping[str, str]] = {},
             now: datetime | None = None, timestamp_expires: timedelta | None = None,
@@ -272,11 +281,7 @@ def publish(feed: Path, keys: Path, *, version: str, agents: Sequence[str], sour
                 raise ToolError(f"--requires {name}:{other}: both must be agents ({', '.join(AGENT_ORDER)}).")
             parse_version(minimum)
     when = _now(now)
-    signers = ensure_keys(keys, create=not _has_root(feed))
-    ensure_repository(feed, signers, now=when)
-    _check_keys(feed, signers)
-    current = load_targets(feed)
-    targets = current.signed if current is not None else Targets()
+    signers, targets = _open_release(feed, keys, when)
     compatibility = _compatibility(feed, targets)
     published: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="godwit-release-") as tmp:
@@ -302,11 +307,7 @@ def publish_target(feed: Path, keys: Path, path: str, data: bytes, *, now: datet
     """Publish (or replace) one arbitrary target and sign a new release: for tests that need a correctly
     signed but wrong file (a malformed compatibility.json)."""
     when = _now(now)
-    signers = ensure_keys(keys, create=not _has_root(feed))
-    ensure_repository(feed, signers, now=when)
-    _check_keys(feed, signers)
-    current = load_targets(feed)
-    targets = current.signed if current is not None else Targets()
+    signers, targets = _open_release(feed, keys, when)
     out = _add_target(feed, targets, path, data, replace=True)
     _sign_release(feed, signers, targets, now=when, expires=None, timestamp_expires=None)
     return out

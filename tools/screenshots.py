@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 from tests.appliance import Appliance, Mobility, free_port, wait_for  # noqa: E402
 
 if TYPE_CHECKING:
+    from app.bridge import EngineBridge
+    from app.views.main_window import MainWindow
     from engine.records import UpdatesStatus
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -46,6 +48,20 @@ SIZE = (1180, 640)  # the frame of the other console screenshots
 
 class ShotFailed(Exception):
     """A step did not happen in time; ``str()`` says which."""
+
+
+def _show(bridge: EngineBridge) -> MainWindow:
+    """The console's window at the screenshots' size, shown, its bridge started (no tray, no notifications)."""
+    from PySide6.QtCore import QSettings
+
+    from app.views.main_window import LicenceNotifier, MainWindow
+
+    window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(), tray_available=lambda: False,
+                                                         notify=lambda *_: None))
+    window.resize(*SIZE)
+    window.show()
+    bridge.start()
+    return window
 
 
 async def until(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:
@@ -174,11 +190,9 @@ def agent_states(now: float) -> dict[str, UpdatesStatus]:
 def agents_shots(out: Path, root: Path) -> int:
     """The Agents page in each of :func:`agent_states`, from a scripted engine (nothing is started)."""
     import qasync
-    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
     from app.bridge import EngineBridge
-    from app.views.main_window import LicenceNotifier, MainWindow
     from engine.links.admin import Hello, UpdatesChanged
     from engine.records import AgentStatus, EngineStatus, SetupInfo
     from tests.app.scripted import ScriptedClient
@@ -202,11 +216,7 @@ def agents_shots(out: Path, root: Path) -> int:
         client = ScriptedClient([Hello(engine=engine, setup=setup, servers=(), last_event_id=0, updates=first)],
                                 keep_open=True)
         bridge.client = client  # type: ignore[assignment]
-        window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(), tray_available=lambda: False,
-                                                             notify=lambda *_: None))
-        window.resize(*SIZE)
-        window.show()
-        bridge.start()
+        window = _show(bridge)
         try:
             page = window.agents_page
             await until(lambda: bridge.state == "attached" and page.updates is not None, "the scripted engine")
@@ -279,11 +289,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_console(app: Appliance, db: Mobility, offset: Path, out: Path) -> int:
     import qasync
-    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
     from app.bridge import EngineBridge
-    from app.views.main_window import LicenceNotifier, MainWindow
 
     qapp = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(qapp, QApplication)
@@ -293,11 +301,7 @@ def run_console(app: Appliance, db: Mobility, offset: Path, out: Path) -> int:
 
     async def run() -> None:
         bridge = EngineBridge(app.data_dir, start_engine=False)
-        window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(), tray_available=lambda: False,
-                                                             notify=lambda *_: None))
-        window.resize(*SIZE)
-        window.show()
-        bridge.start()
+        window = _show(bridge)
         try:
             await shoot(window, out, offset, app, db)
         finally:

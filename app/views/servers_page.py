@@ -112,8 +112,9 @@ class ServersPage(QWidget):
         return [s.name for s in servers if s.mobility_update in ("update-available", "update-failed")]
 
     def selected(self) -> ServerStatus | None:
+        """The one selected server; None when none or several are selected (the per-server buttons wait)."""
         rows = self.table.selectionModel().selectedRows()
-        if not rows:
+        if len(rows) != 1:
             return None
         return self.model.server(self.table.source_row(rows[0].row()))
 

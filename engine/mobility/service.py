@@ -51,9 +51,10 @@ from engine.mobility.appliance_client import management_client
 from engine.mobility.consistency import Freezer
 from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks, retryable
 from engine.mobility.sources import describe
-from engine.mobility.versions import CHILD_ENV, PACKAGE, RESTART_EXIT, VersionStore, parse
+from engine.mobility.versions import CHILD_ENV, RESTART_EXIT, VersionStore
 from engine.pki import key_pem, make_csr, new_key, parse_fingerprint, verify_pinned_ca
 from engine.records import Disk
+from engine.updater import MOBILITY_PACKAGE, version_tuple
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -354,7 +355,7 @@ class MobilityService:
         is on trial."""
         if offer is None or not offer.install:
             return
-        new, own = parse(offer.version), parse(self.version)
+        new, own = version_tuple(offer.version), version_tuple(self.version)
         if new is None or own is None or new <= own:
             return
         with self._update_lock:
@@ -382,7 +383,7 @@ class MobilityService:
                                 tls=(self.state_dir / "client.crt", self.state_dir / "client.key",
                                      self.state_dir / "ca.crt"))
             index = client.refresh()
-            target = index.find(PACKAGE, offer.version)
+            target = index.find(MOBILITY_PACKAGE, offer.version)
             if target is None or (target.path, target.length, target.sha256) != (offer.target, offer.length,
                                                                                  offer.sha256):
                 listed = f"{target.path} of {target.length} bytes, sha256 {target.sha256[:16]}…" if target else \

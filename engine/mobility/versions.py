@@ -33,11 +33,10 @@ from typing import Any
 
 from engine.errors import UpdateError
 from engine.files import write_atomically
+from engine.updater import MOBILITY_PACKAGE, version_tuple
 
 log = logging.getLogger(__name__)
 
-#: The agent whose packages are mobility versions.
-PACKAGE = "mobility-package"
 #: Seconds a new version has to reach the appliance before it is rolled back (``GODWIT_MOBILITY_TRIAL``: tests).
 ROLLBACK_AFTER = 120.0
 TRIAL_ENV = "GODWIT_MOBILITY_TRIAL"
@@ -52,14 +51,6 @@ def trial_seconds() -> float:
         return max(1.0, float(os.environ.get(TRIAL_ENV, ROLLBACK_AFTER)))
     except ValueError:
         return ROLLBACK_AFTER
-
-
-def parse(version: str | None) -> tuple[int, int, int] | None:
-    """``MAJOR.MINOR.PATCH`` as a comparable tuple, None if it is not one."""
-    parts = version.split(".") if isinstance(version, str) else []
-    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 4 for p in parts):
-        return None
-    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 @dataclass(frozen=True)
@@ -85,12 +76,12 @@ class VersionRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> VersionRecord:
-        if not isinstance(data, dict) or parse(data.get("current")) is None:
+        if not isinstance(data, dict) or version_tuple(data.get("current")) is None:
             raise ValueError("no current version")
         previous = data.get("previous")
         trial = data.get("trial_until")
         report = data.get("report")
-        return cls(current=data["current"], previous=previous if parse(previous) else None,
+        return cls(current=data["current"], previous=previous if version_tuple(previous) else None,
                    trial_until=float(trial) if isinstance(trial, int | float) and not isinstance(trial, bool)
                    else None,
                    confirmed=data.get("confirmed") is not False,
@@ -128,15 +119,15 @@ class VersionStore:
 
     def code_dir(self, version: str) -> Path | None:
         """The folder a version runs from (it holds ``engine/``), if it is unpacked whole."""
-        if parse(version) is None:
+        if version_tuple(version) is None:
             return None
         path = self.versions_dir / version
         return path if (path / "engine" / "__init__.py").is_file() else None
 
     def versions(self) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
-            return sorted((p.name for p in self.versions_dir.iterdir() if parse(p.name) is not None),
-                          key=lambda v: parse(v) or (0, 0, 0))
+            return sorted((p.name for p in self.versions_dir.iterdir() if version_tuple(p.name) is not None),
+                          key=lambda v: version_tuple(v) or (0, 0, 0))
         return []
 
     def plan(self, installed: str) -> str | None:
@@ -145,7 +136,7 @@ class VersionStore:
         record = self.read()
         if record is None:
             return None
-        current, own = parse(record.current), parse(installed)
+        current, own = version_tuple(record.current), version_tuple(installed)
         if current is None or (own is not None and current <= own):
             return None
         if self.code_dir(record.current) is None:
@@ -159,13 +150,13 @@ class VersionStore:
         attempt is replaced). Raises :class:`UpdateError`."""
         from engine.updater.package import unpack_package
 
-        if parse(version) is None:
+        if version_tuple(version) is None:
             raise UpdateError(f"{version!r} is not a version.")
         dest = self.versions_dir / version
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         if dest.exists():
             shutil.rmtree(dest)
-        unpack_package(archive, dest, name=PACKAGE, version=version)
+        unpack_package(archive, dest, name=MOBILITY_PACKAGE, version=version)
         return dest
 
     def prune(self, keep: set[str | None]) -> list[str]:
@@ -175,7 +166,7 @@ class VersionStore:
             for entry in self.versions_dir.iterdir():
                 if entry.name not in keep:
                     shutil.rmtree(entry, ignore_errors=True)
-                    if parse(entry.name) is not None:
+                    if version_tuple(entry.name) is not None:
                         removed.append(entry.name)
         if removed:
             log.info("removed mobility version(s) %s", ", ".join(removed))

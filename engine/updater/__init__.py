@@ -11,6 +11,12 @@ docs/agent-updates.md has the design and the threat model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.records import UpdateMode
+    from engine.state import StateDB
+
 #: Every updatable agent, in the order an update of all of them installs them: the reader of a format
 #: before its writer (log-processor before process-server), the appliance before its sources.
 AGENT_ORDER: tuple[str, ...] = ("log-processor", "process-server", "replication-manager", "mobility-package")
@@ -31,3 +37,22 @@ AGENT_MODULES: dict[str, str | None] = {
     "replication-manager": "engine.manager",
     "mobility-package": None,
 }
+
+#: The agent whose versions the appliance serves to source servers.
+MOBILITY_PACKAGE = "mobility-package"
+
+#: The state database's key for the update mode; the agents and the mobility services follow the same one.
+MODE_KEY = "updates_mode"
+
+
+def update_mode(state: StateDB) -> UpdateMode:
+    """The appliance's update mode: "auto" unless an admin chose "manual"."""
+    return "manual" if state.get_meta(MODE_KEY) == "manual" else "auto"
+
+
+def version_tuple(text: object) -> tuple[int, int, int] | None:
+    """``"MAJOR.MINOR.PATCH"`` as a comparable tuple (digits only, each at most 9999); None if it is not one."""
+    parts = text.split(".") if isinstance(text, str) else []
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 4 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])

@@ -12,14 +12,13 @@ the oldest version of another agent it needs (the maintainer's ``--requires``; n
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import FeedInvalid
 from engine.updater import AGENT_ORDER
-from engine.updater.package import parse_version
+from engine.updater.package import LINK_NAME, LINK_VERSION, parse_version
 
 COMPATIBILITY_FORMAT = "godwit-compatibility"
 COMPATIBILITY_VERSION = 1
@@ -31,8 +30,6 @@ SHARED_LINKS: dict[str, tuple[str, str]] = {
 }
 #: The agents the supervisor runs, which speak the ``agent`` link to it.
 PROCESS_AGENTS: tuple[str, ...] = tuple(name for name in AGENT_ORDER if name != "mobility-package")
-_LINK_VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
-_LINK_NAME = re.compile(r"^[a-z-]{1,32}$")
 
 
 def _invalid(why: str) -> FeedInvalid:
@@ -41,7 +38,7 @@ def _invalid(why: str) -> FeedInvalid:
 
 
 def _major(version: str) -> int | None:
-    match = _LINK_VERSION.match(version)
+    match = LINK_VERSION.match(version)
     return int(match.group(1)) if match else None
 
 
@@ -97,7 +94,7 @@ class Compatibility:
             raise _invalid("no agents")
         out: dict[str, dict[str, AgentRelease]] = {}
         for name, versions in agents.items():
-            if not isinstance(name, str) or not _LINK_NAME.match(name) or not isinstance(versions, dict):
+            if not isinstance(name, str) or not LINK_NAME.match(name) or not isinstance(versions, dict):
                 raise _invalid(f"agent {str(name)[:40]!r} is not a name with its versions")
             out[name] = {}
             for version, entry in versions.items():
@@ -110,14 +107,14 @@ class Compatibility:
                     raise _invalid(f"{what} is not an object")
                 links, requires = entry.get("links", {}), entry.get("requires", {})
                 if not isinstance(links, dict) or not all(
-                        isinstance(k, str) and _LINK_NAME.match(k) and isinstance(v, str) and _LINK_VERSION.match(v)
+                        isinstance(k, str) and LINK_NAME.match(k) and isinstance(v, str) and LINK_VERSION.match(v)
                         for k, v in links.items()):
                     raise _invalid(f"{what} has links that are not {{name: \"MAJOR.MINOR\"}}")
                 if not isinstance(requires, dict):
                     raise _invalid(f"{what} has requires that are not {{agent: version}}")
                 for other, minimum in requires.items():
                     try:
-                        ok = isinstance(other, str) and bool(_LINK_NAME.match(other)) and bool(parse_version(minimum))
+                        ok = isinstance(other, str) and bool(LINK_NAME.match(other)) and bool(parse_version(minimum))
                     except ValueError:
                         ok = False
                     if not ok:

@@ -17,7 +17,6 @@ thread, never on an event loop.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -53,8 +52,9 @@ from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
 import engine
+from engine.diskspace import NO_SPACE
 from engine.errors import FeedInvalid, FeedUnreachable, UpdateError
-from engine.files import fsync_dir, write_atomically
+from engine.files import fsync_dir, fsync_tree, write_atomically
 from engine.updater import AGENT_ORDER
 from engine.updater.compatibility import Compatibility
 from engine.updater.package import MAX_PACKAGE_BYTES, parse_version
@@ -69,7 +69,6 @@ MAX_COMPATIBILITY_BYTES = 4 * 1024 * 1024
 _TARGET = re.compile(r"^agents/([a-z-]{1,32})/([a-z-]{1,32})-(\d{1,4}\.\d{1,4}\.\d{1,4})\.tar\.gz$")
 _METADATA = re.compile(r"^(?:(\d+)\.)?(root|timestamp|snapshot|targets)\.json$")
 _CHUNK = 64 * 1024
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def target_path(name: str, version: str) -> str:
@@ -529,13 +528,13 @@ class FeedClient:
                 shutil.copyfile(source, out)
                 if _sha256(out) != sha256:  # changed on disk since it was verified
                     raise UpdateError(f"{source} changed after it was verified: export again.")
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             if dest.exists():
                 os.rename(dest, old)
             os.rename(tmp, dest)
             fsync_dir(dest.parent)
         except OSError as exc:
-            if exc.errno in _NO_SPACE:
+            if exc.errno in NO_SPACE:
                 raise UpdateError(f"Not enough space in {dest.parent} to export the update feed: free some space "
                                   "and try again.") from exc
             raise UpdateError(f"Could not export the update feed to {dest}: {exc.strerror}. Check the folder and "
@@ -615,7 +614,7 @@ class FeedClient:
                                "maintainer.")
         if isinstance(exc, OSError):
             place = self._download_dir if target else self._metadata_dir
-            if exc.errno in _NO_SPACE:
+            if exc.errno in NO_SPACE:
                 return UpdateError(f"Not enough space in {place} for the update feed's files: free some space and "
                                    "try again.")
             return UpdateError(f"Could not write the update feed's files under {place}: {exc.strerror or exc}. "
@@ -675,9 +674,3 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
-        for filename in filenames:
-            with open(os.path.join(dirpath, filename), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(Path(dirpath))

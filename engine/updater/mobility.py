@@ -31,6 +31,7 @@ an engine restart is in the state database (table ``mobility_updates``, meta ``m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,15 +44,16 @@ from typing import Any
 from engine.config import DataDir
 from engine.errors import EngineError, UnknownServer, UpdateError
 from engine.events import EventHub
+from engine.files import write_atomically
 from engine.links.management import MobilityUpdate, UpdateReport
 from engine.state import MobilityUpdateRecord, ServerRecord, StateDB
+from engine.updater import MOBILITY_PACKAGE, update_mode, version_tuple
 from engine.updater.feed import FeedTarget
 from engine.updater.package import parse_version
+from engine.updater.store import AgentStore
 
 log = logging.getLogger(__name__)
 
-#: The agent whose versions the appliance serves to source servers.
-PACKAGE = "mobility-package"
 #: Auto mode spreads the servers' installs over this many seconds after a release is first offered
 #: (``GODWIT_MOBILITY_STAGGER`` overrides it: tests).
 STAGGER_SECONDS = 600.0
@@ -81,14 +83,23 @@ def _read_json(path: Path) -> Any:
         return json.loads(f.read(64 * 1024))
 
 
+def write_release(folder: Path, target: FeedTarget) -> None:
+    """Write ``release.json`` into an installed mobility version's ``folder``: the package sources are offered."""
+    release = {"version": target.version, "target": {"path": target.path, "name": target.name,
+                                                     "version": target.version, "length": target.length,
+                                                     "sha256": target.sha256}}
+    write_atomically(folder / "release.json", json.dumps(release).encode(), mode=0o644)
+
+
 def mobility_release(data_dir: DataDir) -> MobilityRelease | None:
     """The mobility version installed on the appliance with its feed, or None when there is nothing to offer
     (only the bootstrap version, which has no release.json; or a file that is missing or damaged)."""
-    folder = data_dir.agents / PACKAGE
+    installed = AgentStore(data_dir.agents).current(MOBILITY_PACKAGE)
+    if installed is None:
+        return None
+    version, folder = installed.version, installed.path
     try:
-        version = _read_json(folder / "current.json")["version"]
-        parse_version(version)
-        release = _read_json(folder / version / "release.json")
+        release = _read_json(folder / "release.json")
         raw = release["target"]
         target = FeedTarget(path=str(raw["path"]), name=str(raw["name"]), version=str(raw["version"]),
                             length=int(raw["length"]), sha256=str(raw["sha256"]))
@@ -97,19 +108,12 @@ def mobility_release(data_dir: DataDir) -> MobilityRelease | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("mobility.release-unreadable folder=%s: %s", folder, exc)
         return None
-    feed_dir = folder / version / "feed"
-    if release.get("version") != version or target.name != PACKAGE or target.version != version or \
+    feed_dir = folder / "feed"
+    if release.get("version") != version or target.name != MOBILITY_PACKAGE or target.version != version or \
             not (feed_dir / "metadata" / "timestamp.json").is_file():
         log.warning("mobility.release-inconsistent folder=%s version=%s target=%s", folder, version, target)
         return None
     return MobilityRelease(version=version, target=target, feed_dir=feed_dir)
-
-
-def _version(text: str) -> tuple[int, int, int] | None:
-    try:
-        return parse_version(text)
-    except ValueError:
-        return None
 
 
 class MobilityUpdates:
@@ -121,6 +125,7 @@ class MobilityUpdates:
         self._state = state
         self._hub = hub
         self._data_dir = data_dir
+        self._store = AgentStore(data_dir.agents)
         self.stagger = stagger if stagger is not None else float(os.environ.get(STAGGER_ENV, STAGGER_SECONDS))
         self.max_updating = max_updating
         #: The release as last read, and the file stamps it was read at (re-read when they change).
@@ -139,19 +144,19 @@ class MobilityUpdates:
     # --- the release --------------------------------------------------------------------------------
     @property
     def mode(self) -> str:
-        return "manual" if self._state.get_meta("updates_mode") == "manual" else "auto"
+        return update_mode(self._state)
 
     def _stamps(self) -> tuple[int, ...]:
-        folder = self._data_dir.agents / PACKAGE
+        """What tells that the offered release changed: the stamps of ``current.json`` and of its ``release.json``."""
         out: list[int] = []
-        try:
-            current = (folder / "current.json").stat()
-            out += [current.st_mtime_ns, current.st_ino, current.st_size]
-            version = _read_json(folder / "current.json").get("version")
-            release = (folder / str(version) / "release.json").stat()
-            out += [release.st_mtime_ns, release.st_ino, release.st_size]
-        except (OSError, ValueError, AttributeError):
-            pass
+        installed = self._store.current(MOBILITY_PACKAGE)
+        paths = [self._store.folder(MOBILITY_PACKAGE) / "current.json"]
+        if installed is not None:
+            paths.append(installed.path / "release.json")
+        for path in paths:
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                out += [st.st_mtime_ns, st.st_ino, st.st_size]
         return tuple(out)
 
     def release(self) -> MobilityRelease | None:
@@ -226,7 +231,7 @@ class MobilityUpdates:
         else the release, with ``install`` when its turn has come (and an update it was told to install is
         noted as under way)."""
         release = self.release()
-        running = _version(running_version)
+        running = version_tuple(running_version)
         if release is None or running is None:
             return None
         record = self._state.mobility_update(row.server_id)
@@ -263,7 +268,7 @@ class MobilityUpdates:
         """"up-to-date", "update-available", "updating" or "update-failed"; "" when nothing is offered (or the
         version the server runs is not one this appliance can compare)."""
         release = self.release()
-        running = _version(running_version)
+        running = version_tuple(running_version)
         if release is None or running is None:
             return ""
         if running >= parse_version(release.version):
@@ -292,7 +297,7 @@ class MobilityUpdates:
                               "the one it came with. Update the Mobility package agent first (Agents page, or "
                               "`godwit agents update mobility-package`).")
         wanted = parse_version(release.version)
-        outdated = [row for row in rows if (v := _version(row.agent_version)) is None or v < wanted]
+        outdated = [row for row in rows if (v := version_tuple(row.agent_version)) is None or v < wanted]
         if not outdated:
             raise UpdateError(f"{', '.join(r.name for r in rows)} already run{'s' if len(rows) == 1 else ''} "
                               f"mobility {release.version} or newer: nothing to update.")

@@ -18,7 +18,6 @@ both packed and unpacked.
 
 from __future__ import annotations
 
-import errno
 import gzip
 import io
 import json
@@ -38,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from engine.diskspace import NO_SPACE
 from engine.errors import UpdateError
-from engine.files import fsync_dir
-from engine.updater import AGENT_MODULES, AGENT_ORDER
+from engine.files import fsync_dir, fsync_tree
+from engine.updater import AGENT_MODULES, AGENT_ORDER, version_tuple
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +54,19 @@ MANIFEST = "agent.json"
 #: The package data shipped with the engine's Python files.
 _DATA_SUFFIXES = (".py", ".json", ".txt")
 _MANIFEST_MAX = 64 * 1024
-_LINK_VERSION = re.compile(r"^\d{1,4}\.\d{1,4}$")
-_LINK_NAME = re.compile(r"^[a-z-]{1,32}$")
+#: A link's name and version as a manifest or the compatibility record names them ("management", "1.2").
+LINK_NAME = re.compile(r"^[a-z-]{1,32}$")
+LINK_VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
 _MODULE = re.compile(r"^engine(\.[a-z_][a-z0-9_]*)+$")
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
-    """``"MAJOR.MINOR.PATCH"`` as a comparable tuple. Digits only, each at most 9999; ValueError otherwise."""
-    parts = text.split(".") if isinstance(text, str) else []
-    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 4 for p in parts):
+    """``"MAJOR.MINOR.PATCH"`` as a comparable tuple (:func:`~engine.updater.version_tuple`); ValueError if it is
+    not one."""
+    parsed = version_tuple(text)
+    if parsed is None:
         raise ValueError(f"{text!r} is not a version (MAJOR.MINOR.PATCH, digits only, each at most 9999)")
-    major, minor, patch = (int(p) for p in parts)
-    return major, minor, patch
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class PackageManifest:
         if module is not None and (not isinstance(module, str) or not _MODULE.match(module)):
             raise bad(f"names module {str(module)[:60]!r}, which is not an engine module")
         if not isinstance(links, dict) or not all(
-                isinstance(k, str) and _LINK_NAME.match(k) and isinstance(v, str) and _LINK_VERSION.match(v)
+                isinstance(k, str) and LINK_NAME.match(k) and isinstance(v, str) and LINK_VERSION.match(v)
                 for k, v in links.items()):
             raise bad("has link versions that are not {name: \"MAJOR.MINOR\"}")
         return cls(name=name, version=version, module=module, links=dict(links))
@@ -327,17 +327,6 @@ def _checked_members(archive: Path, tar: tarfile.TarFile, seen: dict[str, int]) 
     return members
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
-        for filename in filenames:
-            fd = os.open(os.path.join(dirpath, filename), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
 def unpack_package(archive: Path, dest: Path, *, name: str, version: str) -> PackageManifest:
     """Unpack the package ``archive``, which must be agent ``name`` at ``version``, into ``dest``.
 
@@ -372,7 +361,7 @@ def unpack_package(archive: Path, dest: Path, *, name: str, version: str) -> Pac
                 raise UpdateError(f"The package {archive.name} is {manifest.name} {manifest.version}, not {name} "
                                   f"{version}: it was published or named wrongly. Refused: download {name} {version} "
                                   "again from the update feed.")
-            _fsync_tree(partial)
+            fsync_tree(partial)
             if dest.exists() or dest.is_symlink():  # appeared meanwhile: never replace it
                 raise UpdateError(f"{dest} appeared while {name} {version} was unpacked. Remove it and try again.")
             os.rename(partial, dest)
@@ -391,7 +380,7 @@ def unpack_package(archive: Path, dest: Path, *, name: str, version: str) -> Pac
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise _damaged(archive, type(exc).__name__) from exc
     except OSError as exc:
-        if exc.errno in _NO_SPACE:
+        if exc.errno in NO_SPACE:
             raise UpdateError(f"Not enough space in {dest.parent} to unpack {name} {version}: free some space and "
                               "try again.") from exc
         if exc.errno is None:  # gzip.BadGzipFile: the content, not the disk

@@ -35,9 +35,10 @@ from engine.events import EventHub
 from engine.records import AgentUpdate, UpdateMode, UpdatesStatus, UpdateStage, UpdateState
 from engine.state import StateDB
 from engine.supervisor import AgentProcess
-from engine.updater import AGENT_ORDER, AGENT_TITLES
+from engine.updater import AGENT_ORDER, AGENT_TITLES, update_mode
 from engine.updater.compatibility import AgentRelease, problems
 from engine.updater.feed import FeedClient, FeedIndex, FeedTarget, trusted_root
+from engine.updater.mobility import write_release
 from engine.updater.package import parse_version, read_manifest
 from engine.updater.store import AgentStore, engine_links
 
@@ -84,6 +85,7 @@ class Updater:
         self._client: FeedClient | None = None
         self._progress: dict[str, tuple[UpdateStage, float | None]] = {}
         self._lock = asyncio.Lock()
+        self._export_lock = asyncio.Lock()  # one export of the mobility feed at a time
         self._tasks: set[asyncio.Task[None]] = set()
         self._health_deadline = float(os.environ.get("GODWIT_UPDATE_HEALTH_DEADLINE", HEALTH_DEADLINE))
         #: Fault injection for the crash tests: hold an install at this stage for a minute.
@@ -105,7 +107,7 @@ class Updater:
 
     @property
     def mode(self) -> UpdateMode:
-        return "manual" if self._meta("mode") == "manual" else "auto"
+        return update_mode(self._state)
 
     @property
     def window(self) -> str:
@@ -211,7 +213,14 @@ class Updater:
                              last_check_at=self._float("last_check_at"),
                              last_success_at=self._float("last_success_at"), check_error=self._check_error(),
                              next_install_at=self._next_window() if self.mode == "auto" and pending else None,
-                             mismatched=len({a.installed_version for a in agents}) > 1)
+                             mismatched=self._mismatched(agents, pending))
+
+    def _mismatched(self, agents: tuple[AgentUpdate, ...], pending: bool) -> bool:
+        """The agents run different versions and that is not the newest set the feed offers (a partial release
+        is: nothing is pending and they work together). Without a verified feed, any difference counts."""
+        if len({a.installed_version for a in agents}) < 2:
+            return False
+        return pending or self._index is None or bool(self._problems({}))
 
     def _publish(self) -> None:
         try:
@@ -265,18 +274,22 @@ class Updater:
         else:
             client = self._feed(url)
             try:
-                self._index = await asyncio.to_thread(client.refresh)
-                self._client = client
+                index = await asyncio.to_thread(client.refresh)
             except EngineError as exc:
                 error = exc.message
             except Exception as exc:  # a bug in reading the feed: say it plainly, log the details
                 log.exception("updates.check-failed url=%s", url)
                 error = f"The update feed at {url} could not be read ({type(exc).__name__}); see the engine's log."
+            if url != self.feed_url:  # the admin set another feed while this one answered: its answer is moot
+                return self.status()
+            if error is None:
+                self._index, self._client = index, client
         now = time.time()
         self._set_meta("last_check_at", str(now))
         before = self._meta("check_error")
         self._set_meta("check_error", error)
         if error is None:
+            await self._refresh_mobility_feed()
             self._set_meta("last_success_at", str(now))
             offered = ", ".join(f"{AGENT_TITLES[n]} {v}" for n, v in self._newest().items())
             if offered and offered != self._meta("offered"):
@@ -287,6 +300,26 @@ class Updater:
         log.info("updates.check-complete url=%s ok=%s", url, error is None)
         self._publish()
         return self.status()
+
+    async def _refresh_mobility_feed(self) -> None:
+        """The feed the appliance serves to source servers carries the vendor's timestamp, which expires within
+        days: after every successful check it is exported again with the metadata just verified."""
+        installed = self.store.current("mobility-package")
+        index, client = self._index, self._client
+        if installed is None or index is None or client is None:
+            return
+        feed = self.store.version_dir("mobility-package", installed.version) / "feed"
+        target = index.find("mobility-package", installed.version)
+        if not feed.is_dir():
+            return  # the bootstrap version: sources are offered nothing
+        if target is None:
+            log.warning("updates.mobility-feed-stale version=%s reason=no longer in the feed", installed.version)
+            return
+        async with self._export_lock:
+            try:
+                await asyncio.to_thread(client.export, feed, [target])
+            except (EngineError, OSError) as exc:
+                log.warning("updates.mobility-feed-stale version=%s: %s", installed.version, exc)
 
     # --- installing ----------------------------------------------------------------------------------------
     def _plan(self, names: list[str] | None) -> list[tuple[str, FeedTarget]]:
@@ -319,12 +352,18 @@ class Updater:
         await self.check()
         if self._lock.locked():  # another request started one while the feed answered
             raise UpdateError("An update is already running: wait for it to finish (the Agents page shows it).")
-        plan = self._plan(names)
+        plan = self._plan(None if names is None else list(dict.fromkeys(names)))
         if plan:
-            await self._lock.acquire()  # held by the install from here: no second run can start
-            self._queue(plan)
-            self._spawn(self._install_all(plan))
+            await self._start(plan)
         return self.status()
+
+    async def _start(self, plan: list[tuple[str, FeedTarget]]) -> asyncio.Task[None]:
+        """Take the lock (held by the run from here: no second run can start) and start installing ``plan``."""
+        await self._lock.acquire()
+        self._queue(plan)
+        task = self._spawn(self._install_all(plan))
+        task.add_done_callback(lambda _: self._lock.release())  # even if cancelled before it ran
+        return task
 
     def _queue(self, plan: list[tuple[str, FeedTarget]]) -> None:
         """Show every agent of a run as updating at once: the admin sees the whole run."""
@@ -332,13 +371,15 @@ class Updater:
             self._progress[name] = ("downloading", 0.0)
         self._publish()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _install_all(self, plan: list[tuple[str, FeedTarget]]) -> None:
-        """Install a run (queued with :meth:`_queue`, the lock acquired by the caller: released here)."""
+        """Install a run (queued with :meth:`_queue`; the lock, acquired by the caller, is released when the task
+        ends)."""
         done: list[str] = []
         try:
             for i, (name, target) in enumerate(plan):
@@ -351,13 +392,12 @@ class Updater:
                     break
                 done.append(name)
         finally:
-            self._lock.release()
             self._progress.clear()
             self._publish()
 
     async def _stage(self, name: str, stage: str) -> None:
         """Journal that the install of ``name`` reached ``stage`` (durable before the stage's work starts)."""
-        self.store.stage(name, stage)
+        await asyncio.to_thread(self.store.stage, name, stage)
         if stage == self._pause_at:
             log.warning("updates.paused name=%s stage=%s (GODWIT_UPDATE_PAUSE_AT)", name, stage)
             await asyncio.sleep(60)
@@ -374,10 +414,12 @@ class Updater:
         client = self._client
         assert client is not None
         loop = asyncio.get_running_loop()
-        self.store.begin(name, from_version=old, to_version=target.version)
         log.info("updates.install-started name=%s from=%s to=%s", name, old, target.version)
         switched = False
+        # The journal ends only once the outcome is durable (installed, or rolled back): a cancelled or crashed
+        # install leaves it for the next start to roll back.
         try:
+            await asyncio.to_thread(self.store.begin, name, from_version=old, to_version=target.version)
             last = [0.0]
 
             def progress(done: int, total: int) -> None:  # from the download's thread
@@ -400,7 +442,7 @@ class Updater:
             if name == "mobility-package":
                 await asyncio.to_thread(self._serve_mobility, client, target)
             await self._stage(name, "switching")
-            self.store.switch(name, target.version)
+            await asyncio.to_thread(self.store.switch, name, target.version)
             switched = True
             await self._stage(name, "switched")
             agent = self.agents.get(name)
@@ -418,15 +460,16 @@ class Updater:
                 message += f". Rolled back: {title} {old} runs again."
             else:
                 message += "" if message.endswith(".") else "."
+            await asyncio.to_thread(self.store.end, name)
             self._set_failed(name, (target.version, message))
             self._hub.record("error", "agent-update-failed", f"{title} was not updated to {target.version}: {message}")
             log.warning("updates.install-failed name=%s version=%s: %s", name, target.version, message)
             return False
         finally:
-            self.store.end(name)
             self._progress.pop(name, None)
+        await asyncio.to_thread(self.store.end, name)
         self._set_failed(name, None)
-        removed = self.store.prune(name)
+        removed = await asyncio.to_thread(self.store.prune, name)
         self._hub.record("info", "agent-updated", f"{title} updated from {old} to {target.version}; {old} is kept for "
                          "rollback." + (f" Removed {', '.join(removed)}." if removed else ""))
         log.info("updates.install-complete name=%s version=%s", name, target.version)
@@ -438,10 +481,7 @@ class Updater:
         (engine/updater/mobility.py), beside the unpacked version."""
         folder = self.store.version_dir("mobility-package", target.version)
         client.export(folder / "feed", [target])
-        release = {"version": target.version, "target": {"path": target.path, "name": target.name,
-                                                         "version": target.version, "length": target.length,
-                                                         "sha256": target.sha256}}
-        (folder / "release.json").write_text(json.dumps(release))
+        write_release(folder, target)
 
     async def _health(self, agent: AgentProcess, version: str) -> str | None:
         """None if the agent, restarted into ``version``, reports ready, answers on its port and keeps running;
@@ -481,7 +521,7 @@ class Updater:
     async def _switch_back(self, name: str, *, why: str, record: bool = True) -> None:
         """Run the previous version of ``name`` again (after a failed health check or install)."""
         title = AGENT_TITLES[name]
-        installed = self.store.rollback(name)
+        installed = await asyncio.to_thread(self.store.rollback, name)
         agent = self.agents.get(name)
         if agent is not None:
             await agent.restart(f"rollback to {installed.version}")
@@ -502,6 +542,10 @@ class Updater:
             before = self.store.current(name)
             if before is None or before.previous is None:
                 raise UpdateError(f"{AGENT_TITLES[name]} has no previous version to roll back to.")
+            found = self._problems({name: before.previous})
+            if found:
+                raise Incompatible(f"{AGENT_TITLES[name]} cannot go back to {before.previous}: {found[0]} Nothing "
+                                   "was changed.")
             self._set_progress(name, "installing")
             try:
                 await self._switch_back(name, why="the admin asked for it")
@@ -540,6 +584,8 @@ class Updater:
         if url is not None and not re.match(r"^https?://[^\s]{1,2000}$", url):
             raise UpdateError(f"The feed URL must start with https:// or http://, not {url[:80]!r}.")
         if url != self.feed_url:
+            if self._lock.locked():
+                raise UpdateError("An update is running: wait for it to finish, then change the feed.")
             shutil.rmtree(self.data_dir.updates / "metadata", ignore_errors=True)
             self._index, self._client = None, None
             self._set_meta("feed_url", url)
@@ -561,9 +607,7 @@ class Updater:
             self._hub.record("warning", "auto-update-refused", f"Automatic agent updates did not install: {exc}")
             return
         if plan and not self._lock.locked():
-            await self._lock.acquire()
-            self._queue(plan)
-            await self._install_all(plan)
+            await (await self._start(plan))
 
     async def watch(self) -> None:
         """Run the daily window when it comes (auto: check and install; manual: check). What the feed offers is

@@ -177,6 +177,8 @@ def test_progress_changes_only_the_status_cell(qtbot: QtBot) -> None:
 
 
 def test_each_status_reads_as_the_admin_reads_it() -> None:
+    """Each status reads as one phrase: up to date, available, updating with its stage and percent, failed or
+    unable to update with the reason; a status this console does not know shows as the engine names it."""
     assert status_text(agent("log-processor")) == "Up to date"
     assert status_text(agent("log-processor", "update-available", available="0.2.0")) == "Update available"
     for stage, progress, text in (("downloading", 0.45, "Updating… downloading 45 %"),
@@ -193,6 +195,8 @@ def test_each_status_reads_as_the_admin_reads_it() -> None:
 
 
 def test_times_and_mode_sentences() -> None:
+    """Last checked gives the age of the last check (and of the last success after a failure, or never); the mode
+    line says manual, or auto with its daily time and, when updates wait, when they install."""
     now = time.mktime((2031, 5, 6, 12, 0, 0, 0, 0, -1))
     ok = updates(last_check_at=now - 300, last_success_at=now - 300)
     assert checked_text(ok, now) == "Last checked: 5 min ago"
@@ -269,6 +273,8 @@ def test_sorting_keeps_each_button_on_its_row(qtbot: QtBot, tmp_path: Path) -> N
 
 
 def test_check_error_and_feed_are_shown(qtbot: QtBot, tmp_path: Path) -> None:
+    """A failed check shows its sentence in red with the last success (never), the feed address and manual mode;
+    the next status hides the error, says no feed is set and shows auto mode with its time."""
     page, bridge = _page(qtbot, tmp_path)
     page.show()
     error = "The update feed did not answer (connection refused). Check the appliance's network or the feed address."
@@ -392,6 +398,7 @@ async def test_switching_to_auto_with_pending_updates_asks_when(qapp: QApplicati
 @pytest.mark.asyncio
 @pytest.mark.qt_loop
 async def test_switching_to_auto_with_nothing_pending_asks_nothing(qapp: QApplication, tmp_path: Path) -> None:
+    """Switching to auto with no update waiting asks no question and sends the mode without installing now."""
     async with Attached(tmp_path, updates()) as a:
         a.answer("set_update_mode", updates(mode="auto"))
         a.page.auto_radio.click()
@@ -515,6 +522,8 @@ MISMATCHED = updates(agent("log-processor", "update-available", available="0.2.0
 
 
 def test_mismatch_sentence_names_the_odd_ones_out(qtbot: QtBot) -> None:
+    """The mismatch sentence names the agents on another version than the rest (on a tie, the newer ones); the
+    banner stays hidden while versions match and shows amber, Update all enabled, when they do not."""
     assert mismatch_text(MISMATCHED) == ("Appliance agents run different versions (Process server 0.2.0, others "
                                          "0.1.0). Update all agents together to keep them compatible.")
     half = updates(agent("log-processor", installed="0.2.0"), agent("process-server", installed="0.2.0"),

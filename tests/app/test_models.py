@@ -115,7 +115,8 @@ def test_servers_model_shows_the_mobility_version_and_its_update() -> None:
 @pytest.mark.asyncio
 @pytest.mark.qt_loop
 async def test_update_mobility_acts_on_the_selected_outdated_servers(qtbot: QtBot) -> None:
-    """Update mobility is enabled for a selection holding an outdated server and asks for exactly those."""
+    """Update mobility is enabled for a selection holding an outdated server and asks for exactly those; the
+    buttons that act on one server wait while several are selected."""
     from PySide6.QtCore import QItemSelectionModel, QObject, Signal
 
     from app.views.servers_page import ServersPage
@@ -143,6 +144,9 @@ async def test_update_mobility_acts_on_the_selected_outdated_servers(qtbot: QtBo
         selection.select(page.table.model().index(row, 0),
                          QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
     assert page.update_mobility_button.isEnabled()
+    assert page.selected() is None
+    assert not any(b.isEnabled() for b in (page.forget_button, page.enable_button, page.disable_button,
+                                            page.resync_button))
     page.update_mobility_button.click()
     for _ in range(100):
         if bridge.asked:

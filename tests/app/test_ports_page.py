@@ -75,6 +75,7 @@ class FakeBridge(QObject):
         return ports
 
     async def test_ports(self) -> ConnectivityReport:
+        """The fake's connectivity test: records the call and returns the report the test scripted (or raises it)."""
         report: ConnectivityReport = await self._answer("test_ports", None)
         return report
 

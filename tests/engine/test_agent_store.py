@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_bootstrap_is_the_engines_own_code_with_its_compiled_files(tmp_path: Path) -> None:
+    """An agent's first version is a copy of the running engine's code with its file times (compiled files stay
+    valid); asking again changes nothing, and the mobility package gets no code."""
     store = AgentStore(tmp_path / "agents")
     installed = store.ensure_bootstrap("process-server")
     assert (installed.version, installed.previous, installed.bootstrap) == (engine.__version__, None, True)
@@ -39,6 +41,8 @@ def test_the_bootstrap_is_the_engines_own_code_with_its_compiled_files(tmp_path:
 
 
 def test_a_developers_edit_of_the_bootstrap_version_is_copied_again(tmp_path: Path) -> None:
+    """When the running engine's code differs from the copy of its version (a developer's edit), it is copied
+    again: stale files go and the recorded digest is the engine's."""
     store = AgentStore(tmp_path / "agents")
     store.ensure_bootstrap("log-processor")
     record = tmp_path / "agents" / "log-processor" / "current.json"
@@ -53,6 +57,8 @@ def test_a_developers_edit_of_the_bootstrap_version_is_copied_again(tmp_path: Pa
 
 
 def test_switch_rollback_and_prune_keep_two_versions(tmp_path: Path) -> None:
+    """A switch records the previous version, prune keeps only the current and previous, rollback swaps them; a
+    version not unpacked whole, or a path outside the store, is refused."""
     store = AgentStore(tmp_path / "agents")
     store.ensure_bootstrap("replication-manager")
     for version in ("0.2.0", "0.3.0"):
@@ -73,6 +79,7 @@ def test_switch_rollback_and_prune_keep_two_versions(tmp_path: Path) -> None:
 
 
 def test_an_engine_newer_than_what_runs_installs_itself(tmp_path: Path) -> None:
+    """An engine newer than the agent's current version installs itself as current, the older one as previous."""
     store = AgentStore(tmp_path / "agents")
     archive = build_package(REPO, name="process-server", version="0.0.9", out_dir=tmp_path)
     store.unpack("process-server", archive, "0.0.9")
@@ -90,6 +97,8 @@ def _updater(tmp_path: Path) -> tuple[Updater, StateDB]:
 
 
 def test_an_install_interrupted_after_the_switch_is_rolled_back_at_start(tmp_path: Path) -> None:
+    """An install cut short after its switch is rolled back at the next start: the old version runs, the journal
+    and partial unpacks are gone, and the agent shows update-failed (interrupted) with one event."""
     updater, state = _updater(tmp_path)
     try:
         updater.prepare()
@@ -114,6 +123,8 @@ def test_an_install_interrupted_after_the_switch_is_rolled_back_at_start(tmp_pat
 
 
 def test_settings_are_checked_and_kept(tmp_path: Path) -> None:
+    """Mode, install time and feed start as auto, 00:00 and none; bad values are refused with what is expected;
+    good ones survive the engine's restart."""
     updater, state = _updater(tmp_path)
     try:
         updater.prepare()
@@ -138,6 +149,8 @@ def test_settings_are_checked_and_kept(tmp_path: Path) -> None:
 
 
 def test_the_window_is_the_next_local_time_of_day() -> None:
+    """The next install time is the next time the window comes in local time, strictly after now (tomorrow if
+    it is now)."""
     base = datetime(2026, 12, 2, 10, 15).timestamp()
     assert datetime.fromtimestamp(next_window(base, "00:00")) == datetime(2026, 12, 3, 0, 0)
     assert datetime.fromtimestamp(next_window(base, "10:30")) == datetime(2026, 12, 2, 10, 30)

@@ -279,6 +279,7 @@ def test_backup_is_consistent_while_the_engine_writes(tmp_path: Path) -> None:
 
 
 def test_short_backup_passphrase_is_refused(source: tuple[DataDir, SecretStore, dict[str, Any], bytes]) -> None:
+    """A backup passphrase shorter than 12 characters is refused with a sentence saying how long it must be."""
     old, store, _, _ = source
     with pytest.raises(BadInput, match="at least 12 characters"):
         backup.create_backup(data_dir=old, store=store, passphrase="short pass")
@@ -328,6 +329,7 @@ def test_unreadable_backups_are_refused_and_change_nothing(
 
 def test_wrong_passphrase_is_refused(source: tuple[DataDir, SecretStore, dict[str, Any], bytes],
                                      tmp_path: Path) -> None:
+    """A restore with the wrong passphrase says the passphrase is wrong and creates no data directory."""
     _, _, _, blob = source
     with pytest.raises(BackupInvalid, match="passphrase is wrong"):
         backup.restore_backup(blob, passphrase=PASSWORD + "!", data_dir=DataDir(tmp_path / "d"))
@@ -366,6 +368,7 @@ def test_a_data_dir_holding_an_appliance_is_refused(held: str, source: tuple[Dat
 
 def test_a_data_dir_with_a_running_engine_is_refused(source: tuple[DataDir, SecretStore, dict[str, Any], bytes],
                                                      tmp_path: Path) -> None:
+    """A restore into a data directory whose engine runs is refused, naming that engine's pid; nothing changes."""
     _, _, _, blob = source
     dd = DataDir(tmp_path / "data")
     dd.root.mkdir()
@@ -449,6 +452,8 @@ def test_a_restore_cut_short_takes_back_what_it_wrote(
 
 def test_a_restore_cut_short_removes_the_directory_it_made(
         source: tuple[DataDir, SecretStore, dict[str, Any], bytes], tmp_path: Path, failing_copy: None) -> None:
+    """A restore that fails half-way into a directory it created removes that directory and says nothing was
+    restored."""
     old, _, _, blob = source
     with pytest.raises(EngineError, match="nothing was restored"):
         backup.restore_backup(blob, passphrase=PASSWORD, data_dir=DataDir(tmp_path / "new" / "data"),

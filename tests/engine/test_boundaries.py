@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def test_engine_imports_no_qt() -> None:
+    """Importing the engine, its CLI, supervisor and services loads no Qt, qasync or console module."""
     code = (
         "import sys, engine, engine.cli, engine.supervisor, engine.manager.service, engine.mobility.service;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'qasync', 'app'));"
@@ -18,6 +19,7 @@ def test_engine_imports_no_qt() -> None:
 
 
 def test_console_reaches_engine_only_through_the_bridge() -> None:
+    """No console module but app/bridge.py imports the engine."""
     app = Path(__file__).resolve().parents[2] / "app"
     offenders = []
     for path in app.rglob("*.py"):
@@ -94,3 +96,17 @@ def test_no_import_cycle_among_engine_modules() -> None:
     """Engine modules depend on each other in one direction only (no cycle, lazy imports included)."""
     engine = Path(__file__).resolve().parents[2] / "engine"
     assert _a_cycle(_engine_imports(engine)) == []
+
+
+def test_every_test_says_what_it_pins() -> None:
+    """Every test function under tests/ (nested ones too) has a docstring saying the behaviour it pins."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    missing = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_") \
+                    and not ast.get_docstring(node):
+                missing.append(f"{path.relative_to(root).as_posix()}::{node.name}")
+    assert missing == [], "test functions without a docstring saying what they pin:\n" + "\n".join(missing)

@@ -13,6 +13,8 @@ MiB = 1024 * 1024
 
 
 def test_dirty_map_marks_whole_blocks_and_take_starts_afresh() -> None:
+    """Writes mark every block they touch, the short last block included and nothing past the end; take returns
+    them as merged runs and leaves the map empty."""
     size = 10 * BLOCK + 100  # a short last block
     m = DirtyMap(size)
     m.mark(BLOCK + 1, BLOCK + 2)  # one byte: its block
@@ -26,6 +28,7 @@ def test_dirty_map_marks_whole_blocks_and_take_starts_afresh() -> None:
 
 
 def test_put_back_restores_what_was_not_read() -> None:
+    """Blocks taken but not read, once put back, are dirty again along with the blocks marked since."""
     m = DirtyMap(64 * BLOCK)
     m.mark(0, BLOCK)
     bits = m.take()
@@ -35,17 +38,21 @@ def test_put_back_restores_what_was_not_read() -> None:
 
 
 def test_mark_all_covers_the_disk() -> None:
+    """Marking all makes the whole disk one dirty run, from its first byte to its last."""
     m = DirtyMap(3 * MiB)
     m.mark_all()
     assert m.runs(m.take(), 3 * MiB) == [(0, 3 * MiB)]
 
 
 def test_unchanged_extents_give_no_ranges() -> None:
+    """Two clones with the same extent maps give no changed range."""
     exts = [Extent(0, 10 * MiB, 2 * MiB, False), Extent(4 * MiB, 50 * MiB, MiB, False)]
     assert changed_ranges(exts, list(exts), 8 * MiB, BLOCK) == []
 
 
 def test_a_moved_range_a_new_extent_and_a_punched_hole_are_found() -> None:
+    """A write moved by copy on write, a write into a hole and an extent punched back to a hole each give a
+    changed range, rounded out to whole blocks."""
     old = [Extent(0, 10 * MiB, 2 * MiB, False), Extent(4 * MiB, 50 * MiB, MiB, False)]
     new = [
         Extent(0, 10 * MiB, 256 * 1024, False),
@@ -62,6 +69,8 @@ def test_a_moved_range_a_new_extent_and_a_punched_hole_are_found() -> None:
 
 
 def test_unwritten_and_unknown_extents_count_as_changed() -> None:
+    """An extent that became unwritten, and one whose place on disk is unknown (even if unchanged), count as
+    changed."""
     old = [Extent(0, 10 * MiB, MiB, False)]
     assert changed_ranges(old, [Extent(0, 10 * MiB, MiB, True)], MiB, BLOCK) == [(0, MiB)]
     assert changed_ranges([Extent(0, -1, MiB, False)], [Extent(0, -1, MiB, False)], MiB, BLOCK) == [(0, MiB)]
@@ -90,6 +99,7 @@ def test_digests_in_flight_win_over_acknowledged_ones(tmp_path: Path) -> None:
 
 
 def test_a_large_discard_marks_every_block_quickly() -> None:
+    """A discard across a terabyte disk (16 Mi blocks) marks exactly the blocks it touches, as one run."""
     size = 2**40  # a terabyte: 16 Mi blocks, marked as whole bytes
     m = DirtyMap(size)
     m.mark(3 * BLOCK + 5, size - BLOCK - 1)  # blocks 3 up to (not including) the last one

@@ -93,6 +93,8 @@ def packages_in(client_dir: Path) -> list[str]:
 
 # --- what works -------------------------------------------------------------------------------------
 def test_refresh_and_download_verify(feeds: Feeds, clients: Callable[..., FeedClient], tmp_path: Path) -> None:
+    """A refresh lists each agent's versions, the newest, the expiry and the compatibility record; a download
+    matches its signed length and hash, reports progress, and is verified again from disk, not fetched again."""
     with FeedServer(feeds.release2) as server:
         client = clients(server.url)
         index = client.refresh()
@@ -125,6 +127,8 @@ def test_refresh_and_download_verify(feeds: Feeds, clients: Callable[..., FeedCl
 
 def test_trusted_root_comes_from_the_environment_or_the_installed_tree(
         feeds: Feeds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trusted root is read from GODWIT_UPDATE_ROOT when set, else from the root.json shipped in
+    resources/updates."""
     root_file = tmp_path / "root.json"
     root_file.write_bytes(feeds.root)
     monkeypatch.setenv("GODWIT_UPDATE_ROOT", str(root_file))
@@ -137,6 +141,8 @@ def test_trusted_root_comes_from_the_environment_or_the_installed_tree(
 
 # --- tampering ----------------------------------------------------------------------------------------
 def test_a_tampered_package_is_refused(feeds: Feeds, clients: Callable[..., FeedClient], tmp_path: Path) -> None:
+    """A package with one byte changed is refused as tampered (length or hash) and leaves no file, not even a
+    partial one."""
     with FeedServer(feeds.release2) as server:
         client = clients(server.url)
         target = client.refresh().newest("log-processor")
@@ -152,6 +158,7 @@ def test_a_tampered_package_is_refused(feeds: Feeds, clients: Callable[..., Feed
 
 def test_a_package_with_a_byte_more_is_refused(feeds: Feeds, clients: Callable[..., FeedClient],
                                                tmp_path: Path) -> None:
+    """A package longer than its signed length is refused at the extra byte and leaves nothing downloaded."""
     with FeedServer(feeds.release2) as server:
         client = clients(server.url)
         target = client.refresh().newest("log-processor")
@@ -163,6 +170,8 @@ def test_a_package_with_a_byte_more_is_refused(feeds: Feeds, clients: Callable[.
 
 
 def test_a_rolled_back_timestamp_is_refused(feeds: Feeds, clients: Callable[..., FeedClient], tmp_path: Path) -> None:
+    """A timestamp older than one already seen is refused as rolled back or replayed, also by a new client on
+    the same folders."""
     with FeedServer(feeds.release2) as server:
         client = clients(server.url)
         client.refresh()
@@ -177,6 +186,8 @@ def test_a_rolled_back_timestamp_is_refused(feeds: Feeds, clients: Callable[...,
 
 def test_metadata_mixed_from_two_releases_is_refused(feeds: Feeds, clients: Callable[..., FeedClient],
                                                      tmp_path: Path) -> None:
+    """Release 1's timestamp and snapshot with release 2's targets are refused as mixed from different
+    releases; release 1 whole is accepted."""
     # Release 1's timestamp and snapshot (targets version 1), with release 2's targets served as version 1.
     with FeedServer(feeds.release2) as server:
         server.replace("metadata/timestamp.json", (feeds.release1 / "metadata" / "timestamp.json").read_bytes())
@@ -192,6 +203,7 @@ def test_metadata_mixed_from_two_releases_is_refused(feeds: Feeds, clients: Call
 
 def test_metadata_signed_with_an_unknown_key_is_refused(feeds: Feeds, clients: Callable[..., FeedClient],
                                                         tmp_path: Path) -> None:
+    """A timestamp signed with keys the trusted root does not name is refused; nothing is downloaded."""
     forged = release_tool().timestamp_bytes(feeds.release2, tmp_path / "attacker-keys",
                                             expires=datetime.now(UTC) + timedelta(days=1), version=10)
     with FeedServer(feeds.release2) as server:
@@ -203,6 +215,7 @@ def test_metadata_signed_with_an_unknown_key_is_refused(feeds: Feeds, clients: C
 
 def test_a_different_trusted_root_refuses_the_feed(feeds: Feeds, clients: Callable[..., FeedClient],
                                                    tmp_path: Path) -> None:
+    """A client trusting another root refuses the feed's metadata as not signed by the keys that root names."""
     other = tmp_path / "other-feed"
     release_tool().ensure_repository(other, release_tool().ensure_keys(tmp_path / "other-keys"))
     with FeedServer(feeds.release2) as server:
@@ -214,6 +227,8 @@ def test_a_different_trusted_root_refuses_the_feed(feeds: Feeds, clients: Callab
 @pytest.mark.parametrize("role", ["timestamp", "snapshot"])
 def test_expired_metadata_is_refused(feeds: Feeds, clients: Callable[..., FeedClient], copy: Callable[[Path], Path],
                                      tmp_path: Path, role: str) -> None:
+    """An expired timestamp, or an expired snapshot behind a fresh timestamp, is refused with its expiry date;
+    nothing is downloaded."""
     feed = copy(feeds.release1)
     expired = datetime.now(UTC) - timedelta(days=2)
     if role == "timestamp":
@@ -233,6 +248,7 @@ def test_expired_metadata_is_refused(feeds: Feeds, clients: Callable[..., FeedCl
                                                    b'"agents": {"log-processor": {"0.2": {}}}}'])
 def test_a_malformed_compatibility_record_is_refused(feeds: Feeds, clients: Callable[..., FeedClient],
                                                      copy: Callable[[Path], Path], content: bytes) -> None:
+    """A correctly signed compatibility.json that is not JSON, or names a bad version, is refused as not valid."""
     feed = copy(feeds.release1)
     release_tool().publish_target(feed, feeds.keys, TARGET_COMPATIBILITY, content)  # correctly signed, but wrong
     with FeedServer(feed) as server, pytest.raises(
@@ -241,6 +257,7 @@ def test_a_malformed_compatibility_record_is_refused(feeds: Feeds, clients: Call
 
 
 def test_a_tampered_compatibility_record_is_refused(feeds: Feeds, clients: Callable[..., FeedClient]) -> None:
+    """A compatibility.json changed on the server after signing is refused for its length or hash."""
     with FeedServer(feeds.release1) as server:
         client = clients(server.url)
         client.refresh()
@@ -259,6 +276,8 @@ def free_port() -> int:
 
 
 def test_a_feed_that_refuses_connections_is_unreachable(clients: Callable[..., FeedClient]) -> None:
+    """A feed whose port refuses connections fails within seconds with one sentence naming the URL, the
+    refusal and what to check."""
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(FeedUnreachable) as info:
@@ -271,6 +290,8 @@ def test_a_feed_that_refuses_connections_is_unreachable(clients: Callable[..., F
 
 def test_a_feed_that_closes_connections_or_fails_is_unreachable(feeds: Feeds,
                                                                 clients: Callable[..., FeedClient]) -> None:
+    """A feed that closes the connection or answers HTTP 503 is unreachable, saying which; once it serves
+    again, a refresh works."""
     with FeedServer(feeds.release1) as server:
         server.down = True
         with pytest.raises(FeedUnreachable, match="did not answer: it closed the connection"):
@@ -284,6 +305,7 @@ def test_a_feed_that_closes_connections_or_fails_is_unreachable(feeds: Feeds,
 
 
 def test_a_feed_that_is_not_there_is_unreachable(tmp_path: Path, clients: Callable[..., FeedClient]) -> None:
+    """A server without a feed (HTTP 404 for the timestamp) is reported unreachable, naming the 404."""
     (tmp_path / "empty").mkdir()
     with FeedServer(tmp_path / "empty") as server, pytest.raises(
             FeedUnreachable, match="did not answer: HTTP 404 for timestamp metadata"):
@@ -292,6 +314,8 @@ def test_a_feed_that_is_not_there_is_unreachable(tmp_path: Path, clients: Callab
 
 def test_a_feed_slower_than_a_byte_a_second_is_cut_off(feeds: Feeds, clients: Callable[..., FeedClient],
                                                        tmp_path: Path) -> None:
+    """A feed trickling 2 bytes a second is cut off by the deadline per file, for metadata and for a package,
+    long before it would finish; nothing is downloaded."""
     # 2 bytes a second never trips the 1 s read timeout: only the deadline per file can stop it.
     with FeedServer(feeds.release2) as server:
         client = clients(server.url, timeout=1.0, min_rate=64 * 1024)
@@ -326,6 +350,8 @@ SUPERVISOR = {"agent": "1.1", "admin": "1.2"}
 
 
 def test_problems_requires_unmet(feeds: Feeds, clients: Callable[..., FeedClient]) -> None:
+    """An agent release that needs a newer version of another agent than the set would hold is one problem,
+    naming both versions and pointing to Update all."""
     with FeedServer(feeds.release2) as server:
         compat = clients(server.url).refresh().compatibility
     ps3, lp2, lp3 = (compat.agents["process-server"]["0.3.0"], compat.agents["log-processor"]["0.2.0"],
@@ -339,6 +365,8 @@ def test_problems_requires_unmet(feeds: Feeds, clients: Callable[..., FeedClient
 
 
 def test_problems_shared_link_majors() -> None:
+    """Agents sharing a protocol must agree on its major version (minors may differ); the mobility package's
+    agent link is not checked, as the supervisor does not run it."""
     rm = rel("replication-manager", "0.3.0", {"management": "2.0", "agent": "1.1"})
     mp = rel("mobility-package", "0.2.0", {"management": "1.1", "data": "1.0", "agent": "9.0"})
     found = problems({"replication-manager": rm, "mobility-package": mp}, supervisor_links=SUPERVISOR)
@@ -353,6 +381,8 @@ def test_problems_shared_link_majors() -> None:
 
 
 def test_problems_agent_link_against_the_supervisor() -> None:
+    """An agent whose agent link major differs from the supervisor's is a problem naming both; another minor
+    is fine."""
     lp = rel("log-processor", "0.4.0", {"agent": "2.0"})
     found = problems({"log-processor": lp}, supervisor_links=SUPERVISOR)
     assert len(found) == 1 and "log-processor 0.4.0 speaks the agent link 2.0" in found[0] and "1.1" in found[0]
@@ -361,6 +391,8 @@ def test_problems_agent_link_against_the_supervisor() -> None:
 
 
 def test_compatibility_round_trips_and_refuses_bad_shapes() -> None:
+    """The compatibility record round-trips through JSON with versions in numeric order; bad shapes are
+    refused as not valid."""
     compat = Compatibility(agents={"log-processor": {"0.10.0": rel("log-processor", "0.10.0", {"agent": "1.1"}),
                                                      "0.9.0": rel("log-processor", "0.9.0", {},
                                                                   {"process-server": "0.2.0"})}})
@@ -376,6 +408,8 @@ def test_compatibility_round_trips_and_refuses_bad_shapes() -> None:
 # --- export --------------------------------------------------------------------------------------------------
 def test_export_verifies_for_a_client_with_the_same_root(feeds: Feeds, clients: Callable[..., FeedClient],
                                                         copy: Callable[[Path], Path], tmp_path: Path) -> None:
+    """An export holds the root chain, the current metadata and the chosen packages only (an earlier export's
+    files go); a client with the same root verifies it and finds a package not exported missing."""
     feed = copy(feeds.release2)
     release_tool().renew_root(feed, feeds.keys)  # a root chain: 1.root.json -> 2.root.json
     with FeedServer(feed) as server:
@@ -408,6 +442,8 @@ def test_export_verifies_for_a_client_with_the_same_root(feeds: Feeds, clients: 
 
 def test_export_root_chain_refuses_a_root_not_signed_by_the_old_keys(
         feeds: Feeds, clients: Callable[..., FeedClient], copy: Callable[[Path], Path], tmp_path: Path) -> None:
+    """A next root not signed by the current root's keys is refused at refresh and not kept among the trusted
+    roots, so no export can carry it."""
     feed = copy(feeds.release1)
     # A 2.root.json made with other keys only: TUF refuses it, and export must not carry it.
     other = tmp_path / "other"
@@ -423,6 +459,8 @@ def test_export_root_chain_refuses_a_root_not_signed_by_the_old_keys(
 
 # --- mutual TLS ---------------------------------------------------------------------------------------------
 def test_mutual_tls_feed(feeds: Feeds, clients: Callable[..., FeedClient], tmp_path: Path) -> None:
+    """A feed that asks for client certificates serves a client with the right certificate and CA; a client
+    pinning another CA, or speaking plain HTTP, finds it unreachable."""
     ca, ca_key = pki.create_ca("appliance-under-test")
     server_cert, server_key = pki.issue_server_cert(ca, ca_key)
     client_key = pki.new_key()

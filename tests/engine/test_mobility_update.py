@@ -27,7 +27,8 @@ from engine.mobility import launcher as launcher_module
 from engine.mobility.launcher import Launcher
 from engine.mobility.versions import VersionRecord, VersionStore
 from engine.state import ServerRecord, StateDB
-from engine.updater.mobility import ACK_TIMEOUT, PACKAGE, MobilityUpdates, mobility_release
+from engine.updater import MOBILITY_PACKAGE as PACKAGE
+from engine.updater.mobility import ACK_TIMEOUT, MobilityUpdates, mobility_release
 
 # --- the source's version record --------------------------------------------------------------------------
 
@@ -88,6 +89,8 @@ def store(tmp_path: Path) -> VersionStore:
 
 
 def test_the_record_is_written_whole_and_read_back(store: VersionStore) -> None:
+    """The version record reads back as written, as plain JSON readable by all (0644), with no temp file left;
+    before any write there is none."""
     assert store.read() is None
     record = VersionRecord(current="0.2.0", previous="0.1.0", trial_until=123.5, confirmed=False,
                            report={"version": "0.2.0", "outcome": "updated", "previous": "0.1.0"})
@@ -102,6 +105,8 @@ def test_the_record_is_written_whole_and_read_back(store: VersionStore) -> None:
 
 def test_a_write_cut_short_leaves_the_old_record_and_a_damaged_one_runs_the_installed_code(
         store: VersionStore) -> None:
+    """A half-written temp file leaves the last whole record in force (the next write replaces it); a damaged
+    record, or one naming a path, reads as none, so the installed code runs."""
     store.write(VersionRecord(current="0.2.0", previous="0.1.0"))
     _fake_version(store, "0.2.0")
     # A crash between writing the temp file and renaming it: the temp file is half written, the record whole.
@@ -129,6 +134,8 @@ def test_which_version_runs(store: VersionStore) -> None:
 
 
 def test_switch_and_roll_back(store: VersionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A switch to a version not unpacked is refused; a switch starts a trial of GODWIT_MOBILITY_TRIAL seconds
+    with an updated report; a rollback swaps back, confirmed, with a rolled-back report and its reason."""
     monkeypatch.setenv("GODWIT_MOBILITY_TRIAL", "30")
     with pytest.raises(UpdateError):
         store.switch("0.2.0", previous="0.1.0")  # not unpacked: never a record that points nowhere
@@ -149,6 +156,7 @@ def test_switch_and_roll_back(store: VersionStore, monkeypatch: pytest.MonkeyPat
 
 
 def test_prune_keeps_what_it_is_told(store: VersionStore) -> None:
+    """Pruning removes every unpacked version not named to keep and returns those it removed."""
     for v in ("0.1.0", "0.2.0", "0.3.0"):
         _fake_version(store, v)
     (store.versions_dir / ".partial-mobility-package-0.4.0-x").mkdir()
@@ -210,6 +218,8 @@ def launch(store: VersionStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
 
 def test_a_child_that_switches_versions_is_followed_and_sigterm_is_passed_on(
         store: VersionStore, launch: Callable[..., tuple[int, list[str]]]) -> None:
+    """When the running version switches the record and exits to restart, the launcher starts the new version;
+    a SIGTERM to the launcher stops that child cleanly and the confirmed record stays."""
     _fake_version(store, "0.2.0")
     _fake_version(store, "0.3.0")
     store.write(VersionRecord(current="0.2.0", previous="0.1.0"))
@@ -222,6 +232,8 @@ def test_a_child_that_switches_versions_is_followed_and_sigterm_is_passed_on(
 
 def test_a_version_that_does_not_reach_the_appliance_in_its_trial_is_stopped_and_rolled_back(
         store: VersionStore, launch: Callable[..., tuple[int, list[str]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version still unconfirmed when its trial ends is stopped cleanly and the previous one started; the
+    record says rolled back as it did not reach the appliance within the trial."""
     monkeypatch.setenv("GODWIT_MOBILITY_TRIAL", "1")
     _fake_version(store, "0.2.0")
     _fake_version(store, "0.3.0")
@@ -238,6 +250,8 @@ def test_a_version_that_does_not_reach_the_appliance_in_its_trial_is_stopped_and
 
 def test_a_version_that_exits_during_its_trial_is_rolled_back_at_once(
         store: VersionStore, launch: Callable[..., tuple[int, list[str]]]) -> None:
+    """A version that exits during its trial (even confirmed) is rolled back at once, not at the trial's end,
+    with its exit code as the reason."""
     _fake_version(store, "0.2.0")
     _fake_version(store, "0.3.0")
     store.write(VersionRecord(current="0.3.0", previous="0.2.0", trial_until=time.time() + 60, confirmed=True))
@@ -252,6 +266,8 @@ def test_a_version_that_exits_during_its_trial_is_rolled_back_at_once(
 
 def test_a_trial_that_ended_while_nothing_ran_is_rolled_back_before_anything_starts(
         store: VersionStore, launch: Callable[..., tuple[int, list[str]]]) -> None:
+    """A trial that ended while the launcher was not running is rolled back at start: the previous version is
+    the first to run."""
     _fake_version(store, "0.2.0")
     _fake_version(store, "0.3.0")
     store.write(VersionRecord(current="0.3.0", previous="0.2.0", trial_until=time.time() - 1, confirmed=False))
@@ -264,6 +280,7 @@ def test_a_trial_that_ended_while_nothing_ran_is_rolled_back_before_anything_sta
 
 def test_a_rollback_to_the_installed_code_makes_it_run_itself(
         store: VersionStore, launch: Callable[..., tuple[int, list[str]]]) -> None:
+    """A rollback to the installed code makes the launcher hand over to that code instead of starting a child."""
     _fake_version(store, "0.2.0")
     store.write(VersionRecord(current="0.2.0", previous="0.1.0", trial_until=time.time() + 60, confirmed=False))
     code, runs = launch({"0.2.0": "exit3"})
@@ -274,6 +291,8 @@ def test_a_rollback_to_the_installed_code_makes_it_run_itself(
 
 def test_outside_a_trial_a_child_that_exits_ends_the_launcher_with_its_code(
         store: VersionStore, launch: Callable[..., tuple[int, list[str]]]) -> None:
+    """Once its trial is over, a child that exits ends the launcher with the same exit code; nothing is rolled
+    back."""
     _fake_version(store, "0.2.0")
     record = VersionRecord(current="0.2.0", previous="0.1.0", trial_until=time.time() - 5, confirmed=True)
     store.write(record)
@@ -291,6 +310,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_child_dies_with_its_launcher_even_by_kill_9(store: VersionStore) -> None:
+    """The launcher's child never outlives it: a SIGTERM is passed on so the child stops cleanly, and a kill -9
+    of the launcher takes the child with it."""
     _fake_version(store, "0.2.0")
     store.write(VersionRecord(current="0.2.0", previous="0.1.0"))
     (store.state_dir / "script.json").write_text("{}")
@@ -371,6 +392,8 @@ def _install(updates: MobilityUpdates, row: ServerRecord) -> bool:
 
 
 def test_nothing_is_offered_without_a_release_and_nothing_to_a_server_that_is_up_to_date(tmp_path: Path) -> None:
+    """No offer without a release, for the bootstrap version, from a damaged release record, or to a server as
+    new or newer (or on a dev build); a server behind is offered the release's package to install."""
     appl = _Appliance(tmp_path / "a", stagger=0)
     old = appl.server("old-01")
     assert appl.updates.offer(old, "0.1.0") is None and appl.updates.status_of(old, "0.1.0") == ""
@@ -391,6 +414,7 @@ def test_nothing_is_offered_without_a_release_and_nothing_to_a_server_that_is_up
 
 
 def test_slots_spread_over_the_stagger_window(tmp_path: Path) -> None:
+    """Install slots spread evenly over the stagger window, and a server's slot is the same every time."""
     updates = _Appliance(tmp_path / "a", stagger=600).updates
     slots = [updates.slot(str(uuid.uuid4())) for _ in range(600)]
     assert all(0 <= s < 600 for s in slots)
@@ -400,6 +424,8 @@ def test_slots_spread_over_the_stagger_window(tmp_path: Path) -> None:
 
 
 def test_auto_mode_installs_each_server_in_its_slot_and_a_few_at_once(tmp_path: Path) -> None:
+    """In auto mode each server installs once its slot comes, at most max_updating at once; a finished one
+    frees a place, and what is under way survives an engine restart."""
     appl = _Appliance(tmp_path / "a", stagger=100, max_updating=2)
     appl.release()
     rows = [appl.server(f"s{i:02}") for i in range(8)]
@@ -425,6 +451,8 @@ def test_auto_mode_installs_each_server_in_its_slot_and_a_few_at_once(tmp_path: 
 
 
 def test_manual_mode_installs_only_what_the_admin_asked_for(tmp_path: Path) -> None:
+    """In manual mode only the servers the admin asks for install; a request is refused before a release, and
+    whole if it names an unknown server or only up-to-date ones; requests survive a restart."""
     appl = _Appliance(tmp_path / "a", stagger=0)
     appl.state.set_meta("updates_mode", "manual")
     a, b, c = appl.server("a"), appl.server("b"), appl.server("c", "0.2.0")
@@ -446,6 +474,8 @@ def test_manual_mode_installs_only_what_the_admin_asked_for(tmp_path: Path) -> N
 
 
 def test_a_failed_version_is_not_installed_again_until_the_admin_asks(tmp_path: Path) -> None:
+    """A failure report gives one event (even sent twice) and that version is not offered again, even after a
+    restart, until the admin asks; a rollback report counts as a failure too."""
     appl = _Appliance(tmp_path / "a", stagger=0)
     appl.release()
     row = appl.server("web-01")
@@ -502,6 +532,8 @@ def _facts(**extra: Any) -> dict[str, Any]:
 
 
 def test_the_facts_carry_an_update_report_checked_field_by_field() -> None:
+    """The update report in a server's facts is absent from older services, round-trips, and is refused when a
+    field is bad (unknown outcome, no version, not an object, an over-long reason)."""
     assert ServerFacts.parse(_facts()).update is None  # a service before 1.2
     facts = ServerFacts.parse(_facts(update={"version": "0.2.0", "outcome": "rolled-back", "previous": "0.1.0",
                                              "reason": "it did not reach the appliance"}))
@@ -515,6 +547,8 @@ def test_the_facts_carry_an_update_report_checked_field_by_field() -> None:
 
 
 def test_the_heartbeat_answer_offers_a_version_and_an_older_answer_offers_none() -> None:
+    """Management 1.2's heartbeat answer can carry a mobility offer that round-trips; an answer without one
+    (an older engine's) offers none, and a malformed offer is refused."""
     assert str(MANAGEMENT) == "management/1.2"
     old = {"heartbeat_interval": 5.0, "data_port": 9443, "replicate": False, "management_port": None}
     assert decode(HeartbeatAnswer, old, link=MANAGEMENT).mobility_update is None

@@ -83,6 +83,8 @@ def regular(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
 
 # --- building -----------------------------------------------------------------------------------------
 def test_build_and_unpack_round_trip(checkout: Path, package: Path, tmp_path: Path) -> None:
+    """A built package unpacks to exactly the checkout's shipped engine files and a manifest with its name,
+    version, module and link versions; members are sorted, without times or owners, 0644 or 0755."""
     dest = tmp_path / "agents" / "process-server" / "0.2.0"
     manifest = unpack_package(package, dest, name="process-server", version="0.2.0")
 
@@ -105,6 +107,8 @@ def test_build_and_unpack_round_trip(checkout: Path, package: Path, tmp_path: Pa
 
 
 def test_build_is_deterministic(checkout: Path, package: Path, tmp_path: Path) -> None:
+    """Another checkout with other file times, compiled files and unshipped notes builds the same bytes; another
+    agent builds different ones, with its own module."""
     other_checkout = tmp_path / "other"
     shutil.copytree(checkout / "engine", other_checkout / "engine")
     for path in (other_checkout / "engine").rglob("*.py"):
@@ -121,6 +125,8 @@ def test_build_is_deterministic(checkout: Path, package: Path, tmp_path: Path) -
 
 
 def test_links_are_read_from_the_checkout_not_this_process(checkout: Path, tmp_path: Path) -> None:
+    """The link versions in a package come from the checkout's source, not from the engine doing the build, and
+    reading them writes nothing into the checkout."""
     tree = tmp_path / "tree"
     shutil.copytree(checkout / "engine", tree / "engine")
     data = tree / "engine" / "links" / "data.py"
@@ -134,6 +140,8 @@ def test_links_are_read_from_the_checkout_not_this_process(checkout: Path, tmp_p
 
 
 def test_parse_version() -> None:
+    """Versions are three plain numbers compared as numbers (10.0.9999 above 9.99.0); any other shape, a part
+    above 9999, a sign or a non-ASCII digit is refused."""
     assert parse_version("0.2.0") == (0, 2, 0)
     assert parse_version("10.0.9999") > parse_version("9.99.0")
     for bad in ("0.2", "1.2.3.4", "v1.2.3", "1.2.x", "1.2.10000", "1.-2.3", "١.2.3", ""):
@@ -142,6 +150,8 @@ def test_parse_version() -> None:
 
 
 def test_manifest_shape_is_checked() -> None:
+    """A manifest with another format, an unknown agent, a bad version or module, or malformed links is refused,
+    naming agent.json."""
     good = PackageManifest("log-processor", "0.2.0", "engine.log_processor", {"agent": "1.1"}).to_json()
     assert PackageManifest.from_json(good).links == {"agent": "1.1"}
     for change in ({"format": "zip"}, {"name": "evil"}, {"version": "2"}, {"module": "os; rm"},
@@ -152,6 +162,7 @@ def test_manifest_shape_is_checked() -> None:
 
 # --- refusals -----------------------------------------------------------------------------------------
 def test_unpack_refuses_a_member_outside(tmp_path: Path) -> None:
+    """A package with a member that climbs out of its folder (../) is refused, naming it; nothing is written."""
     archive = forge(tmp_path / "evil.tar.gz", [regular("engine/__init__.py"), regular("../evil", b"owned")])
     dest = tmp_path / "agents" / "v"
     with pytest.raises(UpdateError, match=r"'\.\./evil'.*outside the package"):
@@ -161,6 +172,7 @@ def test_unpack_refuses_a_member_outside(tmp_path: Path) -> None:
 
 
 def test_unpack_refuses_an_absolute_member(tmp_path: Path) -> None:
+    """A package with a member at an absolute path is refused as outside the package; that path is not written."""
     target = tmp_path / "absolute-target"
     archive = forge(tmp_path / "evil.tar.gz", [regular(str(target), b"owned")])
     with pytest.raises(UpdateError, match="outside the package"):
@@ -170,6 +182,8 @@ def test_unpack_refuses_an_absolute_member(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE])
 def test_unpack_refuses_links_and_devices(tmp_path: Path, kind: bytes) -> None:
+    """A package holding a symlink, a hard link or a FIFO is refused as not a regular file or a folder; nothing
+    is unpacked."""
     link = tarfile.TarInfo("engine/link")
     link.type = kind
     link.linkname = "agent.json" if kind != tarfile.SYMTYPE else "/etc/passwd"
@@ -181,6 +195,7 @@ def test_unpack_refuses_links_and_devices(tmp_path: Path, kind: bytes) -> None:
 
 
 def test_unpack_refuses_another_agent_or_version(package: Path, tmp_path: Path) -> None:
+    """A package of another agent or version than the one asked for is refused, naming both; nothing is unpacked."""
     dest = tmp_path / "agents" / "v"
     with pytest.raises(UpdateError) as info:
         unpack_package(package, dest, name="log-processor", version="0.2.0")
@@ -191,6 +206,7 @@ def test_unpack_refuses_another_agent_or_version(package: Path, tmp_path: Path) 
 
 
 def test_unpack_refuses_a_dest_that_exists(package: Path, tmp_path: Path) -> None:
+    """Unpacking into a folder that exists already is refused and leaves what is in that folder alone."""
     dest = tmp_path / "v"
     dest.mkdir()
     (dest / "mine").write_text("keep")
@@ -202,6 +218,7 @@ def test_unpack_refuses_a_dest_that_exists(package: Path, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("keep", [0.5, 0.98])
 def test_unpack_refuses_a_truncated_archive(package: Path, tmp_path: Path, keep: float) -> None:
+    """A package cut short (at half or near its end) is refused as damaged; nothing is unpacked."""
     data = package.read_bytes()
     archive = tmp_path / "cut.tar.gz"
     archive.write_bytes(data[:int(len(data) * keep)])
@@ -212,6 +229,8 @@ def test_unpack_refuses_a_truncated_archive(package: Path, tmp_path: Path, keep:
 
 
 def test_unpack_refuses_not_a_package(tmp_path: Path) -> None:
+    """A file that is not gzip is refused as damaged, read or unpacked, and an archive without agent.json as
+    such; nothing is unpacked."""
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not gzip at all" * 100)
     with pytest.raises(UpdateError, match="damaged"):
@@ -225,6 +244,7 @@ def test_unpack_refuses_not_a_package(tmp_path: Path) -> None:
 
 
 def test_unpack_refuses_too_many_members(tmp_path: Path) -> None:
+    """A package with more members than the cap is refused, saying so; nothing is unpacked."""
     archive = forge(tmp_path / "many.tar.gz", [regular(f"engine/f{i}", b"") for i in range(MAX_MEMBERS)])
     with pytest.raises(UpdateError, match=f"more than {MAX_MEMBERS} members"):
         unpack_package(archive, tmp_path / "v", name="process-server", version="0.2.0")
@@ -232,6 +252,7 @@ def test_unpack_refuses_too_many_members(tmp_path: Path) -> None:
 
 
 def test_unpack_refuses_more_than_the_size_cap(tmp_path: Path) -> None:
+    """A small archive that unpacks to more than the size cap (a zip bomb) is refused; nothing is unpacked."""
     archive = tmp_path / "big.tar.gz"
     big = tarfile.TarInfo("engine/big")
     big.size = MAX_PACKAGE_BYTES + 1
@@ -267,6 +288,8 @@ def _fill(path: Path, leave: int) -> None:
 
 
 def test_unpack_on_a_full_disk_says_so_and_leaves_nothing(package: Path, tmp_path: Path) -> None:
+    """On a full file system the unpack fails with one sentence naming the folder and leaves nothing; with room
+    made, the same package unpacks."""
     need_loop_devices()
     with loop_device(tmp_path / "small.img", 8 * 1024 * 1024) as device:
         res = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", device], capture_output=True, text=True)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.appliance import Appliance, change_disk, replicating, wait_for
-from tests.feed_server import FeedServer, publish_release
+from tests.appliance import Appliance, Churn, change_disk, replicating, wait_for
+from tests.feed_server import FeedServer, publish_release, release_tool
 
 REPO = Path(__file__).resolve().parents[2]
 PROCESS_AGENTS = ("replication-manager", "process-server", "log-processor")
@@ -65,30 +65,6 @@ def versions(app: Appliance) -> dict[str, str]:
 
 def running_versions(app: Appliance) -> dict[str, str]:
     return {a["name"]: a["version"] for a in app.json("engine", "status")["agents"]}
-
-
-class Churn:
-    """Writes to a source disk until stopped, as a busy server does."""
-
-    def __init__(self, disk: Path) -> None:
-        self.disk = disk
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        seed = 1000
-        while not self.stop.is_set():
-            change_disk(self.disk, seed=seed, writes=4)
-            seed += 1
-            time.sleep(0.1)
-
-    def __enter__(self) -> Churn:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def assert_replica_exact(app: Appliance, name: str, disk: Path, out: Path) -> None:
@@ -168,6 +144,8 @@ def broken_tree(tmp_path: Path) -> Path:
 
 def test_a_version_that_fails_its_health_check_is_rolled_back_and_replication_goes_on(
         feed: tuple[FeedServer, Path, Path], tmp_path: Path) -> None:
+    """A process-server that exits at start fails its health check under churn: it is rolled back by itself, the
+    reason names the exit, and the replica stays byte-exact."""
     server, feed_dir, keys = feed
     publish_release(feed_dir, keys, "0.3.0", agents=["process-server"], source=broken_tree(tmp_path))
     app = start_appliance(tmp_path, feed_dir)
@@ -195,6 +173,8 @@ def test_a_version_that_fails_its_health_check_is_rolled_back_and_replication_go
 
 def test_an_update_that_needs_another_agent_is_refused_alone_and_installs_with_update_all(
         feed: tuple[FeedServer, Path, Path], tmp_path: Path) -> None:
+    """A version that needs a newer log-processor is refused alone (nothing installed), installs with Update all,
+    and the log-processor it needs cannot then be rolled back under it."""
     server, feed_dir, keys = feed
     publish_release(feed_dir, keys, "0.3.0", agents=["process-server", "log-processor"],
                     requires={"process-server": {"log-processor": "0.3.0"}})
@@ -210,6 +190,12 @@ def test_an_update_that_needs_another_agent_is_refused_alone_and_installs_with_u
         assert res.returncode == 0, res.stderr
         assert versions(app) == {"log-processor": "0.3.0", "process-server": "0.3.0", "replication-manager": "0.2.0",
                                  "mobility-package": "0.2.0"}
+        # The newest release is partial (0.3.0 of two agents): different versions, but nothing to align.
+        assert "different versions" not in app.cli("agents", "list").stdout
+        # Back is checked as forward is: process-server 0.3.0 needs this log-processor.
+        res = app.cli("agents", "rollback", "log-processor", timeout=90)
+        assert res.returncode != 0 and "log-processor 0.3.0 or newer" in res.stderr, res.stderr
+        assert "Nothing was changed" in res.stderr and versions(app)["log-processor"] == "0.3.0"
     finally:
         app.stop()
 
@@ -253,6 +239,8 @@ def test_the_feed_under_attack_installs_nothing(feed: tuple[FeedServer, Path, Pa
 @pytest.mark.parametrize("stage", ["unpacking", "switched"])
 def test_kill_9_of_the_supervisor_during_an_install_rolls_back_at_the_next_start(
         feed: tuple[FeedServer, Path, Path], tmp_path: Path, stage: str) -> None:
+    """kill -9 of the engine in the middle of an install: the next start rolls the agent back, says so, leaves no
+    partial files, and Retry then installs it; the replica stays byte-exact."""
     server, feed_dir, _ = feed
     app = start_appliance(tmp_path, feed_dir, GODWIT_UPDATE_PAUSE_AT=stage)
     try:
@@ -286,7 +274,9 @@ def test_kill_9_of_the_supervisor_during_an_install_rolls_back_at_the_next_start
 
 
 def test_auto_mode_installs_everything_now_when_asked(feed: tuple[FeedServer, Path, Path], tmp_path: Path) -> None:
-    server, feed_dir, _ = feed
+    """Auto mode with --now installs every agent; the engine restarts into them; the feed served to sources
+    follows the vendor's fresh timestamp at each check."""
+    server, feed_dir, keys = feed
     app = start_appliance(tmp_path, feed_dir)
     try:
         app.cli("agents", "feed", server.url)
@@ -299,6 +289,12 @@ def test_auto_mode_installs_everything_now_when_asked(feed: tuple[FeedServer, Pa
                  all(a["status"] == "up-to-date" for a in agents(app).values()), timeout=120,
                  what="auto mode to install every agent")
         assert running_versions(app) == {name: "0.2.0" for name in PROCESS_AGENTS}
+        # The vendor re-signs the timestamp (it expires within days): the next check passes it on to sources.
+        served = app.data_dir / "agents" / "mobility-package" / "0.2.0" / "feed" / "metadata" / "timestamp.json"
+        fresh = release_tool().write_timestamp(feed_dir, keys, expires=datetime.now(UTC) + timedelta(days=9))
+        assert served.read_bytes() != fresh.read_bytes()
+        assert app.cli("agents", "check").returncode == 0
+        assert served.read_bytes() == fresh.read_bytes()
         # The engine restarts into what was installed; nothing is installed again.
         app.stop()
         app.start(env={"GODWIT_UPDATE_ROOT": str(trusted_root(feed_dir))})

@@ -30,7 +30,8 @@ class Licensed:
         public = app.root / "vendor-test.pub"
         public.write_bytes(VENDOR.public_key().public_bytes(serialization.Encoding.PEM,
                                                             serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.env = {**fake_clock(self.offset), "GODWIT_LICENCE_PUBLIC_KEY": str(public)}
+        self.env = {**fake_clock(self.offset), "GODWIT_LICENCE_PUBLIC_KEY": str(public),
+                    "GODWIT_LICENCE_CHECK_EVERY": "1"}
 
     def shift(self, offset: str) -> None:
         self.offset.write_text(f"{offset}\n")
@@ -42,7 +43,7 @@ class Licensed:
         return [e for e in self.app.events() if e["code"] == code]
 
     def wait_event(self, code: str, count: int) -> dict[str, Any]:
-        """The ``count``-th event ``code`` (the engine checks the licence every 5 s)."""
+        """The ``count``-th event ``code`` (the engine checks the licence every second here)."""
         return wait_for(lambda: len(found := self.codes(code)) >= count and found[count - 1], timeout=20,
                         what=f"event {code} #{count}")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 from engine.updater.feed import FeedClient
 from engine.updater.package import unpack_package
-from tests.appliance import Appliance, Mobility, change_disk, fill_disk, wait_for
+from tests.appliance import Appliance, Churn, Mobility, change_disk, fill_disk, wait_for
 from tests.feed_server import FeedServer, publish_release
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,30 +89,6 @@ def offer(app: Appliance, feed_dir: Path, version: str, work: Path,
     return described
 
 
-class Churn:
-    """Writes to a source disk until stopped, as a busy server does."""
-
-    def __init__(self, disk: Path) -> None:
-        self.disk = disk
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        seed = 500
-        while not self.stop.is_set():
-            change_disk(self.disk, seed=seed, writes=4)
-            seed += 1
-            time.sleep(0.1)
-
-    def __enter__(self) -> Churn:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
 def protected(app: Appliance, name: str, tmp: Path, *, size: int = 8 * MiB, seed: int = 1,
               **env: str) -> tuple[Mobility, Path]:
     disk = tmp / f"{name}.img"
@@ -162,7 +137,7 @@ def test_a_replicating_source_updates_itself_in_auto_mode_and_keeps_replicating(
         assert (shown["mobility_version"], shown["mobility_update"]) == ("0.1.0", "")  # nothing offered yet
         first_point = app.points("auto-01")[0]["id"]
         started = time.monotonic()
-        with Churn(disk):
+        with Churn(disk, seed=500):
             target = offer(app, feed[0], "0.2.0", tmp_path)
             wait_for(lambda: server(app, "auto-01")["mobility_version"] == "0.2.0", timeout=40,
                      what="the source to run mobility 0.2.0")
