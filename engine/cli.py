@@ -135,7 +135,8 @@ async def cmd_vm_update_mobility(client: AdminClient, args: argparse.Namespace) 
         if s.mobility_update == "up-to-date":
             print(f"{s.name}: mobility {s.mobility_version} is up to date.")
         else:
-            print(f"{s.name}: the update of mobility {s.mobility_version} starts at its next heartbeat.")
+            print(f"{s.name}: runs mobility {s.mobility_version}; it installs the version the appliance offers at "
+                  "its next heartbeat (`godwit vm list` shows when it is done).")
 
 
 async def cmd_vm_forget(client: AdminClient, args: argparse.Namespace) -> None:
@@ -351,8 +352,8 @@ async def cmd_agents_update(client: AdminClient, args: argparse.Namespace) -> No
         raise BadInput("Name one agent, or give --all (every outdated agent, together).")
     names = None if args.all else [args.name]
     updates = await client.update_agents(names)
-    wanted = {a.name for a in updates.agents if a.stage is not None}
-    print(f"Updating {', '.join(sorted(wanted)) or 'nothing'}…", file=sys.stderr)
+    wanted = [a.name for a in updates.agents if a.stage is not None]  # in the order they install
+    print(f"Updating {', '.join(wanted) or 'nothing'}…", file=sys.stderr)
     if args.no_wait:
         return
     async for message in client.updates():  # until no agent is updating any more

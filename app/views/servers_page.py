@@ -34,7 +34,7 @@ class ServersPage(QWidget):
                                  order=Qt.SortOrder.AscendingOrder, object_name="servers_table")
         self.table.setItemDelegateForColumn(ServersModel.PROGRESS, ProgressDelegate(ProgressRole, self.table))
         for col, width in ((ServersModel.NAME, 85), (ServersModel.OS, 110), (ServersModel.SIZE, 75),
-                           (ServersModel.STATE, 115), (ServersModel.PROGRESS, 205), (ServersModel.THROUGHPUT, 92),
+                           (ServersModel.STATE, 115), (ServersModel.PROGRESS, 140), (ServersModel.THROUGHPUT, 92),
                            (ServersModel.RPO, 50), (ServersModel.LAST_POINT, 90), (ServersModel.HEALTH, 80),
                            (ServersModel.MOBILITY, 150)):
             self.table.setColumnWidth(col, width)
