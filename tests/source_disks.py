@@ -12,6 +12,7 @@ unmounted (and its loop device detached) when the test ends.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import struct
@@ -215,3 +216,71 @@ if __name__ == "__main__":
             _sqlite(Path(args[0]))
     except KeyboardInterrupt:
         pass
+
+
+@contextlib.contextmanager
+def small_fs(root: Path, name: str, size: int, *, inodes: int = 1024) -> Iterator[Path]:
+    """A fresh ext4 of ``size`` bytes with about ``inodes`` inodes, mounted under ``root``; no blocks kept
+    for root (``-m 0``), so what df shows as available is what any writer gets."""
+    need_loop_devices()
+    with loop_device(root / f"{name}.img", size) as device:
+        res = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", "-N", str(inodes), device],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        with mounted(device, root / name) as mnt:
+            yield mnt
+
+
+def df(path: Path) -> tuple[int, int]:
+    """(free, size) as df counts them."""
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    return free, (st.f_blocks - st.f_bfree) * st.f_frsize + free
+
+
+class Balloon:
+    """A file of the test's own that takes the free space of its file system (allocated, not written)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.touch()
+
+    def __repr__(self) -> str:
+        return f"<Balloon {self.path} size={self.path.stat().st_size} free={df(self.path.parent)[0]}>"
+
+    def leave(self, free: int) -> None:
+        """Grow or shrink so that about ``free`` bytes stay free."""
+        now, _ = df(self.path.parent)
+        size = self.path.stat().st_size
+        if now < free:
+            os.truncate(self.path, max(0, size - (free - now)))
+        elif now > free:
+            self._grow(size, now - free)
+
+    def leave_share(self, share: float) -> None:
+        self.leave(int(df(self.path.parent)[1] * share))
+
+    def fill(self) -> None:
+        """Take every free block."""
+        self._grow(self.path.stat().st_size, None)
+
+    def _grow(self, offset: int, amount: int | None) -> None:
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for chunk in (MiB, 64 * 1024, 4096):
+                while amount is None or amount >= chunk:
+                    try:
+                        os.posix_fallocate(fd, offset, chunk)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+                    offset += chunk
+                    if amount is not None:
+                        amount -= chunk
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def pop(self) -> None:
+        self.path.unlink()

@@ -6,12 +6,10 @@ under its own temporary folder (root only), never on a file system it did not cr
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from engine.updater.package import (
     read_manifest,
     unpack_package,
 )
-from tests.source_disks import loop_device, mounted, need_loop_devices
+from tests.source_disks import Balloon, small_fs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = (".py", ".json", ".txt")
@@ -265,47 +263,21 @@ def test_unpack_refuses_more_than_the_size_cap(tmp_path: Path) -> None:
 
 
 # --- a full disk --------------------------------------------------------------------------------------
-def _fill(path: Path, leave: int) -> None:
-    """Allocate a file of the test's own until about ``leave`` bytes stay free on its file system."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        offset = 0
-        for chunk in (1024 * 1024, 64 * 1024, 4096):
-            while True:
-                st = os.statvfs(path.parent)
-                if st.f_bavail * st.f_frsize - chunk < leave:
-                    break
-                try:
-                    os.posix_fallocate(fd, offset, chunk)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-                offset += chunk
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def test_unpack_on_a_full_disk_says_so_and_leaves_nothing(package: Path, tmp_path: Path) -> None:
     """On a full file system the unpack fails with one sentence naming the folder and leaves nothing; with room
     made, the same package unpacks."""
-    need_loop_devices()
-    with loop_device(tmp_path / "small.img", 8 * 1024 * 1024) as device:
-        res = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", device], capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr
-        with mounted(device, tmp_path / "small") as mnt:
-            agents = mnt / "agents"
-            agents.mkdir()
-            balloon = mnt / "balloon"
-            _fill(balloon, 128 * 1024)  # the engine unpacks to several hundred KiB
-            dest = agents / "0.2.0"
-            with pytest.raises(UpdateError) as info:
-                unpack_package(package, dest, name="process-server", version="0.2.0")
-            assert str(info.value) == (f"Not enough space in {agents} to unpack process-server 0.2.0: free some "
-                                       "space and try again.")
-            assert not dest.exists() and leftovers(agents) == []
+    with small_fs(tmp_path, "small", 8 * 1024 * 1024) as mnt:
+        agents = mnt / "agents"
+        agents.mkdir()
+        balloon = Balloon(mnt / "balloon")
+        balloon.leave(128 * 1024)  # the engine unpacks to several hundred KiB
+        dest = agents / "0.2.0"
+        with pytest.raises(UpdateError) as info:
+            unpack_package(package, dest, name="process-server", version="0.2.0")
+        assert str(info.value) == (f"Not enough space in {agents} to unpack process-server 0.2.0: free some "
+                                   "space and try again.")
+        assert not dest.exists() and leftovers(agents) == []
 
-            balloon.unlink()  # with the room back, the same package unpacks
-            assert unpack_package(package, dest, name="process-server", version="0.2.0").name == "process-server"
-            assert (dest / "engine" / "__init__.py").is_file() and leftovers(agents) == []
+        balloon.pop()  # with the room back, the same package unpacks
+        assert unpack_package(package, dest, name="process-server", version="0.2.0").name == "process-server"
+        assert (dest / "engine" / "__init__.py").is_file() and leftovers(agents) == []

@@ -19,6 +19,7 @@ import pytest
 
 from tests.appliance import Appliance, Churn, change_disk, replicating, wait_for
 from tests.feed_server import FeedServer, publish_release, release_tool
+from tests.source_disks import Balloon, small_fs
 
 REPO = Path(__file__).resolve().parents[2]
 PROCESS_AGENTS = ("replication-manager", "process-server", "log-processor")
@@ -234,6 +235,40 @@ def test_the_feed_under_attack_installs_nothing(feed: tuple[FeedServer, Path, Pa
         assert set(versions(app).values()) == {"0.1.0"}
     finally:
         app.stop()
+
+
+def test_a_full_disk_while_installing_installs_nothing_and_retry_works(
+        feed: tuple[FeedServer, Path, Path], tmp_path: Path) -> None:
+    """The data directory's file system fills up during an install: refused with a sentence about space (status
+    and event), nothing switched, no partial folder; with room made, Retry installs it."""
+    server, feed_dir, _ = feed
+    package = next((feed_dir / "targets" / "agents" / "log-processor").glob("*.tar.gz"))
+    with small_fs(tmp_path, "small", 96 * 1024 * 1024, inodes=16384) as mnt:
+        app = Appliance(tmp_path / "appliance", data_dir=mnt / "data")
+        app.root.mkdir()
+        app.start(env={"GODWIT_UPDATE_ROOT": str(trusted_root(feed_dir))})
+        balloon = Balloon(mnt / "balloon")
+        try:
+            app.cli("agents", "mode", "manual")
+            app.cli("agents", "feed", server.url)
+            # Room for the download, not for the unpacked engine (about four times the package).
+            balloon.leave(package.stat().st_size + 384 * 1024)
+            res = app.cli("agents", "update", "log-processor", timeout=120)
+            assert res.returncode != 0 and "Traceback" not in res.stderr
+            assert "Not enough space" in res.stderr and "free some space" in res.stderr, res.stderr
+            lp = agents(app)["log-processor"]
+            assert (lp["installed_version"], lp["status"]) == ("0.1.0", "update-failed") and "space" in lp["reason"]
+            assert running_versions(app)["log-processor"] == "0.1.0"
+            folder = app.data_dir / "agents" / "log-processor"
+            assert not list(folder.glob(".partial-*")) and not (folder / "0.2.0").exists()
+            assert not (folder / "update.json").exists()
+            assert any(e["code"] == "agent-update-failed" and "space" in e["message"] for e in app.events())
+            balloon.pop()
+            res = app.cli("agents", "update", "log-processor", timeout=120)  # Retry
+            assert res.returncode == 0, res.stderr
+            assert running_versions(app)["log-processor"] == "0.2.0"
+        finally:
+            app.stop()
 
 
 @pytest.mark.parametrize("stage", ["unpacking", "switched"])
