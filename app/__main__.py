@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     import qasync
+    from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
     from app.errors import install_excepthook
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     app.setOrganizationName("Godwit")
     app.setApplicationName("Godwit console")
     app.setDesktopFileName("godwit")
+    app.setWindowIcon(QIcon(str(RESOURCES / "icons" / "godwit.svg")))
     style = RESOURCES / "console.qss"
     if style.exists():
         app.setStyleSheet(style.read_text())
@@ -82,6 +84,7 @@ async def run_console(app: object, data_dir: Path, args: argparse.Namespace) -> 
     app.setQuitOnLastWindowClosed(False)
     closed = asyncio.Event()
     app.lastWindowClosed.connect(closed.set)
+    window.quit_requested.connect(closed.set)  # Quit from the tray: the window was hidden, not the last closed
     bridge.start()
     shooter = None
     if args.screenshot:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,7 @@ ENGINE_START_TIMEOUT = 60.0
 #: Seconds between attempts to start an engine whose start failed (say, a port in use), and between
 #: attempts to attach once five quick ones have failed.
 FAILED_START_RETRY = 15.0
+STOPPED = "The engine is not running: nothing replicates until it starts again."
 #: Waits between attempts to attach: quick at first, then :data:`FAILED_START_RETRY` apart.
 RETRY = Backoff((0.25, 0.5, 1.0, 2.0, 3.0, FAILED_START_RETRY))
 
@@ -106,7 +108,8 @@ def setup_console_logging(data_dir: Path) -> None:
 
 
 class EngineBridge(QObject):
-    #: "connecting" | "starting" | "attached" | "lost" | "failed", and a sentence for the admin.
+    #: "connecting" | "starting" | "attached" | "lost" | "stopped" (no engine runs) | "failed" (it did not
+    #: start), and a sentence for the admin.
     connection_changed = Signal(str, str)
     engine_changed = Signal(object)  #: EngineStatus
     setup_changed = Signal(object)  #: SetupInfo
@@ -139,6 +142,8 @@ class EngineBridge(QObject):
         self._flush.timeout.connect(self._flush_servers)
         self.attach_count = 0
         self._spawned = False
+        self._wake = asyncio.Event()
+        self._spawn_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<EngineBridge {self.data_dir.root} state={self.state} attached={self.attach_count}x>"
@@ -177,7 +182,8 @@ class EngineBridge(QObject):
                 # Start the embedded engine when there is none at first, or again after one we started
                 # died; an engine the admin runs and stops (systemd, a terminal) is theirs to restart.
                 may_start = self._start_engine and (self.attach_count == 0 or self._spawned)
-                if may_start and not self._engine_alive():
+                alive = self._engine_alive()
+                if may_start and not alive:
                     try:
                         await self._spawn_engine()
                         self._spawned = True
@@ -186,6 +192,8 @@ class EngineBridge(QObject):
                     except EngineError as exc:
                         self._set_state("failed", exc.message)
                         attempt = len(RETRY.steps) - 1  # do not hammer a start that fails: the longest wait
+                elif not alive:  # nothing holds the data directory: the console offers Start engine
+                    self._set_state("stopped", STOPPED)
                 elif self.state == "attached" or self.state == "connecting":
                     self._set_state("lost", "The engine is not answering; re-attaching…")
             except EngineError as exc:
@@ -193,7 +201,9 @@ class EngineBridge(QObject):
             except Exception:  # a bug must not leave the console detached for good
                 log.exception("bridge.unexpected")
                 self._set_state("lost", "Lost the engine after an unexpected error; re-attaching…")
-            await asyncio.sleep(RETRY.delay(attempt))
+            with contextlib.suppress(TimeoutError):  # Start engine wakes it at once
+                await asyncio.wait_for(self._wake.wait(), RETRY.delay(attempt))
+            self._wake.clear()
             attempt += 1
 
     async def _follow(self) -> None:
@@ -276,7 +286,13 @@ class EngineBridge(QObject):
         return False
 
     async def _spawn_engine(self) -> None:
-        """Start ``godwit serve --background`` for this data directory and wait until it serves."""
+        """Start ``godwit serve --background`` for this data directory and wait until it serves (nothing when an
+        engine already holds it)."""
+        async with self._spawn_lock:
+            if not self._engine_alive():
+                await self._spawn_locked()
+
+    async def _spawn_locked(self) -> None:
         self._set_state("starting", f"Starting the engine for {self.data_dir.root}…")
         cmd = [sys.executable, "-P", "-m", "engine", "serve", "--background", "--data-dir",
                str(self.data_dir.root), *self._engine_args]
@@ -292,6 +308,35 @@ class EngineBridge(QObject):
             line = (res.stderr.strip().splitlines() or [f"The engine exited with code {res.returncode}."])[-1]
             raise EngineError(line.removeprefix("godwit: "))
         log.info("bridge.engine-started %s", res.stdout.strip())
+
+    async def start_engine(self) -> None:
+        """The admin's Start engine: start the embedded engine now (whoever started the one that stopped) and
+        attach to it. Raises :class:`EngineError` with the engine's own reason when it does not start."""
+        self._start_engine = True  # and again, should it die
+        try:
+            await self._spawn_engine()
+        except EngineError as exc:
+            self._set_state("failed", exc.message)
+            raise
+        self._spawned = True
+        self._wake.set()
+
+    async def stop_engine(self, timeout: float = 30.0) -> None:
+        """Stop the engine this console is attached to (SIGTERM, as a service manager would), and wait until it
+        has let go of the data directory. Replication stops until an engine runs again."""
+        engine = self.engine
+        if engine is None or not self._engine_alive():
+            return
+        self._start_engine = False  # the admin stopped it: the attach loop must not start it again
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(engine.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._engine_alive():
+            if loop.time() > deadline:
+                raise EngineError(f"The engine (pid {engine.pid}) did not stop within {timeout:.0f} s; see "
+                                  f"{self.data_dir.logs / 'engine.log'}.")
+            await asyncio.sleep(0.1)
 
     # --- commands -----------------------------------------------------------------------------------
     async def rotate_passphrase(self) -> SetupInfo:

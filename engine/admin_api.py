@@ -31,7 +31,7 @@ from engine.links.agent import (
     Replicating,
     ReplicatingServer,
 )
-from engine.replication import make_policy
+from engine.replication import check_max_mbps, make_policy
 from engine.services import Services
 from engine.state import ServerRecord
 from engine.storage import replica
@@ -174,6 +174,30 @@ async def create_policy(request: web.Request) -> web.Response:
     return _json(_services(request).replication.create_policy(policy))
 
 
+def _typed_setting(setting: str, value: Any) -> str:
+    """A policy setting as the admin API takes it: text as typed ("15m", "off"), a number of seconds, or null
+    for off; the text an admin would have typed for it."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "off"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value}s"
+    raise ProtocolError(f"{setting} must be a duration such as 15m, a number of seconds, or null for off.")
+
+
+async def edit_policy(request: web.Request) -> web.Response:
+    """Change the settings of a policy the body names (only those); answers the policy as it is now."""
+    body = await read_json(request)
+    changes = {setting: _typed_setting(setting, value) for setting, value in body.items()}
+    return _json(_services(request).edit_policy(request.match_info["name"], changes))
+
+
+async def delete_policy(request: web.Request) -> web.Response:
+    _services(request).delete_policy(request.match_info["name"])
+    return web.json_response({"ok": True})
+
+
 async def enable_server(request: web.Request) -> web.Response:
     policy = (await read_json(request)).get("policy")
     if policy is not None and not isinstance(policy, str):
@@ -192,16 +216,16 @@ async def resync_server(request: web.Request) -> web.Response:
 
 
 async def set_server(request: web.Request) -> web.Response:
+    """A server's settings, applied live: ``policy`` (a policy's name) and ``max_mbps`` (Mbit/s, null for no
+    cap), each only when given. Both are checked before either changes."""
     services = _services(request)
     body = await read_json(request)
-    cap: float | None = None
-    if "max_mbps" in body:
-        value = body["max_mbps"]
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
-            raise ProtocolError("max_mbps must be a positive number, or null for no limit.")
-        cap = None if value is None else float(value)
+    policy = _text_or_none(body, "policy")
+    cap = check_max_mbps(body["max_mbps"]) if "max_mbps" in body else None
 
     def change(row: ServerRecord) -> None:
+        if policy is not None:
+            services.replication.set_policy(row, policy)  # first: it may refuse, and then nothing changed
         if "max_mbps" in body:
             services.replication.set_max_mbps(row, cap)
 
@@ -336,6 +360,8 @@ def make_admin_app(services: Services) -> web.Application:
     r.add_get("/v1/policies", list_policies)
     r.add_post("/v1/policies", create_policy)
     r.add_get("/v1/policies/{name}", show_policy)
+    r.add_patch("/v1/policies/{name}", edit_policy)
+    r.add_delete("/v1/policies/{name}", delete_policy)
     r.add_post("/v1/servers/{name}/enable", enable_server)
     r.add_post("/v1/servers/{name}/disable", disable_server)
     r.add_post("/v1/servers/{name}/settings", set_server)

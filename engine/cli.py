@@ -21,7 +21,7 @@ from engine import __version__
 from engine.client import AdminClient
 from engine.config import DataDir, EngineConfig, default_data_dir
 from engine.diskspace import human_bytes
-from engine.durations import age_text, parse_duration, setting_text
+from engine.durations import age_text, duration_text, parse_duration, setting_text
 from engine.errors import BadInput, EngineError, EngineNotRunning, UpdateError
 from engine.files import write_atomically
 from engine.links.admin import EventAdded, Hello, UpdatesChanged
@@ -42,10 +42,23 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _server_json(s: ServerStatus) -> dict[str, Any]:
+def _server_json(s: ServerStatus, now: float) -> dict[str, Any]:
+    """A server as JSON, its RPO as of ``now`` (when it is printed), not as of when the engine answered."""
     data: dict[str, Any] = to_json(s)
     data["total_size"] = s.total_size
+    data["rpo_seconds"] = s.rpo_at(now)
     return data
+
+
+def _rpo_text(s: ServerStatus, now: float) -> str:
+    """The RPO at ``now`` against the policy's threshold: "42 s (threshold 15m)"; "-" before there is one."""
+    rpo = s.rpo_at(now)
+    if rpo is None:
+        return "-"
+    if s.rpo_threshold is None:
+        return duration_text(rpo)
+    above = "above the threshold of" if rpo > s.rpo_threshold else "threshold"
+    return f"{duration_text(rpo)} ({above} {setting_text(s.rpo_threshold)})"
 
 
 _MOBILITY_STATES = {"up-to-date": "up to date", "update-available": "update available", "updating": "updating",
@@ -86,21 +99,24 @@ async def cmd_setup_rotate(client: AdminClient, args: argparse.Namespace) -> Non
 
 async def cmd_vm_list(client: AdminClient, args: argparse.Namespace) -> None:
     servers = await client.servers()
+    now = time.time()
     if args.json:
-        print(json.dumps([_server_json(s) for s in servers], indent=2))
+        print(json.dumps([_server_json(s, now) for s in servers], indent=2))
         return
     if not servers:
         print("No source servers are registered. `godwit setup show` prints the command to run on one.")
         return
     rows = [[s.name, s.state, s.health, s.os, str(len(s.disks)), human_bytes(s.total_size), _mobility_text(s),
-             age_text(s.last_heartbeat)] for s in servers]
-    print(_table(rows, ["NAME", "STATE", "HEALTH", "OS", "DISKS", "SIZE", "MOBILITY", "LAST HEARTBEAT"]))
+             age_text(s.last_heartbeat, now), "-" if (rpo := s.rpo_at(now)) is None else duration_text(rpo)]
+            for s in servers]
+    print(_table(rows, ["NAME", "STATE", "HEALTH", "OS", "DISKS", "SIZE", "MOBILITY", "LAST HEARTBEAT", "RPO"]))
 
 
 async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
     s = await client.server(args.name)
+    now = time.time()
     if args.json:
-        print(json.dumps(_server_json(s), indent=2))
+        print(json.dumps(_server_json(s, now), indent=2))
         return
     print(f"Name:            {s.name}\nServer id:       {s.server_id}\nHost name:       {s.hostname}\n"
           f"Address:         {s.address or '-'}\nOS:              {s.os}\nMobility:        {_mobility_text(s)}\n"
@@ -108,15 +124,15 @@ async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
           + (f" ({s.health_cause}: {s.health_detail})" if s.health_cause else "")
           + f"\nLast heartbeat:  {age_text(s.last_heartbeat)}\nRegistered:      {age_text(s.registered_at)}")
     if s.replicating:
-        rpo = "-" if s.rpo_seconds is None else f"{s.rpo_seconds:.0f} s"
         cap = "none" if s.max_mbps is None else f"{s.max_mbps:g} Mbit/s"
-        print(f"Policy:          {s.policy}\nRPO:             {rpo}\n"
-              f"Last point:      {age_text(s.last_recovery_point)}\nBandwidth cap:   {cap}")
+        print(f"Policy:          {s.policy}\nRPO:             {_rpo_text(s, now)}\n"
+              f"Last point:      {age_text(s.last_recovery_point, now)}\nBandwidth cap:   {cap}")
     print("Disks:")
     for d in s.disks:
         line = f"  {d.path}  {human_bytes(d.size)}"
         if s.replicating and d.bytes_done < d.bytes_total:
-            line += f"  initial {100 * d.bytes_done / d.bytes_total:.0f}% ({human_bytes(d.bytes_done)})"
+            phase = "resync" if d.phase == "resync" else "initial"  # engines before admin 1.3: initial only
+            line += f"  {phase} {100 * d.bytes_done / d.bytes_total:.0f}% ({human_bytes(d.bytes_done)})"
             if d.throughput_bps:
                 line += f"  {human_bytes(int(d.throughput_bps))}/s"
             if d.eta_seconds is not None:
@@ -129,7 +145,8 @@ async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
 async def cmd_vm_update_mobility(client: AdminClient, args: argparse.Namespace) -> None:
     servers = await client.update_mobility(args.names)
     if args.json:
-        print(json.dumps([_server_json(s) for s in servers], indent=2))
+        now = time.time()
+        print(json.dumps([_server_json(s, now) for s in servers], indent=2))
         return
     for s in servers:
         if s.mobility_update == "up-to-date":
@@ -175,6 +192,30 @@ async def cmd_policy_create(client: AdminClient, args: argparse.Namespace) -> No
         print(f"Policy {p.name} created.")
 
 
+#: The options of `policy create` and `policy edit`, as the policy's settings.
+_POLICY_OPTIONS = ("rpo_threshold", "retention", "crash_consistent_every", "app_consistent_every")
+
+
+async def cmd_policy_edit(client: AdminClient, args: argparse.Namespace) -> None:
+    changes = {k: getattr(args, k) for k in _POLICY_OPTIONS if getattr(args, k) is not None}
+    if not changes:
+        raise BadInput("Nothing to change: give --rpo-threshold, --retention, --crash-consistent-every and/or "
+                       "--app-consistent-every.")
+    p = await client.edit_policy(args.name, **changes)
+    if args.json:
+        _print_json(p)
+    else:
+        print(f"Policy {p.name}: RPO threshold {setting_text(p.rpo_threshold)}, retention "
+              f"{setting_text(p.retention)}, crash-consistent every {setting_text(p.crash_consistent_every)}, "
+              f"app-consistent every {setting_text(p.app_consistent_every)}. Its servers follow from their next "
+              "cycle.")
+
+
+async def cmd_policy_delete(client: AdminClient, args: argparse.Namespace) -> None:
+    await client.delete_policy(args.name)
+    print(f"Policy {args.name} deleted.")
+
+
 async def cmd_vm_enable(client: AdminClient, args: argparse.Namespace) -> None:
     s = await client.enable(args.name, args.policy)
     print(f"Replication of {s.name} enabled with policy {s.policy}; initial replication starts at its next "
@@ -199,23 +240,20 @@ async def cmd_vm_resync(client: AdminClient, args: argparse.Namespace) -> None:
 
 
 async def cmd_vm_set(client: AdminClient, args: argparse.Namespace) -> None:
+    from engine.replication import parse_max_mbps
+
     settings: dict[str, Any] = {}
     if args.max_mbps is not None:
-        settings["max_mbps"] = None if args.max_mbps == "off" else _positive(args.max_mbps, "--max-mbps")
+        settings["max_mbps"] = parse_max_mbps(args.max_mbps, "--max-mbps")
+    if args.policy is not None:
+        settings["policy"] = args.policy
     if not settings:
-        raise EngineError("Nothing to set: give --max-mbps N (or off).")
+        raise BadInput("Nothing to set: give --policy P and/or --max-mbps N (or off).")
     s = await client.set_server(args.name, **settings)
-    print(f"{s.name}: bandwidth cap " + ("off." if s.max_mbps is None else f"{s.max_mbps:g} Mbit/s."))
-
-
-def _positive(text: str, flag: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise EngineError(f"{flag} {text!r} is not a number (or off).") from None
-    if value <= 0:
-        raise EngineError(f"{flag} must be more than 0 (or off).")
-    return value
+    if "policy" in settings:
+        print(f"{s.name}: policy {s.policy}; it applies from the server's next cycle.")
+    if "max_mbps" in settings:
+        print(f"{s.name}: bandwidth cap " + ("off." if s.max_mbps is None else f"{s.max_mbps:g} Mbit/s."))
 
 
 async def cmd_vm_points(client: AdminClient, args: argparse.Namespace) -> None:
@@ -230,17 +268,27 @@ async def cmd_vm_points(client: AdminClient, args: argparse.Namespace) -> None:
     print(_table(rows, ["ID", "CREATED", "KIND"]))
 
 
+def _export_paths(out_dir: Path, server: ServerStatus, disks: list[int], fmt: str, *, force: bool) -> list[Path]:
+    """Where each disk's image goes: ``out_dir`` must exist (it is never created), and an image there is
+    replaced only with ``force``. Checked for every disk before anything is written."""
+    if not out_dir.exists():
+        raise BadInput(f"{out_dir} does not exist: create it first, or give an existing directory as --out.")
+    if not out_dir.is_dir():
+        raise BadInput(f"{out_dir} is not a directory: give a directory as --out.")
+    paths = [out_dir / f"{server.name}-disk{disk}.{'vhd' if fmt == 'vhd' else 'raw'}" for disk in disks]
+    if not force:
+        for path in paths:
+            if path.exists() or path.is_symlink():
+                raise BadInput(f"{path} exists: give --force to overwrite it, or another --out.")
+    return paths
+
+
 async def cmd_vm_export(client: AdminClient, args: argparse.Namespace) -> None:
     server = await client.server(args.name)
     disks = [args.disk] if args.disk is not None else list(range(len(server.disks)))
-    out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EngineError(f"Cannot create {out_dir}: {exc.strerror}.") from exc
+    paths = _export_paths(Path(args.out), server, disks, args.format, force=args.force)
     show = sys.stderr.isatty()
-    for disk in disks:
-        path = out_dir / f"{server.name}-disk{disk}.{'vhd' if args.format == 'vhd' else 'raw'}"
+    for disk, path in zip(disks, paths, strict=True):
         started = time.monotonic()
 
         def progress(done: int, total: int, path: Path = path) -> None:
@@ -249,12 +297,22 @@ async def cmd_vm_export(client: AdminClient, args: argparse.Namespace) -> None:
                 print(f"\r{path.name}: {pct:5.1f}%  {human_bytes(done)} of {human_bytes(total)}", end="",
                       file=sys.stderr, flush=True)
 
+        # With --force the image is written beside its final name and renamed over it once complete: the image
+        # it replaces stays whole until then. Without, it is created exclusively: one that appeared meanwhile
+        # is not replaced either. The bytes are the same either way.
+        writing = path.with_name(f".{path.name}.{os.getpid()}-{time.monotonic_ns()}.partial") if args.force else path
         try:
-            with open(path, "wb") as out:
+            with open(writing, "xb") as out:
                 point, size = await client.export(server.name, point=args.point, disk=disk, fmt=args.format,
                                                   out=out, progress=progress)
-        except BaseException:
-            path.unlink(missing_ok=True)
+            if writing != path:
+                os.replace(writing, path)
+        except FileExistsError as exc:
+            raise BadInput(f"{path} exists: give --force to overwrite it, or another --out.") from exc
+        except BaseException as exc:
+            writing.unlink(missing_ok=True)  # ours: created above
+            if isinstance(exc, OSError):
+                raise BadInput(f"Cannot write {path}: {exc.strerror or exc}.") from exc
             raise
         if show:
             print(file=sys.stderr)
@@ -561,6 +619,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """A number of things to show: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line too."""
 
@@ -629,7 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_admin(cmd_vm_resync))
     p = vm.add_parser("set", parents=[data_dir], help="per-server settings (applied live)")
     p.add_argument("name")
-    p.add_argument("--max-mbps", metavar="N|off", help="bandwidth cap of the server's replication")
+    p.add_argument("--policy", metavar="P", help="move a replicating server to another policy (from its next cycle)")
+    p.add_argument("--max-mbps", metavar="N|off", help="bandwidth cap of the server's replication, 1 to 100000 "
+                   "Mbit/s (off: none)")
     p.set_defaults(func=_admin(cmd_vm_set))
     p = vm.add_parser("points", parents=[data_dir, as_json], help="recovery points of a server")
     p.add_argument("name")
@@ -638,8 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--point", required=True, metavar="ID|latest")
     p.add_argument("--format", required=True, choices=("raw", "vhd"))
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="an existing directory")
     p.add_argument("--disk", type=int, metavar="N", help="only this disk (default: every disk)")
+    p.add_argument("--force", action="store_true", help="replace images of the same name in DIR")
     p.set_defaults(func=_admin(cmd_vm_export))
 
     pol = sub.add_parser("policy", help="replication policies").add_subparsers(
@@ -656,10 +728,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crash-consistent-every", default="5m", help="crash-consistent point cadence (default 5m)")
     p.add_argument("--app-consistent-every", default="4h", help="app-consistent cadence, 1h-12h or off (default 4h)")
     p.set_defaults(func=_admin(cmd_policy_create))
+    p = pol.add_parser("edit", parents=[data_dir, as_json], help="change a policy's settings (only those given; "
+                       "its servers follow from their next cycle)")
+    p.add_argument("name")
+    p.add_argument("--rpo-threshold", metavar="D", help="alert when the RPO exceeds this")
+    p.add_argument("--retention", metavar="D", help="keep recovery points this long (at most 15d)")
+    p.add_argument("--crash-consistent-every", metavar="D", help="crash-consistent point cadence")
+    p.add_argument("--app-consistent-every", metavar="D|off", help="app-consistent cadence, 1h-12h or off")
+    p.set_defaults(func=_admin(cmd_policy_edit))
+    p = pol.add_parser("delete", parents=[data_dir], help="delete a policy no server replicates with")
+    p.add_argument("name")
+    p.set_defaults(func=_admin(cmd_policy_delete))
 
     p = sub.add_parser("events", parents=[data_dir, as_json], help="what happened on the appliance")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    p.add_argument("--limit", type=int, default=50, help="how many recent events to print (default 50)")
+    p.add_argument("--limit", type=_count, default=50, help="how many recent events to print (default 50)")
     p.set_defaults(func=_admin(cmd_events))
 
     lic = sub.add_parser("license", aliases=["licence"], help="the appliance's licence").add_subparsers(

@@ -50,6 +50,8 @@ class UnixJsonClient:
         self.link = link
         self._what = what
         self._session: aiohttp.ClientSession | None = None
+        #: The version of the link the other end last answered with (None until it answered).
+        self.peer_version: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.socket_path} open={self._session is not None}>"
@@ -101,7 +103,7 @@ class UnixJsonClient:
             if isinstance(data, dict) and "code" in data:
                 raise from_code(str(data["code"]), str(data.get("message", "")))
             raise EngineError(f"The engine answered {resp.status}.")
-        self.link.check(resp.headers.get(HEADER), peer="The engine")
+        self.peer_version = self.link.check(resp.headers.get(HEADER), peer="The engine")
 
     async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
         """Newline-delimited JSON messages until the engine closes the stream."""
@@ -163,6 +165,29 @@ class AdminClient(UnixJsonClient):
     async def create_policy(self, **fields: str) -> Policy:
         return from_json(Policy, await self.request("POST", "/v1/policies", fields))
 
+    async def _require(self, minor: int, what: str) -> None:
+        """Refuse, in one line, what an engine of an older admin API minor version would not do (it would
+        answer that the path does not exist, or ignore a field)."""
+        if self.peer_version is None:
+            await self.engine_status()
+        if self.peer_version is not None and self.peer_version < (self.link.major, minor):
+            major, theirs = self.peer_version
+            raise EngineError(f"The engine speaks admin API {major}.{theirs}, which cannot {what} (that needs "
+                              f"{self.link.major}.{minor}): restart the engine with this version of Godwit.")
+
+    async def edit_policy(self, name: str, **changes: str | float | None) -> Policy:
+        """Change only the given settings of a policy (``rpo_threshold``, ``retention``,
+        ``crash_consistent_every``, ``app_consistent_every``): text as an admin types it ("15m", "off") or
+        seconds (None: off). Checked as a new policy is; nothing changes if one is refused. Returns the policy
+        as it is now; its servers follow from their next cycle."""
+        await self._require(3, "edit a policy")
+        return from_json(Policy, await self.request("PATCH", f"/v1/policies/{_quote(name)}", changes))
+
+    async def delete_policy(self, name: str) -> None:
+        """Delete a policy; refused (nothing changes) while a server replicates with it, and for ``default``."""
+        await self._require(3, "delete a policy")
+        await self.request("DELETE", f"/v1/policies/{_quote(name)}")
+
     async def enable(self, name: str, policy: str | None) -> ServerStatus:
         return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/enable",
                                                           {"policy": policy}))
@@ -180,7 +205,16 @@ class AdminClient(UnixJsonClient):
                                                                         {"names": names})]
 
     async def set_server(self, name: str, **settings: Any) -> ServerStatus:
+        """Change a server's settings, live; only those given: ``max_mbps`` (Mbit/s from 1 to 100000, None: no
+        cap) and ``policy`` (the name of the policy a replicating server moves to). All are checked before any
+        changes. Returns its new status."""
+        if "policy" in settings:
+            await self._require(3, "change a server's policy")
         return from_json(ServerStatus, await self.request("POST", f"/v1/servers/{_quote(name)}/settings", settings))
+
+    async def set_policy(self, name: str, policy: str) -> ServerStatus:
+        """Move a replicating server to another policy (live: the copy and its points stay)."""
+        return await self.set_server(name, policy=policy)
 
     async def points(self, name: str) -> list[RecoveryPoint]:
         return [from_json(RecoveryPoint, p) for p in await self.request("GET", f"/v1/servers/{_quote(name)}/points")]

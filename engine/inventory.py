@@ -108,7 +108,8 @@ class Inventory:
             health_cause=cause, health_detail=detail, registered_at=row.registered_at, last_heartbeat=last,
             address=row.address, disks=self.replication.disk_statuses(row, now),
             replicating=row.replicate, policy=row.policy, max_mbps=row.max_mbps,
-            rpo_seconds=summary.rpo, last_recovery_point=summary.last_point,
+            rpo_seconds=summary.rpo, last_recovery_point=summary.last_point, newest_data_at=summary.newest_data_at,
+            rpo_threshold=summary.rpo_threshold,
             mobility_version=row.agent_version, mobility_update=self._mobility_status(row),
         )
 

@@ -104,8 +104,16 @@ class ServerStatus:
     replicating: bool = False
     policy: str | None = None
     max_mbps: float | None = None
+    #: Seconds between ``newest_data_at`` and when this status was made: it grows while nothing new arrives.
+    #: A reader ages it itself from ``newest_data_at`` (kept for consoles before admin 1.3).
     rpo_seconds: float | None = None
+    #: When the newest recovery point was created (epoch seconds, the appliance's clock).
     last_recovery_point: float | None = None
+    #: The newest instant of the server that the appliance holds on every disk (epoch seconds: the source's time
+    #: of that data, with the clocks' difference taken out): the RPO is now minus this. None until there is one.
+    newest_data_at: float | None = None
+    #: The RPO above which the server is unhealthy (seconds, from its policy); None when not replicating.
+    rpo_threshold: float | None = None
     #: The mobility service version the server runs (what its last heartbeat said).
     mobility_version: str = ""
     #: Its update against the mobility version the appliance offers: "up-to-date", "update-available",
@@ -115,6 +123,13 @@ class ServerStatus:
     @property
     def total_size(self) -> int:
         return sum(d.size for d in self.disks)
+
+    def rpo_at(self, now: float) -> float | None:
+        """The RPO at ``now`` (epoch seconds), aged from ``newest_data_at``; an engine before admin 1.3 sends
+        only ``rpo_seconds``, as of when it made the status. None while there is no consistent data yet."""
+        if self.newest_data_at is not None:
+            return max(0.0, now - self.newest_data_at)
+        return self.rpo_seconds
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,9 @@ class DiskStatus:
     capture: str = ""
     tracking: str = ""
     note: str = ""
+    #: What ``bytes_done`` counts: "initial" (initial replication), "resync" (a resync's full pass), "" when the
+    #: disk is in step (or not replicating). Text, not an enum: a newer engine may add phases.
+    phase: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
-from engine.durations import duration_text, parse_duration
+from engine.durations import duration_text, parse_duration, setting_text
 from engine.errors import BadInput, NotFound
 from engine.events import EventHub
 from engine.links.agent import AppliedReport, ReceivedReport
@@ -36,16 +37,54 @@ MAX_CLOCK_SKEW = 60.0
 RATE_STALE_AFTER = 10.0
 
 
+#: The settings of a policy an admin types, as fields of :class:`Policy` (each is ``--field-name`` on the CLI).
+POLICY_SETTINGS = ("rpo_threshold", "retention", "crash_consistent_every", "app_consistent_every")
+#: The bandwidth cap an admin may set, Mbit/s: from 1 Mbit/s to 100 Gbit/s.
+MIN_MBPS = 1.0
+MAX_MBPS = 100_000.0
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
 def make_policy(name: str, *, rpo_threshold: str, retention: str, crash_consistent_every: str,
                 app_consistent_every: str) -> Policy:
     """A policy from what an admin typed, checked against the product's limits."""
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", name):
         raise BadInput(f"Policy name {name!r}: use letters, digits, '-', '_' or '.' (at most 63).")
-    p = Policy(name=name, rpo_threshold=parse_duration(rpo_threshold, "--rpo-threshold"),
-               retention=parse_duration(retention, "--retention"),
-               crash_consistent_every=parse_duration(crash_consistent_every, "--crash-consistent-every"),
-               app_consistent_every=None if app_consistent_every.strip().lower() == "off"
-               else parse_duration(app_consistent_every, "--app-consistent-every"))
+    typed = {"rpo_threshold": rpo_threshold, "retention": retention, "crash_consistent_every": crash_consistent_every,
+             "app_consistent_every": app_consistent_every}
+    blank = Policy(name=name, rpo_threshold=0, retention=0, crash_consistent_every=0, app_consistent_every=None)
+    return edited_policy(blank, typed)  # every setting is typed: nothing of ``blank`` but its name stays
+
+
+def edited_policy(p: Policy, changes: dict[str, str]) -> Policy:
+    """``p`` with the settings an admin typed (``changes``: setting -> text) changed and the others kept,
+    checked against the product's limits exactly as a new policy is. Raises :class:`BadInput` naming the
+    first setting that does not fit; ``p`` itself never changes."""
+    unknown = sorted(set(changes) - set(POLICY_SETTINGS))
+    if unknown:
+        raise BadInput(f"A policy has no setting {unknown[0]!r}; its settings are "
+                       f"{', '.join(_flag(s) for s in POLICY_SETTINGS)}.")
+
+    def duration(setting: str) -> float:
+        text = changes.get(setting)
+        return float(getattr(p, setting)) if text is None else parse_duration(text, _flag(setting))
+
+    rpo_threshold, retention = duration("rpo_threshold"), duration("retention")  # in the order of the options
+    crash_every = duration("crash_consistent_every")
+    app = changes.get("app_consistent_every")
+    if app is None:
+        app_every = p.app_consistent_every
+    else:
+        app_every = None if app.strip().lower() == "off" else parse_duration(app, "--app-consistent-every")
+    return check_policy(Policy(name=p.name, rpo_threshold=rpo_threshold, retention=retention,
+                               crash_consistent_every=crash_every, app_consistent_every=app_every))
+
+
+def check_policy(p: Policy) -> Policy:
+    """``p`` if its settings are within the product's limits; else :class:`BadInput` saying which is not."""
     if not 0 < p.retention <= MAX_RETENTION:
         raise BadInput("--retention must be more than 0 and at most 15 days.")
     if p.crash_consistent_every < 1:
@@ -55,6 +94,36 @@ def make_policy(name: str, *, rpo_threshold: str, retention: str, crash_consiste
     if p.app_consistent_every is not None and not 3600 <= p.app_consistent_every <= 12 * 3600:
         raise BadInput("--app-consistent-every must be between 1h and 12h, or off.")
     return p
+
+
+def check_max_mbps(value: object) -> float | None:
+    """A bandwidth cap as the admin API takes it: a number of Mbit/s from :data:`MIN_MBPS` to
+    :data:`MAX_MBPS`, or None for no cap. Anything else is :class:`BadInput`."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and MIN_MBPS <= value <= MAX_MBPS:
+        return float(value)
+    raise BadInput(f"The bandwidth cap must be from {MIN_MBPS:g} to {MAX_MBPS:g} Mbit/s, or none.")
+
+
+def parse_max_mbps(text: str, flag: str = "--max-mbps") -> float | None:
+    """A bandwidth cap as an admin types it: Mbit/s from :data:`MIN_MBPS` to :data:`MAX_MBPS`, or ``off``
+    (None: no cap). Anything else is :class:`BadInput` in one line naming ``flag``."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not MIN_MBPS <= value <= MAX_MBPS:  # NaN and infinities too
+        raise BadInput(f"{flag} {text!r} is not a bandwidth: give Mbit/s from {MIN_MBPS:g} to {MAX_MBPS:g}, "
+                       "or off.")
+    return value
+
+
+#: How the admin reads each setting's name.
+_SETTING_NAMES = {"rpo_threshold": "RPO threshold", "retention": "retention",
+                  "crash_consistent_every": "crash-consistent every", "app_consistent_every": "app-consistent every"}
 
 
 @dataclass
@@ -68,6 +137,9 @@ class DiskProgress:
     last_step_bytes: int = 0  #: bytes the last progress report added (one batch or a few)
     applied_seq: int = 0
     resync_done: int = 0
+    #: The resync whose full pass has segments applied (its generation) and how far into the disk it is (bytes).
+    resync_pass: int = 0
+    resync_offset: int = 0
     last_bookmark_time: float | None = None  # appliance time at which the newest applied cycle was applied
     last_bookmark_source: float | None = None  # the source's time at which that cycle started
     points: list[RecoveryPoint] = field(default_factory=list)
@@ -84,6 +156,10 @@ class Summary:
     state: ServerState
     rpo: float | None = None
     last_point: float | None = None
+    #: What the RPO is reckoned from (see :attr:`ServerStatus.newest_data_at`).
+    newest_data_at: float | None = None
+    #: The policy's RPO threshold (None when not replicating).
+    rpo_threshold: float | None = None
     #: Why replication is not as it should be, and the sentence for the admin.
     cause: tuple[HealthCause, str] | None = None
 
@@ -121,15 +197,57 @@ class Replication:
             raise NotFound(f"No policy named {name!r}. `godwit policy list` shows the policies.")
         return p
 
+    def _chosen_policy(self, name: str) -> Policy:
+        """The policy an admin chose for a server; an unknown name is refused with the names there are."""
+        p = self._state.policy(name)
+        if p is None:
+            names = ", ".join(x.name for x in self._state.policies())
+            raise NotFound(f"No policy named {name!r}; the policies are: {names}.")
+        return p
+
+    def policy_users(self, name: str) -> list[str]:
+        """The servers that replicate with this policy, by name."""
+        return self._state.policy_users(name)
+
+    def edit_policy(self, name: str, changes: dict[str, str]) -> Policy:
+        """Change the settings of a policy that are in ``changes`` (setting -> what the admin typed), checked as
+        a new policy is; nothing changes if one is refused. Its servers follow live: their mobility services
+        at their next heartbeat, the log processor at its next look, health at once."""
+        if not changes:
+            raise BadInput("Nothing to change: give --rpo-threshold, --retention, --crash-consistent-every "
+                           "and/or --app-consistent-every.")
+        before = self.policy(name)
+        after = edited_policy(before, changes)
+        if after == before:
+            return before
+        self._state.update_policy(after)
+        users = self.policy_users(name)
+        changed = ", ".join(f"{_SETTING_NAMES[k]} {setting_text(old)} → {setting_text(new)}" for k in POLICY_SETTINGS
+                            if (old := getattr(before, k)) != (new := getattr(after, k)))
+        self._hub.record("info", "policy-changed", f"Replication policy {name} changed: {changed}"
+                         + (f"; its servers follow from their next cycle: {', '.join(users)}." if users else "."))
+        return after
+
+    def delete_policy(self, name: str) -> None:
+        """Delete a policy that no server replicates with; ``default`` is never deleted."""
+        if name == DEFAULT_POLICY.name:
+            raise BadInput("The policy 'default' cannot be deleted: it is the one `godwit vm enable` uses without "
+                           "--policy.")
+        self.policy(name)
+        if not self._state.delete_policy(name):  # a server replicates with it (checked in the same statement)
+            users = self.policy_users(name)
+            raise BadInput(f"Policy {name!r} is used by {', '.join(users)}: move them to another policy first "
+                           "(godwit vm set NAME --policy P).")
+        self._hub.record("info", "policy-deleted", f"Replication policy {name} deleted.")
+
     # --- enabling ------------------------------------------------------------------------------
     def enable(self, row: ServerRecord, policy: str | None) -> None:
-        p = self.policy(policy or DEFAULT_POLICY.name)
-        if row.replicate:  # already replicating: only the policy changes, the copy and its points stay
-            if p.name != row.policy:
-                self._state.set_policy(row.server_id, p.name)
-                self._hub.record("info", "policy-changed", f"{row.name} now replicates with policy {p.name}.",
-                                 server=row.name)
-            return
+        """Start replicating a server. One that replicates already is refused (its policy changes with
+        :meth:`set_policy`, never by enabling it again)."""
+        if row.replicate:
+            raise BadInput(f"{row.name} already replicates with policy {row.policy}: to change its policy, run "
+                           f"`godwit vm set {row.name} --policy P`.")
+        p = self._chosen_policy(policy or DEFAULT_POLICY.name)
         disks = row.disks
         if not disks or any(d.size == 0 for d in disks):
             raise BadInput(f"{row.name} reports a missing or empty disk; fix it on the source server first.")
@@ -137,6 +255,19 @@ class Replication:
                                     disk_sizes=[d.size for d in disks])
         self._hub.record("info", "replication-enabled", f"Replication of {row.name} enabled with policy "
                          f"{p.name}; initial replication starts at its next heartbeat.", server=row.name)
+
+    def set_policy(self, row: ServerRecord, name: str) -> None:
+        """Move a replicating server to another policy, live: the copy and its points stay; the new terms
+        apply from its next cycle. An unknown policy, or a server that does not replicate, changes nothing."""
+        if not row.replicate:
+            raise BadInput(f"{row.name} does not replicate: enable it with that policy instead "
+                           f"(godwit vm enable {row.name} --policy {name}).")
+        p = self._chosen_policy(name)
+        if p.name == row.policy:
+            return
+        self._state.set_policy(row.server_id, p.name)
+        self._hub.record("info", "policy-set", f"{row.name} now replicates with policy {p.name} (was "
+                         f"{row.policy}); it applies from its next cycle.", server=row.name)
 
     def resync(self, row: ServerRecord) -> None:
         if not row.replicate:
@@ -146,6 +277,7 @@ class Replication:
                          "again and compared; recovery points are kept.", server=row.name)
 
     def set_max_mbps(self, row: ServerRecord, max_mbps: float | None) -> None:
+        max_mbps = check_max_mbps(max_mbps)
         self._state.set_max_mbps(row.server_id, max_mbps)
         self._hub.record("info", "bandwidth-set", f"{row.name}: bandwidth cap "
                          + ("removed." if max_mbps is None else f"set to {max_mbps:g} Mbit/s."), server=row.name)
@@ -154,6 +286,7 @@ class Replication:
         """Stop replicating and free the server's cache and target data."""
         self._state.set_replication(row.server_id, replicate=False, policy=None)
         self._state.delete_meta(f"initial-complete.{row.server_id}.", prefix=True)
+        self._state.delete_meta(f"resync-complete.{row.server_id}.", prefix=True)
         for key in [k for k in self._disks if k[0] == row.server_id]:
             del self._disks[key]
         self._storage.delete_server(row.server_id)
@@ -208,7 +341,22 @@ class Replication:
         elif isinstance(before_code, HealthCause) and before_code.pauses_applying and not report.error:
             self._hub.record("info", "apply-resumed", f"{row.name} disk {report.disk}: recovery points are "
                              "being created again.", server=row.name)
+        self._note_resync_complete(row)
         return True
+
+    def _note_resync_complete(self, row: ServerRecord) -> None:
+        """Record ``resync-complete`` once per resync, when its pass is applied on every disk (the log
+        processor tells its state again at every start: the event is noted durably)."""
+        gen = row.resync_gen
+        disks = range(len(row.replicated_sizes))
+        if gen == 0 or any(self.progress(row.server_id, i).resync_done < gen for i in disks):
+            return
+        said = f"resync-complete.{row.server_id}.{row.epoch}.{gen}"
+        if self._state.get_meta(said) is None:
+            self._hub.record("info", "resync-complete", f"Resync of {row.name} is complete: every block of its "
+                             f"{len(disks)} disk(s) was compared and sent again; recovery points are taken again.",
+                             server=row.name)
+            self._state.set_meta(said, "1")
 
     def _note_received(self, report: ReceivedReport) -> bool:
         """Returns True when an initial replication just completed."""
@@ -236,6 +384,10 @@ class Replication:
         p = self.progress(report.server_id, report.disk)
         p.applied_seq = report.applied_seq
         p.resync_done = report.resync_done
+        if report.resync_pass > p.resync_pass:  # a new pass (a restarted log processor says 0 until it applies)
+            p.resync_pass, p.resync_offset = report.resync_pass, report.resync_offset
+        elif report.resync_pass == p.resync_pass:
+            p.resync_offset = max(p.resync_offset, report.resync_offset)
         if report.bookmark_time:
             p.last_bookmark_time = report.bookmark_time
             p.last_bookmark_source = report.bookmark_source_time or None
@@ -256,22 +408,28 @@ class Replication:
         return sorted((per_disk[0][i] for i in common), key=lambda pt: pt.id)
 
     def disk_statuses(self, row: ServerRecord, now: float | None = None) -> tuple[DiskStatus, ...]:
-        """Each disk's progress. The rate (and the ETA from it) is the recent one: a disk that received
-        no batch for :data:`RATE_STALE_AFTER` seconds (or three times as long as its last batch took)
-        shows none."""
+        """Each disk's progress: through initial replication, then through each resync's full pass (how far
+        into the disk its applied segments reach). The rate (and the ETA from it) is the recent one: a disk
+        that received no batch for :data:`RATE_STALE_AFTER` seconds (or three times as long as its last batch
+        took) shows none."""
         now = time.time() if now is None else now
         out = []
         for i, d in enumerate(row.disks):
             p = self.progress(row.server_id, i)
-            done = d.size if p.initial_complete else min(p.initial_done, d.size)
+            phase = ""
+            done = d.size
+            if row.replicate and not p.initial_complete:
+                phase, done = "initial", min(p.initial_done, d.size)
+            elif row.replicate and p.resync_done < row.resync_gen:
+                # Until its pass has a segment applied a resync is at 0; a pass is done once its last one is.
+                phase = "resync"
+                done = min(p.resync_offset, d.size) if p.resync_pass > p.resync_done else 0
             hold = max(RATE_STALE_AFTER, 3 * p.last_step_bytes / p.throughput_bps) if p.throughput_bps else 0.0
             rate = p.throughput_bps if row.replicate and now - p.last_progress_at <= hold else 0.0
-            eta = None
-            if not p.initial_complete and rate > 0:
-                eta = (d.size - done) / rate
+            eta = (d.size - done) / rate if phase and rate > 0 else None
             out.append(DiskStatus(path=d.path, size=d.size, bytes_done=done if row.replicate else 0,
                                   bytes_total=d.size, throughput_bps=rate, eta_seconds=eta, capture=d.capture,
-                                  tracking=d.tracking, note=d.note))
+                                  tracking=d.tracking, note=d.note, phase=phase))
         return tuple(out)
 
     def summary(self, row: ServerRecord, now: float) -> Summary:
@@ -281,25 +439,29 @@ class Replication:
         progress = [self.progress(row.server_id, i) for i in range(len(row.disks))]
         points = self.points(row)
         last_point = points[-1].created_at if points else None
-        changed = disk_change(row)
-        if changed is not None:  # nothing is lost, but nothing moves until the disk is back or re-enabled
-            return Summary(ServerState.PAUSED, last_point=last_point, cause=changed)
-        stops = [(p.error_code or HealthCause.SEGMENT_CORRUPT, p.error) for p in progress if p.error]
-        if stops:  # a refused segment needs the admin; a target that cannot be written heals by itself
-            state = ServerState.ERROR if stops[0][0] == HealthCause.SEGMENT_CORRUPT else ServerState.PAUSED
-            return Summary(state, last_point=last_point, cause=stops[0])
+        policy = self._state.policy(row.policy) if row.policy else None
+        threshold = policy.rpo_threshold if policy is not None else None
         complete = bool(progress) and all(p.initial_complete for p in progress)
-        state = ServerState.PROTECTED if complete and points else ServerState.INITIAL_REPLICATION
-        if complete and any(p.resync_done < row.resync_gen for p in progress):
-            state = ServerState.RESYNCING
         # The newest consistent instant, in the appliance's time: the source's time of the cycle taken back
-        # by the clocks' difference, never later than when it was applied.
+        # by the clocks' difference, never later than when it was applied. It keeps ageing while the server
+        # is paused or in error: that is the data an admin would recover.
         skew = self.clock_skew.get(row.server_id, 0.0)
         bookmarks = [min(p.last_bookmark_time, p.last_bookmark_source - skew) if p.last_bookmark_source
                      else p.last_bookmark_time for p in progress if p.last_bookmark_time is not None]
-        rpo = now - min(bookmarks) if complete and len(bookmarks) == len(progress) else None
+        newest = min(bookmarks) if complete and len(bookmarks) == len(progress) else None
+        rpo = None if newest is None else max(0.0, now - newest)
+        stopped = partial(Summary, rpo=rpo, last_point=last_point, newest_data_at=newest, rpo_threshold=threshold)
+        changed = disk_change(row)
+        if changed is not None:  # nothing is lost, but nothing moves until the disk is back or re-enabled
+            return stopped(ServerState.PAUSED, cause=changed)
+        stops = [(p.error_code or HealthCause.SEGMENT_CORRUPT, p.error) for p in progress if p.error]
+        if stops:  # a refused segment needs the admin; a target that cannot be written heals by itself
+            state = ServerState.ERROR if stops[0][0] == HealthCause.SEGMENT_CORRUPT else ServerState.PAUSED
+            return stopped(state, cause=stops[0])
+        state = ServerState.PROTECTED if complete and points else ServerState.INITIAL_REPLICATION
+        if complete and any(p.resync_done < row.resync_gen for p in progress):
+            state = ServerState.RESYNCING
         cause: tuple[HealthCause, str] | None = None
-        policy = self._state.policy(row.policy) if row.policy else None
         detail = self.cache_full_detail.get(row.server_id)
         if self.cache_full.get(row.server_id) and detail:
             # the process server refused its last batch for the disk's reserve (it says so); until a batch is
@@ -326,7 +488,8 @@ class Replication:
             cause = (HealthCause.RPO_EXCEEDED, f"The RPO is {rpo / 60:.1f} min, above the policy's threshold of "
                      f"{policy.rpo_threshold / 60:.0f} min. Check the source server's network and the appliance's "
                      "load.")
-        return Summary(state, rpo=rpo, last_point=last_point, cause=cause)
+        return Summary(state, rpo=rpo, last_point=last_point, cause=cause, newest_data_at=newest,
+                       rpo_threshold=threshold)
 
 
 def disk_change(row: ServerRecord) -> tuple[HealthCause, str] | None:

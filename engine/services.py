@@ -19,7 +19,7 @@ from engine.licence import LicenceKeeper
 from engine.links.admin import LicenceChanged, SetupChanged
 from engine.links.agent import Ack, AppliedReport, ReceivedReport
 from engine.ports import PortsControl
-from engine.records import EngineStatus, LicenceStatus, ServerStatus, SetupInfo
+from engine.records import EngineStatus, LicenceStatus, Policy, ServerStatus, SetupInfo
 from engine.replication import Replication
 from engine.secrets import SecretStore
 from engine.state import ServerRecord, StateDB
@@ -72,13 +72,26 @@ class Services:
         return sum(1 for row in self.state.servers() if row.replicate)
 
     def enable(self, name: str, policy: str | None) -> ServerStatus:
-        """Start replicating a server (the licence must allow one more), or change the policy of one that does."""
+        """Start replicating a server (the licence must allow one more). One that replicates already is refused:
+        its policy changes through its settings (:meth:`Replication.set_policy`)."""
         def change(row: ServerRecord) -> None:
             if not row.replicate:
                 self.licence.check_new_server("enable", replicating=self.replicating())
             self.replication.enable(row, policy)
 
         return self.change_server(name, change)
+
+    def edit_policy(self, name: str, changes: dict[str, str]) -> Policy:
+        """Change a policy's settings (only those in ``changes``); every console sees its servers' new terms."""
+        policy = self.replication.edit_policy(name, changes)
+        for row in self.state.servers():
+            if row.replicate and row.policy == name:
+                self.inventory.publish(row.server_id)
+        return policy
+
+    def delete_policy(self, name: str) -> None:
+        """Delete a policy no server replicates with (``default`` never)."""
+        self.replication.delete_policy(name)
 
     def activate_licence(self, text: str) -> LicenceStatus:
         status = self.licence.activate(text, replicating=self.replicating())

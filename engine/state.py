@@ -347,6 +347,25 @@ class StateDB:
             " VALUES(?,?,?,?,?)", (p.name, p.rpo_threshold, p.retention, p.crash_consistent_every,
                                    p.app_consistent_every)))
 
+    def update_policy(self, p: Policy) -> None:
+        """Store a policy's new settings (its servers read them at their next look)."""
+        self._write(lambda db: db.execute(
+            "UPDATE policies SET rpo_threshold=?, retention=?, crash_consistent_every=?, app_consistent_every=?"
+            " WHERE name=?", (p.rpo_threshold, p.retention, p.crash_consistent_every, p.app_consistent_every, p.name)))
+
+    def policy_users(self, name: str) -> list[str]:
+        """The names of the servers that replicate with this policy, sorted."""
+        return [str(r[0]) for r in self._db.execute(
+            "SELECT name FROM servers WHERE replicate=1 AND policy=? ORDER BY name", (name,))]
+
+    def delete_policy(self, name: str) -> bool:
+        """Delete a policy that no replicating server uses (checked in the same statement). False, and nothing
+        deleted, when one does or when there is no such policy."""
+        cur = self._write(lambda db: db.execute(
+            "DELETE FROM policies WHERE name=? AND NOT EXISTS"
+            " (SELECT 1 FROM servers WHERE replicate=1 AND policy=?)", (name, name)))
+        return cur.rowcount > 0
+
     def is_revoked(self, serial: int) -> bool:
         row = self._db.execute("SELECT 1 FROM revoked WHERE cert_serial=?", (format(serial, "x"),)).fetchone()
         return row is not None

@@ -193,6 +193,7 @@ class Appliance:
                         what=f"a recovery point of {name} newer than the last change")
 
     def export(self, name: str, point: int | str, out: Path, fmt: str = "raw") -> Path:
+        out.mkdir(parents=True, exist_ok=True)  # as an admin would: `vm export` never creates --out
         res = self.cli("vm", "export", name, "--point", str(point), "--format", fmt, "--out", str(out), timeout=120)
         assert res.returncode == 0, res.stderr
         return out / f"{name}-disk0.{fmt}"

@@ -12,35 +12,46 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QSize
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtCore import QSettings, QSize, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
+    QListWidgetItem,
     QMainWindow,
+    QMessageBox,
     QStackedWidget,
-    QStyle,
     QSystemTrayIcon,
     QVBoxLayout,
     QWidget,
 )
 
-from app.bridge import EngineBridge, EngineStatus, LicenceStatus, SetupInfo
+from app.bridge import EngineBridge, EngineError, EngineStatus, LicenceStatus, SetupInfo
 from app.views.agents_page import AgentsPage
 from app.views.events_page import EventsPage
 from app.views.licence_dialogs import ActivateLicenceDialog, BackupDialog, show_activated
 from app.views.ports_page import PortsPage
 from app.views.servers_page import ServersPage
 from app.views.setup_page import SetupPage
+from app.views.tray import Alert, AlertWatcher, ConsoleTray
+from app.widgets.engine_banner import ENGINE_DOWN, EngineBanner
 from app.widgets.formatting import tr
 from app.widgets.licence_banner import LicenceBanner
 from app.widgets.mismatch_banner import MismatchBanner
 
 log = logging.getLogger(__name__)
 
-_CONNECTION_STYLE = {"attached": "ok", "connecting": "busy", "starting": "busy", "lost": "warn", "failed": "bad"}
+_CONNECTION_STYLE = {"attached": "ok", "connecting": "busy", "starting": "busy", "lost": "warn", "stopped": "bad",
+                     "failed": "bad"}
+#: The console's icons (one line style; resources/icons/).
+ICONS = Path(__file__).resolve().parents[2] / "resources" / "icons"
+
+
+def icon(name: str) -> QIcon:
+    return QIcon(str(ICONS / f"{name}.svg"))
 
 
 class LicenceNotifier:
@@ -99,11 +110,16 @@ def notification_title(licence: LicenceStatus) -> str:
 
 class MainWindow(QMainWindow):
     PAGES = ("servers", "setup", "ports", "agents", "events")
+    TITLES = ("Servers", "Setup", "Ports", "Agents", "Events")
+    #: The admin chose Quit (from the tray or Ctrl+Q) and answered about the engine: the console ends.
+    quit_requested = Signal()
 
-    def __init__(self, bridge: EngineBridge, *, notifier: LicenceNotifier | None = None) -> None:
+    def __init__(self, bridge: EngineBridge, *, notifier: LicenceNotifier | None = None,
+                 tray_available: Callable[[], bool] = QSystemTrayIcon.isSystemTrayAvailable) -> None:
         super().__init__()
         self.bridge = bridge
         self.setWindowTitle(tr("Godwit — %s") % bridge.data_dir.root)
+        self.setWindowIcon(icon("godwit"))
         self.setup_page = SetupPage(bridge)
         self.servers_page = ServersPage(bridge)
         self.ports_page = PortsPage(bridge)
@@ -111,14 +127,34 @@ class MainWindow(QMainWindow):
         self.events_page = EventsPage(bridge)
 
         self.nav = QListWidget(objectName="nav")
-        self.nav.addItems([tr("Servers"), tr("Setup"), tr("Ports"), tr("Agents"), tr("Events")])
-        self.nav.setFixedWidth(150)
+        self.nav.setAccessibleName(tr("Pages"))
+        for name, title in zip(self.PAGES, self.TITLES, strict=True):
+            QListWidgetItem(icon(name), tr(title), self.nav)
+        self.nav.setIconSize(QSize(18, 18))
         self.pages = QStackedWidget()
         for page in (self.servers_page, self.setup_page, self.ports_page, self.agents_page, self.events_page):
             self.pages.addWidget(page)
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.nav.setCurrentRow(0)
+        product = QLabel(tr("Godwit"), objectName="product_name")
+        product.setAccessibleName(tr("Godwit replication appliance"))
+        logo = QLabel(objectName="product_logo")
+        logo.setPixmap(icon("godwit").pixmap(QSize(28, 28)))
+        brand = QHBoxLayout()
+        brand.setContentsMargins(16, 14, 10, 6)
+        brand.setSpacing(8)
+        brand.addWidget(logo)
+        brand.addWidget(product, 1)
+        sidebar = QFrame(objectName="sidebar")
+        sidebar.setFixedWidth(150)
+        side = QVBoxLayout(sidebar)
+        side.setContentsMargins(0, 0, 0, 0)
+        side.setSpacing(0)
+        side.addLayout(brand)
+        side.addWidget(self.nav, 1)
 
+        self.engine_banner = EngineBanner()
+        self.engine_banner.start_button.clicked.connect(self.on_engine_banner_start_clicked)
         self.licence_banner = LicenceBanner()
         self.licence_banner.activate_button.clicked.connect(self.on_licence_banner_activate_clicked)
         self.licence_banner.move_button.clicked.connect(self.on_licence_banner_move_clicked)
@@ -130,20 +166,30 @@ class MainWindow(QMainWindow):
         body = QHBoxLayout()
         body.setContentsMargins(0, 0, 0, 0)
         body.setSpacing(0)
-        body.addWidget(self.nav)
+        body.addWidget(sidebar)
         body.addWidget(self.pages, 1)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(self.licence_banner)  # above the navigation and every page
+        layout.addWidget(self.engine_banner)  # above the navigation and every page
+        layout.addWidget(self.licence_banner)
         layout.addWidget(self.mismatch_banner)
         layout.addLayout(body, 1)
         self.setCentralWidget(central)
         self.dialog: QDialog | None = None
-        self.tray: QSystemTrayIcon | None = None
-        self.notifier = notifier or LicenceNotifier(QSettings(), tray_available=QSystemTrayIcon.isSystemTrayAvailable,
+        self.tray = ConsoleTray(icon("godwit"), self.open_page, available=tray_available, parent=self)
+        self.tray.quit_requested.connect(self.on_quit)
+        self.alerts = AlertWatcher(bridge, self)
+        self.alerts.alert.connect(self.tray.notify)
+        self.notifier = notifier or LicenceNotifier(QSettings(), tray_available=lambda: self.tray.available,
                                                     notify=self.notify_desktop)
+        #: Set once the admin chose Quit: the close that follows ends the console.
+        self.quitting = False
+        quit_action = QAction(tr("Quit…"), self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.on_quit)
+        self.addAction(quit_action)
         self.licence: LicenceStatus | None = None
         self.appliance_id: str | None = None
 
@@ -165,16 +211,40 @@ class MainWindow(QMainWindow):
     def show_page(self, name: str) -> None:
         self.nav.setCurrentRow(self.PAGES.index(name))
 
+    def open_page(self, name: str) -> None:
+        """Bring the window up (from the tray or a notification), on page ``name`` if given."""
+        if name:
+            self.show_page(name)
+        self.showNormal()
+        self.raise_()
+        self.activateWindow()
+
     def _show_status(self, level: str, text: str) -> None:
         self.engine_label.setText(text)
         self.engine_label.setProperty("level", level)
         self.engine_label.style().polish(self.engine_label)
 
     def on_bridge_connection_changed(self, state: str, detail: str) -> None:
+        self.engine_banner.show_connection(state, detail)
+        self.pages.setEnabled(state == "attached")  # the pages' actions all need the engine
         if state == "attached" and self.bridge.engine is not None:
             self.on_bridge_engine_changed(self.bridge.engine)
+        elif state in ENGINE_DOWN:  # the banner says why, once
+            self._show_status("bad", tr("■ Engine not running"))
         else:
             self._show_status(_CONNECTION_STYLE.get(state, "warn"), detail)
+
+    def on_engine_banner_start_clicked(self) -> None:
+        self.agents_page.start(self._start_engine())
+
+    async def _start_engine(self) -> None:
+        self.engine_banner.set_busy(True)
+        try:
+            await self.bridge.start_engine()
+        except EngineError as exc:
+            self.engine_banner.message.setText(exc.message)
+        finally:
+            self.engine_banner.set_busy(False)
 
     def on_bridge_engine_changed(self, engine: EngineStatus) -> None:
         if self.bridge.state != "attached":
@@ -193,8 +263,6 @@ class MainWindow(QMainWindow):
     def on_bridge_licence_changed(self, licence: LicenceStatus) -> None:
         self.licence = licence
         self.licence_banner.show_licence(licence)
-        if self.tray is not None and licence.alarm == "none":
-            self.tray.hide()  # activated: nothing left to warn about
         self._consider_notification()
 
     def _consider_notification(self) -> None:
@@ -203,20 +271,8 @@ class MainWindow(QMainWindow):
             self.notifier.consider(self.appliance_id, self.licence)
 
     def notify_desktop(self, title: str, text: str, critical: bool) -> None:
-        """A desktop notification through the system tray (its icon appears with the first one)."""
-        if self.tray is None:
-            self.tray = QSystemTrayIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning), self)
-            self.tray.setToolTip(tr("Godwit console"))
-            self.tray.messageClicked.connect(self._bring_to_front)
-            self.tray.activated.connect(self._bring_to_front)
-        self.tray.show()
-        icon = QSystemTrayIcon.MessageIcon.Critical if critical else QSystemTrayIcon.MessageIcon.Warning
-        self.tray.showMessage(title, text, icon, 30_000)
-
-    def _bring_to_front(self, *_: object) -> None:
-        self.showNormal()
-        self.raise_()
-        self.activateWindow()
+        """A licence notification through the tray; clicking it opens the Setup page, where the licence is."""
+        self.tray.notify(Alert(title, text, critical, "setup"))
 
     def _open_dialog(self, dialog: QDialog) -> None:
         """Open ``dialog`` without blocking; one licence dialog at a time (a second click raises it)."""
@@ -252,6 +308,55 @@ class MainWindow(QMainWindow):
         finally:
             self.mismatch_banner.set_busy(False)
 
+    # --- closing and quitting ------------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:
+        """The close button hides the window to the tray (replication never depended on it); without a tray, or
+        after Quit, the console ends."""
         QSettings().setValue("main_window/geometry", self.saveGeometry())
+        if self.tray.available and not self.quitting:
+            event.ignore()
+            self.hide()
+            if not QSettings().value("main_window/told_tray", False, type=bool):
+                self.tray.notify(Alert(tr("Godwit keeps running"), tr("Replication goes on and the console stays in "
+                                       "the tray; choose Quit there to end it."), False, "servers"))
+                QSettings().setValue("main_window/told_tray", True)
+            return
         super().closeEvent(event)
+        if event.isAccepted():
+            self.quitting = True
+            self.quit_requested.emit()
+
+    def on_quit(self) -> None:
+        """Quit, asking whether the engine (and with it replication) stops too."""
+        box = QMessageBox(QMessageBox.Icon.Question, tr("Quit the console"),
+                          tr("Quit the console only, or stop the engine too?"), parent=self)
+        box.setInformativeText(tr("The engine replicates without the console. Stopping it stops replication of "
+                                  "every server until it starts again."))
+        console_only = box.addButton(tr("Quit console"), QMessageBox.ButtonRole.AcceptRole)
+        stop_too = box.addButton(tr("Stop engine and quit"), QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(console_only)
+        box.setObjectName("quit_box")
+        box.finished.connect(lambda _: self._quit_answered(box.clickedButton(), console_only, stop_too))
+        self.dialog = box
+        box.open()
+
+    def _quit_answered(self, clicked: object, console_only: object, stop_too: object) -> None:
+        if clicked is console_only:
+            self.quit()
+        elif clicked is stop_too:
+            self.agents_page.start(self._stop_engine_and_quit())
+
+    async def _stop_engine_and_quit(self) -> None:
+        self._show_status("busy", tr("Stopping the engine…"))
+        try:
+            await self.bridge.stop_engine()
+        except EngineError as exc:
+            QMessageBox.warning(self, tr("The engine did not stop"), exc.message)
+            return
+        self.quit()
+
+    def quit(self) -> None:
+        """End the console now (the engine keeps running unless it was stopped)."""
+        self.quitting = True
+        self.close()

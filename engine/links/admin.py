@@ -16,7 +16,9 @@ from engine.records import EngineStatus, Event, LicenceStatus, PortsStatus, Serv
 
 #: 1.1: the licence and the ports (Hello fields, LicenceChanged, PortsChanged, their requests).
 #: 1.2: agent updates (Hello.updates, UpdatesChanged, the /v1/agents requests).
-ADMIN = Link("admin", 1, 2, "admin API")
+#: 1.3: policies edited (PATCH) and deleted (DELETE /v1/policies/{name}), a server's policy in its settings,
+#: ServerStatus.newest_data_at and rpo_threshold, DiskStatus.phase (a resync's progress).
+ADMIN = Link("admin", 1, 3, "admin API")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from engine.links.management import DesiredState, HeartbeatAnswer, Registered, R
 from engine.records import HealthCause
 
 #: 1.1: a heartbeat says which management port it came in on.
-AGENT_LINK = Link("agent", 1, 1, "agent link")
+#: 1.2: an applied report says how far a resync's full pass is (``resync_pass``, ``resync_offset``).
+AGENT_LINK = Link("agent", 1, 2, "agent link")
 
 __all__ = [
     "AGENT_LINK",
@@ -124,6 +125,10 @@ class AppliedReport:
     #: segment-corrupt | target-full | target-unwritable (engine.records.HealthCause)
     error_code: HealthCause | None = None
     points: tuple[AppliedPoint, ...] = ()
+    #: The resync generation whose full pass has segments applied on this disk (0: none since the log processor
+    #: started), and how far into the disk they reach, in bytes (agent link 1.2).
+    resync_pass: int = 0
+    resync_offset: int = 0
 
 
 @dataclass(frozen=True)

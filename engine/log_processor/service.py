@@ -94,6 +94,10 @@ class DiskJob:
     error_code: HealthCause | None = None
     bookmark_time: float | None = None
     bookmark_source_time: float | None = None
+    #: The resync generation whose full pass had segments applied here (this run), and how far into the disk
+    #: they reach (bytes): the resync's progress the admin sees.
+    resync_pass: int = 0
+    resync_offset: int = 0
     dirty: bool = True
     points: list[PointInfo] = field(default_factory=list)
     pauses: int = 0
@@ -101,6 +105,16 @@ class DiskJob:
     @property
     def replica(self) -> str:
         return replica(self.server_id, self.epoch)
+
+    def note_resync(self, generation: int, blocks: list[Block]) -> None:
+        """A segment of resync ``generation``'s full pass was applied: its blocks are how far the pass is (a
+        pass sends the disk in order, zeros as zero runs)."""
+        if generation < self.resync_pass:  # an older pass's segment: not where the stream stands
+            return
+        if generation > self.resync_pass:
+            self.resync_pass, self.resync_offset = generation, 0
+        if blocks:
+            self.resync_offset = max(self.resync_offset, max(b.offset + b.length for b in blocks))
 
     def fail(self, code: HealthCause, message: str) -> None:
         self.error_code, self.error = code, message
@@ -232,6 +246,8 @@ class LogProcessor:
                 point = PointInfo(id=header.cycle, created_at=time.time(), kind=_KINDS[header.bookmark],
                                   source_time=header.source_time)
             target.apply(seq, blocks, point=point, resync_pass=resync_pass, resync_done=resync_done)
+            if resync_pass is not None:
+                job.note_resync(resync_pass, blocks)
             if point is not None:
                 self._prune(job)
             if header.bookmark != Bookmark.NONE:
@@ -348,7 +364,8 @@ class LogProcessor:
                                applied_seq=job.target.applied_seq, resync_done=job.target.resync_done,
                                bookmark_time=job.bookmark_time, bookmark_source_time=job.bookmark_source_time,
                                error=job.error, error_code=job.error_code,
-                               points=tuple(AppliedPoint(p.id, p.created_at, p.kind) for p in job.points))
+                               points=tuple(AppliedPoint(p.id, p.created_at, p.kind) for p in job.points),
+                               resync_pass=job.resync_pass, resync_offset=job.resync_offset)
         await self.link.call("POST", "/agent/applied", report, Ack)
         job.dirty = False
 

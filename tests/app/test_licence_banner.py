@@ -235,7 +235,7 @@ def test_window_skips_the_tray_offscreen(qtbot: QtBot, tmp_path: Path) -> None:
     window.notifier.settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
     bridge.setup_changed.emit(SETUP)
     bridge.licence_changed.emit(WARNING)
-    assert window.tray is None
+    assert window.tray.icon is None and not window.tray.available
     assert window.notifier.notified("appl-7f3a", WARNING) == set()
 
 

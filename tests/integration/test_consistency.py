@@ -48,6 +48,7 @@ def points_under_load(app: Appliance, name: str, since: float, count: int,
 
 
 def export_all(app: Appliance, name: str, point: int, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)  # `vm export` never creates --out
     res = app.cli("vm", "export", name, "--point", str(point), "--format", "raw", "--out", str(out), timeout=120)
     assert res.returncode == 0, res.stderr
     return sorted(out.glob(f"{name}-disk*.raw"))

@@ -152,7 +152,8 @@ async def test_console_starts_the_engine_and_reattaches_after_a_crash(tmp_path: 
 
 
 async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QApplication) -> None:
-    """An engine that cannot start (its port taken) shows its one-line reason in the status bar, marked bad."""
+    """An engine that cannot start (its port taken) shows its one-line reason in the engine banner; the status
+    bar says it is not running, marked bad."""
     import socket
 
     with socket.socket() as busy:
@@ -167,9 +168,10 @@ async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QA
             await until(lambda: bridge.state == "failed", timeout=30, what="the failure to be reported")
             assert window.engine_label.property("level") == "bad"
             program = Path(f"/proc/{os.getpid()}/comm").read_text().strip()  # this test holds the port
-            assert window.engine_label.text() == (f"The management port {port} is in use by another program, "
-                                                  f"{program} (pid {os.getpid()}). Stop that program, or choose "
-                                                  "another port with --management-port.")
+            assert not window.engine_banner.isHidden()  # the reason is said once, in the banner with Start engine
+            assert window.engine_banner.message.text() == (
+                f"The management port {port} is in use by another program, {program} (pid {os.getpid()}). Stop "
+                "that program, or choose another port with --management-port.")
         finally:
             await bridge.aclose()
             window.close()
@@ -227,17 +229,41 @@ async def test_console_enables_and_disables_replication(appliance: Appliance, qa
         window.close()
 
 
-async def test_console_leaves_an_engine_the_admin_stopped_stopped(appliance: Appliance, qapp: QApplication) -> None:
-    """An engine the console did not start and the admin stopped is not started again: the console says lost."""
+async def test_an_engine_the_admin_stopped_stays_stopped_until_start_engine(appliance: Appliance,
+                                                                           qapp: QApplication) -> None:
+    """An engine the console did not start and the admin stopped is not started again: the console says so once
+    in its banner, greys the pages, and its Start engine button starts one; Quit can stop it again."""
     bridge = EngineBridge(appliance.data_dir)  # may start engines, but did not start this one
+    window = MainWindow(bridge, tray_available=lambda: False)
+    window.show()
     bridge.start()
+    qapp.setQuitOnLastWindowClosed(False)  # as the console runs: Quit ends it, not the loop under the test
     try:
         await until(lambda: bridge.state == "attached", what="the console to attach")
+        assert window.engine_banner.isHidden() and window.pages.isEnabled()
         await asyncio.get_running_loop().run_in_executor(None, appliance.stop)
-        await until(lambda: bridge.state == "lost", what="the console to notice")
+        await until(lambda: bridge.state == "stopped", what="the console to notice")
         await asyncio.sleep(3.0)
+        assert not (appliance.data_dir / "admin.sock").exists() and bridge.state == "stopped"
+        assert window.engine_banner.isVisible() and "not running" in window.engine_banner.message.text()
+        assert not window.pages.isEnabled()
+
+        window.engine_banner.start_button.click()
+        await until(lambda: bridge.state == "attached", timeout=60, what="Start engine to start one and attach")
+        assert window.engine_banner.isHidden() and window.pages.isEnabled()
+        assert (appliance.data_dir / "admin.sock").exists()
+
+        quits: list[bool] = []
+        window.quit_requested.connect(lambda: quits.append(True))
+        window.on_quit()
+        box = window.dialog
+        assert isinstance(box, QMessageBox)
+        stop = next(b for b in box.buttons() if b.text() == "Stop engine and quit")
+        stop.click()
+        await until(lambda: quits and not bridge._engine_alive(), timeout=40, what="the engine to stop and Quit")
         assert not (appliance.data_dir / "admin.sock").exists()
-        assert bridge.state == "lost"
     finally:
         await bridge.aclose()
+        window.close()
+        qapp.setQuitOnLastWindowClosed(True)
         _stop_engine_of(appliance.data_dir)

@@ -121,7 +121,8 @@ def test_disable_stops_and_frees_target_data(appliance: Appliance) -> None:
         assert not (appliance.data_dir / "target" / server_id).exists()
         assert appliance.points("tmp-01") == []
         wait_for(lambda: not list(mob.state_dir.glob("epoch-*/disk*.digests")), what="the source to drop its tracking")
-        res = appliance.cli("vm", "export", "tmp-01", "--point", "latest", "--format", "raw", "--out", "/tmp/nope")
+        res = appliance.cli("vm", "export", "tmp-01", "--point", "latest", "--format", "raw", "--out",
+                            str(appliance.root))
         assert res.returncode == 1 and "no recovery point" in res.stderr
     finally:
         mob.stop()
@@ -259,6 +260,7 @@ def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
         t = time.time()
         change_disk(disks[1], seed=33)
         point = appliance.point_after("two-01", t)
+        (tmp_path / "both").mkdir()
         res = appliance.cli("vm", "export", "two-01", "--point", str(point["id"]), "--format", "raw", "--out",
                             str(tmp_path / "both"))
         assert res.returncode == 0, res.stderr
@@ -269,16 +271,16 @@ def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
 
 
 def test_disable_and_enable_at_once_starts_a_fresh_copy(appliance: Appliance, tmp_path: Path) -> None:
-    """Enabling again only changes the policy; disable and enable at once start a fresh, byte-exact copy."""
+    """Another policy keeps the copy and its points; disable and enable at once start a fresh, byte-exact copy."""
     mob, disk = replicating(appliance, "again-01", 8 * MiB, seed=41)
     try:
-        # Enabling a server that replicates already changes nothing but its policy: same copy, same points.
+        # Moving a server that replicates to another policy changes nothing but its policy: same copy, same points.
         before = appliance.points("again-01")
         assert appliance.cli("policy", "create", "slow", "--crash-consistent-every", "1h").returncode == 0
-        assert appliance.cli("vm", "enable", "again-01", "--policy", "slow").returncode == 0
+        assert appliance.cli("vm", "set", "again-01", "--policy", "slow").returncode == 0
         assert appliance.servers()["again-01"]["policy"] == "slow"
         assert appliance.points("again-01")[: len(before)] == before
-        assert "policy-changed" in [e["code"] for e in appliance.events()]
+        assert "policy-set" in [e["code"] for e in appliance.events()]
         # Faster than any heartbeat or cache in the agents can notice the gap in between.
         assert appliance.cli("vm", "disable", "again-01", "--yes").returncode == 0
         assert appliance.cli("vm", "enable", "again-01", "--policy", "fast").returncode == 0
