@@ -135,7 +135,11 @@ class MainWindow(QMainWindow):
         for page in (self.servers_page, self.setup_page, self.ports_page, self.agents_page, self.events_page):
             self.pages.addWidget(page)
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.nav.currentRowChanged.connect(self._page_shown)
         self.nav.setCurrentRow(0)
+        #: New errors since the admin last looked at the Events page (its entry in the sidebar counts them).
+        self.unseen_errors = 0
+        self.events_page.critical_added.connect(self.on_events_page_critical_added)
         product = QLabel(tr("Godwit"), objectName="product_name")
         product.setAccessibleName(tr("Godwit replication appliance"))
         logo = QLabel(objectName="product_logo")
@@ -210,6 +214,22 @@ class MainWindow(QMainWindow):
 
     def show_page(self, name: str) -> None:
         self.nav.setCurrentRow(self.PAGES.index(name))
+
+    def on_events_page_critical_added(self, _event: object) -> None:
+        if self.pages.currentWidget() is not self.events_page or not self.isVisible():
+            self.unseen_errors += 1
+            self._label_events()
+
+    def _page_shown(self, row: int) -> None:
+        if row == self.PAGES.index("events") and self.unseen_errors:
+            self.unseen_errors = 0
+            self._label_events()
+
+    def _label_events(self) -> None:
+        item = self.nav.item(self.PAGES.index("events"))
+        item.setText(tr("Events") + (f"  ● {self.unseen_errors}" if self.unseen_errors else ""))
+        item.setToolTip(tr("%d new errors since you last looked") % self.unseen_errors if self.unseen_errors
+                        else "")
 
     def open_page(self, name: str) -> None:
         """Bring the window up (from the tray or a notification), on page ``name`` if given."""

@@ -169,3 +169,15 @@ async def test_the_engine_banner_offers_start_engine_and_greys_the_pages(window:
     bridge.connection_changed.emit("attached", "Attached to the engine (pid 7).")
     await asyncio.sleep(0)
     assert window.engine_banner.isHidden() and window.pages.isEnabled()
+
+
+def test_new_errors_are_counted_on_the_events_entry_until_the_admin_looks(window: MainWindow) -> None:
+    """A new error while another page shows counts on the Events entry of the sidebar; opening Events clears it."""
+    events_item = window.nav.item(window.PAGES.index("events"))
+    window.events_page.critical_added.emit(object())
+    window.events_page.critical_added.emit(object())
+    assert events_item.text().endswith("● 2") and "2 new errors" in events_item.toolTip()
+    window.show_page("events")
+    assert events_item.text() == "Events" and window.unseen_errors == 0
+    window.events_page.critical_added.emit(object())  # seen as it arrives
+    assert window.unseen_errors == 0
