@@ -37,6 +37,7 @@ class ProgressDelegate(QStyledItemDelegate):
         painter.setBrush(FILL)
         painter.drawRoundedRect(filled, 4, 4)
         painter.setPen(TEXT)
+        text = option.fontMetrics.elidedText(str(index.data()), Qt.TextElideMode.ElideRight, int(rect.width()) - 12)
         painter.drawText(rect.adjusted(6, 0, -6, 0), int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft),
-                         str(index.data()))
+                         text)
         painter.restore()
