@@ -16,7 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -29,6 +31,7 @@ from engine.errors import EngineError, EngineNotRunning
 from engine.files import write_atomically
 from engine.licence import read_licence_file
 from engine.links.admin import (
+    ApplianceHealthChanged,
     EngineChanged,
     EventAdded,
     Hello,
@@ -41,6 +44,7 @@ from engine.links.admin import (
 )
 from engine.records import (
     AgentUpdate,
+    ApplianceHealth,
     ConnectivityCheck,
     ConnectivityReport,
     EngineStatus,
@@ -51,6 +55,7 @@ from engine.records import (
     LicenceStatus,
     Policy,
     PortsStatus,
+    RecoveryPoint,
     ServerReach,
     ServerState,
     ServerStatus,
@@ -74,6 +79,7 @@ RETRY = Backoff((0.25, 0.5, 1.0, 2.0, 3.0, FAILED_START_RETRY))
 __all__ = [
     "MIN_PASSPHRASE",
     "AgentUpdate",
+    "ApplianceHealth",
     "ConnectivityCheck",
     "ConnectivityReport",
     "DataDir",
@@ -87,6 +93,7 @@ __all__ = [
     "LicenceStatus",
     "Policy",
     "PortsStatus",
+    "RecoveryPoint",
     "ServerReach",
     "ServerState",
     "ServerStatus",
@@ -121,6 +128,7 @@ class EngineBridge(QObject):
     licence_changed = Signal(object)  #: LicenceStatus
     ports_changed = Signal(object)  #: PortsStatus
     updates_changed = Signal(object)  #: UpdatesStatus
+    health_changed = Signal(object)  #: ApplianceHealth
 
     def __init__(self, data_dir: Path, *, engine_args: list[str] | None = None, start_engine: bool = True,
                  parent: QObject | None = None) -> None:
@@ -134,6 +142,8 @@ class EngineBridge(QObject):
         self.ports: PortsStatus | None = None
         #: The last agent updates the engine reported (None until then, or from an engine before admin 1.2).
         self.updates: UpdatesStatus | None = None
+        #: The appliance's own health as last reported (None until then, or from an engine before admin 1.4).
+        self.health: ApplianceHealth | None = None
         self._engine_args = engine_args or []
         self._start_engine = start_engine
         self._task: asyncio.Task[None] | None = None
@@ -231,6 +241,8 @@ class EngineBridge(QObject):
                     self._ports_known(ports)
                 case UpdatesChanged(updates=updates):
                     self._updates_known(updates)
+                case ApplianceHealthChanged(health=health):
+                    self._health_known(health)
 
     async def _on_hello(self, hello: Hello) -> None:
         self.engine = hello.engine
@@ -247,6 +259,8 @@ class EngineBridge(QObject):
             self._ports_known(hello.ports)
         if hello.updates is not None:  # None from an engine before admin 1.2
             self._updates_known(hello.updates)
+        if hello.health is not None:  # None from an engine before admin 1.4
+            self._health_known(hello.health)
         self._set_state("attached", f"Attached to the engine (pid {self.engine.pid}).")
 
     def _licence_known(self, licence: LicenceStatus) -> None:
@@ -260,6 +274,10 @@ class EngineBridge(QObject):
     def _updates_known(self, updates: UpdatesStatus) -> None:
         self.updates = updates
         self.updates_changed.emit(updates)
+
+    def _health_known(self, health: ApplianceHealth) -> None:
+        self.health = health
+        self.health_changed.emit(health)
 
     def _flush_servers(self) -> None:
         pending, self._pending = self._pending, {}
@@ -361,6 +379,30 @@ class EngineBridge(QObject):
 
     async def resync(self, name: str) -> ServerStatus:
         return await self.client.resync(name)
+
+    async def server(self, name: str) -> ServerStatus:
+        """The server ``name`` as the engine sees it now (the push stream brings its changes after)."""
+        return await self.client.server(name)
+
+    async def set_policy(self, name: str, policy: str) -> ServerStatus:
+        """Move a replicating server to the policy ``policy``, live; a refusal raises the engine's :class:`EngineError`
+        and changes nothing."""
+        return await self.client.set_policy(name, policy)
+
+    async def set_max_mbps(self, name: str, mbps: float | None) -> ServerStatus:
+        """Cap the server's replication at ``mbps`` Mbit/s (1 to 100000; None: no cap), live."""
+        return await self.client.set_server(name, max_mbps=mbps)
+
+    async def points(self, name: str) -> list[RecoveryPoint]:
+        return await self.client.points(name)
+
+    async def export_point(self, name: str, point_id: int | str, disk: int, fmt: str, out_file: BinaryIO,
+                           progress: Callable[[int, int], None] | None = None) -> tuple[str, int]:
+        """Stream disk ``disk`` of recovery point ``point_id`` as ``fmt`` ("raw" | "vhd") into ``out_file``, calling
+        ``progress(written, total)`` as it goes. Returns the point's id and the size written; the file is the
+        caller's (to name, rename or remove)."""
+        return await self.client.export(name, point=str(point_id), disk=disk, fmt=fmt, out=out_file,
+                                        progress=progress)
 
     async def activate_licence(self, text: str) -> LicenceStatus:
         """Activate the licence file whose content is ``text``. A refusal raises the engine's

@@ -17,7 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import BadInput, NotFound, ProtocolError
+from engine.appliance_health import ApplianceHealthMonitor
+from engine.errors import BadInput, EngineError, NotFound, ProtocolError
 from engine.http_server import error_middleware, read_json, speaks
 from engine.links import decode, encode
 from engine.links.admin import ADMIN, Hello, encode_message
@@ -39,6 +40,7 @@ from engine.storage.vhd import SECTOR, padded_size, vhd_footer
 
 log = logging.getLogger(__name__)
 SERVICES = web.AppKey("services", Services)
+HEALTH = web.AppKey("health", ApplianceHealthMonitor)
 
 
 def _services(request: web.Request) -> Services:
@@ -99,7 +101,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         hello = Hello(engine=services.status(), setup=services.setup_info(),
                       servers=tuple(services.inventory.servers()), last_event_id=last[-1].id if last else 0,
                       licence=services.licence.status(), ports=services.ports.status(),
-                      updates=services.updater.status())
+                      updates=services.updater.status(),
+                      health=request.app[HEALTH].health() if HEALTH in request.app else None)
         try:
             await resp.write(json.dumps(encode_message(hello)).encode() + b"\n")
             while True:
@@ -110,6 +113,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
         except ConnectionResetError:
             pass  # the console or CLI went away: nothing to report
     return resp
+
+
+async def get_appliance_health(request: web.Request) -> web.Response:
+    """The appliance's health: level, alerts and the values they were judged on; ``?history=1`` adds the samples
+    of the last 24 hours (one a minute)."""
+    if HEALTH not in request.app:
+        raise EngineError("This engine does not measure the appliance's health.")
+    history = request.query.get("history", "0") not in ("", "0", "false", "no")
+    return _json(request.app[HEALTH].health(history=history))
 
 
 # --- licence, ports, backup ----------------------------------------------------------------------
@@ -344,10 +356,12 @@ async def set_update_feed(request: web.Request) -> web.Response:
     return _json(_services(request).updater.set_feed(_optional_text(await read_json(request), "url")))
 
 
-def make_admin_app(services: Services) -> web.Application:
+def make_admin_app(services: Services, *, health: ApplianceHealthMonitor | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware("admin API", network=False)])
     speaks(app, ADMIN, peer="The CLI or console")
     app[SERVICES] = services
+    if health is not None:
+        app[HEALTH] = health
     r = app.router
     r.add_get("/v1/engine", get_engine)
     r.add_get("/v1/setup", get_setup)
@@ -374,6 +388,7 @@ def make_admin_app(services: Services) -> web.Application:
     r.add_post("/v1/ports", set_ports)
     r.add_post("/v1/ports/test", test_ports)
     r.add_post("/v1/appliance/backup", backup_appliance)
+    r.add_get("/v1/appliance/health", get_appliance_health)
     r.add_get("/v1/agents", get_agents)
     r.add_post("/v1/agents/check", check_agents)
     r.add_post("/v1/agents/update", update_agents)

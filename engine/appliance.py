@@ -19,15 +19,23 @@ from aiohttp import web
 from engine import __version__, diskspace
 from engine.admin_api import make_admin_app, make_agent_app
 from engine.agents import AGENTS
+from engine.appliance_health import ApplianceHealthMonitor, event_text
 from engine.config import EngineConfig
 from engine.errors import ConfigError, EngineError
 from engine.events import EventHub
 from engine.identity import ApplianceIdentity, create_secrets_and_pki
 from engine.inventory import Inventory
 from engine.licence import LicenceKeeper
-from engine.links.admin import EngineChanged, LicenceChanged, PortsChanged, SetupChanged, UpdatesChanged
+from engine.links.admin import (
+    ApplianceHealthChanged,
+    EngineChanged,
+    LicenceChanged,
+    PortsChanged,
+    SetupChanged,
+    UpdatesChanged,
+)
 from engine.ports import DEFAULT_LISTEN_ADDRESS, PortsControl
-from engine.records import DiskLevel, EngineStatus, SetupInfo, Severity
+from engine.records import ApplianceHealth, DiskLevel, EngineStatus, HealthLevel, SetupInfo, Severity
 from engine.replication import Replication
 from engine.services import Services
 from engine.state import StateDB
@@ -41,6 +49,8 @@ log = logging.getLogger(__name__)
 #: Seconds between two checks of the licence (thresholds, expiry, the clock).
 LICENCE_CHECK_EVERY = 5.0
 LICENCE_CHECK_ENV = "GODWIT_LICENCE_CHECK_EVERY"  # tests that move the clock through every threshold
+#: The severity of the ``appliance-health`` event of each level.
+HEALTH_SEVERITY: dict[HealthLevel, Severity] = {"healthy": "info", "warning": "warning", "critical": "error"}
 
 
 class Engine:
@@ -215,6 +225,25 @@ class Engine:
                 log.exception("licence.watch-failed")
             await asyncio.sleep(float(os.environ.get(LICENCE_CHECK_ENV, LICENCE_CHECK_EVERY)))
 
+    def _received_by_disk(self) -> dict[tuple[str, int], int]:
+        """Bytes each replicating disk has received into the cache, as the process server last reported."""
+        replication = self.services.replication
+        return {(row.server_id, disk): replication.progress(row.server_id, disk).bytes_received
+                for row in self.state.servers() if row.replicate for disk in range(len(row.replicated_sizes))}
+
+    def _health_changed(self, before: ApplianceHealth, after: ApplianceHealth) -> None:
+        """Every console sees new alerts; a new level is also an event."""
+        self.hub.publish(ApplianceHealthChanged(after))
+        if after.level != before.level:
+            self._record_quietly(HEALTH_SEVERITY[after.level], "appliance-health", event_text(after))
+
+    def _health_monitor(self) -> ApplianceHealthMonitor:
+        storage = self.services.storage
+        return ApplianceHealthMonitor(
+            agents=lambda: [a.spec.name for a in self.agents], alive_file=self.data_dir.alive_file,
+            disk_space=lambda: self.inventory.disk_space, backlog=lambda: storage.cache.used_bytes(),
+            received=self._received_by_disk, on_change=self._health_changed, logs=self.data_dir.logs)
+
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] = print) -> None:
         """Serve until ``stop`` is set, then stop the agents and close everything.
 
@@ -236,7 +265,10 @@ class Engine:
             tasks.append(asyncio.create_task(ports.watch(), name="ports"))
             tasks.append(asyncio.create_task(self._watch_licence(), name="licence"))
             tasks.append(asyncio.create_task(self.updater.watch(), name="updates"))
-            runners.append(await self._start_unix_site(make_admin_app(self.services), self.data_dir.admin_socket))
+            health = self._health_monitor()
+            tasks.append(asyncio.create_task(health.watch(), name="appliance-health"))
+            runners.append(await self._start_unix_site(make_admin_app(self.services, health=health),
+                                                       self.data_dir.admin_socket))
             where = f"management port {ports.management_port}, data port {ports.data_port} on {ports.listen_address}"
             self._record_quietly("info", "engine-started", f"Engine {__version__} started: {where}.")
             tasks.append(asyncio.create_task(self._watch_disk_space(), name="disk-space"))

@@ -26,7 +26,7 @@ from engine.errors import BadInput, EngineError, EngineNotRunning, UpdateError
 from engine.files import write_atomically
 from engine.links.admin import EventAdded, Hello, UpdatesChanged
 from engine.ports import old_port_text
-from engine.records import AgentUpdate, Event, PortsStatus, ServerStatus, UpdatesStatus, to_json
+from engine.records import AgentUpdate, ApplianceHealth, Event, PortsStatus, ServerStatus, UpdatesStatus, to_json
 
 EXIT_ERROR = 1
 
@@ -518,6 +518,47 @@ async def cmd_appliance_backup(client: AdminClient, args: argparse.Namespace) ->
           "appliance with `godwit appliance restore FILE`; see docs/moving-an-appliance.md.")
 
 
+def _percent_text(value: float | None) -> str:
+    return f"{value:.0f} %" if value is not None else "-"
+
+
+def _print_health(h: ApplianceHealth) -> None:
+    t = h.thresholds
+    held = duration_text(t.sustain)
+    if h.backlog_bytes is None:
+        backlog = "-"
+    else:
+        rate = f"{human_bytes(int(h.apply_rate_bps))}/s" if h.apply_rate_bps is not None else "not measured yet"
+        drain = duration_text(h.backlog_drain_seconds) if h.backlog_drain_seconds is not None else (
+            "does not drain" if h.backlog_bytes and h.apply_rate_bps == 0 else "-")
+        backlog = f"{human_bytes(h.backlog_bytes)} (applied at {rate}; drains in {drain})"
+    where = f" ({h.cache_mount})" if h.cache_mount else ""
+    rows = [["CPU", _percent_text(h.cpu_percent), f"above {t.cpu_warning:.0f} % / {t.cpu_critical:.0f} % for {held}"],
+            ["Memory", _percent_text(h.memory_percent),
+             f"above {t.memory_warning:.0f} % / {t.memory_critical:.0f} % for {held}"],
+            ["Cache free" + where, _percent_text(h.cache_free_percent),
+             f"below {t.cache_free_warning:.0f} % / {t.cache_free_critical:.0f} %"],
+            ["Backlog", backlog, f"drains in more than {duration_text(t.backlog_warning)} / "
+                                 f"{duration_text(t.backlog_critical)}"]]
+    rows += [[f"Agent {a.name}", f"seen {duration_text(a.silent_seconds)} ago" if a.last_seen is not None
+              else "never seen", f"silent {duration_text(t.agent_silent)} (critical)"] for a in h.agents]
+    sampled = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.sampled_at)) if h.sampled_at else "not yet"
+    print(f"Appliance health: {h.level} (sampled {sampled})\n")
+    print(_table(rows, ["METRIC", "NOW", "WARNING / CRITICAL"]))
+    if h.alerts:
+        print("\nAlerts:")
+        for a in h.alerts:
+            print(f"  {a.level.upper():8}  {a.message}")
+
+
+async def cmd_appliance_health(client: AdminClient, args: argparse.Namespace) -> None:
+    health = await client.appliance_health(history=args.history)
+    if args.json:
+        _print_json(health)
+    else:
+        _print_health(health)
+
+
 def cmd_appliance_restore(args: argparse.Namespace) -> None:
     from engine.backup import read_backup, restore_backup
 
@@ -790,13 +831,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", metavar="URL")
     p.set_defaults(func=_admin(cmd_agents_feed))
 
-    appl = sub.add_parser("appliance", help="move the appliance: backup and restore").add_subparsers(
+    appl = sub.add_parser("appliance", help="the appliance itself: health, backup and restore").add_subparsers(
         dest="appliance_command", metavar="ACTION", required=True)
     p = appl.add_parser("backup", parents=[data_dir], help="write an encrypted backup of the appliance")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--passphrase-file", metavar="F", help="the backup's passphrase (default: asked on the terminal)")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.set_defaults(func=_admin(cmd_appliance_backup))
+    p = appl.add_parser("health", parents=[data_dir, as_json], help="CPU, memory, cache space, backlog and agents "
+                        "against their thresholds, and the alerts")
+    p.add_argument("--history", action="store_true", help="with --json: the samples of the last 24 hours too")
+    p.set_defaults(func=_admin(cmd_appliance_health))
     p = appl.add_parser("restore", parents=[data_dir], help="restore a backup into a new data directory "
                         "(the engine must not run there)")
     p.add_argument("file", metavar="FILE")

@@ -19,6 +19,7 @@ from engine.errors import EngineError, EngineNotRunning, ProtocolError, from_cod
 from engine.links import HEADER, Link, decode, encode
 from engine.links.admin import ADMIN, StreamMessage, decode_message
 from engine.records import (
+    ApplianceHealth,
     ConnectivityReport,
     EngineStatus,
     Event,
@@ -279,6 +280,13 @@ class AdminClient(UnixJsonClient):
             raise self._unreachable(exc) from exc
         except TimeoutError as exc:
             raise EngineError("The engine did not finish the backup within 300 s; see its log.") from exc
+
+    # --- appliance health (admin 1.4) ---
+    async def appliance_health(self, history: bool = False) -> ApplianceHealth:
+        """The appliance's health as last sampled; ``history`` adds the samples of the last 24 hours."""
+        await self._require(4, "report the appliance's health")
+        return await self.call("GET", "/v1/appliance/health" + ("?history=1" if history else ""), None,
+                               ApplianceHealth)
 
     # --- agent updates (admin 1.2) ---
     async def agent_updates(self) -> UpdatesStatus:

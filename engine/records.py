@@ -240,6 +240,91 @@ class EngineStatus:
             (self.disk_space is None or self.disk_space.level == "ok")
 
 
+HealthLevel = Literal["healthy", "warning", "critical"]
+
+
+@dataclass(frozen=True)
+class HealthAlert:
+    """One threshold the appliance is past: what, how far, and a sentence with the cause and what to do."""
+
+    #: "cpu", "memory", "cache-free", "backlog" or "agent" (text: a newer engine may add metrics).
+    metric: str = ""
+    level: HealthLevel = "warning"
+    #: The measured value in the metric's unit (percent; seconds to drain the backlog); None for a backlog that
+    #: does not drain at all.
+    value: float | None = None
+    threshold: float = 0.0
+    message: str = ""
+    #: The appliance agent an ``agent`` alert is about.
+    agent: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """Where each metric turns warning and critical, and how long it must stay there."""
+
+    cpu_warning: float = 80.0
+    cpu_critical: float = 95.0
+    memory_warning: float = 80.0
+    memory_critical: float = 95.0
+    #: Percent free of the cache's file system below which it is warning, critical.
+    cache_free_warning: float = 30.0
+    cache_free_critical: float = 25.0
+    #: Seconds the backlog would take to drain at the recent apply rate.
+    backlog_warning: float = 1800.0
+    backlog_critical: float = 2700.0
+    #: Seconds CPU and memory must stay past a threshold before they count (a brief spike does not).
+    sustain: float = 900.0
+    #: Seconds an appliance agent may go without touching its alive file.
+    agent_silent: float = 900.0
+
+
+@dataclass(frozen=True)
+class HealthSample:
+    """One minute of the appliance's health history (the last sample of that minute)."""
+
+    at: float = 0.0
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    cache_free_percent: float | None = None
+    backlog_bytes: int | None = None
+    apply_rate_bps: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentLife:
+    """When an appliance agent last showed it runs (its alive file)."""
+
+    name: str = ""
+    #: Epoch seconds; None when it never did since the engine started.
+    last_seen: float | None = None
+    silent_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ApplianceHealth:
+    """The appliance's own health (``godwit appliance health``): the worst alert's level, the alerts, the values
+    they were judged on, and (on request) the history of the last 24 hours."""
+
+    level: HealthLevel = "healthy"
+    alerts: tuple[HealthAlert, ...] = ()
+    #: When the values were measured (epoch seconds); None before the first sample.
+    sampled_at: float | None = None
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    cache_free_percent: float | None = None
+    #: Where the cache lives (the file system's mount point).
+    cache_mount: str = ""
+    #: Bytes received into the cache and not applied yet, the recent apply rate, and the drain time at that rate
+    #: (None when the backlog does not drain).
+    backlog_bytes: int | None = None
+    apply_rate_bps: float | None = None
+    backlog_drain_seconds: float | None = None
+    agents: tuple[AgentLife, ...] = ()
+    thresholds: HealthThresholds = field(default_factory=HealthThresholds)
+    history: tuple[HealthSample, ...] = ()
+
+
 LicenceState = Literal["evaluation", "active", "expired"]
 #: How loudly the console shows the licence: nothing, an amber banner (30 days left or fewer), a red one (7 or fewer).
 LicenceAlarm = Literal["none", "warning", "critical"]

@@ -34,6 +34,7 @@ from app.views.agents_page import AgentsPage
 from app.views.events_page import EventsPage
 from app.views.licence_dialogs import ActivateLicenceDialog, BackupDialog, show_activated
 from app.views.ports_page import PortsPage
+from app.views.server_detail import ServerDetailDialog
 from app.views.servers_page import ServersPage
 from app.views.setup_page import SetupPage
 from app.views.tray import Alert, AlertWatcher, ConsoleTray
@@ -140,6 +141,9 @@ class MainWindow(QMainWindow):
         #: New errors since the admin last looked at the Events page (its entry in the sidebar counts them).
         self.unseen_errors = 0
         self.events_page.critical_added.connect(self.on_events_page_critical_added)
+        #: The open detail dialog of each server (a second double-click raises it).
+        self.details: dict[str, ServerDetailDialog] = {}
+        self.servers_page.detail_requested.connect(self.show_server_detail)
         product = QLabel(tr("Godwit"), objectName="product_name")
         product.setAccessibleName(tr("Godwit replication appliance"))
         logo = QLabel(objectName="product_logo")
@@ -214,6 +218,22 @@ class MainWindow(QMainWindow):
 
     def show_page(self, name: str) -> None:
         self.nav.setCurrentRow(self.PAGES.index(name))
+
+    def show_server_detail(self, name: str) -> None:
+        """Open server ``name``'s details (or raise them when open), seeded with what the console holds."""
+        dialog = self.details.get(name)
+        if dialog is not None and not dialog.closing:
+            dialog.raise_()
+            dialog.activateWindow()
+            return
+        model = self.servers_page.model
+        row = model.row_of(name)
+        status = model.server(row) if row is not None else None
+        events = [e for e in self.events_page.model.events() if e.server == name]
+        dialog = ServerDetailDialog(self.bridge, name, self, status=status, events=events)
+        dialog.destroyed.connect(lambda *_: self.details.pop(name, None))
+        self.details[name] = dialog
+        dialog.show()
 
     def on_events_page_critical_added(self, _event: object) -> None:
         if self.pages.currentWidget() is not self.events_page or not self.isVisible():

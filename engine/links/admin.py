@@ -12,13 +12,23 @@ from typing import Any
 
 from engine.errors import ProtocolError
 from engine.links import Link, decode, encode
-from engine.records import EngineStatus, Event, LicenceStatus, PortsStatus, ServerStatus, SetupInfo, UpdatesStatus
+from engine.records import (
+    ApplianceHealth,
+    EngineStatus,
+    Event,
+    LicenceStatus,
+    PortsStatus,
+    ServerStatus,
+    SetupInfo,
+    UpdatesStatus,
+)
 
 #: 1.1: the licence and the ports (Hello fields, LicenceChanged, PortsChanged, their requests).
 #: 1.2: agent updates (Hello.updates, UpdatesChanged, the /v1/agents requests).
 #: 1.3: policies edited (PATCH) and deleted (DELETE /v1/policies/{name}), a server's policy in its settings,
 #: ServerStatus.newest_data_at and rpo_threshold, DiskStatus.phase (a resync's progress).
-ADMIN = Link("admin", 1, 3, "admin API")
+#: 1.4: the appliance's own health (Hello.health, ApplianceHealthChanged, GET /v1/appliance/health).
+ADMIN = Link("admin", 1, 4, "admin API")
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,8 @@ class Hello:
     ports: PortsStatus | None = None
     #: None from an engine before admin 1.2.
     updates: UpdatesStatus | None = None
+    #: None from an engine before admin 1.4.
+    health: ApplianceHealth | None = None
 
 
 @dataclass(frozen=True)
@@ -81,13 +93,20 @@ class UpdatesChanged:
     updates: UpdatesStatus
 
 
+@dataclass(frozen=True)
+class ApplianceHealthChanged:
+    """The appliance's health level or its alerts changed (not sent for each new sample: ask for those)."""
+
+    health: ApplianceHealth
+
+
 StreamMessage = (Hello | ServerChanged | ServerRemoved | EventAdded | EngineChanged | SetupChanged | LicenceChanged
-                 | PortsChanged | UpdatesChanged)
+                 | PortsChanged | UpdatesChanged | ApplianceHealthChanged)
 #: The ``type`` of each stream message on the wire.
 STREAM_TYPES: dict[str, type[Any]] = {"hello": Hello, "server": ServerChanged, "server-removed": ServerRemoved,
                                       "event": EventAdded, "engine": EngineChanged, "setup": SetupChanged,
                                       "licence": LicenceChanged, "ports": PortsChanged,
-                                      "updates": UpdatesChanged}
+                                      "updates": UpdatesChanged, "appliance-health": ApplianceHealthChanged}
 _TYPE_OF = {cls: name for name, cls in STREAM_TYPES.items()}
 
 

@@ -195,3 +195,36 @@ def test_version_1_0_keeps_the_wire_shape_sources_already_speak() -> None:
                               "initial_complete": False, "bytes_received": 99}]}
     states = decode(StreamStates, old_streams, link=DATA)
     assert states.disks[0].state.acked_seq == 12 and encode(states) == old_streams
+
+
+def test_a_peer_that_hangs_up_mid_body_is_one_warning_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A source stopping while its batch is on the way (the connection lost mid-body) is a warning line that says
+    so, never an internal error with a traceback."""
+
+    async def slow_reader(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({})
+
+    async def scenario() -> None:
+        app = web.Application(middlewares=[error_middleware("data port", network=True)])
+        app.router.add_post("/v1/batch", slow_reader)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.close()
+            await asyncio.sleep(0.3)
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(scenario())
+    lines = [r for r in caplog.records if "data port" in r.getMessage()]
+    assert [r.getMessage() for r in lines if "closed the connection" in r.getMessage()], caplog.text
+    assert not any(r.exc_info for r in caplog.records) and "internal" not in caplog.text, caplog.text

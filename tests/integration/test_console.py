@@ -177,8 +177,10 @@ async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QA
             window.close()
 
 
-async def test_console_enables_and_disables_replication(appliance: Appliance, qapp: QApplication) -> None:
-    """Enable, Resync and Disable from the Servers page drive a server to Protected, back to Protected and off."""
+async def test_console_enables_and_disables_replication(appliance: Appliance, qapp: QApplication,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enable, Resync and Disable from the Servers page drive a server to Protected, back to Protected and off; its
+    details cap its bandwidth and export its newest point byte for byte."""
     from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox
 
     from tests.appliance import fill_disk
@@ -209,6 +211,28 @@ async def test_console_enables_and_disables_replication(appliance: Appliance, qa
         assert model.server(0).last_recovery_point is not None
         assert model.data(model.index(0, model.LAST_POINT)) == "just now"
         assert page.disable_button.isEnabled() and not page.enable_button.isEnabled()
+
+        # Its details: a double-click opens them; a cap applies live; the newest point exports byte for byte.
+        page.detail_requested.emit("app-01")
+        detail = window.details["app-01"]
+        await until(lambda: detail.server is not None and detail.points, what="the details and their points")
+        await detail.apply_cap(40)
+        assert (await bridge.client.server("app-01")).max_mbps == 40 and "40 Mbit/s" in detail.message.text()
+        page.detail_requested.emit("app-01")
+        assert list(window.details.values()) == [detail]  # the same dialog, raised
+        out = appliance.root / "exported"
+        out.mkdir()
+
+        async def into_out(*_: object) -> Path:
+            return out
+
+        monkeypatch.setattr("app.views.server_detail.choose_folder", into_out)
+        await detail.export(detail.points[0], "raw")
+        assert (out / "app-01-disk0.raw").read_bytes() == disk.read_bytes(), detail.message.text()
+        assert sorted(p.name for p in out.iterdir()) == ["app-01-disk0.raw"]  # no partial file left
+        detail.close()
+        await until(lambda: "app-01" not in window.details, what="the closed dialog to go")
+
         page.resync_button.click()
         await until(lambda: isinstance(QApplication.activeModalWidget(), QMessageBox), what="the confirmation")
         box = QApplication.activeModalWidget()
