@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +37,28 @@ def fake_clock(offset_file: Path) -> dict[str, str]:
             "DONT_FAKE_MONOTONIC": "1"}
 
 
-_HANDED_OUT: set[int] = set()
+def _worker_ports() -> Iterator[int]:
+    """This test process's own ports: below the kernel's ephemeral range (32768 up), a block of 3,000 for each
+    pytest-xdist worker, so no two workers and no outgoing connection ever get the same one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = 20_000 + 3_000 * (int(worker) if worker.isdigit() else 0)
+    yield from range(start, start + 3_000)
+
+
+_PORTS = _worker_ports()
 
 
 def free_port() -> int:
-    """A port free now and never handed out before in this test run (two calls must not give the same one)."""
-    while True:
+    """A port free now and never handed out before in this test run (two calls, in this process or in another
+    worker, never give the same one)."""
+    for port in _PORTS:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("this test process ran out of its 3,000 ports")
 
 
 async def until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:

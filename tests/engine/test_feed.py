@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from engine.links.agent import AGENT_LINK
 from engine.updater.compatibility import AgentRelease, Compatibility, problems
 from engine.updater.feed import TARGET_COMPATIBILITY, FeedClient, FeedTarget, target_path, trusted_root
 from engine.updater.package import read_manifest
+from tests.appliance import free_port
 from tests.feed_server import FeedServer, publish_release, release_tool
 
 AGENTS = ("log-processor", "process-server")
@@ -269,12 +269,6 @@ def test_a_tampered_compatibility_record_is_refused(feeds: Feeds, clients: Calla
 
 
 # --- a feed that does not answer ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_feed_that_refuses_connections_is_unreachable(clients: Callable[..., FeedClient]) -> None:
     """A feed whose port refuses connections fails within seconds with one sentence naming the URL, the
     refusal and what to check."""
