@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName("Godwit console")
     app.setDesktopFileName("godwit")
     app.setWindowIcon(QIcon(str(RESOURCES / "icons" / "godwit.svg")))
-    style = RESOURCES / "console.qss"
-    if style.exists():
-        app.setStyleSheet(style.read_text())
+    from app.theme import follow_desktop
+
+    follow_desktop(app)  # light or dark as the desktop is, and again when it switches
     install_excepthook()
     with contextlib.suppress(asyncio.CancelledError):
         qasync.run(run_console(app, data_dir, args))

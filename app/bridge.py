@@ -55,8 +55,12 @@ from engine.records import (
     LicenceStatus,
     Policy,
     PortsStatus,
+    PrerequisiteCheck,
+    Prerequisites,
     RecoveryPoint,
+    ServerHistory,
     ServerReach,
+    ServerSample,
     ServerState,
     ServerStatus,
     SetupInfo,
@@ -93,8 +97,12 @@ __all__ = [
     "LicenceStatus",
     "Policy",
     "PortsStatus",
+    "PrerequisiteCheck",
+    "Prerequisites",
     "RecoveryPoint",
+    "ServerHistory",
     "ServerReach",
+    "ServerSample",
     "ServerState",
     "ServerStatus",
     "SetupInfo",
@@ -370,6 +378,38 @@ class EngineBridge(QObject):
 
     async def policies(self) -> list[Policy]:
         return await self.client.policies()
+
+    async def create_policy(self, name: str, *, rpo_threshold: str, retention: str, crash_consistent_every: str,
+                            app_consistent_every: str) -> Policy:
+        """Create a policy from durations as an admin types them ("15m", "7d"; "off" for no app-consistent
+        points); a refusal raises the engine's one-line :class:`EngineError`."""
+        return await self.client.create_policy(name=name, rpo_threshold=rpo_threshold, retention=retention,
+                                               crash_consistent_every=crash_consistent_every,
+                                               app_consistent_every=app_consistent_every)
+
+    async def edit_policy(self, name: str, **changes: str) -> Policy:
+        """Change only the given settings of policy ``name`` (the names of :meth:`create_policy`'s); its servers
+        follow from their next cycle."""
+        return await self.client.edit_policy(name, **changes)
+
+    async def delete_policy(self, name: str) -> None:
+        """Delete policy ``name``; refused, naming the servers, while any replicates with it (and for
+        ``default``)."""
+        await self.client.delete_policy(name)
+
+    async def prerequisites(self, check: str | None = None) -> Prerequisites:
+        """Check the appliance's prerequisites now (all, or only ``check``)."""
+        return await self.client.prerequisites(check)
+
+    async def complete_setup(self) -> SetupInfo:
+        """Record that the first-run setup is done; the new set-up reaches :attr:`setup_changed` too."""
+        setup = await self.client.complete_setup()
+        self.setup_changed.emit(setup)
+        return setup
+
+    async def server_history(self, name: str, span: str = "hour") -> ServerHistory:
+        """Server ``name``'s throughput and RPO over the last hour or day."""
+        return await self.client.server_history(name, span)
 
     async def enable(self, name: str, policy: str) -> ServerStatus:
         return await self.client.enable(name, policy)

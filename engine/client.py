@@ -26,7 +26,9 @@ from engine.records import (
     LicenceStatus,
     Policy,
     PortsStatus,
+    Prerequisites,
     RecoveryPoint,
+    ServerHistory,
     ServerStatus,
     SetupInfo,
     UpdatesStatus,
@@ -141,6 +143,23 @@ class AdminClient(UnixJsonClient):
 
     async def setup(self) -> SetupInfo:
         return from_json(SetupInfo, await self.request("GET", "/v1/setup"))
+
+    async def complete_setup(self) -> SetupInfo:
+        """Record that the first-run setup is done (consoles stop opening the wizard by themselves); idempotent."""
+        await self._require(5, "record the first-run setup")
+        return from_json(SetupInfo, await self.request("POST", "/v1/setup/complete", {}))
+
+    async def prerequisites(self, check: str | None = None) -> Prerequisites:
+        """Check the appliance's prerequisites now: every one, or only ``check`` (a :class:`PrerequisiteCheck` key;
+        the others are as last checked)."""
+        await self._require(5, "check the appliance's prerequisites")
+        return decode(Prerequisites, await self.request("POST", "/v1/appliance/prerequisites", {"check": check},
+                                                        timeout=60), link=self.link)
+
+    async def server_history(self, name: str, span: str = "hour") -> ServerHistory:
+        """Server ``name``'s throughput and RPO over the last ``span`` ("hour" or "day")."""
+        await self._require(5, "report a server's history")
+        return await self.call("GET", f"/v1/servers/{_quote(name)}/history?span={_quote(span)}", None, ServerHistory)
 
     async def rotate_passphrase(self) -> SetupInfo:
         return from_json(SetupInfo, await self.request("POST", "/v1/setup/rotate-passphrase"))

@@ -188,6 +188,9 @@ class SetupInfo:
     secret_store: str
     host: str
     mobility_command: str
+    #: When an admin finished (or closed as done) the first-run setup wizard; None on a new appliance, whose
+    #: console then opens the wizard by itself (admin 1.5).
+    setup_completed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -528,3 +531,56 @@ def _member(tp: type[enum.Enum], value: Any) -> Any:
         return tp(value)
     except ValueError:
         return value
+
+
+#: How a prerequisite of the appliance stands: fine, works but below what is advised, or blocks the appliance.
+PrerequisiteStatus = Literal["ok", "warning", "failed"]
+
+
+@dataclass(frozen=True)
+class PrerequisiteCheck:
+    """One prerequisite of the appliance, as the first-run wizard and ``godwit appliance check`` show it."""
+
+    #: "ports", "cache-space", "clock", "secret-store", "sizing" or "target" (text: a newer engine may add checks).
+    key: str
+    #: What is checked, as a title ("Ports free").
+    title: str
+    status: PrerequisiteStatus
+    #: What the check found, in one sentence with the figures.
+    found: str
+    #: What to do about it, in one sentence; empty when the check is ok.
+    action: str = ""
+
+
+@dataclass(frozen=True)
+class Prerequisites:
+    """The appliance's prerequisites as last checked (admin 1.5)."""
+
+    checks: tuple[PrerequisiteCheck, ...] = ()
+    #: When they were checked (epoch seconds); None before the first check.
+    checked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerSample:
+    """One step of a server's history: what arrived and what was applied over the step, and the RPO at its end."""
+
+    at: float
+    #: Bytes a second received from the source into the appliance's cache over the step.
+    received_bps: float = 0.0
+    #: Bytes a second applied to the server's target disks over the step.
+    applied_bps: float = 0.0
+    #: The RPO at the end of the step (seconds); None while there was no consistent data yet.
+    rpo_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerHistory:
+    """A server's throughput and RPO over the last hour or day, oldest sample first (admin 1.5)."""
+
+    name: str
+    #: "hour" or "day".
+    span: str
+    #: Seconds each sample covers.
+    step_seconds: float
+    samples: tuple[ServerSample, ...] = ()

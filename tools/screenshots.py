@@ -193,6 +193,7 @@ def agents_shots(out: Path, root: Path) -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.bridge import EngineBridge
+    from app.theme import apply_theme
     from engine.links.admin import Hello, UpdatesChanged
     from engine.records import AgentStatus, EngineStatus, SetupInfo
     from tests.app.scripted import ScriptedClient
@@ -201,7 +202,7 @@ def agents_shots(out: Path, root: Path) -> int:
     assert isinstance(qapp, QApplication)
     qapp.setOrganizationName("Godwit")
     qapp.setApplicationName("Godwit console")
-    qapp.setStyleSheet((ROOT / "resources" / "console.qss").read_text())
+    apply_theme(qapp, "light")
     states = agent_states(time.time())
     engine = EngineStatus(pid=2317, version="0.1.0", started_at=time.time() - 3600, data_dir="/var/lib/godwit",
                           agents=tuple(AgentStatus(n, "0.1.0", "running", 2318 + i, 0)
@@ -292,12 +293,13 @@ def run_console(app: Appliance, db: Mobility, offset: Path, out: Path) -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.bridge import EngineBridge
+    from app.theme import apply_theme
 
     qapp = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(qapp, QApplication)
     qapp.setOrganizationName("Godwit")
     qapp.setApplicationName("Godwit console")
-    qapp.setStyleSheet((ROOT / "resources" / "console.qss").read_text())
+    apply_theme(qapp, "light")
 
     async def run() -> None:
         bridge = EngineBridge(app.data_dir, start_engine=False)

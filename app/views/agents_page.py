@@ -46,11 +46,6 @@ from app.widgets.record_table import RecordTable
 
 #: Seconds between refreshes of the relative times on the page ("5 min ago").
 REFRESH_S = 15
-#: The page's own styles, until they move into ``resources/console.qss``.
-STYLE = """
-QLabel#check_error { color: #c62828; }
-QLabel#feed_url { font-family: monospace; }
-"""
 
 
 def checked_text(updates: UpdatesStatus, now: float | None = None) -> str:
@@ -110,7 +105,6 @@ class AgentsPage(QWidget):
     def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
-        self.setStyleSheet(STYLE)
         #: The agent updates as the engine last reported them.
         self.updates: UpdatesStatus | None = None
         #: The groups whose command runs now (see :attr:`INSTALL`…).

@@ -49,12 +49,6 @@ from app.widgets.record_table import RecordTable
 SEVERITY_FILTERS: dict[int, str] = {0: "All severities", 1: "Warnings and errors", 2: "Errors only"}
 #: The fields of an exported event, in order: those ``godwit events --json`` prints.
 EXPORT_FIELDS = tuple(f.name for f in dataclasses.fields(Event))
-#: The page's own styles, until they move into ``resources/console.qss``.
-STYLE = """
-QLabel#events_count { color: #5f6b78; padding: 0 8px; }
-QLabel#events_message[level="error"] { color: #c62828; }
-QLabel#events_message[level="ok"] { color: #1e7d32; }
-"""
 
 
 def count_text(shown: int, total: int, *, filtered: bool) -> str:
@@ -81,7 +75,6 @@ class EventsPage(QWidget):
 
     def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setStyleSheet(STYLE)
         self.model = EventsModel(self)
         self.filter = EventsFilter(self.model, self)
         #: Whether the page holds the engine's events yet: events that arrive after that are new.

@@ -52,13 +52,6 @@ from app.widgets.record_table import Columns, RecordTable
 
 #: A confirmation lists at most this many names, then says how many more.
 LISTED_NAMES = 12
-#: The page's own styles, until they move into ``resources/console.qss``.
-STYLE = """
-QLabel#servers_status { padding: 2px 0; }
-QLabel#servers_status[level="busy"] { color: #37474f; }
-QLabel#servers_status[level="ok"] { color: #1e7d32; }
-QLabel#servers_status[level="error"] { color: #c62828; }
-"""
 #: How each filter's choices read; translated when shown.
 HEALTH_CHOICES = {"all": "All health", "healthy": "Healthy", "warning": "Warning", "critical": "Critical"}
 STATE_CHOICES = {"all": "All states", "replicating": "Replicating", "not-replicating": "Not replicating",
@@ -127,7 +120,6 @@ class ServersPage(QWidget):
                  settings: QSettings | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
-        self.setStyleSheet(STYLE)
         #: What the table shows of the servers.
         self.filter = ServerFilter()
         #: A command runs: the actions wait.

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from PySide6.QtCore import QCoreApplication
 
+from app import theme
 from app.bridge import Health, HealthCause, ServerState, durations
 
-_HEALTH_COLOURS = {Health.HEALTHY: "#1e7d32", Health.WARNING: "#b26a00", Health.CRITICAL: "#c62828"}
-_SEVERITY_COLOURS = {"info": "#37474f", "warning": "#b26a00", "error": "#c62828"}
+#: The palette colour (app/theme.py) of each health and event severity.
+_HEALTH_COLOURS = {Health.HEALTHY: "ok", Health.WARNING: "warn", Health.CRITICAL: "bad"}
+_SEVERITY_COLOURS = {"info": "busy", "warning": "warn", "error": "bad"}
 #: How a server's health reads; translated when shown. Every member has one.
 HEALTH_TEXTS: dict[Health, str] = {
     Health.HEALTHY: "Healthy",
@@ -59,8 +61,9 @@ def health_text(health: Health, cause: HealthCause | None) -> str:
 
 
 def health_colour(health: Health) -> str:
-    return _HEALTH_COLOURS.get(health, "#37474f")
+    """The colour a health reads in, from the palette in use."""
+    return theme.colour(_HEALTH_COLOURS.get(health, "busy"))
 
 
 def severity_colour(severity: str) -> str:
-    return _SEVERITY_COLOURS.get(severity, "#37474f")
+    return theme.colour(_SEVERITY_COLOURS.get(severity, "busy"))

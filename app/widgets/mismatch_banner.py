@@ -2,8 +2,7 @@
 
 One agent updated and another not (an update of one agent, or an Update all that stopped half way) may
 not work together; the banner names the odd ones out and offers Update all, and the Agents page.
-Amber like the licence banner's warning; its style sheet is its own (:data:`STYLE`) until it moves into
-``resources/console.qss`` beside the licence banner's.
+Amber like the licence banner's warning, styled in ``resources/console.qss`` beside it.
 """
 
 from __future__ import annotations
@@ -15,13 +14,6 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePol
 from app.bridge import UpdatesStatus
 from app.models.agents import version_key
 from app.widgets.formatting import tr
-
-STYLE = """
-QFrame#mismatch_banner { background: #fff3d6; border-bottom: 2px solid #e0a030; }
-QFrame#mismatch_banner QLabel { background: transparent; font-size: 14px; color: #5c3b00; }
-QFrame#mismatch_banner QLabel#mismatch_icon { font-size: 20px; }
-QFrame#mismatch_banner QPushButton { padding: 5px 12px; }
-"""
 
 
 def mismatch_text(updates: UpdatesStatus) -> str:
@@ -41,7 +33,6 @@ class MismatchBanner(QFrame):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("mismatch_banner")
-        self.setStyleSheet(STYLE)
         self.updates: UpdatesStatus | None = None
         #: An Update all started from here is under way: its button waits.
         self.busy = False

@@ -1,7 +1,7 @@
 """Draws a progress bar in a table cell whose model gives a per-mille value (and text) for it.
 
-Painted by hand rather than with the style's progress bar: a light track, a soft fill and dark
-text stay readable in every style and under selection.
+Painted by hand rather than with the style's progress bar: a track, a soft fill and the text colour of
+the palette in use (app/theme.py) stay readable in every style, light or dark, and under selection.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRectF, Qt
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import QStyledItemDelegate, QStyleOptionViewItem
 
-TRACK = QColor("#e6ebf1")
-FILL = QColor("#9cc3ee")
-TEXT = QColor("#1f2a36")
+from app import theme
 
 
 class ProgressDelegate(QStyledItemDelegate):
@@ -30,13 +28,13 @@ class ProgressDelegate(QStyledItemDelegate):
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(TRACK)
+        painter.setBrush(QColor(theme.colour("track")))
         painter.drawRoundedRect(rect, 4, 4)
         filled = QRectF(rect)
         filled.setWidth(rect.width() * max(0, min(1000, int(value))) / 1000)
-        painter.setBrush(FILL)
+        painter.setBrush(QColor(theme.colour("fill")))
         painter.drawRoundedRect(filled, 4, 4)
-        painter.setPen(TEXT)
+        painter.setPen(QColor(theme.colour("text")))
         text = option.fontMetrics.elidedText(str(index.data()), Qt.TextElideMode.ElideRight, int(rect.width()) - 12)
         painter.drawText(rect.adjusted(6, 0, -6, 0), int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft),
                          text)

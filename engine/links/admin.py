@@ -28,7 +28,9 @@ from engine.records import (
 #: 1.3: policies edited (PATCH) and deleted (DELETE /v1/policies/{name}), a server's policy in its settings,
 #: ServerStatus.newest_data_at and rpo_threshold, DiskStatus.phase (a resync's progress).
 #: 1.4: the appliance's own health (Hello.health, ApplianceHealthChanged, GET /v1/appliance/health).
-ADMIN = Link("admin", 1, 4, "admin API")
+#: 1.5: the first-run setup (SetupInfo.setup_completed_at, POST /v1/setup/complete), the prerequisites
+#: (POST /v1/appliance/prerequisites) and a server's history (GET /v1/servers/{name}/history?span=hour|day).
+ADMIN = Link("admin", 1, 5, "admin API")
 
 
 @dataclass(frozen=True)
