@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.godwit-installed
 DEMO   := .demo
 
-.PHONY: all deps test lint demo demo-stop clean
+.PHONY: all deps test lint demo demo-stop screenshots clean
 
 all: test
 
@@ -31,8 +31,12 @@ test: lint
 demo: deps
 	$(PY) tools/demo.py --dir $(DEMO)
 
+# Every page, wizard step and main dialog, against a real demo, at 1280x800 and 1920x1080 (docs/screenshots).
+screenshots: deps
+	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/console_tour.py
+
 demo-stop:
 	@if [ -x $(PY) ]; then $(PY) tools/demo.py --dir $(DEMO) --stop; fi
 
 clean: demo-stop
-	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO) .demo-screenshots .pytest_cache .mypy_cache .ruff_cache *.egg-info

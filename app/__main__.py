@@ -22,6 +22,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="save a PNG of every page to DIR once attached, then quit (demo, docs)")
     parser.add_argument("--screenshot-servers", type=int, default=0, metavar="N",
                         help="with --screenshot: wait until N servers are listed (at most 60 s)")
+    parser.add_argument("--exit-when-usable", type=int, metavar="N", help=argparse.SUPPRESS)  # benchmarks
     return parser.parse_args(argv)
 
 
@@ -89,10 +90,25 @@ async def run_console(app: object, data_dir: Path, args: argparse.Namespace) -> 
     shooter = None
     if args.screenshot:
         shooter = asyncio.ensure_future(take_screenshots(app, window, args.screenshot, args.screenshot_servers))
+    elif args.exit_when_usable is not None:
+        shooter = asyncio.ensure_future(exit_when_usable(window, args.exit_when_usable))
     await closed.wait()
     if shooter is not None:
         shooter.cancel()
     await bridge.aclose()
+
+
+async def exit_when_usable(window: object, servers: int) -> None:
+    """For ``benchmarks/console_stall.py``: print ``usable`` once the window is attached and lists ``servers``
+    rows, then quit (the benchmark times the launch up to that line)."""
+    from app.views.main_window import MainWindow
+
+    assert isinstance(window, MainWindow)
+    while not (window.bridge.state == "attached" and window.servers_page.model.rowCount() >= servers
+               and window.isVisible()):
+        await asyncio.sleep(0.01)
+    print("usable", flush=True)
+    window.quit()
 
 
 async def take_screenshots(app: object, window: object, out_dir: Path, servers: int) -> None:

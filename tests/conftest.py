@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("GODWIT_SECRET_STORE", "file")
@@ -45,3 +48,13 @@ def patient_appliance(tmp_path_factory: pytest.TempPathFactory) -> object:
     app.start(env={"GODWIT_AGENT_HUNG_AFTER": "600"})
     yield app
     app.stop()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path, for a data directory inside a file system a test mounts: the
+    engine's Unix sockets there must fit in 107 bytes, and pytest-xdist's tmp_path is long."""
+    path = Path(tempfile.mkdtemp(prefix="gdw-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+

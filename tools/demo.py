@@ -137,7 +137,7 @@ def serve_feed(demo: Path, port: int) -> None:
     http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
 
 
-def start(demo: Path) -> int:
+def start(demo: Path, *, console: bool = True) -> int:
     appliance = demo / "appliance"
     demo.mkdir(exist_ok=True)
     os.environ["GODWIT_SECRET_STORE"] = "file"  # keep the demo out of the admin's own keyring
@@ -218,22 +218,24 @@ def start(demo: Path) -> int:
             break
         time.sleep(0.5)
 
-    console = [PY, "-m", "app", "--data-dir", str(appliance)]
+    if not console:  # make screenshots drives its own console
+        return 0
+    command = [PY, "-m", "app", "--data-dir", str(appliance)]
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
         print("demo: opening the console; close it when done (replication keeps running).")
-        subprocess.run(console)
+        subprocess.run(command)
     else:
         xvfb = shutil.which("xvfb-run")
         shots = demo / "screenshots"
         if xvfb is None:
             print("demo: no display and no xvfb-run: rendering offscreen instead")
             env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-            subprocess.run([*console, "--screenshot", str(shots), "--screenshot-servers", str(len(SERVERS))],
+            subprocess.run([*command, "--screenshot", str(shots), "--screenshot-servers", str(len(SERVERS))],
                            env=env, timeout=120)
         else:
             print("demo: no display: rendering the console on a virtual framebuffer (Xvfb)")
             env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}
-            subprocess.run([xvfb, "-a", "-s", "-screen 0 1280x800x24 -nolisten tcp", *console, "--screenshot",
+            subprocess.run([xvfb, "-a", "-s", "-screen 0 1280x800x24 -nolisten tcp", *command, "--screenshot",
                             str(shots), "--screenshot-servers", str(len(SERVERS))], env=env, timeout=120)
     print()
     subprocess.run([PY, "-m", "engine", "vm", "list", "--data-dir", str(appliance)])
@@ -285,6 +287,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, default=Path(".demo"))
     parser.add_argument("--stop", action="store_true")
+    parser.add_argument("--no-console", action="store_true", help="start everything but do not open the console")
     parser.add_argument("--churn", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-feed", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -295,7 +298,7 @@ def main() -> int:
     if args.churn:
         churn(demo)
         return 0
-    return stop(demo) if args.stop else start(demo)
+    return stop(demo) if args.stop else start(demo, console=not args.no_console)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def _show(bridge: EngineBridge) -> MainWindow:
 
     from app.views.main_window import LicenceNotifier, MainWindow
 
-    window = MainWindow(bridge, notifier=LicenceNotifier(QSettings(), tray_available=lambda: False,
+    window = MainWindow(bridge, offer_setup=False, notifier=LicenceNotifier(QSettings(), tray_available=lambda: False,
                                                          notify=lambda *_: None))
     window.resize(*SIZE)
     window.show()

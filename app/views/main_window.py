@@ -33,10 +33,13 @@ from app.bridge import EngineBridge, EngineError, EngineStatus, LicenceStatus, S
 from app.views.agents_page import AgentsPage
 from app.views.events_page import EventsPage
 from app.views.licence_dialogs import ActivateLicenceDialog, BackupDialog, show_activated
+from app.views.overview_page import OverviewPage
+from app.views.policies_page import PoliciesPage
 from app.views.ports_page import PortsPage
 from app.views.server_detail import ServerDetailDialog
 from app.views.servers_page import ServersPage
 from app.views.setup_page import SetupPage
+from app.views.setup_wizard import SetupWizard
 from app.views.tray import Alert, AlertWatcher, ConsoleTray
 from app.widgets.engine_banner import ENGINE_DOWN, EngineBanner
 from app.widgets.formatting import tr
@@ -110,19 +113,23 @@ def notification_title(licence: LicenceStatus) -> str:
 
 
 class MainWindow(QMainWindow):
-    PAGES = ("servers", "setup", "ports", "agents", "events")
-    TITLES = ("Servers", "Setup", "Ports", "Agents", "Events")
+    PAGES = ("overview", "servers", "policies", "setup", "ports", "agents", "events")
+    TITLES = ("Overview", "Servers", "Policies", "Setup", "Ports", "Agents", "Events")
     #: The admin chose Quit (from the tray or Ctrl+Q) and answered about the engine: the console ends.
     quit_requested = Signal()
 
     def __init__(self, bridge: EngineBridge, *, notifier: LicenceNotifier | None = None,
-                 tray_available: Callable[[], bool] = QSystemTrayIcon.isSystemTrayAvailable) -> None:
+                 tray_available: Callable[[], bool] = QSystemTrayIcon.isSystemTrayAvailable,
+                 offer_setup: bool = True) -> None:
+        """``offer_setup`` false: never open the set-up wizard by itself (tests and tools that are not about it)."""
         super().__init__()
         self.bridge = bridge
         self.setWindowTitle(tr("Godwit — %s") % bridge.data_dir.root)
         self.setWindowIcon(icon("godwit"))
+        self.overview_page = OverviewPage(bridge)
         self.setup_page = SetupPage(bridge)
         self.servers_page = ServersPage(bridge)
+        self.policies_page = PoliciesPage(bridge)
         self.ports_page = PortsPage(bridge)
         self.agents_page = AgentsPage(bridge)
         self.events_page = EventsPage(bridge)
@@ -133,7 +140,8 @@ class MainWindow(QMainWindow):
             QListWidgetItem(icon(name), tr(title), self.nav)
         self.nav.setIconSize(QSize(18, 18))
         self.pages = QStackedWidget()
-        for page in (self.servers_page, self.setup_page, self.ports_page, self.agents_page, self.events_page):
+        for page in (self.overview_page, self.servers_page, self.policies_page, self.setup_page, self.ports_page,
+                     self.agents_page, self.events_page):
             self.pages.addWidget(page)
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.nav.currentRowChanged.connect(self._page_shown)
@@ -144,6 +152,16 @@ class MainWindow(QMainWindow):
         #: The open detail dialog of each server (a second double-click raises it).
         self.details: dict[str, ServerDetailDialog] = {}
         self.servers_page.detail_requested.connect(self.show_server_detail)
+        self.overview_page.detail_requested.connect(self.show_server_detail)
+        self.overview_page.filter_requested.connect(self.show_servers_filtered)
+        self.overview_page.page_requested.connect(self.show_page)
+        self.overview_page.activate_licence_requested.connect(self.on_licence_banner_activate_clicked)
+        #: The first-run setup wizard (opened by itself once per console run while the appliance's set-up is not
+        #: complete, and from the Setup page).
+        self.wizard: SetupWizard | None = None
+        self.setup: SetupInfo | None = None
+        self._wizard_offered = not offer_setup
+        self.setup_page.run_wizard_requested.connect(self.open_setup_wizard)
         product = QLabel(tr("Godwit"), objectName="product_name")
         product.setAccessibleName(tr("Godwit replication appliance"))
         logo = QLabel(objectName="product_logo")
@@ -218,6 +236,23 @@ class MainWindow(QMainWindow):
 
     def show_page(self, name: str) -> None:
         self.nav.setCurrentRow(self.PAGES.index(name))
+
+    def show_servers_filtered(self, health: str, state: str) -> None:
+        """The Servers page with only the servers of ``health`` and ``state`` (from the Overview's tiles)."""
+        self.servers_page.show_filter(health, state=state)
+        self.show_page("servers")
+
+    def open_setup_wizard(self) -> SetupWizard:
+        """The first-run setup wizard (raised when it is open already)."""
+        if self.wizard is not None and self.wizard.isVisible():
+            self.wizard.raise_()
+            self.wizard.activateWindow()
+            return self.wizard
+        if self.wizard is not None:
+            self.wizard.deleteLater()
+        self.wizard = SetupWizard(self.bridge, self, setup=self.setup)
+        self.wizard.open()
+        return self.wizard
 
     def show_server_detail(self, name: str) -> None:
         """Open server ``name``'s details (or raise them when open), seeded with what the console holds."""
@@ -298,7 +333,11 @@ class MainWindow(QMainWindow):
     # --- the licence ------------------------------------------------------------------------------
     def on_bridge_setup_changed(self, setup: SetupInfo) -> None:
         self.appliance_id = setup.appliance_id
+        self.setup = setup
         self._consider_notification()
+        if setup.setup_completed_at is None and not self._wizard_offered:  # a new appliance: set it up first
+            self._wizard_offered = True
+            self.open_setup_wizard()
 
     def on_bridge_licence_changed(self, licence: LicenceStatus) -> None:
         self.licence = licence

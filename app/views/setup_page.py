@@ -44,6 +44,8 @@ def licence_text(licence: LicenceStatus) -> str:
 class SetupPage(QWidget):
     #: The admin asked to activate a licence (the main window opens the dialog).
     activate_licence_requested = Signal()
+    #: The admin asked to run the first-run setup wizard again.
+    run_wizard_requested = Signal()
 
     def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -51,6 +53,13 @@ class SetupPage(QWidget):
         self.info: SetupInfo | None = None
 
         title = QLabel(tr("Appliance set-up"), objectName="page_title")
+        self.wizard_button = QPushButton(tr("Run setup again…"), objectName="run_setup_wizard")
+        self.wizard_button.setToolTip(tr("The first-run steps: prerequisites, licence, ports, registration, the "
+                                         "default policy and agent updates."))
+        self.wizard_button.clicked.connect(self.run_wizard_requested)
+        header = QHBoxLayout()
+        header.addWidget(title, 1)
+        header.addWidget(self.wizard_button)
         intro = QLabel(tr("Register a source server: copy the passphrase into a file on it, then run the "
                           "command below there. The fingerprint lets it check that it talks to this appliance."),
                        wordWrap=True)
@@ -100,7 +109,7 @@ class SetupPage(QWidget):
         aform.addRow(tr("Licence"), licence_row)
 
         layout = QVBoxLayout(self)
-        layout.addWidget(title)
+        layout.addLayout(header)
         layout.addWidget(intro)
         layout.addWidget(reg)
         layout.addWidget(appliance)

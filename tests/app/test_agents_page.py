@@ -102,8 +102,9 @@ class Attached:
         self.window: MainWindow | None = None
         if window:
             settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
-            self.window = MainWindow(self.bridge, notifier=LicenceNotifier(settings, tray_available=lambda: False,
-                                                                           notify=lambda *_: None))
+            self.window = MainWindow(self.bridge, offer_setup=False,
+                                     notifier=LicenceNotifier(settings, tray_available=lambda: False,
+                                                              notify=lambda *_: None))
             self.page = self.window.agents_page
             self.window.show()
         else:
@@ -548,14 +549,14 @@ async def test_mismatch_banner_in_the_window(qapp: QApplication, tmp_path: Path)
         window, client = a.window, a.client
         assert window is not None
         banner = window.mismatch_banner
-        assert window.PAGES == ("servers", "setup", "ports", "agents", "events")
+        assert window.PAGES == ("overview", "servers", "policies", "setup", "ports", "agents", "events")
         assert [window.nav.item(i).text() for i in range(window.nav.count())] == \
-            ["Servers", "Setup", "Ports", "Agents", "Events"]
+            ["Overview", "Servers", "Policies", "Setup", "Ports", "Agents", "Events"]
         assert not banner.isVisible()
         client.push(UpdatesChanged(MISMATCHED))
         await until(lambda: banner.isVisible(), what="the banner")
         assert banner.message.text().startswith("Appliance agents run different versions (Process server 0.2.0")
-        assert window.pages.currentWidget() is window.servers_page
+        assert window.pages.currentWidget() is window.overview_page
 
         a.answer("update_agents", dataclasses.replace(MISMATCHED, agents=tuple(
             dataclasses.replace(x, status="updating", stage="downloading") if x.status == "update-available" else x

@@ -67,6 +67,7 @@ class FakeBridge(QObject):
     licence_changed = Signal(object)
     ports_changed = Signal(object)
     updates_changed = Signal(object)
+    health_changed = Signal(object)
 
     def __init__(self, root: Path) -> None:
         super().__init__()
@@ -76,6 +77,7 @@ class FakeBridge(QObject):
         self.licence: LicenceStatus | None = None
         self.ports = None
         self.updates = None
+        self.health = None
         self.calls: list[tuple[str, Any]] = []
         self.answers: dict[str, Any] = {}
 
@@ -86,6 +88,9 @@ class FakeBridge(QObject):
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+    async def policies(self) -> list[object]:
+        return []
 
     async def activate_licence(self, text: str) -> LicenceStatus:
         status: LicenceStatus = await self._answer("activate_licence", text)
@@ -132,16 +137,18 @@ def test_banner_shows_the_alarm_in_its_colour(qtbot: QtBot) -> None:
     assert banner.isHidden() and banner.level == "none"
 
 
-def test_banner_is_above_every_page(qtbot: QtBot, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_banner_is_above_every_page(qtbot: QtBot, tmp_path: Path) -> None:
     """The banner sits above the navigation and stays shown whichever page is open; Ports is between Setup
     and Events."""
     bridge = FakeBridge(tmp_path)
     window = _window_without_tray(bridge, tmp_path)
     qtbot.addWidget(window)
     window.show()
-    assert window.PAGES == ("servers", "setup", "ports", "agents", "events")
+    assert window.PAGES == ("overview", "servers", "policies", "setup", "ports", "agents", "events")
     assert [window.nav.item(i).text() for i in range(window.nav.count())] == \
-        ["Servers", "Setup", "Ports", "Agents", "Events"]
+        ["Overview", "Servers", "Policies", "Setup", "Ports", "Agents", "Events"]
     assert not window.licence_banner.isVisible()
     bridge.setup_changed.emit(SETUP)
     bridge.licence_changed.emit(WARNING)
@@ -210,7 +217,7 @@ def test_window_notifies_once_the_appliance_is_known(qtbot: QtBot, tmp_path: Pat
     notifier = LicenceNotifier(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
                                tray_available=lambda: True, notify=lambda *a: shown.append(a))
     bridge = FakeBridge(tmp_path)
-    window = MainWindow(bridge, notifier=notifier)
+    window = MainWindow(bridge, notifier=notifier, offer_setup=False)
     qtbot.addWidget(window)
     bridge.licence_changed.emit(WARNING)
     assert shown == []  # which appliance? not known yet
@@ -230,7 +237,7 @@ def test_window_skips_the_tray_offscreen(qtbot: QtBot, tmp_path: Path) -> None:
 
     assert not QSystemTrayIcon.isSystemTrayAvailable()
     bridge = FakeBridge(tmp_path)
-    window = MainWindow(bridge)
+    window = MainWindow(bridge, offer_setup=False)
     qtbot.addWidget(window)
     window.notifier.settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
     bridge.setup_changed.emit(SETUP)
@@ -265,7 +272,8 @@ async def test_bridge_passes_the_licence_on(tmp_path: Path, qapp: QApplication) 
 
 # --- the dialogs -----------------------------------------------------------------------------------
 def _window_without_tray(bridge: FakeBridge, tmp_path: Path) -> MainWindow:
-    return MainWindow(bridge, notifier=LicenceNotifier(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
+    return MainWindow(bridge, offer_setup=False,
+                      notifier=LicenceNotifier(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat),
                                                         tray_available=lambda: False, notify=_no_notify))
 
 

@@ -107,7 +107,7 @@ class Bridge(FakeBridge):
 def window(qtbot: QtBot, tmp_path: Path, qapp: QApplication) -> Any:
     QSettings().setValue("main_window/told_tray", True)
     bridge = Bridge(tmp_path)
-    win = MainWindow(bridge, tray_available=lambda: True)  # type: ignore[arg-type]
+    win = MainWindow(bridge, tray_available=lambda: True, offer_setup=False)  # type: ignore[arg-type]
     qtbot.addWidget(win)
     win.show()
     qapp.setQuitOnLastWindowClosed(False)

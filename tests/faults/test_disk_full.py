@@ -103,9 +103,9 @@ def _no_tracebacks(logs: Path) -> None:
         assert "Traceback" not in text and "Logging error" not in text, f"{path.name}:\n{text[-3000:]}"
 
 
-def test_full_disk_is_a_state_that_heals_by_itself(tmp_path: Path) -> None:
+def test_full_disk_is_a_state_that_heals_by_itself(tmp_path: Path, short_tmp: Path) -> None:
     """A full data directory is a state, not a crash: warnings, then 503 refusals, then healing by itself."""
-    with small_fs(tmp_path, "appliance-fs", 256 * MiB) as fs:
+    with small_fs(short_tmp, "appliance-fs", 256 * MiB) as fs:
         app = Appliance(tmp_path / "appliance", data_dir=fs / "data")
         app.root.mkdir()
         app.start()
@@ -297,10 +297,10 @@ def test_repeated_lines_are_summarised_after_their_window() -> None:
                                             "something else"]
 
 
-def test_seed_disk_that_cannot_grow_pauses_and_resumes(tmp_path: Path) -> None:
+def test_seed_disk_that_cannot_grow_pauses_and_resumes(tmp_path: Path, short_tmp: Path) -> None:
     """The segments are in the cache; then the file system fills before the log processor applies them:
     the seed disk (and its points' undo logs) cannot grow. That disk pauses, says why, and resumes."""
-    with small_fs(tmp_path, "target-fs", 192 * MiB) as fs:
+    with small_fs(short_tmp, "target-fs", 192 * MiB) as fs:
         app = Appliance(tmp_path / "appliance", data_dir=fs / "data")
         app.root.mkdir()
         app.start(env={"GODWIT_AGENT_HUNG_AFTER": "600"})  # the log processor is held on purpose

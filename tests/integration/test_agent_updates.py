@@ -238,12 +238,12 @@ def test_the_feed_under_attack_installs_nothing(feed: tuple[FeedServer, Path, Pa
 
 
 def test_a_full_disk_while_installing_installs_nothing_and_retry_works(
-        feed: tuple[FeedServer, Path, Path], tmp_path: Path) -> None:
+        feed: tuple[FeedServer, Path, Path], tmp_path: Path, short_tmp: Path) -> None:
     """The data directory's file system fills up during an install: refused with a sentence about space (status
     and event), nothing switched, no partial folder; with room made, Retry installs it."""
     server, feed_dir, _ = feed
     package = next((feed_dir / "targets" / "agents" / "log-processor").glob("*.tar.gz"))
-    with small_fs(tmp_path, "small", 96 * 1024 * 1024, inodes=16384) as mnt:
+    with small_fs(short_tmp, "small", 96 * 1024 * 1024, inodes=16384) as mnt:
         app = Appliance(tmp_path / "appliance", data_dir=mnt / "data")
         app.root.mkdir()
         app.start(env={"GODWIT_UPDATE_ROOT": str(trusted_root(feed_dir))})

@@ -46,7 +46,7 @@ def _visible_texts(window: MainWindow) -> str:
 async def test_console_shows_live_servers_and_setup(appliance: Appliance, qapp: QApplication) -> None:
     """A registered server, the setup details and passphrase rotations reach the pages live; Forget revokes it."""
     bridge = EngineBridge(appliance.data_dir, start_engine=False)
-    window = MainWindow(bridge)
+    window = MainWindow(bridge, offer_setup=False)
     window.show()
     bridge.start()
     mob = Mobility(appliance, "web-01").start()
@@ -117,7 +117,7 @@ async def test_console_starts_the_engine_and_reattaches_after_a_crash(tmp_path: 
     mgmt, data = free_port(), free_port()
     bridge = EngineBridge(data_dir, engine_args=["--management-port", str(mgmt), "--data-port", str(data),
                                                  "--heartbeat-interval", str(HEARTBEAT)])
-    window = MainWindow(bridge)
+    window = MainWindow(bridge, offer_setup=False)
     window.show()
     states: list[str] = []
     bridge.connection_changed.connect(lambda state, _detail: states.append(state))
@@ -162,7 +162,7 @@ async def test_console_says_why_the_engine_cannot_start(tmp_path: Path, qapp: QA
         port = busy.getsockname()[1]
         bridge = EngineBridge(tmp_path / "d", engine_args=["--management-port", str(port), "--data-port",
                                                            str(free_port())])
-        window = MainWindow(bridge)
+        window = MainWindow(bridge, offer_setup=False)
         bridge.start()
         try:
             await until(lambda: bridge.state == "failed", timeout=30, what="the failure to be reported")
@@ -188,7 +188,7 @@ async def test_console_enables_and_disables_replication(appliance: Appliance, qa
     disk = appliance.root / "src.img"
     fill_disk(disk, 8 * 1024 * 1024, seed=3)
     bridge = EngineBridge(appliance.data_dir, start_engine=False)
-    window = MainWindow(bridge)
+    window = MainWindow(bridge, offer_setup=False)
     window.show()
     bridge.start()
     mob = Mobility(appliance, "app-01", disks=[disk]).start()
@@ -258,7 +258,7 @@ async def test_an_engine_the_admin_stopped_stays_stopped_until_start_engine(appl
     """An engine the console did not start and the admin stopped is not started again: the console says so once
     in its banner, greys the pages, and its Start engine button starts one; Quit can stop it again."""
     bridge = EngineBridge(appliance.data_dir)  # may start engines, but did not start this one
-    window = MainWindow(bridge, tray_available=lambda: False)
+    window = MainWindow(bridge, tray_available=lambda: False, offer_setup=False)
     window.show()
     bridge.start()
     qapp.setQuitOnLastWindowClosed(False)  # as the console runs: Quit ends it, not the loop under the test

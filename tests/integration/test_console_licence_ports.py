@@ -33,7 +33,7 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> object:
 def _window(bridge: EngineBridge, settings: Path, shown: list[tuple[str, str, bool]]) -> MainWindow:
     notifier = LicenceNotifier(QSettings(str(settings), QSettings.Format.IniFormat), tray_available=lambda: True,
                                notify=lambda *a: shown.append(a))
-    window = MainWindow(bridge, notifier=notifier)
+    window = MainWindow(bridge, notifier=notifier, offer_setup=False)
     window.setStyleSheet(QSS.read_text())  # the console's own colours, so the banner's can be checked
     window.resize(1180, 640)
     window.show()
