@@ -32,6 +32,7 @@ from engine.links.agent import (
     Replicating,
     ReplicatingServer,
 )
+from engine.prerequisites import unknown_check
 from engine.replication import check_max_mbps, make_policy
 from engine.services import Services
 from engine.state import ServerRecord
@@ -64,6 +65,25 @@ async def rotate_passphrase(request: web.Request) -> web.Response:
     return _json(_services(request).rotate_passphrase())
 
 
+async def complete_setup(request: web.Request) -> web.Response:
+    """Record that the first-run setup is done (idempotent: the first time stays); answers the set-up. The body
+    (``{}``) says nothing yet."""
+    return _json(_services(request).complete_setup())
+
+
+async def check_prerequisites(request: web.Request) -> web.Response:
+    """Run the prerequisites' checks, all (``{"check": null}``) or one (``{"check": "clock"}``)."""
+    check = (await read_json(request)).get("check")
+    if check is not None and not isinstance(check, str):
+        raise unknown_check(check)
+    return _json(await _services(request).check_prerequisites(check))
+
+
+async def server_history(request: web.Request) -> web.Response:
+    """A server's throughput and RPO samples: ``?span=hour`` (the default) or ``day``."""
+    return _json(_services(request).server_history(request.match_info["name"], request.query.get("span", "hour")))
+
+
 async def list_servers(request: web.Request) -> web.Response:
     return _json(_services(request).inventory.servers())
 
@@ -73,7 +93,7 @@ async def show_server(request: web.Request) -> web.Response:
 
 
 async def forget_server(request: web.Request) -> web.Response:
-    _services(request).inventory.forget(request.match_info["name"])
+    _services(request).forget(request.match_info["name"])
     return web.json_response({"ok": True})
 
 
@@ -366,6 +386,7 @@ def make_admin_app(services: Services, *, health: ApplianceHealthMonitor | None 
     r.add_get("/v1/engine", get_engine)
     r.add_get("/v1/setup", get_setup)
     r.add_post("/v1/setup/rotate-passphrase", rotate_passphrase)
+    r.add_post("/v1/setup/complete", complete_setup)
     r.add_get("/v1/servers", list_servers)
     r.add_post("/v1/servers/mobility-update", update_mobility)
     r.add_get("/v1/servers/{name}", show_server)
@@ -382,6 +403,7 @@ def make_admin_app(services: Services, *, health: ApplianceHealthMonitor | None 
     r.add_post("/v1/servers/{name}/resync", resync_server)
     r.add_get("/v1/servers/{name}/points", list_points)
     r.add_get("/v1/servers/{name}/export", export_point)
+    r.add_get("/v1/servers/{name}/history", server_history)
     r.add_get("/v1/licence", get_licence)
     r.add_post("/v1/licence", activate_licence)
     r.add_get("/v1/ports", get_ports)
@@ -389,6 +411,7 @@ def make_admin_app(services: Services, *, health: ApplianceHealthMonitor | None 
     r.add_post("/v1/ports/test", test_ports)
     r.add_post("/v1/appliance/backup", backup_appliance)
     r.add_get("/v1/appliance/health", get_appliance_health)
+    r.add_post("/v1/appliance/prerequisites", check_prerequisites)
     r.add_get("/v1/agents", get_agents)
     r.add_post("/v1/agents/check", check_agents)
     r.add_post("/v1/agents/update", update_agents)

@@ -19,7 +19,7 @@ from aiohttp import web
 from engine import __version__, diskspace
 from engine.admin_api import make_admin_app, make_agent_app
 from engine.agents import AGENTS
-from engine.appliance_health import ApplianceHealthMonitor, event_text
+from engine.appliance_health import ApplianceHealthMonitor, health_events
 from engine.config import EngineConfig
 from engine.errors import ConfigError, EngineError
 from engine.events import EventHub
@@ -35,8 +35,10 @@ from engine.links.admin import (
     UpdatesChanged,
 )
 from engine.ports import DEFAULT_LISTEN_ADDRESS, PortsControl
-from engine.records import ApplianceHealth, DiskLevel, EngineStatus, HealthLevel, SetupInfo, Severity
+from engine.prerequisites import Facts, PortFact, PrerequisiteChecker
+from engine.records import ApplianceHealth, DiskLevel, EngineStatus, SetupInfo, Severity
 from engine.replication import Replication
+from engine.server_history import ServerHistories, ServerReading
 from engine.services import Services
 from engine.state import StateDB
 from engine.storage import open_storage
@@ -49,8 +51,6 @@ log = logging.getLogger(__name__)
 #: Seconds between two checks of the licence (thresholds, expiry, the clock).
 LICENCE_CHECK_EVERY = 5.0
 LICENCE_CHECK_ENV = "GODWIT_LICENCE_CHECK_EVERY"  # tests that move the clock through every threshold
-#: The severity of the ``appliance-health`` event of each level.
-HEALTH_SEVERITY: dict[HealthLevel, Severity] = {"healthy": "info", "warning": "warning", "critical": "error"}
 
 
 class Engine:
@@ -69,6 +69,7 @@ class Engine:
         self.ports: PortsControl
         self.licence: LicenceKeeper
         self.updater: Updater
+        self.history: ServerHistories
         self._secret_store_text = ""
 
     def __repr__(self) -> str:
@@ -89,7 +90,9 @@ class Engine:
                    f"--ca-fingerprint {fp} --state-dir /var/lib/godwit-mobility --disk /dev/sda")
         return SetupInfo(appliance_id=self.identity.appliance_id, passphrase=self.inventory.passphrase(),
                          ca_fingerprint=fp, management_port=ports.management_port, data_port=ports.data_port,
-                         secret_store=self._secret_store_text, host=host, mobility_command=command)
+                         secret_store=self._secret_store_text, host=host, mobility_command=command,
+                         setup_completed_at=self.services.setup_completed_at() if hasattr(self, "services")
+                         else None)
 
     def _publish_engine(self) -> None:
         if hasattr(self, "hub"):
@@ -139,10 +142,14 @@ class Engine:
         self.ports.on_change = self._publish_ports
         self.mobility = MobilityUpdates(state=self.state, hub=self.hub, data_dir=self.data_dir)
         self.inventory.mobility_updates = self.mobility
+        self.history = ServerHistories(read=self._server_readings, store=self.state)
+        self.history.load(now=time.time())
+        checker = PrerequisiteChecker(self._prerequisite_facts)
         self.services = Services(state=self.state, hub=self.hub, inventory=self.inventory, replication=replication,
                                  storage=storage, licence=self.licence, ports=self.ports, data_dir=self.data_dir,
                                  secrets=store, status=self.status, setup_info=self.setup_info,
-                                 updater=self.updater, mobility=self.mobility)
+                                 updater=self.updater, mobility=self.mobility, history=self.history,
+                                 prerequisites=checker)
         if first_start:
             self.hub.record("info", "appliance-created",
                             f"Appliance {self.identity.appliance_id} created; CA fingerprint {self._fingerprint}.")
@@ -231,11 +238,38 @@ class Engine:
         return {(row.server_id, disk): replication.progress(row.server_id, disk).bytes_received
                 for row in self.state.servers() if row.replicate for disk in range(len(row.replicated_sizes))}
 
+    def _server_readings(self) -> dict[str, ServerReading | None]:
+        """Every registered server's counters for its history: None for one that does not replicate."""
+        replication = self.services.replication
+        now = time.time()
+        readings: dict[str, ServerReading | None] = {}
+        for row in self.state.servers():
+            if not row.replicate:
+                readings[row.server_id] = None
+                continue
+            disks = [replication.progress(row.server_id, i) for i in range(len(row.replicated_sizes))]
+            # a count not reported since the engine started is unknown (not 0): its first report is not growth
+            readings[row.server_id] = ServerReading(
+                disks=tuple((d.bytes_received if d.received_reported else None, d.bytes_applied) for d in disks),
+                rpo_seconds=replication.summary(row, now).rpo)
+        return readings
+
+    def _prerequisite_facts(self) -> Facts:
+        """What the prerequisites' checks need, read on the loop."""
+        ports, storage, servers = self.ports, self.services.storage, self.state.servers()
+        return Facts(ports=(PortFact("management", ports.management_port, held=True),
+                            PortFact("data", ports.data_port, held=True)),
+                     listen_address=ports.listen_address, cache_path=self.data_dir.root, servers=len(servers),
+                     protected_bytes=sum(d.size for row in servers for d in row.disks),
+                     secret_kind=self.services.secrets.kind, secret_description=self._secret_store_text,
+                     secrets_file=self.data_dir.secrets_file, target_kind=storage.kind,
+                     probe_target=storage.probe_target)
+
     def _health_changed(self, before: ApplianceHealth, after: ApplianceHealth) -> None:
-        """Every console sees new alerts; a new level is also an event."""
+        """Every console sees new alerts; each new or worse alert, and the last one clearing, is an event."""
         self.hub.publish(ApplianceHealthChanged(after))
-        if after.level != before.level:
-            self._record_quietly(HEALTH_SEVERITY[after.level], "appliance-health", event_text(after))
+        for severity, message in health_events(before, after):
+            self._record_quietly(severity, "appliance-health", message)
 
     def _health_monitor(self) -> ApplianceHealthMonitor:
         storage = self.services.storage
@@ -267,6 +301,7 @@ class Engine:
             tasks.append(asyncio.create_task(self.updater.watch(), name="updates"))
             health = self._health_monitor()
             tasks.append(asyncio.create_task(health.watch(), name="appliance-health"))
+            tasks.append(asyncio.create_task(self.history.watch(), name="server-history"))
             runners.append(await self._start_unix_site(make_admin_app(self.services, health=health),
                                                        self.data_dir.admin_socket))
             where = f"management port {ports.management_port}, data port {ports.data_port} on {ports.listen_address}"

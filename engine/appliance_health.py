@@ -41,6 +41,7 @@ from engine.records import (
     HealthLevel,
     HealthSample,
     HealthThresholds,
+    Severity,
 )
 
 log = logging.getLogger(__name__)
@@ -99,17 +100,15 @@ class HealthJudge:
     Not thread-safe; the monitor calls it from the event loop only.
     """
 
-    def __init__(self, thresholds: HealthThresholds, *, backlog_hold: float, started_at: float,
-                 logs: Path | None = None) -> None:
+    def __init__(self, thresholds: HealthThresholds, *, backlog_hold: float, logs: Path | None = None) -> None:
         self.thresholds = thresholds
         self._backlog_hold = backlog_hold
-        #: An agent that never touched its alive file is silent since then (the engine's start).
-        self._started_at = started_at
         self._logs = logs
         self._past_since: dict[tuple[str, HealthLevel], float] = {}  # (metric, level) -> mono when it went past
         self._applied: deque[tuple[float, float, int]] = deque()  # (mono, seconds since previous, bytes applied)
         self._previous: Reading | None = None
         self._history: deque[HealthSample] = deque(maxlen=HISTORY_MINUTES)
+        self._alive: dict[str, tuple[float | None, float]] = {}  # agent -> (alive file's time, mono it was seen)
         self.health = ApplianceHealth(thresholds=thresholds)
 
     def __repr__(self) -> str:
@@ -197,7 +196,13 @@ class HealthJudge:
                                           message=self._backlog_message(r.backlog_bytes, rate, drain, limit, level)))
         lives = []
         for name, seen in r.agents:
-            silent = max(0.0, r.at - (seen if seen is not None else self._started_at))
+            # Silence is counted on the clock that never jumps, from the reading at which the alive file's time
+            # last changed: a wall clock set forward (or a file time from another clock) is not silence.
+            known = self._alive.get(name)
+            if known is None or (seen is not None and seen != known[0]):
+                known = (seen, r.mono)
+                self._alive[name] = known
+            silent = max(0.0, r.mono - known[1])
             lives.append(AgentLife(name=name, last_seen=seen, silent_seconds=silent))
             if silent >= t.agent_silent:
                 log_file = f" ({self._logs / (name + '.log')})" if self._logs else ""
@@ -278,7 +283,7 @@ class ApplianceHealthMonitor:
                  thresholds: HealthThresholds | None = None, sample_every: float | None = None) -> None:
         self.sample_every = sample_every_from_env() if sample_every is None else sample_every
         self.judge = HealthJudge(thresholds or thresholds_from_env(),
-                                 backlog_hold=BACKLOG_HOLD_SAMPLES * self.sample_every, started_at=time.time(),
+                                 backlog_hold=BACKLOG_HOLD_SAMPLES * self.sample_every,
                                  logs=logs)
         self._agents = agents
         self._alive_file = alive_file
@@ -309,11 +314,9 @@ class ApplianceHealthMonitor:
 
     def _measure(self, names: list[str]) -> tuple[float | None, float | None, int | None, list[float | None]]:
         """The readings that touch files (in a worker thread)."""
-        if self._cpu is None:
-            self._cpu = cpu_times()
-            time.sleep(FIRST_CPU_WINDOW)
         now = cpu_times()
-        cpu, self._cpu = cpu_percent(self._cpu, now), now
+        cpu = cpu_percent(self._cpu, now) if self._cpu is not None else None
+        self._cpu = now
         memory = memory_percent()
         try:
             backlog: int | None = self._backlog()
@@ -331,6 +334,9 @@ class ApplianceHealthMonitor:
     async def sample(self) -> ApplianceHealth:
         """Take one sample and judge it; ``on_change`` hears of a new level or new alerts."""
         names = list(self._agents())
+        if self._cpu is None:  # the first CPU figure needs a window to measure over
+            self._cpu = cpu_times()
+            await asyncio.sleep(FIRST_CPU_WINDOW)  # on the loop: a sleep in a thread fails under a shifted clock
         cpu, memory, backlog, seen = await asyncio.to_thread(self._measure, names)
         space = self._disk_space()
         free = 100.0 * space.free_bytes / space.size_bytes if space is not None and space.size_bytes else None
@@ -355,12 +361,23 @@ class ApplianceHealthMonitor:
             await asyncio.sleep(self.sample_every)
 
 
-def event_text(health: ApplianceHealth) -> str:
-    """The ``appliance-health`` event's message for a new level."""
-    if not health.alerts:
-        return ("The appliance is healthy again: CPU, memory, cache space, backlog and agents are within their "
-                "thresholds.")
-    more = len(health.alerts) - 1
-    extra = f" {more} more alert(s): `godwit appliance health` lists them." if more else ""
-    return health.alerts[0].message + extra
+#: The severity of the ``appliance-health`` event of each level.
+EVENT_SEVERITY: dict[HealthLevel, Severity] = {"healthy": "info", "warning": "warning", "critical": "error"}
+HEALTHY_AGAIN = ("The appliance is healthy again: CPU, memory, cache space, backlog and agents are within their "
+                 "thresholds.")
+
+
+def health_events(before: ApplianceHealth, after: ApplianceHealth) -> list[tuple[Severity, str]]:
+    """The ``appliance-health`` events a change brings: one for each alert that is new or went up a level (its own
+    message: an agent falling silent is told even while the CPU already made the appliance critical), and one
+    when the last alert clears."""
+    def key(a: HealthAlert) -> tuple[str, str | None]:
+        return a.metric, a.agent
+
+    had = {key(a): _RANK[a.level] for a in before.alerts}
+    events: list[tuple[Severity, str]] = [(EVENT_SEVERITY[a.level], a.message) for a in after.alerts
+                                          if _RANK[a.level] > had.get(key(a), -1)]
+    if before.alerts and not after.alerts:
+        events.append(("info", HEALTHY_AGAIN))
+    return events
 

@@ -26,6 +26,7 @@ from engine.errors import BadInput, EngineError, EngineNotRunning, UpdateError
 from engine.files import write_atomically
 from engine.links.admin import EventAdded, Hello, UpdatesChanged
 from engine.ports import old_port_text
+from engine.prerequisites import CHECKS as PREREQUISITE_CHECKS
 from engine.records import AgentUpdate, ApplianceHealth, Event, PortsStatus, ServerStatus, UpdatesStatus, to_json
 
 EXIT_ERROR = 1
@@ -84,8 +85,18 @@ async def cmd_setup_show(client: AdminClient, args: argparse.Namespace) -> None:
         return
     print(f"Appliance id:     {info.appliance_id}\nPassphrase:       {info.passphrase}\n"
           f"CA fingerprint:   {info.ca_fingerprint}\nManagement port:  {info.management_port}\n"
-          f"Data port:        {info.data_port}\nSecrets:          {info.secret_store}\n\n"
+          f"Data port:        {info.data_port}\nSecrets:          {info.secret_store}\n"
+          f"Set-up completed: {_date(info.setup_completed_at) if info.setup_completed_at else 'not yet'}\n\n"
           f"Register a source server (write the passphrase to passphrase.txt there first):\n  {info.mobility_command}")
+
+
+async def cmd_setup_complete(client: AdminClient, args: argparse.Namespace) -> None:
+    info = await client.complete_setup()
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"First-run setup completed on {_date(info.setup_completed_at)}; the console no longer opens it by "
+              "itself.")
 
 
 async def cmd_setup_rotate(client: AdminClient, args: argparse.Namespace) -> None:
@@ -140,6 +151,30 @@ async def cmd_vm_show(client: AdminClient, args: argparse.Namespace) -> None:
         print(line)
         if d.note:
             print(f"    points: {d.note}")
+
+
+def _step_text(seconds: float) -> str:
+    return f"{seconds:g} s" if seconds < 60 else duration_text(seconds)
+
+
+def _rate_text(bps: float) -> str:
+    return f"{human_bytes(int(bps))}/s" if bps >= 1 else "0"
+
+
+async def cmd_vm_history(client: AdminClient, args: argparse.Namespace) -> None:
+    history = await client.server_history(args.name, args.span)
+    if args.json:
+        _print_json(history)
+        return
+    if not history.samples:
+        print(f"No samples of {history.name} yet: the engine keeps them from when it started (one every "
+              f"{_step_text(history.step_seconds)} for the last {args.span}).")
+        return
+    clock = "%H:%M:%S" if history.step_seconds < 60 else "%H:%M"
+    rows = [[time.strftime(clock, time.localtime(x.at)), _rate_text(x.received_bps), _rate_text(x.applied_bps),
+             "-" if x.rpo_seconds is None else duration_text(x.rpo_seconds)] for x in history.samples]
+    print(f"{history.name}, last {args.span}, one sample every {_step_text(history.step_seconds)}:")
+    print(_table(rows, ["TIME", "IN", "APPLIED", "RPO"]))
 
 
 async def cmd_vm_update_mobility(client: AdminClient, args: argparse.Namespace) -> None:
@@ -559,6 +594,26 @@ async def cmd_appliance_health(client: AdminClient, args: argparse.Namespace) ->
         _print_health(health)
 
 
+#: How each prerequisite's status reads in the table.
+_MARKS = {"ok": "OK", "warning": "WARNING", "failed": "FAILED"}
+
+
+async def cmd_appliance_check(client: AdminClient, args: argparse.Namespace) -> None:
+    found = await client.prerequisites(args.only)
+    if args.json:
+        _print_json(found)
+    else:
+        shown = [c for c in found.checks if args.only in (None, c.key)]
+        width = max((len(c.title) for c in shown), default=0)
+        for c in shown:
+            print(f"{_MARKS.get(c.status, c.status.upper()):8}{c.title.ljust(width)}  {c.found}")
+            if c.action:
+                print(f"{'':8}{'':{width}}  → {c.action}")
+    failed = [c.title for c in found.checks if c.status == "failed" and args.only in (None, c.key)]
+    if failed:
+        raise EngineError(f"{len(failed)} prerequisite(s) failed ({', '.join(failed)}); each says above what to do.")
+
+
 def cmd_appliance_restore(args: argparse.Namespace) -> None:
     from engine.backup import read_backup, restore_backup
 
@@ -711,6 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_admin(cmd_setup_show))
     p = setup.add_parser("rotate-passphrase", parents=[data_dir, as_json], help="issue a new registration passphrase")
     p.set_defaults(func=_admin(cmd_setup_rotate))
+    p = setup.add_parser("complete", parents=[data_dir, as_json], help="record that the first-run setup is done "
+                         "(the console stops opening it by itself)")
+    p.set_defaults(func=_admin(cmd_setup_complete))
 
     vm = sub.add_parser("vm", help="registered source servers").add_subparsers(
         dest="vm_command", metavar="ACTION", required=True)
@@ -743,6 +801,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-mbps", metavar="N|off", help="bandwidth cap of the server's replication, 1 to 100000 "
                    "Mbit/s (off: none)")
     p.set_defaults(func=_admin(cmd_vm_set))
+    p = vm.add_parser("history", parents=[data_dir, as_json], help="a server's throughput and RPO, sample by sample")
+    p.add_argument("name")
+    p.add_argument("--span", default="hour", metavar="hour|day", help="the last hour (a sample every 10 s, the "
+                   "default) or the last day (one a minute)")
+    p.set_defaults(func=_admin(cmd_vm_history))
     p = vm.add_parser("points", parents=[data_dir, as_json], help="recovery points of a server")
     p.add_argument("name")
     p.set_defaults(func=_admin(cmd_vm_points))
@@ -831,8 +894,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", metavar="URL")
     p.set_defaults(func=_admin(cmd_agents_feed))
 
-    appl = sub.add_parser("appliance", help="the appliance itself: health, backup and restore").add_subparsers(
-        dest="appliance_command", metavar="ACTION", required=True)
+    appl = sub.add_parser("appliance", help="the appliance itself: prerequisites, health, backup and "
+                          "restore").add_subparsers(dest="appliance_command", metavar="ACTION", required=True)
     p = appl.add_parser("backup", parents=[data_dir], help="write an encrypted backup of the appliance")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--passphrase-file", metavar="F", help="the backup's passphrase (default: asked on the terminal)")
@@ -842,6 +905,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "against their thresholds, and the alerts")
     p.add_argument("--history", action="store_true", help="with --json: the samples of the last 24 hours too")
     p.set_defaults(func=_admin(cmd_appliance_health))
+    p = appl.add_parser("check", parents=[data_dir, as_json], help="check the prerequisites: ports, cache space, "
+                        "clock, secret store, CPU and memory, target storage (exit 1 if one failed)")
+    p.add_argument("--only", metavar="KEY", choices=PREREQUISITE_CHECKS,
+                   help=f"run one check: {', '.join(PREREQUISITE_CHECKS)}")
+    p.set_defaults(func=_admin(cmd_appliance_check))
     p = appl.add_parser("restore", parents=[data_dir], help="restore a backup into a new data directory "
                         "(the engine must not run there)")
     p.add_argument("file", metavar="FILE")

@@ -7,6 +7,7 @@ RPO and health, and tells the mobility services (through heartbeats) what to do.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import time
@@ -35,6 +36,9 @@ MAX_CLOCK_SKEW = 60.0
 #: appliance refusing batches, the source gone quiet) says nothing about now. At least; longer when
 #: at the current rate one batch takes longer (a slow link), so that the rate does not blink.
 RATE_STALE_AFTER = 10.0
+#: Received reports remembered per disk to value what the log processor applied in bytes: one every report of the
+#: process server (a second) while the log processor lags; beyond that the oldest go and the value is approximate.
+RECEIVED_MARKS = 4096
 
 
 #: The settings of a policy an admin types, as fields of :class:`Policy` (each is ``--field-name`` on the CLI).
@@ -147,6 +151,52 @@ class DiskProgress:
     #: What kind of stop ``error`` is: segment-corrupt waits for a resync; target-full and
     #: target-unwritable pause applying until the log processor can write again.
     error_code: HealthCause | None = None
+    #: Received bytes of the batches the log processor applied (``bytes_received`` as of ``applied_seq``): what
+    #: a server's history shows as applied. None until the log processor reported since the engine started and a
+    #: received report tells what its ``applied_seq`` is worth.
+    bytes_applied: int | None = None
+    applied_reported: bool = False
+    #: ``(acked_seq, bytes_received)`` as the process server reported them, from the one at or before
+    #: ``applied_seq`` on (at most :data:`RECEIVED_MARKS`): what an applied sequence number is worth in bytes.
+    received_marks: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def received_reported(self) -> bool:
+        """Whether the process server reported this disk since the engine started (``bytes_received`` is then
+        its count, not a zero that stands for nothing known)."""
+        return bool(self.received_marks)
+
+    def note_received_mark(self, seq: int, received: int) -> None:
+        """Remember what batch ``seq`` is worth in received bytes (a report older than the newest is ignored)."""
+        marks = self.received_marks
+        if marks and seq <= marks[-1][0]:
+            return
+        marks.append((seq, received))
+        if len(marks) > RECEIVED_MARKS:
+            del marks[:len(marks) - RECEIVED_MARKS]
+        self.value_applied()
+
+    def value_applied(self) -> None:
+        """``bytes_applied`` from ``applied_seq`` and the marks: exact at a mark, interpolated between two, the
+        newest mark's bytes beyond it (the process server's next report adds the rest). Marks wholly behind
+        ``applied_seq`` are dropped, but one: it anchors what comes next."""
+        marks, seq = self.received_marks, self.applied_seq
+        if not self.applied_reported:
+            return
+        if seq <= 0:
+            value: int | None = 0
+        else:
+            i = bisect.bisect_right(marks, (seq, 2**63))  # marks[:i] are at or before seq
+            if i == 0:
+                value = None  # marks start after it: unknown (an engine that started after it was applied)
+            elif i == len(marks) or marks[i - 1][0] == seq:
+                value = marks[i - 1][1]
+            else:
+                (s0, b0), (s1, b1) = marks[i - 1], marks[i]
+                value = b0 + (b1 - b0) * (seq - s0) // (s1 - s0)
+            del marks[:max(0, i - 1)]
+        if value is not None and (self.bytes_applied is None or value > self.bytes_applied):
+            self.bytes_applied = value
 
 
 @dataclass(frozen=True)
@@ -372,6 +422,7 @@ class Replication:
             p.last_step_bytes = received - p.bytes_received
         p.bytes_received = max(p.bytes_received, received)
         p.acked_seq = max(p.acked_seq, state.acked_seq)
+        p.note_received_mark(state.acked_seq, received)
         p.initial_done = max(p.initial_done, state.initial_done)
         completed = state.initial_complete and not p.initial_complete
         p.initial_complete = p.initial_complete or state.initial_complete
@@ -383,6 +434,8 @@ class Replication:
     def _note_applied(self, report: AppliedReport) -> None:
         p = self.progress(report.server_id, report.disk)
         p.applied_seq = report.applied_seq
+        p.applied_reported = True
+        p.value_applied()
         p.resync_done = report.resync_done
         if report.resync_pass > p.resync_pass:  # a new pass (a restarted log processor says 0 until it applies)
             p.resync_pass, p.resync_offset = report.resync_pass, report.resync_offset

@@ -8,20 +8,23 @@ the consoles live in the services, never in a handler.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.config import DataDir
-from engine.errors import UpdateError
+from engine.errors import EngineError, UpdateError
 from engine.events import EventHub
 from engine.inventory import Inventory
 from engine.licence import LicenceKeeper
 from engine.links.admin import LicenceChanged, SetupChanged
 from engine.links.agent import Ack, AppliedReport, ReceivedReport
 from engine.ports import PortsControl
-from engine.records import EngineStatus, LicenceStatus, Policy, ServerStatus, SetupInfo
+from engine.prerequisites import PrerequisiteChecker
+from engine.records import EngineStatus, LicenceStatus, Policy, Prerequisites, ServerHistory, ServerStatus, SetupInfo
 from engine.replication import Replication
 from engine.secrets import SecretStore
+from engine.server_history import ServerHistories, check_span
 from engine.state import ServerRecord, StateDB
 from engine.storage import Storage
 from engine.updater.mobility import MobilityUpdates
@@ -45,6 +48,13 @@ class Services:
     updater: Updater
     #: The mobility version offered to the source servers (None: this engine offers none).
     mobility: MobilityUpdates | None = None
+    #: Each server's throughput and RPO over the last hour and day (None: this engine keeps none).
+    history: ServerHistories | None = None
+    #: The appliance's prerequisites (None: this engine checks none).
+    prerequisites: PrerequisiteChecker | None = None
+
+    #: The state database's meta key of when the first-run setup was completed.
+    SETUP_COMPLETED = "setup_completed_at"
 
     def __repr__(self) -> str:
         return f"<Services {self.inventory!r} {self.replication!r} {self.storage!r}>"
@@ -107,6 +117,44 @@ class Services:
                         f"({len(blob)} bytes): identity, CA, keys, policies and {self.state.count_servers()} "
                         "registered server(s).")
         return blob
+
+    def setup_completed_at(self) -> float | None:
+        """When an admin completed the first-run setup; None on a new appliance."""
+        value = self.state.get_meta(self.SETUP_COMPLETED)
+        return float(value) if value is not None else None
+
+    def complete_setup(self) -> SetupInfo:
+        """Record that the first-run setup is done, once: a second call keeps the first time. The first pushes the
+        new set-up to every console and is an event."""
+        if self.setup_completed_at() is None:
+            self.state.set_meta(self.SETUP_COMPLETED, repr(time.time()))
+            self.hub.record("info", "setup-completed", "The first-run setup of the appliance was completed; the "
+                            "console no longer opens it by itself (its Setup page runs it again).")
+            info = self.setup_info()
+            self.hub.publish(SetupChanged(info))
+            return info
+        return self.setup_info()
+
+    async def check_prerequisites(self, check: str | None) -> Prerequisites:
+        """Check the appliance's prerequisites now: all, or only ``check``; the others as last checked."""
+        if self.prerequisites is None:
+            raise EngineError("This engine does not check the appliance's prerequisites.")
+        return await self.prerequisites.check(check)
+
+    def server_history(self, name: str, span: str) -> ServerHistory:
+        """Server ``name``'s throughput and RPO over the last ``span`` ("hour" or "day")."""
+        check_span(span)
+        row = self.inventory.row(name)
+        if self.history is None:
+            return ServerHistory(name=row.name, span=span, step_seconds=0.0)
+        return self.history.history(row.server_id, row.name, span)
+
+    def forget(self, name: str) -> None:
+        """Forget a server: its certificate is revoked, its replication and its history go."""
+        server_id = self.inventory.row(name).server_id
+        self.inventory.forget(name)
+        if self.history is not None:
+            self.history.forget(server_id)
 
     def rotate_passphrase(self) -> SetupInfo:
         self.inventory.rotate_passphrase()

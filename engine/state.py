@@ -1,4 +1,4 @@
-"""The appliance's state database (SQLite, WAL): servers, revocations, events, settings.
+"""The appliance's state database (SQLite, WAL): servers, revocations, events, settings, the servers' last day.
 
 Only the engine supervisor opens it for writing; one connection, used from its event loop.
 Statements are small and indexed, so they run inline.
@@ -83,6 +83,16 @@ CREATE TABLE IF NOT EXISTS mobility_updates (
     failed_version TEXT,
     failed_reason TEXT
 );
+-- Each server's history of the last day, one row a minute (engine/server_history.py): what the server detail
+-- charts after the engine restarted. Rows older than a day are deleted as new ones come; a forgotten server's go.
+CREATE TABLE IF NOT EXISTS server_history (
+    server_id TEXT NOT NULL REFERENCES servers(server_id) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    received_bps REAL NOT NULL,
+    applied_bps REAL NOT NULL,
+    rpo_seconds REAL,
+    PRIMARY KEY (server_id, at)
+) WITHOUT ROWID;
 """
 
 
@@ -193,9 +203,12 @@ class StateDB:
                 self._db.execute("ROLLBACK")
             raise
 
-    def _write(self, change: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:
+    def _write(self, change: Callable[[sqlite3.Connection], T], *, transaction: bool = True,
+               use_reserve: bool = True) -> T:
         """Run ``change`` in one transaction. On SQLITE_FULL the reserve is released and the change
-        tried once more; without a reserve to release it raises :class:`DiskFull` and nothing changed."""
+        tried once more; without a reserve to release it raises :class:`DiskFull` and nothing changed.
+        A write that may wait for room (``use_reserve=False``: the servers' history) never takes the reserve:
+        it raises :class:`DiskFull` at once."""
         def attempt() -> T:
             if not transaction:
                 return change(self._db)
@@ -207,7 +220,7 @@ class StateDB:
         except sqlite3.Error as exc:
             if not is_full(exc):
                 raise
-            if not self.reserve.release():
+            if not use_reserve or not self.reserve.release():
                 raise self._full() from exc
             log.warning("state.reserve-released path=%s: the disk is full; the state database used its reserve",
                         self.reserve.path)
@@ -369,6 +382,25 @@ class StateDB:
     def is_revoked(self, serial: int) -> bool:
         row = self._db.execute("SELECT 1 FROM revoked WHERE cert_serial=?", (format(serial, "x"),)).fetchone()
         return row is not None
+
+    # --- the servers' history ---------------------------------------------------------------------
+    def add_history(self, rows: list[tuple[str, float, float, float, float | None]], *, keep_after: float) -> None:
+        """Store day samples ``(server_id, at, received_bps, applied_bps, rpo_seconds)`` of registered servers and
+        delete those taken before ``keep_after``, in one transaction. On a full disk it raises :class:`DiskFull`
+        without touching the reserve (the samples are not worth it)."""
+        def change(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO server_history(server_id, at, received_bps, applied_bps, "
+                           "rpo_seconds) SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM servers WHERE server_id=?)",
+                           [(*row, row[0]) for row in rows])
+            db.execute("DELETE FROM server_history WHERE at < ?", (keep_after,))
+
+        self._write(change, use_reserve=False)
+
+    def history(self, *, since: float) -> list[tuple[str, float, float, float, float | None]]:
+        """The stored day samples taken after ``since``, per server, oldest first."""
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in self._db.execute(
+            "SELECT server_id, at, received_bps, applied_bps, rpo_seconds FROM server_history WHERE at > ? "
+            "ORDER BY server_id, at", (since,))]
 
     # --- events -----------------------------------------------------------------------------
     def add_event(self, severity: Severity, code: str, message: str, server: str | None = None) -> Event:

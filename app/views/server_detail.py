@@ -1,5 +1,6 @@
-"""One server in detail, live: its overview (state, health, RPO, policy, bandwidth cap), its disks, its recovery
-points (and exporting one), and its recent events.
+"""One server in detail, live: its overview (state, health, RPO, policy, bandwidth cap), its disks, its throughput
+and RPO over the last hour or day (charts of the samples the engine keeps), its recovery points (and exporting one),
+and its recent events.
 
 The dialog is not modal and follows the server by the bridge's signals: updates show at once, the RPO ages every
 second, and a server that goes away leaves the dialog disabled with a sentence saying so. A refusal from the engine
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -22,15 +24,18 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from PySide6.QtCore import QLocale, Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QColor
+from PySide6.QtCharts import QChart, QChartView, QDateTimeAxis, QLineSeries, QValueAxis
+from PySide6.QtCore import QDateTime, QLocale, QMargins, QPointF, Qt, QTimer
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPalette, QPen
 from PySide6.QtWidgets import (
+    QButtonGroup,
     QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -38,6 +43,7 @@ from PySide6.QtWidgets import (
     QProgressDialog,
     QPushButton,
     QSpinBox,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -46,7 +52,7 @@ from PySide6.QtWidgets import (
 )
 from qasync import asyncWrap
 
-from app.bridge import EngineBridge, EngineError, Event, RecoveryPoint, ServerStatus
+from app.bridge import EngineBridge, EngineError, Event, RecoveryPoint, ServerHistory, ServerStatus
 from app.widgets.dialogs import confirm
 from app.widgets.formatting import age_text, duration_text, health_colour, health_text, severity_colour, state_text, tr
 
@@ -60,10 +66,22 @@ EVENTS_SHOWN = 500
 EXPORT_FORMATS: dict[str, tuple[str, str]] = {"raw": ("Raw image", "raw"), "vhd": ("VHD (Hyper-V, Azure)", "vhd")}
 #: What a disk's replication phase reads as; "" is a disk in step.
 PHASE_TEXTS = {"initial": "Initial replication", "resync": "Resync"}
+#: Milliseconds between two loads of the history while the Charts tab shows (the engine's step for the last hour).
+HISTORY_REFRESH_MS = 10_000
+#: The spans the engine keeps, as the switch reads them.
+HISTORY_SPANS: dict[str, str] = {"hour": "Last hour", "day": "Last day"}
+#: Each span's x axis: seconds between ticks, how many ticks, and how a tick's time reads.
+TIME_TICKS: dict[str, tuple[float, int, str]] = {"hour": (600.0, 7, "HH:mm"), "day": (3 * 3600.0, 9, "ddd HH:mm")}
+EMPTY_HISTORY = "No samples yet: the engine keeps them from when it started."
+#: Throughput is charted in MB/s (10^6 bytes a second).
+MB = 1_000_000
+#: The series' colours: received, applied, RPO, the policy's threshold.
+RECEIVED_COLOUR, APPLIED_COLOUR, RPO_COLOUR, THRESHOLD_COLOUR = "#1565c0", "#2e7d32", "#6a1b9a", "#c62828"
 STYLE = """
 QLabel#detail_message[level="error"] { color: #c62828; }
 QLabel#detail_message[level="ok"] { color: #1e7d32; }
 QLabel#detail_gone { background: #fdecea; color: #8e1b1b; padding: 6px; }
+QLabel#detail_history_empty { color: palette(mid); font-size: 11pt; }
 """
 
 
@@ -107,6 +125,171 @@ def _table(headers: list[str], name: str) -> QTableWidget:
     return table
 
 
+def _nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 4, 6 or 8 times a power of ten that is at least ``value``: an axis' top whose quarters
+    are round."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    return next(m * power for m in (1, 2, 4, 6, 8, 10) if m * power >= value * (1 - 1e-9))
+
+
+class HistoryCharts(QWidget):
+    """Two charts of a server's history: throughput (received and applied, MB/s) and RPO (with the policy's
+    threshold dashed), time on the x axis; an Hour/Day switch; an empty state when there are no samples."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("detail_charts")
+        self.history: ServerHistory | None = None
+        self.threshold: float | None = None
+        self.span_buttons: dict[str, QPushButton] = {}
+        self.span_group = QButtonGroup(self)
+        switch = QHBoxLayout()
+        switch.setSpacing(0)
+        for span, label in HISTORY_SPANS.items():
+            button = QPushButton(tr(label), objectName=f"detail_span_{span}", checkable=True)
+            button.setAccessibleName(tr("Show the %s") % tr(label).lower())
+            self.span_group.addButton(button)
+            self.span_buttons[span] = button
+            switch.addWidget(button)
+        self.span_buttons["hour"].setChecked(True)
+        self.updated_label = QLabel(objectName="detail_history_updated")
+        self.updated_label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        top = QHBoxLayout()
+        top.addLayout(switch)
+        top.addStretch(1)
+        top.addWidget(self.updated_label)
+
+        self.received = self._series(tr("Received"), RECEIVED_COLOUR)
+        self.applied = self._series(tr("Applied"), APPLIED_COLOUR)
+        self.rpo = self._series(tr("RPO"), RPO_COLOUR)
+        self.limit = self._series(tr("Policy threshold"), THRESHOLD_COLOUR, Qt.PenStyle.DashLine)
+        self.throughput_chart, self.throughput_time, self.throughput_axis = self._chart(
+            tr("Throughput (MB/s)"), [self.received, self.applied])
+        self.rpo_chart, self.rpo_time, self.rpo_axis = self._chart(tr("RPO (s)"), [self.rpo, self.limit])
+        self.throughput_view = self._view(self.throughput_chart, "detail_throughput_chart")
+        self.rpo_view = self._view(self.rpo_chart, "detail_rpo_chart")
+        charts = QWidget()
+        charts_layout = QVBoxLayout(charts)
+        charts_layout.setContentsMargins(0, 0, 0, 0)
+        charts_layout.addWidget(self.throughput_view, 1)
+        charts_layout.addWidget(self.rpo_view, 1)
+        self.empty_label = QLabel(tr(EMPTY_HISTORY), objectName="detail_history_empty", wordWrap=True)
+        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(charts)
+        self.stack.addWidget(self.empty_label)
+        self.stack.setCurrentWidget(self.empty_label)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.stack, 1)
+
+    def __repr__(self) -> str:
+        h = self.history
+        return f"<HistoryCharts {self.span} samples={len(h.samples) if h else None}>"
+
+    @property
+    def span(self) -> str:
+        return next(span for span, button in self.span_buttons.items() if button.isChecked())
+
+    @staticmethod
+    def _series(name: str, colour: str, style: Qt.PenStyle = Qt.PenStyle.SolidLine) -> QLineSeries:
+        series = QLineSeries()
+        series.setName(name)
+        pen = QPen(QColor(colour), 2)
+        pen.setStyle(style)
+        series.setPen(pen)
+        return series
+
+    def _chart(self, title: str, series: list[QLineSeries]) -> tuple[QChart, QDateTimeAxis, QValueAxis]:
+        chart = QChart()
+        dark = self.palette().color(QPalette.ColorRole.Window).lightness() < 128
+        chart.setTheme(QChart.ChartTheme.ChartThemeDark if dark else QChart.ChartTheme.ChartThemeLight)
+        chart.setBackgroundRoundness(0)
+        chart.setMargins(QMargins(2, 0, 6, 2))
+        chart.layout().setContentsMargins(0, 0, 0, 0)
+        chart.legend().setAlignment(Qt.AlignmentFlag.AlignTop)
+        chart.legend().setFont(self.font())
+        time_axis = QDateTimeAxis()
+        value_axis = QValueAxis()
+        value_axis.setMin(0)
+        value_axis.setTickCount(5)  # a top from _nice_ceiling in quarters: round labels
+        value_axis.setLabelFormat("%g")
+        value_axis.setTitleText(title)
+        bold = QFont(self.font())
+        bold.setBold(True)
+        for axis in (time_axis, value_axis):
+            axis.setLabelsFont(self.font())
+            axis.setTitleFont(bold)
+        chart.addAxis(time_axis, Qt.AlignmentFlag.AlignBottom)
+        chart.addAxis(value_axis, Qt.AlignmentFlag.AlignLeft)
+        for s in series:
+            pen = s.pen()  # the theme replaces a series' pen when it is added: keep ours
+            chart.addSeries(s)
+            s.setPen(pen)
+            s.attachAxis(time_axis)
+            s.attachAxis(value_axis)
+        return chart, time_axis, value_axis
+
+    @staticmethod
+    def _view(chart: QChart, name: str) -> QChartView:
+        view = QChartView(chart)
+        view.setObjectName(name)
+        view.setRenderHint(QPainter.RenderHint.Antialiasing)
+        view.setFrameShape(QFrame.Shape.NoFrame)
+        view.setMinimumHeight(150)
+        return view
+
+    def show_history(self, history: ServerHistory, threshold: float | None, now: float | None = None) -> None:
+        """Chart ``history`` over its whole span up to ``now`` (so that an engine that started recently shows as a
+        short line at the right), RPO against ``threshold`` (seconds; None: no line)."""
+        self.history, self.threshold = history, threshold
+        samples = history.samples
+        if not samples:
+            self.stack.setCurrentWidget(self.empty_label)
+            self.updated_label.setText("")
+            return
+        self.stack.setCurrentWidget(self.stack.widget(0))
+        now = max(time.time() if now is None else now, samples[-1].at)
+        # Ticks on round times: the hour's every 10 min, the day's every 3 h (the axis ends at the next one).
+        tick, ticks, time_format = TIME_TICKS.get(history.span, TIME_TICKS["hour"])
+        offset = QDateTime.fromMSecsSinceEpoch(int(now * 1000)).offsetFromUtc()  # round in local time
+        now = math.ceil((now + offset) / tick) * tick - offset
+        start = now - tick * (ticks - 1)
+        begin, end = QDateTime.fromMSecsSinceEpoch(int(start * 1000)), QDateTime.fromMSecsSinceEpoch(int(now * 1000))
+        for axis in (self.throughput_time, self.rpo_time):
+            axis.setRange(begin, end)
+            axis.setFormat(time_format)
+            axis.setTickCount(ticks)
+
+        ms = [x.at * 1000 for x in samples]
+        self.received.replace([QPointF(t, x.received_bps / MB) for t, x in zip(ms, samples, strict=True)])
+        self.applied.replace([QPointF(t, x.applied_bps / MB) for t, x in zip(ms, samples, strict=True)])
+        top = max(max(x.received_bps, x.applied_bps) for x in samples) / MB
+        # At least 0.01 MB/s: a server that only heartbeats looks idle, not like a busy one
+        self.throughput_axis.setRange(0, _nice_ceiling(max(top * 1.1, 0.01)))
+
+        rpos = [(t, x.rpo_seconds) for t, x in zip(ms, samples, strict=True) if x.rpo_seconds is not None]
+        highest = max([r for _, r in rpos] + [threshold or 0.0])
+        minutes = highest >= 180
+        unit = 60.0 if minutes else 1.0
+        self.rpo.replace([QPointF(t, r / unit) for t, r in rpos])
+        if threshold is not None:
+            self.limit.replace([QPointF(start * 1000, threshold / unit), QPointF(now * 1000, threshold / unit)])
+        else:
+            self.limit.clear()
+        self.limit.setVisible(threshold is not None)
+        self.rpo_chart.legend().markers(self.limit)[0].setVisible(threshold is not None)
+        self.rpo_axis.setRange(0, _nice_ceiling(max(highest / unit * 1.15, 1.0)))
+        self.rpo_axis.setTitleText(tr("RPO (min)") if minutes else tr("RPO (s)"))
+
+        step = f"{history.step_seconds / 60:g} min" if history.step_seconds >= 60 else f"{history.step_seconds:g} s"
+        updated = QLocale().toString(QDateTime.fromMSecsSinceEpoch(int(samples[-1].at * 1000)).time(),
+                                     QLocale.FormatType.ShortFormat)
+        self.updated_label.setText(tr("%d samples, one every %s · newest at %s") % (len(samples), step, updated))
+
+
 class ServerDetailDialog(QDialog):
     """The details of server ``name``. ``status`` and ``events`` are what the console already holds (the status is
     asked of the engine when not given); everything after arrives by the bridge's signals."""
@@ -136,6 +319,9 @@ class ServerDetailDialog(QDialog):
         self.tabs = QTabWidget(objectName="detail_tabs")
         self.tabs.addTab(self._overview_tab(), tr("Overview"))
         self.tabs.addTab(self._disks_tab(), tr("Disks"))
+        self.charts = HistoryCharts()
+        self.charts.span_group.buttonClicked.connect(self.on_span_group_button_clicked)
+        self.tabs.addTab(self.charts, tr("Charts"))
         self.tabs.addTab(self._points_tab(), tr("Recovery points"))
         self.tabs.addTab(self._events_tab(), tr("Events"))
         self.message = QLabel(objectName="detail_message", wordWrap=True)
@@ -152,6 +338,12 @@ class ServerDetailDialog(QDialog):
         self.clock = QTimer(self, interval=1000)
         self.clock.timeout.connect(self.on_clock_timeout)
         self.clock.start()
+        #: Reloads the history every 10 s while the Charts tab shows.
+        self.history_timer = QTimer(self, interval=HISTORY_REFRESH_MS)
+        self.history_timer.timeout.connect(self.on_history_timer_timeout)
+        self.history_task: asyncio.Task[None] | None = None
+        self.history_task_span = "hour"
+        self.tabs.currentChanged.connect(self.on_tabs_current_changed)
         bridge.server_updated.connect(self.on_bridge_server_updated)
         bridge.server_removed.connect(self.on_bridge_server_removed)
         bridge.servers_reset.connect(self.on_bridge_servers_reset)
@@ -317,6 +509,7 @@ class ServerDetailDialog(QDialog):
         for label in (self.rpo_label, self.health_label):  # their colours would look live
             label.setStyleSheet("")
         self.clock.stop()
+        self.history_timer.stop()
 
     def show_server(self, status: ServerStatus) -> None:
         """Show ``status``; a control the admin is editing keeps what they typed (only a new value from the engine
@@ -403,6 +596,41 @@ class ServerDetailDialog(QDialog):
                 if widget is not None:
                     table.removeCellWidget(row, 2)
                 table.setItem(row, 2, _item(text))
+
+    # --- history -----------------------------------------------------------------------------------
+    def on_tabs_current_changed(self, index: int) -> None:
+        """The Charts tab loads the history when it shows and every 10 s while it shows; other tabs stop that."""
+        if self.tabs.widget(index) is self.charts:
+            self.history_timer.start()
+            self.load_history_now()
+        else:
+            self.history_timer.stop()
+
+    def on_history_timer_timeout(self) -> None:
+        if self.isVisible():
+            self.load_history_now()
+
+    def on_span_group_button_clicked(self, _button: QPushButton) -> None:
+        self.load_history_now()
+
+    def load_history_now(self) -> None:
+        """Ask for the history of the chosen span, unless that is already under way (a slow engine is not asked
+        again every 10 s while it still answers the last)."""
+        if self.gone or self.closing:
+            return
+        span = self.charts.span
+        if self.history_task is not None and not self.history_task.done():
+            if self.history_task_span == span:
+                return
+            self.history_task.cancel()  # its answer, for the other span, would be thrown away
+        self.history_task_span = span
+        self.history_task = self.start(self.load_history(span))
+
+    async def load_history(self, span: str) -> None:
+        history = await self._ask(self.bridge.server_history(self.name, span))
+        if history is None or span != self.charts.span or self.closing or self.gone:
+            return
+        self.charts.show_history(history, self.server.rpo_threshold if self.server else None)
 
     # --- events ------------------------------------------------------------------------------------
     def on_bridge_events_reset(self, events: list[Event]) -> None:
@@ -603,6 +831,7 @@ class ServerDetailDialog(QDialog):
         once they have ended."""
         self.closing = True
         self.clock.stop()
+        self.history_timer.stop()
         for task in list(self.tasks):
             task.cancel()
         if not self.tasks:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QApplication, QProgressBar, QPushButton
 
 from app.bridge import (
@@ -19,6 +19,8 @@ from app.bridge import (
     HealthCause,
     Policy,
     RecoveryPoint,
+    ServerHistory,
+    ServerSample,
     ServerState,
     ServerStatus,
 )
@@ -46,6 +48,19 @@ def server(**changes: Any) -> ServerStatus:
     return ServerStatus(**fields)
 
 
+def history(span: str = "hour", n: int = 180, *, rpo: float = 40.0) -> ServerHistory:
+    """``n`` samples up to now (the charts show the span up to the real clock): a replication burst, then a steady
+    trickle; the RPO saw-tooths around ``rpo`` seconds."""
+    step = 10.0 if span == "hour" else 60.0
+    end = time.time()
+    samples = tuple(ServerSample(at=end - step * (n - 1 - i),
+                                 received_bps=(90e6 if i < n // 3 else 4e6) + 1e5 * (i % 7),
+                                 applied_bps=(70e6 if i < n // 3 else 4e6) + 1e5 * (i % 5),
+                                 rpo_seconds=None if i < 5 else rpo + 3 * (i % 10))
+                    for i in range(n))
+    return ServerHistory(name="web-01", span=span, step_seconds=step, samples=samples)
+
+
 def points(n: int) -> list[RecoveryPoint]:
     """``n`` points, oldest first as the engine lists them (the dialog must not rely on that)."""
     return [RecoveryPoint(id=i + 1, created_at=NOW - 300 * (n - i), kind="crash" if i % 4 else "app")
@@ -66,7 +81,8 @@ class FakeBridge(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[str, Any]] = []
-        self.answers: dict[str, Any] = {"server": server(), "policies": POLICIES, "points": points(3)}
+        self.answers: dict[str, Any] = {"server": server(), "policies": POLICIES, "points": points(3),
+                                        "history": {"hour": history("hour"), "day": history("day", 600)}}
         self.images: dict[int, bytes] = {0: b"A" * 100_000, 1: b"B" * 50_000}
         self.chunk = 16384
         self.gate: asyncio.Event | None = None
@@ -93,6 +109,16 @@ class FakeBridge(QObject):
 
     async def points(self, name: str) -> list[RecoveryPoint]:
         return await self._answer("points", name)  # type: ignore[no-any-return]
+
+    async def server_history(self, name: str, span: str = "hour") -> ServerHistory:
+        self.calls.append(("server_history", (name, span)))
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0.01)
+        answer = self.answers["history"]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer[span]  # type: ignore[no-any-return]
 
     async def export_point(self, name: str, point_id: int | str, disk: int, fmt: str, out_file: BinaryIO,
                            progress: Any = None) -> tuple[str, int]:
@@ -400,5 +426,87 @@ async def test_events_of_this_server_newest_first(qapp: QApplication) -> None:
         assert dialog.events_table.item(0, 1).text() == "Info"
         bridge.events_reset.emit([other])
         assert dialog.events_table.rowCount() == 0
+    finally:
+        dialog.close()
+
+
+def _history_calls(bridge: FakeBridge) -> list[str]:
+    return [args[1] for name, args in bridge.calls if name == "server_history"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_charts_load_when_shown_refresh_and_switch_span(qapp: QApplication) -> None:
+    """The history is asked for only once the Charts tab shows, then every 10 s while it shows (never twice at once);
+    the charts have time on the x axis, MB/s and the RPO with the policy's threshold dashed; Day asks for the day;
+    another tab stops the refresh."""
+    bridge = FakeBridge()
+    dialog = _open(bridge)
+    try:
+        await _loaded(dialog)
+        assert _history_calls(bridge) == [] and not dialog.history_timer.isActive()
+        dialog.tabs.setCurrentWidget(dialog.charts)
+        charts = dialog.charts
+        await until(lambda: charts.history is not None and not dialog.tasks, what="the hour's history")
+        assert _history_calls(bridge) == ["hour"]
+        assert dialog.history_timer.isActive() and dialog.history_timer.interval() == 10_000
+        assert charts.stack.currentWidget() is not charts.empty_label
+        assert charts.received.count() == 180 and charts.applied.count() == 180 and charts.rpo.count() == 175
+        assert charts.throughput_axis.titleText() == "Throughput (MB/s)" and charts.throughput_axis.max() >= 90
+        assert charts.rpo_axis.titleText() == "RPO (min)" and charts.limit.isVisible()  # the threshold is 15 min
+        assert [p.y() for p in charts.limit.points()] == [15.0, 15.0]
+        assert charts.limit.pen().style() == Qt.PenStyle.DashLine
+        assert charts.throughput_time.format() == "HH:mm" and charts.throughput_time.tickCount() == 7
+        first, last = charts.throughput_time.min(), charts.throughput_time.max()
+        assert first.secsTo(last) == 3600 and last.time().minute() % 10 == 0 and last.time().second() == 0
+        assert "180 samples, one every 10 s" in charts.updated_label.text()
+
+        bridge.gate = asyncio.Event()  # the engine is slow: a refresh is under way
+        dialog.on_history_timer_timeout()
+        dialog.on_history_timer_timeout()
+        await asyncio.sleep(0.05)
+        assert _history_calls(bridge) == ["hour", "hour"]
+        charts.span_buttons["day"].click()  # the slow hour is dropped for the day
+        bridge.gate.set()
+        bridge.gate = None
+        await until(lambda: charts.history is not None and charts.history.span == "day" and not dialog.tasks,
+                    what="the day's history")
+        assert _history_calls(bridge) == ["hour", "hour", "day"] and charts.received.count() == 600
+        assert charts.throughput_time.format() == "ddd HH:mm"
+
+        dialog.tabs.setCurrentIndex(0)
+        assert not dialog.history_timer.isActive()
+    finally:
+        dialog.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_charts_empty_state_and_refusal(qapp: QApplication) -> None:
+    """No samples shows the sentence that says why instead of empty axes; an engine that refuses says so in the
+    dialog's message line and the charts keep what they showed; seconds for a short RPO, no line without a policy."""
+    bridge = FakeBridge()
+    bridge.answers["history"] = {"hour": ServerHistory("web-01", "hour", 10.0), "day": ServerHistory("web-01", "day",
+                                                                                                     60.0)}
+    dialog = _open(bridge, status=server(rpo_threshold=None))
+    try:
+        await _loaded(dialog)
+        dialog.tabs.setCurrentWidget(dialog.charts)
+        charts = dialog.charts
+        await until(lambda: charts.history is not None and not dialog.tasks, what="the empty history")
+        assert charts.stack.currentWidget() is charts.empty_label and charts.empty_label.isVisible()
+        assert charts.empty_label.text() == "No samples yet: the engine keeps them from when it started."
+
+        bridge.answers["history"] = {"hour": history("hour", 30, rpo=20.0)}
+        dialog.on_history_timer_timeout()
+        await until(lambda: charts.received.count() == 30 and not dialog.tasks, what="the samples")
+        assert charts.rpo_axis.titleText() == "RPO (s)" and not charts.limit.isVisible()
+
+        refusal = "The engine speaks admin API 1.4, which cannot report a server's history (that needs 1.5)."
+        bridge.answers["history"] = EngineError(refusal)
+        dialog.on_history_timer_timeout()
+        await until(lambda: dialog.message.isVisible(), what="the refusal")
+        assert dialog.message.text() == refusal and charts.received.count() == 30
+        assert dialog.isVisible() and dialog.tabs.isEnabled()
     finally:
         dialog.close()

@@ -6,10 +6,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine import diskspace
-from engine.appliance_health import HealthJudge, Reading, cpu_percent, cpu_times, memory_percent, signature
+from engine.appliance_health import (
+    HEALTHY_AGAIN,
+    HealthJudge,
+    Reading,
+    cpu_percent,
+    cpu_times,
+    health_events,
+    memory_percent,
+    signature,
+)
 from engine.links import decode, encode
 from engine.links.admin import ADMIN, ApplianceHealthChanged, decode_message, encode_message
-from engine.records import ApplianceHealth, HealthThresholds
+from engine.records import ApplianceHealth, HealthAlert, HealthThresholds
 
 MINUTE = 60.0
 #: Readings that span 15 minutes, the first one past the threshold included.
@@ -39,7 +48,7 @@ class Clock:
 
 
 def make_clock() -> Clock:
-    return Clock(HealthJudge(HealthThresholds(), backlog_hold=MINUTE, started_at=START, logs=Path("/d/logs")))
+    return Clock(HealthJudge(HealthThresholds(), backlog_hold=MINUTE, logs=Path("/d/logs")))
 
 
 def alerts(health: ApplianceHealth) -> dict[str, str]:
@@ -123,11 +132,11 @@ def test_a_backlog_that_does_not_drain_is_critical_after_a_few_samples() -> None
 
 
 def test_an_agent_silent_for_15_minutes_is_critical() -> None:
-    """An agent whose alive file is 15 minutes old is a critical alert that names it and its log."""
+    """An agent whose alive file has not changed for 15 minutes is a critical alert that names it and its log."""
     clock = make_clock()
     last = START
-    assert clock.feed(14 * MINUTE, agents=(("log-processor", last),)).level == "healthy"
-    health = clock.feed(MINUTE, agents=(("log-processor", last),))
+    assert clock.feed(15 * MINUTE, agents=(("log-processor", last),)).level == "healthy"  # the first reading + 15 min
+    health = clock.feed(15, agents=(("log-processor", last),))
     (alert,) = health.alerts
     assert (alert.metric, alert.level, alert.agent) == ("agent", "critical", "log-processor")
     assert "log-processor" in alert.message and "/d/logs/log-processor.log" in alert.message
@@ -135,10 +144,21 @@ def test_an_agent_silent_for_15_minutes_is_critical() -> None:
 
 
 def test_an_agent_never_seen_is_silent_since_the_engine_started() -> None:
-    """An agent that never touched its alive file counts as silent from the engine's start."""
+    """An agent that never touched its alive file counts as silent from the first reading (the engine's start)."""
     clock = make_clock()
-    health = clock.feed(15 * MINUTE, agents=(("process-server", None),))
+    health = clock.feed(15 * MINUTE + 15, agents=(("process-server", None),))
     assert alerts(health) == {"agent": "critical"} and health.agents[0].last_seen is None
+
+
+def test_a_wall_clock_set_forward_is_not_silence() -> None:
+    """The wall clock 180 days ahead of the alive files' times (a clock set forward, or files stamped by another
+    clock) is no silence while the files keep changing; silence is counted on the clock that never jumps."""
+    judge = HealthJudge(HealthThresholds(), backlog_hold=MINUTE)
+    health = judge.health
+    for step in range(1, 80):  # 20 minutes of readings
+        t = 15.0 * step
+        health = judge.judge(Reading(at=START + 180 * 86400 + t, mono=t, agents=(("log-processor", START + t),)))
+    assert health.level == "healthy" and health.agents[0].silent_seconds == 0
 
 
 def test_the_worst_alert_wins_and_comes_first() -> None:
@@ -199,3 +219,20 @@ def test_cpu_and_memory_are_read_from_proc(tmp_path: Path) -> None:
     assert memory_percent(meminfo) == 75.0
     real = memory_percent()
     assert real is not None and 0 < real < 100
+
+
+def test_each_new_alert_is_an_event_even_when_the_level_stays() -> None:
+    """An agent falling silent while the CPU already made the appliance critical is its own event; an alert that
+    stays is not told again; the last one clearing is one 'healthy again' event."""
+    cpu = HealthAlert(metric="cpu", level="critical", value=99, threshold=95, message="CPU at 99 %")
+    agent = HealthAlert(metric="agent", level="critical", value=900, threshold=900, message="log-processor silent",
+                        agent="log-processor")
+    cpu_warn = replace(cpu, level="warning", message="CPU at 85 %")
+    healthy = ApplianceHealth()
+    assert health_events(healthy, ApplianceHealth(level="warning", alerts=(cpu_warn,))) == [("warning", "CPU at 85 %")]
+    assert health_events(ApplianceHealth(level="warning", alerts=(cpu_warn,)),
+                         ApplianceHealth(level="critical", alerts=(cpu,))) == [("error", "CPU at 99 %")]
+    both = ApplianceHealth(level="critical", alerts=(cpu, agent))
+    assert health_events(ApplianceHealth(level="critical", alerts=(cpu,)), both) == [("error", "log-processor silent")]
+    assert health_events(both, ApplianceHealth(level="critical", alerts=(agent,))) == []
+    assert health_events(both, healthy) == [("info", HEALTHY_AGAIN)]

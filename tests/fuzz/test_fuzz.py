@@ -224,6 +224,8 @@ ADMIN_POSTS = {
     "/v1/servers/fuzz-01/settings": ["max_mbps"],
     "/v1/servers/no-such/enable": ["policy"],
     "/v1/setup/rotate-passphrase": ["passphrase"],
+    "/v1/setup/complete": ["at"],
+    "/v1/appliance/prerequisites": ["check"],
 }
 
 

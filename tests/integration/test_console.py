@@ -58,6 +58,8 @@ async def test_console_shows_live_servers_and_setup(appliance: Appliance, qapp: 
         await until(lambda: model.rowCount() == 1, what="web-01 in the Servers table")
         assert model.data(model.index(0, model.NAME)) == "web-01"
         assert model.data(model.index(0, model.STATE)) == "Registered"
+        assert window.pages.currentWidget() is window.overview_page  # the first page
+        window.show_page("servers")
         assert window.servers_page.table.isVisible()
 
         setup = bridge.client

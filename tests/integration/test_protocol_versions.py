@@ -85,7 +85,7 @@ def test_admin_api_and_agent_link_check_versions(appliance: Appliance) -> None:
     """The CLI/console socket and the agent link refuse another major version and stamp every answer."""
     admin = str(DataDir(appliance.data_dir).admin_socket)
     agent = str(DataDir(appliance.data_dir).agent_socket)
-    assert _ask(_Unix(admin), "GET", "/v1/engine", "admin/1.5")[::2] == (200, "admin/1.4")
+    assert _ask(_Unix(admin), "GET", "/v1/engine", "admin/1.6")[::2] == (200, "admin/1.5")
     status, data, _ = _ask(_Unix(admin), "GET", "/v1/engine", "admin/2.0")
     assert status == 400 and isinstance(data, dict) and "admin API 2.0" in data["message"]
     status, data, version = _ask(_Unix(agent), "GET", "/agent/replicating", "agent/0.1")
@@ -106,6 +106,6 @@ def test_a_cli_of_another_major_version_says_so(appliance: Appliance) -> None:
     try:
         asyncio.run(main())
     except VersionMismatch as exc:
-        assert "admin API 2.0" in exc.message and "1.4" in exc.message
+        assert "admin API 2.0" in exc.message and "1.5" in exc.message
     else:
         raise AssertionError("a 2.0 admin client was served")

@@ -1,0 +1,138 @@
+"""The console as an admin uses it, against a real engine and real mobility services: a source that stops (its RPO
+ages live, amber past the policy's threshold, and recovers), a server turning critical (a desktop alert), and
+policies made, changed and refused deletion from the Policies page."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication
+
+from app.bridge import EngineBridge, EngineError, Health
+from app.theme import colour
+from app.views.main_window import MainWindow
+from app.views.tray import Alert
+from tests.appliance import Appliance, replicating, until
+
+MiB = 1024 * 1024
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.qt_loop]
+
+
+def _console(appliance: Appliance) -> tuple[EngineBridge, MainWindow]:
+    bridge = EngineBridge(appliance.data_dir, start_engine=False)
+    window = MainWindow(bridge, tray_available=lambda: False, offer_setup=False)
+    window.show()
+    bridge.start()
+    return bridge, window
+
+
+async def test_rpo_ages_while_a_source_is_stopped_and_a_critical_server_is_a_desktop_alert(
+        appliance: Appliance, qapp: QApplication) -> None:
+    """SIGSTOP of the mobility service: the RPO shown keeps growing with nothing arriving and turns amber past the
+    policy's 4 s threshold; SIGCONT brings it back. The source disk changing size pauses the server (critical): the
+    tray hears of it once, naming the server; the disk's size restored, it is healthy again."""
+    mob, disk = replicating(appliance, "rpo-01", 4 * MiB, seed=21, **{"--rpo-threshold": "4s"})
+    bridge, window = _console(appliance)
+    alerts: list[Alert] = []
+    window.alerts.alert.connect(alerts.append)
+    model = window.servers_page.model
+    try:
+        await until(lambda: model.rowCount() == 1 and model.server(0).newest_data_at is not None,
+                    what="rpo-01 listed with its newest data")
+
+        def rpo_text() -> str:
+            return str(model.data(model.index(0, model.RPO)))
+
+        def amber() -> bool:
+            brush = model.data(model.index(0, model.RPO), Qt.ItemDataRole.ForegroundRole)
+            return brush is not None and brush.name() == colour("warn")
+
+        await until(lambda: not amber(), what="the RPO under its threshold while the source runs")
+        assert mob.proc is not None
+        os.kill(mob.proc.pid, signal.SIGSTOP)
+        try:
+            stopped_at = model.server(0).newest_data_at
+            seen = [rpo_text()]
+            await until(lambda: amber(), timeout=20, what="the RPO to age past 4 s with the source stopped")
+            seen.append(rpo_text())
+            assert model.server(0).newest_data_at == stopped_at  # nothing new arrived: the console aged it itself
+            assert seen[0] != seen[-1], seen
+            assert (model.server(0).rpo_at(time.time()) or 0) > 4
+        finally:
+            os.kill(mob.proc.pid, signal.SIGCONT)
+        await until(lambda: not amber() and (model.server(0).rpo_at(time.time()) or 99) < 4, timeout=30,
+                    what="the RPO to recover once the source runs again")
+
+        size = disk.stat().st_size
+        with open(disk, "r+b") as f:
+            f.truncate(size + MiB)  # the source disk grew: replication of it pauses, the server is critical
+        await until(lambda: model.server(0).health == Health.CRITICAL, timeout=30, what="rpo-01 to turn critical")
+        await until(lambda: alerts, what="the desktop alert")
+        assert len(alerts) == 1 and alerts[0].critical and "rpo-01" in alerts[0].title, alerts
+        assert alerts[0].page == "servers"
+        with open(disk, "r+b") as f:
+            f.truncate(size)
+        await until(lambda: model.server(0).health != Health.CRITICAL, timeout=30, what="rpo-01 to heal")
+        assert len(alerts) == 1
+    finally:
+        mob.stop()
+        await bridge.aclose()
+        window.close()
+
+
+async def test_policies_are_made_changed_and_not_deleted_while_in_use(appliance: Appliance,
+                                                                       qapp: QApplication) -> None:
+    """From the Policies page: a new policy (nonsense refused before the engine is asked), an edit the CLI then
+    shows, and a delete refused while a server replicates with it (the button says who; the engine too); once
+    the server left it, the delete goes through."""
+    bridge, window = _console(appliance)
+    page = window.policies_page
+    try:
+        await until(lambda: bridge.state == "attached", what="the console to attach")
+        window.show_page("policies")
+        await until(lambda: [p.name for p in page.policies] == ["default"], what="the default policy listed")
+
+        dialog = page.open_editor(None)
+        dialog.name.setText("gold")
+        for field, text in (("rpo_threshold", "soon"), ("retention", "7d"), ("crash_consistent_every", "1s"),
+                            ("app_consistent_every", "off")):
+            dialog.fields[field].setText(text)
+        dialog.save_button.click()
+        assert dialog.error.isVisible() and "soon" in dialog.error.text()  # refused here: nothing sent
+        assert appliance.cli("policy", "show", "gold").returncode != 0
+        dialog.fields["rpo_threshold"].setText("15m")
+        dialog.save_button.click()
+        await until(lambda: "gold" in [p.name for p in page.policies], what="gold in the list")
+        assert appliance.json("policy", "show", "gold")["rpo_threshold"] == 900
+
+        gold = next(p for p in page.policies if p.name == "gold")
+        editor = page.open_editor(gold)
+        editor.fields["rpo_threshold"].setText("30m")
+        editor.save_button.click()
+        await until(lambda: appliance.json("policy", "show", "gold")["rpo_threshold"] == 1800, what="the edit")
+
+        mob, _ = replicating(appliance, "pol-01", 2 * MiB, seed=5)
+        try:
+            assert appliance.cli("vm", "set", "pol-01", "--policy", "gold").returncode == 0
+            await until(lambda: page.users("gold") == ["pol-01"], what="pol-01 listed as gold's user")
+            page.table.selectRow(next(i for i, p in enumerate(page.policies) if p.name == "gold"))
+            await until(lambda: not page.delete_button.isEnabled(), what="Delete disabled for a policy in use")
+            assert "pol-01" in page.delete_button.toolTip()
+            with pytest.raises(EngineError) as refused:  # the engine says the same, naming the server
+                await bridge.delete_policy("gold")
+            assert "pol-01" in refused.value.message
+            assert appliance.cli("vm", "set", "pol-01", "--policy", "default").returncode == 0
+            await until(lambda: page.users("gold") == [], what="gold unused")
+            await bridge.delete_policy("gold")
+            await page.refresh()
+            assert "gold" not in [p.name for p in page.policies]
+        finally:
+            mob.stop()
+    finally:
+        await bridge.aclose()
+        window.close()
