@@ -265,8 +265,8 @@ class Engine:
                      secrets_file=self.data_dir.secrets_file, target_kind=storage.kind,
                      probe_target=storage.probe_target)
 
-    def _health_changed(self, before: ApplianceHealth, after: ApplianceHealth) -> None:
-        """Every console sees new alerts; each new or worse alert, and the last one clearing, is an event."""
+    def _health_sampled(self, before: ApplianceHealth, after: ApplianceHealth) -> None:
+        """Every console sees each sample; each new or worse alert, and the last one clearing, is an event."""
         self.hub.publish(ApplianceHealthChanged(after))
         for severity, message in health_events(before, after):
             self._record_quietly(severity, "appliance-health", message)
@@ -276,7 +276,7 @@ class Engine:
         return ApplianceHealthMonitor(
             agents=lambda: [a.spec.name for a in self.agents], alive_file=self.data_dir.alive_file,
             disk_space=lambda: self.inventory.disk_space, backlog=lambda: storage.cache.used_bytes(),
-            received=self._received_by_disk, on_change=self._health_changed, logs=self.data_dir.logs)
+            received=self._received_by_disk, on_sample=self._health_sampled, logs=self.data_dir.logs)
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[str], None] = print) -> None:
         """Serve until ``stop`` is set, then stop the agents and close everything.

@@ -272,14 +272,14 @@ def memory_percent(meminfo: Path = Path("/proc/meminfo")) -> float | None:
 
 
 class ApplianceHealthMonitor:
-    """Samples the appliance every ``sample_every`` seconds (:meth:`watch`) and tells ``on_change`` when the
-    level or the alerts change. Reads of files and ``/proc`` run in a worker thread; the callables it is given
+    """Samples the appliance every ``sample_every`` seconds (:meth:`watch`) and hands ``on_sample`` the health
+    before and after each sample. Reads of files and ``/proc`` run in a worker thread; the callables it is given
     run on the event loop (they may read the state database)."""
 
     def __init__(self, *, agents: Callable[[], Iterable[str]], alive_file: Callable[[str], Path],
                  disk_space: Callable[[], DiskSpace | None], backlog: Callable[[], int],
                  received: Callable[[], dict[tuple[str, int], int]],
-                 on_change: Callable[[ApplianceHealth, ApplianceHealth], None], logs: Path | None = None,
+                 on_sample: Callable[[ApplianceHealth, ApplianceHealth], None], logs: Path | None = None,
                  thresholds: HealthThresholds | None = None, sample_every: float | None = None) -> None:
         self.sample_every = sample_every_from_env() if sample_every is None else sample_every
         self.judge = HealthJudge(thresholds or thresholds_from_env(),
@@ -290,7 +290,7 @@ class ApplianceHealthMonitor:
         self._disk_space = disk_space
         self._backlog = backlog
         self._received_by_disk = received
-        self._on_change = on_change
+        self._on_sample = on_sample
         self._cpu: tuple[int, int] | None = None
         self._received_seen: dict[tuple[str, int], int] = {}
         self._received_total = 0
@@ -332,7 +332,7 @@ class ApplianceHealthMonitor:
         return cpu, memory, backlog, seen
 
     async def sample(self) -> ApplianceHealth:
-        """Take one sample and judge it; ``on_change`` hears of a new level or new alerts."""
+        """Take one sample, judge it and hand it to ``on_sample``."""
         names = list(self._agents())
         if self._cpu is None:  # the first CPU figure needs a window to measure over
             self._cpu = cpu_times()
@@ -348,7 +348,7 @@ class ApplianceHealthMonitor:
         after = self.judge.judge(reading)
         if signature(after) != signature(before):
             log.info("health.changed level=%s alerts=%s", after.level, [a.metric for a in after.alerts])
-            self._on_change(before, after)
+        self._on_sample(before, after)  # consoles show the live values; events tell only what is new
         return after
 
     async def watch(self) -> None:

@@ -349,6 +349,7 @@ class ServerDetailDialog(QDialog):
         bridge.servers_reset.connect(self.on_bridge_servers_reset)
         bridge.events_reset.connect(self.on_bridge_events_reset)
         bridge.event_added.connect(self.on_bridge_event_added)
+        bridge.connection_changed.connect(self.on_bridge_connection_changed)
         self.on_bridge_events_reset(events or [])
         if status is not None:
             self.show_server(status)
@@ -490,6 +491,20 @@ class ServerDetailDialog(QDialog):
     def on_bridge_server_updated(self, status: ServerStatus) -> None:
         if status.name == self.name and not self.gone:
             self.show_server(status)
+
+    def on_bridge_connection_changed(self, state: str, _detail: str) -> None:
+        """Without the engine nothing here can be asked or changed: the tabs wait, greyed, with one line saying
+        why; once the console is attached again they come back with the server as it is now."""
+        attached = state == "attached"
+        if self.gone or attached == self.tabs.isEnabled():
+            return
+        self.tabs.setEnabled(attached)
+        if attached:
+            self.say("", "")
+            self.start(self.refresh_points())
+        else:
+            self.say("error", tr("The engine is not running: these details wait for it and come back by "
+                                 "themselves once it runs again."))
 
     def on_bridge_servers_reset(self, servers: list[ServerStatus]) -> None:
         for status in servers:
@@ -840,7 +855,8 @@ class ServerDetailDialog(QDialog):
                              (self.bridge.server_removed, self.on_bridge_server_removed),
                              (self.bridge.servers_reset, self.on_bridge_servers_reset),
                              (self.bridge.events_reset, self.on_bridge_events_reset),
-                             (self.bridge.event_added, self.on_bridge_event_added)):
+                             (self.bridge.event_added, self.on_bridge_event_added),
+                             (self.bridge.connection_changed, self.on_bridge_connection_changed)):
             with contextlib.suppress(RuntimeError, TypeError):
                 signal.disconnect(slot)
         super().closeEvent(event)

@@ -97,7 +97,7 @@ class UpdatesChanged:
 
 @dataclass(frozen=True)
 class ApplianceHealthChanged:
-    """The appliance's health level or its alerts changed (not sent for each new sample: ask for those)."""
+    """The appliance's health as last sampled (sent with each sample, every 15 s: the values move too)."""
 
     health: ApplianceHealth
 

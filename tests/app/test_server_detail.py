@@ -510,3 +510,25 @@ async def test_charts_empty_state_and_refusal(qapp: QApplication) -> None:
         assert dialog.isVisible() and dialog.tabs.isEnabled()
     finally:
         dialog.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_the_engine_stopping_and_starting_while_the_dialog_is_open(qapp: QApplication) -> None:
+    """The engine lost: the tabs grey out with one line saying they wait; attached again, they come back and the
+    points are asked for anew."""
+    bridge = FakeBridge()
+    dialog = ServerDetailDialog(bridge, "web-01", status=server())  # type: ignore[arg-type]
+    dialog.show()
+    try:
+        await until(lambda: dialog.points, what="the points")
+        asked = bridge.calls.count(("points", ("web-01",)))
+        bridge.connection_changed.emit("lost", "Lost the engine; re-attaching…")
+        assert not dialog.tabs.isEnabled() and "engine is not running" in dialog.message.text()
+        bridge.connection_changed.emit("stopped", "No engine runs.")
+        assert not dialog.tabs.isEnabled()
+        bridge.connection_changed.emit("attached", "Attached.")
+        assert dialog.tabs.isEnabled() and not dialog.message.isVisible()
+        await until(lambda: bridge.calls.count(("points", ("web-01",))) > asked, what="the points asked again")
+    finally:
+        dialog.close()

@@ -136,3 +136,101 @@ async def test_policies_are_made_changed_and_not_deleted_while_in_use(appliance:
     finally:
         await bridge.aclose()
         window.close()
+
+
+async def test_the_engine_stopping_and_starting_while_the_details_are_open(appliance: Appliance,
+                                                                          qapp: QApplication) -> None:
+    """A server's details stay open while the engine stops: greyed with one line saying they wait, a command then
+    refused in one line; the engine started again, they come back on their own with the server's points."""
+    import asyncio
+
+    mob, _ = replicating(appliance, "eng-01", 2 * MiB, seed=8)
+    bridge, window = _console(appliance)
+    try:
+        await until(lambda: window.servers_page.model.rowCount() == 1, what="eng-01 listed")
+        window.show_server_detail("eng-01")
+        detail = window.details["eng-01"]
+        await until(lambda: detail.points, what="eng-01's points")
+        await asyncio.get_running_loop().run_in_executor(None, appliance.stop)
+        await until(lambda: not detail.tabs.isEnabled(), what="the details to grey out")
+        assert "engine is not running" in detail.message.text()
+        await detail.apply_cap(50)  # a command with no engine: one line, nothing else
+        assert detail.message.isVisible() and "\n" not in detail.message.text()
+        await asyncio.get_running_loop().run_in_executor(None, appliance.start)
+        await until(lambda: detail.tabs.isEnabled() and detail.server is not None, timeout=60,
+                    what="the details to come back")
+        await until(lambda: detail.points, what="the points again")
+        assert window.details["eng-01"] is detail
+    finally:
+        mob.stop()
+        await bridge.aclose()
+        window.close()
+
+
+async def test_the_setup_wizard_opens_on_a_new_appliance_completes_and_runs_again(appliance: Appliance,
+                                                                                   qapp: QApplication) -> None:
+    """A new appliance's console opens the wizard by itself: the engine's six prerequisites are listed, one is
+    checked again alone, every step goes on, the default policy changed on its step is saved, and Finish records
+    the set-up as done. Run again from the Setup page it shows what the appliance has now; another console on
+    the same appliance no longer opens it by itself."""
+    from app.views.setup_wizard import SetupWizard
+
+    assert appliance.json("setup", "show")["setup_completed_at"] is None
+    bridge = EngineBridge(appliance.data_dir, start_engine=False)
+    window = MainWindow(bridge, tray_available=lambda: False)
+    window.show()
+    bridge.start()
+    try:
+        await until(lambda: window.wizard is not None and window.wizard.isVisible(), what="the wizard to open")
+        wizard = window.wizard
+        assert isinstance(wizard, SetupWizard)
+        page = wizard.prerequisites_page
+        await until(lambda: len(page.rows) == 6, timeout=60, what="the six prerequisites")
+        rows = page.rows
+        assert set(rows) == {"ports", "cache-space", "clock", "secret-store", "sizing", "target"}
+        assert rows["ports"].check.status == "ok" and rows["target"].check.status == "ok"
+        checked = rows["target"].check
+        rows["target"].button.click()
+        await until(lambda: rows["target"].check is not checked, what="the target checked again")
+
+        async def next_step() -> None:
+            current = wizard.currentId()
+            wizard.next()
+            await until(lambda: wizard.currentId() != current, timeout=30, what=f"the step after {current}")
+
+        while wizard.currentPage() is not wizard.policy_page:
+            await next_step()
+        edits = wizard.policy_page.edits
+        await until(lambda: edits["rpo_threshold"].text() != "", what="the default policy's settings")
+        edits["rpo_threshold"].setText("20m")
+        await next_step()  # saved as the step is left
+        assert appliance.json("policy", "show", "default")["rpo_threshold"] == 1200
+        assert wizard.currentPage() is wizard.updates_page
+        wizard.button(wizard.WizardButton.FinishButton).click()
+        await until(lambda: not wizard.isVisible(), what="Finish to close the wizard")
+        assert appliance.json("setup", "show")["setup_completed_at"] is not None
+
+        window.show_page("setup")
+        window.setup_page.wizard_button.click()
+        again = window.wizard
+        assert again is not None and again is not wizard and again.isVisible()
+        while again.currentPage() is not again.policy_page:
+            current = again.currentId()
+            again.next()
+            await until(lambda c=current: again.currentId() != c, timeout=30, what="the next step")  # type: ignore[misc]
+        await until(lambda: again.policy_page.edits["rpo_threshold"].text() == "20m", what="the saved RPO shown")
+        again.reject()
+    finally:
+        await bridge.aclose()
+        window.close()
+
+    second = EngineBridge(appliance.data_dir, start_engine=False)
+    other = MainWindow(second, tray_available=lambda: False)
+    second.start()
+    try:
+        await until(lambda: second.state == "attached", what="a second console to attach")
+        await until(lambda: other.setup is not None, what="its set-up")
+        assert other.wizard is None
+    finally:
+        await second.aclose()
+        other.close()
