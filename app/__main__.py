@@ -131,7 +131,7 @@ async def take_screenshots(app: object, window: object, out_dir: Path, servers: 
     window.resize(1180, 640)  # the same frame whatever geometry an earlier session saved
     await asyncio.sleep(0.6)  # let coalesced updates and the status bar settle
     out_dir.mkdir(parents=True, exist_ok=True)
-    for page in ("setup", "ports", "agents", "events", "servers"):
+    for page in (*window.PAGES[1:], window.PAGES[0]):  # the first page last: the window is left on it
         window.show_page(page)
         await asyncio.sleep(0.2)
         path = out_dir / f"console-{page}.png"

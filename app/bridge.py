@@ -42,6 +42,7 @@ from engine.links.admin import (
     SetupChanged,
     UpdatesChanged,
 )
+from engine.ports import check_address, check_port
 from engine.records import (
     AgentUpdate,
     ApplianceHealth,
@@ -66,6 +67,7 @@ from engine.records import (
     SetupInfo,
     UpdatesStatus,
 )
+from engine.replication import MAX_MBPS, MIN_MBPS
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ STOPPED = "The engine is not running: nothing replicates until it starts again."
 RETRY = Backoff((0.25, 0.5, 1.0, 2.0, 3.0, FAILED_START_RETRY))
 
 __all__ = [
+    "MAX_MBPS",
+    "MIN_MBPS",
     "MIN_PASSPHRASE",
     "AgentUpdate",
     "ApplianceHealth",
@@ -107,6 +111,8 @@ __all__ = [
     "ServerStatus",
     "SetupInfo",
     "UpdatesStatus",
+    "check_address",
+    "check_port",
     "default_data_dir",
     "durations",
     "read_licence_file",
@@ -378,6 +384,11 @@ class EngineBridge(QObject):
 
     async def policies(self) -> list[Policy]:
         return await self.client.policies()
+
+    def engine_speaks(self, minor: int) -> bool:
+        """Whether the attached engine speaks admin API 1.``minor`` or later (True while not yet known)."""
+        version = self.client.peer_version
+        return version is None or version >= (self.client.link.major, minor)
 
     async def create_policy(self, name: str, *, rpo_threshold: str, retention: str, crash_consistent_every: str,
                             app_consistent_every: str) -> Policy:

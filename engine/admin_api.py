@@ -140,7 +140,10 @@ async def get_appliance_health(request: web.Request) -> web.Response:
     of the last 24 hours (one a minute)."""
     if HEALTH not in request.app:
         raise EngineError("This engine does not measure the appliance's health.")
-    history = request.query.get("history", "0") not in ("", "0", "false", "no")
+    flag = request.query.get("history", "0")
+    if flag not in ("0", "1"):
+        raise BadInput(f"history={flag[:40]!r} is not understood: ask with history=1 for the samples, or leave it out.")
+    history = flag == "1"
     return _json(request.app[HEALTH].health(history=history))
 
 

@@ -128,10 +128,19 @@ class HealthJudge:
         return now - since >= hold
 
     def _level(self, metric: str, value: float, warning: float, critical: float, now: float, hold: float, *,
-               below: bool = False) -> tuple[HealthLevel, float] | None:
-        """The level ``value`` has held for ``hold`` seconds, and its threshold; None while within both."""
-        critical_held = self._held(metric, "critical", _past(value, critical, below=below), now, hold)
-        warning_held = self._held(metric, "warning", _past(value, warning, below=below), now, hold)
+               below: bool = False, margin: float = 1.0) -> tuple[HealthLevel, float] | None:
+        """The level ``value`` has held for ``hold`` seconds, and its threshold; None while within both. An alert
+        that stands clears only once the value is ``margin`` back inside its threshold: a value wavering across it
+        is one alert, not one a sample."""
+        standing = {(a.metric, a.level) for a in self.health.alerts}
+
+        def past(threshold: float, level: HealthLevel) -> bool:
+            if (metric, level) in standing:
+                threshold = threshold + margin if below else threshold - margin
+            return _past(value, threshold, below=below)
+
+        critical_held = self._held(metric, "critical", past(critical, "critical"), now, hold)
+        warning_held = self._held(metric, "warning", past(warning, "warning"), now, hold)
         if critical_held:
             return "critical", critical
         if warning_held:
@@ -181,14 +190,15 @@ class HealthJudge:
                 where = f" at {r.cache_mount}" if r.cache_mount else ""
                 alerts.append(HealthAlert(
                     metric="cache-free", level=level, value=r.cache_free_percent, threshold=limit,
-                    message=f"The cache's file system{where} has {r.cache_free_percent:.0f} % free, below the "
+                    message=f"The cache's file system{where} has {r.cache_free_percent:.1f} % free, below the "
                             f"{limit:.0f} % {level} level: free space there or move the data directory to a larger "
                             "disk before the appliance stops accepting replication data."))
         rate = self._apply_rate(r)
         drain: float | None = None
         if r.backlog_bytes is not None and rate is not None:
             drain = 0.0 if r.backlog_bytes == 0 else (r.backlog_bytes / rate if rate > 0 else math.inf)
-            found = self._level("backlog", drain, t.backlog_warning, t.backlog_critical, r.mono, self._backlog_hold)
+            found = self._level("backlog", drain, t.backlog_warning, t.backlog_critical, r.mono, self._backlog_hold,
+                                margin=60.0)
             if found:
                 level, limit = found
                 alerts.append(HealthAlert(metric="backlog", level=level,
@@ -235,11 +245,6 @@ class HealthJudge:
         return (f"{waiting} and would take {duration_text(drain)} to apply at the recent rate of "
                 f"{human_bytes(int(rate))}/s, beyond the {duration_text(limit)} {level} level: check the log "
                 "processor's log and the target storage's speed.")
-
-
-def signature(health: ApplianceHealth) -> tuple[object, ...]:
-    """What a console must be told about when it changes: the level and which alerts, not their live values."""
-    return (health.level, tuple((a.metric, a.level, a.agent) for a in health.alerts))
 
 
 # --- readings ----------------------------------------------------------------------------------
@@ -346,7 +351,7 @@ class ApplianceHealthMonitor:
                           agents=tuple(zip(names, seen, strict=True)))
         before = self.judge.health
         after = self.judge.judge(reading)
-        if signature(after) != signature(before):
+        if [(a.metric, a.level) for a in after.alerts] != [(a.metric, a.level) for a in before.alerts]:
             log.info("health.changed level=%s alerts=%s", after.level, [a.metric for a in after.alerts])
         self._on_sample(before, after)  # consoles show the live values; events tell only what is new
         return after

@@ -590,8 +590,19 @@ async def cmd_appliance_health(client: AdminClient, args: argparse.Namespace) ->
     health = await client.appliance_health(history=args.history)
     if args.json:
         _print_json(health)
-    else:
-        _print_health(health)
+        return
+    _print_health(health)
+    if args.history:
+        print(f"\nThe last 24 hours, one sample a minute ({len(health.history)}):")
+        print(f"{'TIME':<17}{'CPU':>6}{'MEMORY':>8}{'CACHE FREE':>12}  BACKLOG")
+
+        def percent(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f} %"
+
+        for sample in health.history:
+            backlog = "-" if sample.backlog_bytes is None else human_bytes(sample.backlog_bytes)
+            print(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(sample.at)):<17}{percent(sample.cpu_percent):>6}"
+                  f"{percent(sample.memory_percent):>8}{percent(sample.cache_free_percent):>12}  {backlog}")
 
 
 #: How each prerequisite's status reads in the table.
@@ -803,8 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_admin(cmd_vm_set))
     p = vm.add_parser("history", parents=[data_dir, as_json], help="a server's throughput and RPO, sample by sample")
     p.add_argument("name")
-    p.add_argument("--span", default="hour", metavar="hour|day", help="the last hour (a sample every 10 s, the "
-                   "default) or the last day (one a minute)")
+    p.add_argument("--span", default="hour", choices=("hour", "day"), help="the last hour (a sample every 10 s, "
+                   "the default) or the last day (one a minute)")
     p.set_defaults(func=_admin(cmd_vm_history))
     p = vm.add_parser("points", parents=[data_dir, as_json], help="recovery points of a server")
     p.add_argument("name")
@@ -903,7 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_admin(cmd_appliance_backup))
     p = appl.add_parser("health", parents=[data_dir, as_json], help="CPU, memory, cache space, backlog and agents "
                         "against their thresholds, and the alerts")
-    p.add_argument("--history", action="store_true", help="with --json: the samples of the last 24 hours too")
+    p.add_argument("--history", action="store_true", help="the samples of the last 24 hours too (one a minute)")
     p.set_defaults(func=_admin(cmd_appliance_health))
     p = appl.add_parser("check", parents=[data_dir, as_json], help="check the prerequisites: ports, cache space, "
                         "clock, secret store, CPU and memory, target storage (exit 1 if one failed)")

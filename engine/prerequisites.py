@@ -90,13 +90,37 @@ def _check(key: str, status: PrerequisiteStatus, found: str, action: str = "") -
 
 
 # --- ports ---------------------------------------------------------------------------------------
+#: Seconds a port's agent has to complete a TLS handshake, and a whole check to finish.
+HANDSHAKE_TIMEOUT = 3.0
+CHECK_TIMEOUT = 20.0
+#: The appliance agent that serves each port.
+PORT_AGENTS = {"management": "replication-manager", "data": "process-server"}
+
+
 @dataclass(frozen=True)
 class PortFact:
-    """A port the appliance is configured with: ``held`` when this engine has it bound."""
+    """A port the appliance is configured with: ``held`` when this engine has it bound, and then ``reach``, where
+    its agent answers on this machine."""
 
     what: str  # "management" | "data"
     port: int
     held: bool
+    reach: tuple[str, int] | None = None
+
+
+def _handshake(address: tuple[str, int]) -> Exception | None:
+    """None when a TLS handshake with ``address`` completes (its certificate is not what is checked here)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT) as raw, \
+                context.wrap_socket(raw, server_hostname=address[0]):
+            return None
+    except (OSError, ssl.SSLError) as exc:
+        return exc
 
 
 def _try_bind(address: str, port: int) -> OSError | None:
@@ -119,8 +143,17 @@ def check_ports(ports: Sequence[PortFact], listen: str) -> PrerequisiteCheck:
     statuses: list[PrerequisiteStatus] = []
     for p in ports:
         if p.held:
-            statuses.append("ok")
-            found.append(f"the {p.what} port {p.port} is served by this engine on {listen}")
+            failure = _handshake(p.reach) if p.reach is not None else None
+            if failure is None:
+                statuses.append("ok")
+                found.append(f"the {p.what} port {p.port} is served by this engine on {listen}")
+            else:
+                agent = PORT_AGENTS.get(p.what, p.what)
+                statuses.append("failed")
+                found.append(f"the {p.what} port {p.port} is open but its {agent} does not answer "
+                             f"({getattr(failure, 'strerror', None) or failure})")
+                actions.append(f"read logs/{agent}.log in the data directory; the engine restarts an agent that "
+                               "stops answering, and the Events page says when")
             continue
         failure = _try_bind(listen, p.port)
         if failure is None:
@@ -131,7 +164,8 @@ def check_ports(ports: Sequence[PortFact], listen: str) -> PrerequisiteCheck:
             statuses.append("failed")
             found.append(f"the {p.what} port {p.port} is in use by another program"
                          + (f", {program}" if program else " (its name is not visible to the engine)"))
-            actions.append(f"stop that program or choose another {p.what} port (godwit ports set --{p.what} N)")
+            actions.append(f"stop that program or choose another {p.what} port (the Ports page, or godwit ports set "
+                           f"--{p.what} N)")
         elif failure.errno in (errno.EACCES, errno.EPERM):
             statuses.append("failed")
             found.append(f"the {p.what} port {p.port} is privileged and the engine may not bind it")
@@ -140,7 +174,7 @@ def check_ports(ports: Sequence[PortFact], listen: str) -> PrerequisiteCheck:
         else:
             statuses.append("failed")
             found.append(f"the {p.what} port {p.port} cannot be opened on {listen} ({failure.strerror})")
-            actions.append(f"choose another listen address or {p.what} port (godwit ports set)")
+            actions.append(f"choose another listen address or {p.what} port (the Ports page, or godwit ports set)")
     return _check("ports", worst(statuses), _sentence("; ".join(found)), _sentence("; ".join(actions)))
 
 
@@ -364,6 +398,16 @@ class PrerequisiteChecker:
         return Prerequisites(checks=tuple(self._last[k] for k in CHECKS if k in self._last),
                              checked_at=self.checked_at)
 
+    async def _run_one(self, key: str, facts: Facts) -> PrerequisiteCheck:
+        """One check in a worker thread; one that hangs (a target that does not answer) is a failure after
+        :data:`CHECK_TIMEOUT` seconds, and its thread is left to end by itself."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._run, key, facts), CHECK_TIMEOUT)
+        except TimeoutError:
+            log.warning("prerequisites.timeout key=%s", key)
+            return _check(key, "failed", f"The check did not finish within {CHECK_TIMEOUT:g} s.",
+                          "Check again; if it keeps taking this long, read the engine's log in the data directory.")
+
     async def check(self, key: str | None = None) -> Prerequisites:
         """Run every check, or only ``key`` (a :class:`BadInput` naming the checks for another); the others stay
         as last checked."""
@@ -372,7 +416,7 @@ class PrerequisiteChecker:
         facts = self._facts()  # on the loop
         keys = CHECKS if key is None else (key,)
         started = time.monotonic()
-        found = await asyncio.gather(*(asyncio.to_thread(self._run, k, facts) for k in keys))
+        found = await asyncio.gather(*(self._run_one(k, facts) for k in keys))
         for k, c in zip(keys, found, strict=True):
             self._last[k] = c
         self.checked_at = time.time()

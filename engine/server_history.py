@@ -194,8 +194,9 @@ class ServerHistories:
         day: list[tuple[str, float, float, float, float | None]] = []
         for server_id, reading in readings.items():
             if reading is None:
-                if server_id in self._servers:
-                    self._servers[server_id].disks = None  # when it replicates again its counters start afresh
+                if server_id in self._servers:  # when it replicates again its counters and minute start afresh
+                    self._servers[server_id].disks = None
+                    self._servers[server_id].day_sum = [0.0, 0.0, 0.0, 0.0]
                 continue
             server = self._server(server_id)
             before, seconds = server.disks, mono - server.mono

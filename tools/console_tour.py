@@ -127,13 +127,16 @@ async def tour(window: MainWindow, camera: Camera, dark: bool) -> None:
         ("dialog-activate-licence", ActivateLicenceDialog(window.bridge, window)),
         ("dialog-backup", BackupDialog(window.bridge, window, suggested_name="godwit-demo.backup")),
     ]
-    editor = window.policies_page.editor_for("demo")
-    if editor is not None:
-        dialogs.append(("dialog-policy", editor))
     for name, dialog in dialogs:
         dialog.show()
         await camera.shoot(dialog, name)
         dialog.reject()
+    window.show_page("policies")
+    policies = window.policies_page
+    await until(lambda: any(p.name == "demo" for p in policies.policies), "the demo policy listed")
+    editor = policies.open_editor(next(p for p in policies.policies if p.name == "demo"))
+    await camera.shoot(editor, "dialog-policy-edit")
+    editor.reject()
     window.on_quit()
     box = window.dialog
     assert isinstance(box, QWidget)

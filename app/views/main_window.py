@@ -257,7 +257,7 @@ class MainWindow(QMainWindow):
     def show_server_detail(self, name: str) -> None:
         """Open server ``name``'s details (or raise them when open), seeded with what the console holds."""
         dialog = self.details.get(name)
-        if dialog is not None and not dialog.closing:
+        if dialog is not None and not dialog.closing and dialog.isVisible():
             dialog.raise_()
             dialog.activateWindow()
             return
@@ -266,7 +266,8 @@ class MainWindow(QMainWindow):
         status = model.server(row) if row is not None else None
         events = [e for e in self.events_page.model.events() if e.server == name]
         dialog = ServerDetailDialog(self.bridge, name, self, status=status, events=events)
-        dialog.destroyed.connect(lambda *_: self.details.pop(name, None))
+        # Only this dialog's own entry goes when it is destroyed: a newer one for the server may have replaced it.
+        dialog.destroyed.connect(lambda *_, d=dialog: self.details.get(name) is d and self.details.pop(name))
         self.details[name] = dialog
         dialog.show()
 
@@ -335,7 +336,8 @@ class MainWindow(QMainWindow):
         self.appliance_id = setup.appliance_id
         self.setup = setup
         self._consider_notification()
-        if setup.setup_completed_at is None and not self._wizard_offered:  # a new appliance: set it up first
+        # A new appliance: set it up first (an engine before admin 1.5 keeps no record of it: never offered).
+        if setup.setup_completed_at is None and not self._wizard_offered and self.bridge.engine_speaks(5):
             self._wizard_offered = True
             self.open_setup_wizard()
 

@@ -14,7 +14,6 @@ from engine.appliance_health import (
     cpu_times,
     health_events,
     memory_percent,
-    signature,
 )
 from engine.links import decode, encode
 from engine.links.admin import ADMIN, ApplianceHealthChanged, decode_message, encode_message
@@ -188,13 +187,18 @@ def test_history_keeps_one_sample_a_minute_for_a_day() -> None:
     assert len(clock.judge.history()) == 24 * 60
 
 
-def test_consoles_hear_of_new_alerts_not_of_new_values() -> None:
-    """The change signature moves with the level and the alerts, not with each sample's values."""
+def test_a_value_wavering_across_a_threshold_is_one_alert() -> None:
+    """Cache free space wavering between 29.9 % and 30.1 % is one warning that stays (one event), not an alert
+    and a 'healthy again' every sample; it clears once the value is a point back inside."""
     clock = make_clock()
-    first = clock.feed(HELD, cpu_percent=85.0)
-    second = clock.feed(15, cpu_percent=88.0)
-    assert signature(first) == signature(second) and first != second
-    assert signature(clock.feed(HELD, cpu_percent=99.0)) != signature(second)
+    before = clock.judge.health
+    told = []
+    for value in [29.9, 30.1] * 20:
+        after = clock.feed(15, cache_free_percent=value)
+        told += health_events(before, after)
+        before = after
+    assert [severity for severity, _ in told] == ["warning"] and "29.9 % free" in told[0][1]
+    assert alerts(clock.feed(15, cache_free_percent=31.5)) == {}
 
 
 def test_the_health_crosses_the_admin_link_and_its_stream() -> None:

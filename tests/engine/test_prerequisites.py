@@ -20,6 +20,7 @@ from engine.prerequisites import (
     Facts,
     PortFact,
     PrerequisiteChecker,
+    Prerequisites,
     check_cache_space,
     check_clock,
     check_ports,
@@ -47,6 +48,49 @@ def test_ports_held_by_the_engine_or_free_are_ok() -> None:
     check = check_ports([PortFact("management", 443, held=True), PortFact("data", free, held=False)], "127.0.0.1")
     assert check.status == "ok" and check.action == ""
     assert "management port 443 is served by this engine" in check.found and f"data port {free} is free" in check.found
+
+
+def test_a_held_port_whose_agent_does_not_answer_fails_naming_the_agent() -> None:
+    """A port the engine holds but where no TLS handshake completes (its agent is down or hung) fails, naming the
+    agent and its log."""
+    probe = _listening()
+    closed = probe.getsockname()[1]
+    probe.close()  # nothing listens there: the connection is refused
+    check = check_ports([PortFact("data", closed, held=True, reach=("127.0.0.1", closed))], "127.0.0.1")
+    assert check.status == "failed"
+    assert f"data port {closed} is open but its process-server does not answer" in check.found
+    assert "logs/process-server.log" in check.action
+
+
+def test_a_check_that_hangs_fails_after_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check that does not finish (a target that never answers) is a failure saying so after the deadline; the
+    other checks are answered meanwhile."""
+    import threading
+
+    from engine import prerequisites
+
+    monkeypatch.setattr(prerequisites, "CHECK_TIMEOUT", 0.5)
+    release = threading.Event()
+
+    def run(key: str, facts: Facts) -> object:
+        if key == "target":
+            release.wait(10)
+        return run_check(key, facts)
+
+    checker = PrerequisiteChecker(lambda: _facts(tmp_path), run=run)  # type: ignore[arg-type]
+
+    async def scenario() -> Prerequisites:
+        try:
+            return await checker.check()
+        finally:
+            release.set()  # the hung thread ends, so the loop can close
+
+    result = asyncio.run(scenario())
+    target = next(c for c in result.checks if c.key == "target")
+    assert target.status == "failed" and "did not finish within 0.5 s" in target.found
+    assert {c.key for c in result.checks} == set(CHECKS) and all(c.key == "target" or c.status != "failed" or
+                                                                 "did not finish" not in c.found
+                                                                 for c in result.checks)
 
 
 def test_a_port_taken_by_another_program_fails_naming_it() -> None:

@@ -60,7 +60,9 @@ async def test_rpo_ages_while_a_source_is_stopped_and_a_critical_server_is_a_des
             seen = [rpo_text()]
             await until(lambda: amber(), timeout=20, what="the RPO to age past 4 s with the source stopped")
             seen.append(rpo_text())
-            assert model.server(0).newest_data_at == stopped_at  # nothing new arrived: the console aged it itself
+            newest = model.server(0).newest_data_at
+            # Nothing new arrived (a batch in flight at the stop may have landed): the console aged it itself.
+            assert newest is not None and stopped_at is not None and newest - stopped_at < 2
             assert seen[0] != seen[-1], seen
             assert (model.server(0).rpo_at(time.time()) or 0) > 4
         finally:
@@ -154,8 +156,9 @@ async def test_the_engine_stopping_and_starting_while_the_details_are_open(appli
         await asyncio.get_running_loop().run_in_executor(None, appliance.stop)
         await until(lambda: not detail.tabs.isEnabled(), what="the details to grey out")
         assert "engine is not running" in detail.message.text()
-        await detail.apply_cap(50)  # a command with no engine: one line, nothing else
-        assert detail.message.isVisible() and "\n" not in detail.message.text()
+        waiting = detail.message.text()
+        await detail.apply_cap(50)  # a command with no engine: its refusal in one line, nothing else
+        assert detail.message.isVisible() and detail.message.text() != waiting and "\n" not in detail.message.text()
         await asyncio.get_running_loop().run_in_executor(None, appliance.start)
         await until(lambda: detail.tabs.isEnabled() and detail.server is not None, timeout=60,
                     what="the details to come back")
