@@ -50,10 +50,11 @@ def error_middleware(where: str, *, network: bool) -> Callable[..., Awaitable[we
                 413: f"The request body is larger than the {where} accepts.",
             }.get(exc.status, exc.reason)
         except Exception as exc:
-            if isinstance(exc, ConnectionResetError) and request.transport is None:
-                # The peer went away mid-request (a source stopping): one line, nobody to answer.
-                log.warning("%s: %s %s from %s: the peer closed the connection before its request arrived",
-                            where, request.method, request.path[:100], request.remote)
+            if isinstance(exc, ConnectionError) and (request.transport is None or request.transport.is_closing()):
+                # The peer went away mid-request or mid-answer (a source stopping, a console closing its event
+                # stream): one line, nobody to answer.
+                log.warning("%s: %s %s from %s: the peer closed the connection", where, request.method,
+                            request.path[:100], request.remote)
                 raise web.HTTPBadRequest() from None  # aiohttp drops the dead connection quietly
             if is_full(exc):  # a write the state database did not translate itself: a state, not a crash
                 code, status = DiskFull.code, DiskFull.status

@@ -198,16 +198,24 @@ def test_version_1_0_keeps_the_wire_shape_sources_already_speak() -> None:
 
 
 def test_a_peer_that_hangs_up_mid_body_is_one_warning_line(caplog: pytest.LogCaptureFixture) -> None:
-    """A source stopping while its batch is on the way (the connection lost mid-body) is a warning line that says
-    so, never an internal error with a traceback."""
+    """A source stopping while its batch is on the way (the connection lost mid-body), and a console closing its
+    event stream while it is written, are each a warning line that says so, never an internal error with a
+    traceback."""
 
     async def slow_reader(request: web.Request) -> web.Response:
         await request.read()
         return web.json_response({})
 
+    async def endless_stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while True:  # until the reader goes away, as a console's event stream does
+            await resp.write(b"x" * 65536 + b"\n")
+
     async def scenario() -> None:
         app = web.Application(middlewares=[error_middleware("data port", network=True)])
         app.router.add_post("/v1/batch", slow_reader)
+        app.router.add_get("/v1/stream", endless_stream)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -219,12 +227,16 @@ def test_a_peer_that_hangs_up_mid_body_is_one_warning_line(caplog: pytest.LogCap
             await writer.drain()
             await asyncio.sleep(0.2)
             writer.close()
-            await asyncio.sleep(0.3)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.read(1000)
+            writer.transport.abort()  # gone without reading the rest
+            await asyncio.sleep(0.5)
         finally:
             await runner.cleanup()
 
     with caplog.at_level("WARNING"):
         asyncio.run(scenario())
     lines = [r for r in caplog.records if "data port" in r.getMessage()]
-    assert [r.getMessage() for r in lines if "closed the connection" in r.getMessage()], caplog.text
+    assert len([r for r in lines if "closed the connection" in r.getMessage()]) == 2, caplog.text
     assert not any(r.exc_info for r in caplog.records) and "internal" not in caplog.text, caplog.text
