@@ -31,6 +31,7 @@ PALETTES: dict[str, dict[str, str]] = {
         "warn_bg": "#fff3d6", "warn_border": "#e0a030", "warn_text": "#5c3b00",
         "bad_bg": "#fde4e1", "bad_border": "#c62828", "bad_text": "#7f1414",
         "track": "#e6ebf1", "fill": "#9cc3ee",
+        "chart_received": "#1565c0", "chart_applied": "#2e7d32", "chart_rpo": "#6a1b9a",
     },
     "dark": {
         "window": "#1b1f24", "surface": "#23292f", "alt_row": "#283038", "header": "#2c343d", "border": "#3a434d",
@@ -40,6 +41,7 @@ PALETTES: dict[str, dict[str, str]] = {
         "warn_bg": "#3d3016", "warn_border": "#c58a25", "warn_text": "#ffe2a8",
         "bad_bg": "#46201f", "bad_border": "#f47f7f", "bad_text": "#ffd2cf",
         "track": "#2f3842", "fill": "#3f6e9e",
+        "chart_received": "#64b5f6", "chart_applied": "#81c784", "chart_rpo": "#ce93d8",
     },
 }
 _TOKEN = re.compile(r"@([a-z_]+)")
@@ -100,7 +102,9 @@ def apply_theme(app: QApplication, name: str | None = None) -> str:
     returns the palette's name."""
     global _current
     _current = name or wanted_scheme(app)
-    app.setStyle("Fusion")
+    if not app.property("godwit_fusion"):  # once: replacing the style under an open QWizard crashes Qt
+        app.setStyle("Fusion")
+        app.setProperty("godwit_fusion", True)
     app.setPalette(_palette(_current))
     app.setStyleSheet(style_sheet(_current))
     log.info("theme.applied palette=%s", _current)

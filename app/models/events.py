@@ -11,6 +11,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractProxyModel, QModelIndex, QObject, Qt
 from PySide6.QtGui import QColor
 
+from app import theme
 from app.bridge import Event
 from app.models.table import Index, RecordTableModel
 from app.widgets.formatting import severity_colour, tr
@@ -26,8 +27,6 @@ SEVERITY_RANKS: dict[str, int] = {"info": 0, "warning": 1, "error": 2}
 CRITICAL_RANK = max(SEVERITY_RANKS.values())
 #: The server filter's value for events about the appliance itself (they name no server).
 APPLIANCE = ""
-#: The colour of "Appliance" in the Server column (the hint colour of console.qss).
-MUTED = "#5f6b78"
 
 
 def severity_rank(severity: str) -> int:
@@ -90,7 +89,7 @@ class EventsModel(RecordTableModel[Event]):
         if role == Qt.ItemDataRole.ForegroundRole and col == self.SEVERITY:
             return QColor(severity_colour(e.severity))
         if role == Qt.ItemDataRole.ForegroundRole and col == self.SERVER and not e.server:
-            return QColor(MUTED)  # about the appliance itself, not a server
+            return QColor(theme.colour("muted"))  # about the appliance itself, not a server
         return None
 
 

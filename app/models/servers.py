@@ -8,12 +8,21 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from PySide6.QtCore import QLocale, QModelIndex, QObject, Qt
+from PySide6.QtCore import QModelIndex, QObject, Qt
 from PySide6.QtGui import QColor
 
 from app.bridge import Health, ServerState, ServerStatus
 from app.models.table import Index, RecordTableModel
-from app.widgets.formatting import age_text, duration_text, health_colour, health_text, state_text, tr
+from app.widgets.formatting import (
+    age_text,
+    duration_text,
+    health_colour,
+    health_text,
+    rate_text,
+    size_text,
+    state_text,
+    tr,
+)
 
 SortRole = Qt.ItemDataRole.UserRole  #: native, comparable Python value for sorting (sizes overflow Qt ints)
 KeyRole = Qt.ItemDataRole.UserRole + 1  #: the server's name, the row's key
@@ -140,7 +149,6 @@ class ServersModel(RecordTableModel[ServerStatus]):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._locale = QLocale()
         self._index: dict[str, int] = {}  #: name -> row
 
     def __repr__(self) -> str:
@@ -208,9 +216,6 @@ class ServersModel(RecordTableModel[ServerStatus]):
         return list(self._rows)
 
     # --- Qt model -------------------------------------------------------------------------------
-    def _size(self, n: float) -> str:
-        return self._locale.formattedDataSize(int(n), 1, QLocale.DataSizeFormat.DataSizeIecFormat)
-
     @staticmethod
     def _progress(s: ServerStatus) -> int | None:
         done, total = progress_of(s)
@@ -238,14 +243,14 @@ class ServersModel(RecordTableModel[ServerStatus]):
         if column == self.OS:
             return s.os
         if column == self.SIZE:
-            return self._size(s.total_size)
+            return size_text(s.total_size)
         if column == self.STATE:
             return state_text(s.state)
         if column == self.PROGRESS:
             return self._progress_text(s)
         if column == self.THROUGHPUT:
             rate = sum(d.throughput_bps for d in s.disks)
-            return self._size(rate) + "/s" if s.state == ServerState.INITIAL_REPLICATION and rate else ""
+            return rate_text(rate) if s.state == ServerState.INITIAL_REPLICATION and rate else ""
         if column == self.RPO:  # aged here, at every repaint: it grows while nothing arrives
             rpo = s.rpo_at(time.time())
             return duration_text(rpo) if rpo is not None else ""
@@ -269,9 +274,7 @@ class ServersModel(RecordTableModel[ServerStatus]):
             return tr("Resync %d%%") % (100 * done // total) if total else tr("Resyncing every block")
         if s.state != ServerState.INITIAL_REPLICATION:
             return tr("Done")
-        short = QLocale.DataSizeFormat.DataSizeIecFormat
-        text = (f"{100 * done / total:.0f}% · {self._locale.formattedDataSize(done, 0, short)} / "
-                f"{self._locale.formattedDataSize(total, 0, short)}") if total else ""
+        text = f"{100 * done / total:.0f}% · {size_text(done, 0)} / {size_text(total, 0)}" if total else ""
         etas = [d.eta_seconds for d in s.disks if d.eta_seconds is not None]
         if etas:
             text += " · " + duration_text(max(etas))
@@ -308,12 +311,12 @@ class ServersModel(RecordTableModel[ServerStatus]):
             return s.name
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == self.SIZE:
-                return "\n".join(f"{d.path}  {self._size(d.size)}" for d in s.disks)
+                return "\n".join(f"{d.path}  {size_text(d.size)}" for d in s.disks)
             if col == self.HEALTH:
                 return s.health_detail or health_text(s.health, s.health_cause)
             if col == self.PROGRESS and s.state == ServerState.INITIAL_REPLICATION:
                 rate = sum(d.throughput_bps for d in s.disks)
-                return self._progress_text(s) + (f" · {self._size(rate)}/s" if rate else "")
+                return self._progress_text(s) + (f" · {rate_text(rate)}" if rate else "")
             if col in (self.OS, self.MOBILITY):  # in full, should the column be narrower
                 return self._display(s, col) or None
             if col == self.RPO:

@@ -11,7 +11,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QLocale, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QDialog,
@@ -37,7 +37,7 @@ from app.bridge import (
     write_atomically,
 )
 from app.errors import show_error
-from app.widgets.formatting import tr
+from app.widgets.formatting import size_text, tr
 
 #: A licence file is small signed text; anything larger is not one, and is not sent to the engine.
 MOVING_DOC = "docs/moving-an-appliance.md"
@@ -256,7 +256,7 @@ class BackupDialog(QDialog):
             self.passphrase.clear()
             self.passphrase_again.clear()
             self.written_note.setText(tr("The backup is written to %s (%s, readable by you only). Copy it to the new "
-                                 "appliance and restore it there:") % (path, _size_text(len(data))))
+                                 "appliance and restore it there:") % (path, size_text(len(data))))
             self.written_note.show()
             self.restore_command.setText(f"godwit appliance restore {path} --passphrase-file F")
             self.restore_command.setCursorPosition(0)
@@ -265,6 +265,3 @@ class BackupDialog(QDialog):
         finally:
             self.write_button.setEnabled(True)
 
-
-def _size_text(n: int) -> str:
-    return QLocale().formattedDataSize(n, 1, QLocale.DataSizeFormat.DataSizeIecFormat)

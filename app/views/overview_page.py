@@ -13,10 +13,9 @@ red line under the title and changes nothing else.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PySide6.QtCore import QEvent, QLocale, QRectF, QSize, Qt, QTimer, Signal
@@ -48,7 +47,17 @@ from app.bridge import (
     UpdatesStatus,
 )
 from app.widgets.dialogs import confirm
-from app.widgets.formatting import age_text, duration_text, health_colour, health_text, tr
+from app.widgets.formatting import (
+    age_text,
+    duration_text,
+    health_text,
+    health_tone,
+    rate_text,
+    set_tone,
+    size_text,
+    tr,
+)
+from app.widgets.tasks import TaskOwner
 
 #: At most one refresh of the page's figures per this many milliseconds, however many updates arrive.
 REFRESH_MS = 250
@@ -69,43 +78,14 @@ METRIC_NAMES = {"cpu": "CPU", "memory": "Memory", "cache-free": "Cache free spac
 MOBILITY_OUTDATED = ("update-available", "update-failed")
 #: Agent updates the Agents page installs (again).
 AGENTS_OUTDATED = ("update-available", "update-failed")
-#: The page's own styles, in the palette's colour names (``@ok``: :mod:`app.theme`), filled when applied.
-STYLE = """
-QPushButton#health_tile { background: @surface; border: 1px solid @border; border-radius: 6px; text-align: left; }
-QPushButton#health_tile:hover { border-color: @accent; }
-QPushButton#health_tile:focus { border: 2px solid @accent; }
-QLabel#tile_count { font-size: 30px; font-weight: 600; background: transparent; }
-QLabel#tile_caption { color: @text; font-size: 13px; background: transparent; }
-QLabel#health_headline { font-size: 15px; font-weight: 600; }
-QLabel#throughput_heading { color: @muted; font-weight: 600; }
-QLabel#throughput_value { font-size: 24px; font-weight: 600; color: @text; }
-QLabel#overview_message[level="error"] { color: @bad; }
-QLabel#overview_message[level="ok"] { color: @ok; }
-QFrame#problem { background: @surface; border: none; border-bottom: 1px solid @track; }
-QFrame#problem QLabel { background: transparent; }
-QLabel#problem_title { font-weight: 600; color: @text; }
-QLabel#problem_cause { font-weight: normal; color: @text; }
-QLabel#no_problems { color: @ok; font-weight: normal; padding: 8px 2px; }
-QLabel#metric_limits { color: @muted; font-weight: normal; }
-QGroupBox QLabel { font-weight: normal; }
-QScrollArea#overview_scroll, QWidget#overview_body { background: transparent; border: none; }
-"""
+#: How often the engine measures the appliance (and pushes the measures), seconds.
+SAMPLE_EVERY_S = 15
 
 
-def colour_of(level: str) -> str:
-    """The colour of a health level ("healthy", "warning", "critical") or of "info" (the accent), in the palette
-    in use."""
-    return theme.colour("accent") if level == "info" else health_colour(Health(level) if level in _RANK
-                                                                         else Health.HEALTHY)
-
-
-def rate_text(bps: float) -> str:
-    """A byte rate for the admin: ``152.3 MiB/s`` (the units of the Servers page)."""
-    return QLocale().formattedDataSize(int(bps), 1, QLocale.DataSizeFormat.DataSizeIecFormat) + "/s"
-
-
-def size_text(n: int) -> str:
-    return QLocale().formattedDataSize(int(n), 1, QLocale.DataSizeFormat.DataSizeIecFormat)
+def tone_of(level: str) -> str:
+    """The palette colour (a tone, :func:`set_tone`) of a health level ("healthy", "warning", "critical") or of
+    "info" (the accent)."""
+    return "accent" if level == "info" else health_tone(Health(level) if level in _RANK else Health.HEALTHY)
 
 
 def names_text(names: list[str], limit: int = NAMES_LISTED) -> str:
@@ -146,6 +126,14 @@ class Problem:
     title: str
     cause: str
     actions: tuple[Action, ...] = ()
+    #: What the problem is, whatever its live wording: ("appliance", metric, level, agent), ("server", name, cause),
+    #: ("licence",), ("agents", "failed")… A row showing the same problem is updated in place, not rebuilt.
+    key: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """The problem's key and its buttons: a row with the same identity only needs its texts updated."""
+        return self.key or (self.title,), tuple(a.key for a in self.actions)
 
 
 def server_problem(s: ServerStatus) -> Problem:
@@ -162,7 +150,7 @@ def server_problem(s: ServerStatus) -> Problem:
         actions.insert(0, Action("resync", tr("Resync…"), (s.name,)))
     level = "critical" if critical else "warning"
     return Problem(1 if critical else 4, level, f"{s.name}: {health_text(s.health, s.health_cause)}", cause,
-                   tuple(actions))
+                   tuple(actions), key=("server", s.name, str(s.health_cause or s.state)))
 
 
 def appliance_problems(health: ApplianceHealth | None) -> list[Problem]:
@@ -173,7 +161,8 @@ def appliance_problems(health: ApplianceHealth | None) -> list[Problem]:
             metric = tr("Appliance agent %s") % alert.agent
         title = tr("Appliance: %s") % metric
         problems.append(Problem(0 if alert.level == "critical" else 3, alert.level, title, alert.message,
-                                (Action("events", tr("Open Events")),)))
+                                (Action("events", tr("Open Events")),),
+                                key=("appliance", alert.metric, alert.level, alert.agent or "")))
     return problems
 
 
@@ -189,7 +178,7 @@ def licence_problem(licence: LicenceStatus | None) -> list[Problem]:
     critical = licence.alarm == "critical"
     return [Problem(2 if critical else 5, "critical" if critical else "warning", title,
                     licence.message or tr("Activate a licence to keep replicating."),
-                    (Action("licence", tr("Activate licence…")),))]
+                    (Action("licence", tr("Activate licence…")),), key=("licence", licence.alarm))]
 
 
 def agent_problems(updates: UpdatesStatus | None) -> list[Problem]:
@@ -201,13 +190,14 @@ def agent_problems(updates: UpdatesStatus | None) -> list[Problem]:
     if failed:
         reason = failed[0].reason or tr("Open the Agents page to try again or roll back.")
         problems.append(Problem(5, "warning", tr("Appliance agent update failed: %s") % ", ".join(
-            a.title or a.name for a in failed), reason, (Action("agents", tr("Open Agents page")),)))
+            a.title or a.name for a in failed), reason, (Action("agents", tr("Open Agents page")),),
+            key=("agents", "failed")))
     if available:
         def version(a: AgentUpdate) -> str:
             return f"{a.title or a.name} {a.installed_version} → {a.available_version}"
         problems.append(Problem(6, "info", tr("Appliance agent update available"),
                                 tr("A newer version is offered: %s.") % "; ".join(version(a) for a in available),
-                                (Action("agents", tr("Open Agents page")),)))
+                                (Action("agents", tr("Open Agents page")),), key=("agents", "available")))
     return problems
 
 
@@ -219,11 +209,13 @@ def mobility_problems(servers: list[ServerStatus]) -> list[Problem]:
         problems.append(Problem(6, "warning", tr("Mobility update failed"),
                                 tr("The mobility update of %s failed; Update mobility tries again.")
                                 % names_text(failed),
-                                (Action("update-mobility", tr("Update mobility"), tuple(failed)),)))
+                                (Action("update-mobility", tr("Update mobility"), tuple(failed)),),
+                                key=("mobility", "failed")))
     if available:
         problems.append(Problem(7, "info", tr("Mobility update available"),
                                 tr("%s can install the mobility version the appliance offers.") % names_text(available),
-                                (Action("update-mobility", tr("Update mobility"), tuple(available)),)))
+                                (Action("update-mobility", tr("Update mobility"), tuple(available)),),
+                                key=("mobility", "available")))
     return problems
 
 
@@ -262,17 +254,18 @@ class HealthTile(QPushButton):
         self.set_count(0)
 
     def apply_colour(self) -> None:
-        """The count in its level's colour from the palette in use; a count without a level, or no server with a
-        warning or critical, in the quiet "busy" colour."""
+        """The count in its level's colour; a count without a level, or no server with a warning or critical, in
+        the quiet "busy" colour (console.qss gives each the palette in use)."""
         quiet = not self.level or (self.level != "healthy" and self.count.text() == "0")  # no alarm for none
-        self.count.setStyleSheet(f"color: {theme.colour('busy') if quiet else colour_of(self.level)};")
+        set_tone(self.count, "busy" if quiet else tone_of(self.level))
 
     def set_count(self, n: int) -> None:
         text = QLocale().toString(n)
         if text != self.count.text():
             self.count.setText(text)
             self.apply_colour()
-        self.setAccessibleName(tr("%s: %d servers. Show them on the Servers page.") % (self.caption_text, n))
+        self.setAccessibleName(tr("%s: 1 server. Show it on the Servers page.") % self.caption_text if n == 1 else
+                               tr("%s: %d servers. Show them on the Servers page.") % (self.caption_text, n))
 
 
 class Meter(QWidget):
@@ -283,13 +276,14 @@ class Meter(QWidget):
         self.value: float | None = None
         self.maximum = 100.0
         self.ticks: tuple[float, ...] = ()
-        self.colour = QColor(health_colour(Health.HEALTHY))
+        #: The palette colour of the bar: painted from the palette in use, so a switch to dark follows.
+        self.tone = "ok"
         self.setFixedHeight(10)
         self.setMinimumWidth(140)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
-    def set_value(self, value: float | None, maximum: float, ticks: tuple[float, ...], colour: str) -> None:
-        self.value, self.maximum, self.ticks, self.colour = value, maximum, ticks, QColor(colour)
+    def set_value(self, value: float | None, maximum: float, ticks: tuple[float, ...], tone: str) -> None:
+        self.value, self.maximum, self.ticks, self.tone = value, maximum, ticks, tone
         self.update()
 
     def sizeHint(self) -> QSize:
@@ -305,7 +299,7 @@ class Meter(QWidget):
         if self.value is not None and self.maximum > 0:
             fill = QRectF(track)
             fill.setWidth(track.width() * max(0.0, min(1.0, self.value / self.maximum)))
-            painter.setBrush(self.colour)
+            painter.setBrush(QColor(theme.colour(self.tone)))
             painter.drawRoundedRect(fill, 3, 3)
         painter.setBrush(QColor(theme.colour("muted")))
         for tick in self.ticks:
@@ -398,29 +392,42 @@ class ProblemRow(QFrame):
     def __init__(self, problem: Problem) -> None:
         super().__init__(objectName="problem")
         self.problem = problem
-        mark = QLabel(tr(LEVEL_MARKS[problem.level]).split(" ")[0], objectName="problem_mark")
-        mark.setStyleSheet(f"color: {colour_of(problem.level)}; font-size: 15px;")
-        mark.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignHCenter)
-        mark.setFixedWidth(18)
-        mark.setAccessibleName(tr(LEVEL_MARKS[problem.level]).split(" ", 1)[1])
-        title = QLabel(problem.title, objectName="problem_title", wordWrap=True)
-        cause = QLabel(problem.cause, objectName="problem_cause", wordWrap=True)
-        cause.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.mark = QLabel(objectName="problem_mark")
+        self.mark.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignHCenter)
+        self.mark.setFixedWidth(18)
+        self.title = QLabel(objectName="problem_title", wordWrap=True)
+        self.cause = QLabel(objectName="problem_cause", wordWrap=True)
+        self.cause.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         text = QVBoxLayout()
         text.setSpacing(2)
-        text.addWidget(title)
-        text.addWidget(cause)
+        text.addWidget(self.title)
+        text.addWidget(self.cause)
         self.buttons: dict[tuple[str, tuple[str, ...]], QPushButton] = {}
         layout = QHBoxLayout(self)
         layout.setContentsMargins(8, 8, 8, 8)
-        layout.addWidget(mark)
+        layout.addWidget(self.mark)
         layout.addLayout(text, 1)
         for action in problem.actions:
             button = QPushButton(action.label, objectName=f"problem_{action.kind}")
-            button.setAccessibleName(f"{action.label.rstrip('…')} — {problem.title}")
             button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
             self.buttons[action.key] = button
             layout.addWidget(button, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.show_problem(problem)
+
+    def show_problem(self, problem: Problem) -> None:
+        """Show ``problem``'s level and texts, which may change while it stays the same problem (an alert's
+        measured value, a server's detail); the row and its buttons stay, with the admin's focus."""
+        self.problem = problem
+        mark = tr(LEVEL_MARKS[problem.level])
+        if self.mark.text() != mark.split(" ")[0]:
+            self.mark.setText(mark.split(" ")[0])
+        self.mark.setAccessibleName(mark.split(" ", 1)[1])
+        set_tone(self.mark, tone_of(problem.level))
+        for label, text in ((self.title, problem.title), (self.cause, problem.cause)):
+            if label.text() != text:  # an unchanged text keeps its selection
+                label.setText(text)
+        for action in problem.actions:
+            self.buttons[action.key].setAccessibleName(f"{action.label.rstrip('…')} — {problem.title}")
 
 
 # --- the page -------------------------------------------------------------------------------------------
@@ -447,19 +454,17 @@ class OverviewPage(QWidget):
     def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
-        self._palette = ""
-        self._apply_style()
+        self.setObjectName("overview_page")
         #: The servers as last reported, by name.
         self.servers: dict[str, ServerStatus] = {}
         #: Every command under way, referenced until it ends.
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskOwner()
         #: The actions whose command runs now (their buttons wait).
         self.running: set[tuple[str, tuple[str, ...]]] = set()
         #: How many times the figures were worked out (a test counts them: updates are coalesced).
         self.refresh_count = 0
         self.problems: list[Problem] = []
         self.problem_rows: list[ProblemRow] = []
-        self._shown_problems: tuple[Problem, ...] | None = None
 
         title = QLabel(tr("Overview"), objectName="page_title")
         self.message = QLabel(objectName="overview_message", wordWrap=True)
@@ -599,22 +604,13 @@ class OverviewPage(QWidget):
         self.servers.pop(name, None)
         self.schedule()
 
-    def _apply_style(self) -> None:
-        """The page's styles in the palette in use; again when the console switches between light and dark."""
-        if self._palette == theme.current():
-            return
-        self._palette = theme.current()
-        self.setStyleSheet(theme.style_sheet(self._palette, STYLE))
-        for tile in getattr(self, "tiles", {}).values():
-            tile.apply_colour()
-        self._shown_problems = None  # their marks are coloured when built
-        if hasattr(self, "_later"):
-            self.schedule()
-
     def changeEvent(self, event: QEvent) -> None:
+        """The console switched between light and dark: console.qss recolours the labels by itself; the meters,
+        painted here, again."""
         super().changeEvent(event)
-        if event.type() == QEvent.Type.PaletteChange:
-            self._apply_style()
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "metric_labels"):
+            for _name, meter, *_ in self.metric_labels.values():
+                meter.update()
 
     def schedule(self, *_: object) -> None:
         """Work the figures out again soon: at most once per :data:`REFRESH_MS`, however many updates arrive."""
@@ -649,7 +645,7 @@ class OverviewPage(QWidget):
     def _show_health(self, health: ApplianceHealth | None) -> None:
         if health is None:
             self.headline.setText(tr("Appliance health"))
-            self.headline.setStyleSheet("")
+            set_tone(self.headline, "")
             self.headline.hide()
             self.metrics.hide()
             self.no_health.setText(tr("This engine does not report appliance health: update the appliance to see "
@@ -668,7 +664,7 @@ class OverviewPage(QWidget):
             level = tr("Critical") if health.level == "critical" else tr("Warning")
             text = (tr("%s: 1 alert") % level) if n == 1 else tr("%s: %d alerts") % (level, n)
         self.headline.setText(text)
-        self.headline.setStyleSheet(f"color: {colour_of(health.level)};")
+        set_tone(self.headline, tone_of(health.level))
         readings, levels = metric_readings(health), metric_levels(health)
         for metric, (_name, meter, value, limits, mark) in self.metric_labels.items():
             reading, level = readings[metric], levels[metric]
@@ -676,9 +672,9 @@ class OverviewPage(QWidget):
             limits.setText(reading.limits)
             measured = reading.value != tr("not measured yet")
             mark.setText(tr(LEVEL_MARKS[level]) if measured or level != "healthy" else "")
-            mark.setStyleSheet(f"color: {colour_of(level)};")
+            set_tone(mark, tone_of(level))
             meter.setVisible(reading.show_bar)
-            meter.set_value(reading.bar, reading.maximum, reading.ticks, colour_of(level))
+            meter.set_value(reading.bar, reading.maximum, reading.ticks, tone_of(level))
             meter.setToolTip(reading.limits)
         self._show_sampled()
 
@@ -690,8 +686,8 @@ class OverviewPage(QWidget):
             self.sampled.setText(tr("not measured yet"))
         else:
             self.sampled.setText(tr("measured %s") % age_text(health.sampled_at))
-            self.sampled.setToolTip(tr("The engine sends the measures again when an alert starts or ends; they are "
-                                       "as of %s.") % time.strftime("%H:%M:%S", time.localtime(health.sampled_at)))
+            self.sampled.setToolTip(tr("The engine measures the appliance every %d s; these measures are as of %s.")
+                                    % (SAMPLE_EVERY_S, time.strftime("%H:%M:%S", time.localtime(health.sampled_at))))
 
     def _show_throughput(self, received: float, replicating: int, health: ApplianceHealth | None) -> None:
         self.in_value.setText(rate_text(received))
@@ -718,9 +714,10 @@ class OverviewPage(QWidget):
                         or s.state == ServerState.ERROR)
         self.more_button.setVisible(more > 0 and attention > 0)
         self.no_problems.setVisible(not shown)
-        if shown == self._shown_problems:  # the same problems: the rows (and the admin's focus) stay
+        if [p.identity for p in shown] == [row.problem.identity for row in self.problem_rows]:
+            for row, problem in zip(self.problem_rows, shown, strict=True):  # the same problems: the rows (and
+                row.show_problem(problem)                                    # the admin's focus) stay
             return
-        self._shown_problems = shown
         for row in self.problem_rows:
             self.problem_list.removeWidget(row)
             row.deleteLater()
@@ -782,19 +779,9 @@ class OverviewPage(QWidget):
                      tr("%d servers install the new mobility version at their next heartbeat.") % len(names))
 
     # --- tasks and messages -------------------------------------------------------------------------------
-    def start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run a command of this page as a task it keeps until the task ends."""
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._finished)
-        return task
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # a bug: shown like an async slot's
-            exc = task.exception()
-            assert exc is not None
-            sys.excepthook(type(exc), exc, exc.__traceback__)
+        return self.tasks.start(coro)
 
     def say(self, level: str, text: str) -> None:
         """One line under the title: "error" (red: a refusal), "ok" (green), or "" (hidden when empty)."""

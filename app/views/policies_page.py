@@ -3,22 +3,21 @@
 The engine sends no message when a policy changes, so the list is asked for when the page is shown and after each
 change the admin makes here. The servers that use a policy come from the bridge's live servers.
 
-What the admin types is checked here first, by the rules the engine applies (:func:`check_policy_input`), so that
-nonsense never reaches it; the engine still has the last word, and its one-line refusal shows in the dialog, which
-stays open with what was typed. A policy in use cannot be deleted (nor ``default``): Delete waits, and its tooltip
-says why.
+What the admin types is checked here first, by the rules the engine applies (:func:`check_policy_input`, which the
+set-up wizard's policy page uses too), so that nonsense never reaches it; the engine still has the last word, and its
+one-line refusal shows in the dialog, which stays open with what was typed. A policy in use cannot be deleted (nor
+``default``): Delete waits, and its tooltip says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import sys
 from collections.abc import Coroutine
 from typing import Any
 
 from PySide6.QtCore import QEvent, QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QColor, QFont, QFontMetrics, QKeySequence, QShowEvent
+from PySide6.QtGui import QAction, QColor, QFont, QFontMetrics, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -38,7 +37,8 @@ from PySide6.QtWidgets import (
 from app import theme
 from app.bridge import EngineBridge, EngineError, Policy, ServerStatus, durations
 from app.widgets.dialogs import confirm
-from app.widgets.formatting import tr
+from app.widgets.formatting import shown, tr
+from app.widgets.tasks import TaskOwner
 
 #: The policy every server may fall back to; the engine never deletes it.
 DEFAULT_POLICY = "default"
@@ -48,29 +48,17 @@ NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 #: seconds. The engine stays the authority; these only spare it nonsense.
 MAX_RETENTION = 15 * 86400
 MIN_APP_EVERY, MAX_APP_EVERY = 3600, 12 * 3600
-#: The settings, in the order the dialog and the table show them: field, label, example, what it means.
+#: The settings, in the order the forms (this page's dialog, the set-up wizard's policy page) and the table show
+#: them: field, label, example, what it means.
 SETTINGS = (
-    ("rpo_threshold", "RPO threshold", "15m", "A server whose newest data here is older turns unhealthy."),
-    ("retention", "Retention", "1d", "How long recovery points are kept: at most 15d."),
-    ("crash_consistent_every", "Crash-consistent every", "5m", "How often a crash-consistent point is taken."),
-    ("app_consistent_every", "App-consistent every", "4h", "How often an app-consistent point is taken: 1h to 12h, "
-                                                           "or off."),
+    ("rpo_threshold", "RPO threshold", "15m", "A server whose newest data here is older than this turns to warning."),
+    ("retention", "Retention", "1d", "How long recovery points are kept: at most 15 days."),
+    ("crash_consistent_every", "Crash-consistent point every", "5m", "How often a crash-consistent point is taken."),
+    ("app_consistent_every", "App-consistent point every", "4h", "How often applications are quiesced for a "
+                                                                 "consistent point: 1h to 12h, or off."),
 )
-#: Names and typed text longer than this are cut in messages (a pasted page must not fill the dialog).
-SHOWN_CHARS = 40
 #: The table's columns.
 NAME, RPO, RETENTION, CRASH, APP, USED_BY = range(6)
-#: The page's styles, in the palette's colour names (:mod:`app.theme`), filled when applied.
-STYLE = """
-QLabel#policies_message[level="error"], QLabel#policy_error { color: @bad; }
-QLabel#policies_message[level="ok"] { color: @ok; }
-QLabel#policy_help { color: @muted; }
-"""
-
-
-def shown(text: str) -> str:
-    """``text`` as a message quotes it: cut to :data:`SHOWN_CHARS`."""
-    return repr(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…")
 
 
 def check_policy_input(name: str | None, typed: dict[str, str], *, taken: set[str] = frozenset()) -> dict[str, float |
@@ -114,6 +102,12 @@ def check_policy_input(name: str | None, typed: dict[str, str], *, taken: set[st
     return seconds
 
 
+def policy_changes(policy: Policy, typed: dict[str, str], seconds: dict[str, float | None]) -> dict[str, str]:
+    """Editing ``policy``: only the settings whose value changed (``seconds``, from :func:`check_policy_input`), as
+    the admin typed them (stripped); "60m" for a 1h setting is no change."""
+    return {field: typed[field].strip() for field, *_ in SETTINGS if seconds[field] != getattr(policy, field)}
+
+
 def setting_text(policy: Policy, field: str) -> str:
     """A setting of ``policy`` as the admin types it: ``15m``, ``7d``, ``off``."""
     return str(durations.setting_text(getattr(policy, field)))
@@ -132,10 +126,10 @@ class PolicyDialog(QDialog):
         self.bridge = bridge
         self.policy = policy
         self.taken = set(taken)
-        self.task: asyncio.Task[None] | None = None
+        #: The save under way (at most one).
+        self.tasks = TaskOwner()
         self.setObjectName("policy_dialog")
         self.setWindowTitle(tr("New replication policy") if policy is None else tr("Edit policy %s") % policy.name)
-        self.setStyleSheet(theme.style_sheet(theme.current(), STYLE))
         self.setMinimumWidth(600)
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -189,6 +183,11 @@ class PolicyDialog(QDialog):
         what = self.policy.name if self.policy else "new"
         return f"<PolicyDialog {what} saving={self.task is not None} error={self.error.text()!r}>"
 
+    @property
+    def task(self) -> asyncio.Task[Any] | None:
+        """The save under way, if any."""
+        return next(iter(self.tasks), None)
+
     @staticmethod
     def _help(text: str) -> QLabel:
         label = QLabel(text, objectName="policy_help", wordWrap=True)
@@ -205,13 +204,6 @@ class PolicyDialog(QDialog):
         if self.task is None:
             self.show_error("")
 
-    def changes(self, seconds: dict[str, float | None]) -> dict[str, str]:
-        """Editing: only the settings whose value changed, as the admin typed them (stripped)."""
-        assert self.policy is not None
-        typed = self.typed()
-        return {field: typed[field].strip() for field, *_ in SETTINGS
-                if seconds[field] != getattr(self.policy, field)}
-
     def on_save_clicked(self) -> None:
         if self.task is not None:  # a second click while the engine answers
             return
@@ -221,7 +213,7 @@ class PolicyDialog(QDialog):
             self.show_error(str(exc))
             return
         if self.policy is not None:
-            changes = self.changes(seconds)
+            changes = policy_changes(self.policy, self.typed(), seconds)
             if not changes:
                 self.accept()  # nothing changed: nothing to ask
                 return
@@ -229,8 +221,7 @@ class PolicyDialog(QDialog):
         else:
             typed = {field: text.strip() for field, text in self.typed().items()}
             call = self.bridge.create_policy(self.name.text(), **typed)
-        self.task = asyncio.ensure_future(self._save(call))
-        self.task.add_done_callback(self._finished)
+        self.tasks.start(self._save(call))
 
     async def _save(self, call: Coroutine[Any, Any, Policy]) -> None:
         self.show_error("")
@@ -252,24 +243,11 @@ class PolicyDialog(QDialog):
         for edit in [self.name, *self.fields.values()]:
             edit.setReadOnly(busy)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.task = None
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            assert exc is not None
-            sys.excepthook(type(exc), exc, exc.__traceback__)
-
-    def reject(self) -> None:
-        """Cancel (or closing the dialog) while the engine answers stops waiting for it; what the engine was
-        already asked may still happen, and the list shows it when it refreshes."""
-        if self.task is not None:
-            self.task.cancel()
-        super().reject()
-
-    def closeEvent(self, event: QCloseEvent) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        super().closeEvent(event)
+    def done(self, result: int) -> None:
+        """Cancel, Escape or closing the window while the engine answers stops waiting for it; what the engine was
+        already asked may still happen, and the list shows it when it refreshes. (Save accepts once it is saved.)"""
+        self.tasks.cancel_all()  # not the save itself, which accepts once saved
+        super().done(result)
 
 
 class PoliciesPage(QWidget):
@@ -279,14 +257,12 @@ class PoliciesPage(QWidget):
     def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
-        self._palette = ""
-        self._apply_style()
         #: The policies as the engine last listed them.
         self.policies: list[Policy] = []
         #: The servers as last reported, by name.
         self.servers: dict[str, ServerStatus] = {}
         #: Every command under way, referenced until it ends.
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskOwner()
         #: A command (a refresh, a delete) runs: the buttons that would start another wait.
         self.busy = False
         self.editor: PolicyDialog | None = None
@@ -356,18 +332,11 @@ class PoliciesPage(QWidget):
                 f"busy={self.busy}>")
 
     # --- building ---------------------------------------------------------------------------------------
-    def _apply_style(self) -> None:
-        """The page's styles in the palette in use; again when the console switches between light and dark."""
-        if self._palette != theme.current():
-            self._palette = theme.current()
-            self.setStyleSheet(theme.style_sheet(self._palette, STYLE))
-            if hasattr(self, "table"):
-                self._show_users()  # "no server" is drawn in the muted colour
-
     def changeEvent(self, event: QEvent) -> None:
+        """The console switched between light and dark: "no server" is drawn in the muted colour of the new one."""
         super().changeEvent(event)
-        if event.type() == QEvent.Type.PaletteChange:
-            self._apply_style()
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "table"):
+            self._show_users()
 
     def _action(self, text: str, name: str, slot: Any, tip: str,
                 key: QKeySequence.StandardKey | None = None) -> QAction:
@@ -517,19 +486,9 @@ class PoliciesPage(QWidget):
         return menu
 
     # --- commands ------------------------------------------------------------------------------------------
-    def start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run a command of this page as a task it keeps until the task ends."""
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._finished)
-        return task
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # a bug: shown like an async slot's
-            exc = task.exception()
-            assert exc is not None
-            sys.excepthook(type(exc), exc, exc.__traceback__)
+        return self.tasks.start(coro)
 
     def say(self, level: str, text: str) -> None:
         """One line under the title: "error" (red: a refusal), "ok" (green), or "" (hidden when empty)."""

@@ -8,25 +8,31 @@ shows as one red line under the tabs and changes nothing else.
 
 Exporting a point writes one file per disk, named as ``godwit vm export`` names them (``NAME-diskN.raw`` or
 ``.vhd``), each first under a hidden temporary name in the chosen folder; the files get their names only once every
-disk is complete, so a finished file is never partial, and a cancelled or failed export leaves nothing behind.
+disk is complete, so a finished file is never partial, and a cancelled or failed export leaves nothing behind. The
+engine's stream is written by a worker thread in blocks of :data:`EXPORT_BLOCK` bytes (:class:`ExportFile`), never on
+the event loop that draws the console.
+
+Every way of closing the dialog (Close, Escape, the window's close button) runs the same shutdown (:meth:`done`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import math
 import os
-import sys
 import time
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from PySide6.QtCharts import QChart, QChartView, QDateTimeAxis, QLineSeries, QValueAxis
-from PySide6.QtCore import QDateTime, QLocale, QMargins, QPointF, Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPalette, QPen
+from PySide6.QtCore import QDateTime, QEvent, QLocale, QMargins, QPointF, Qt, QTimer
+from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -52,14 +58,34 @@ from PySide6.QtWidgets import (
 )
 from qasync import asyncWrap
 
-from app.bridge import EngineBridge, EngineError, Event, RecoveryPoint, ServerHistory, ServerStatus
+from app import theme
+from app.bridge import (
+    MAX_MBPS,
+    MIN_MBPS,
+    EngineBridge,
+    EngineError,
+    Event,
+    RecoveryPoint,
+    ServerHistory,
+    ServerStatus,
+)
 from app.widgets.dialogs import confirm
-from app.widgets.formatting import age_text, duration_text, health_colour, health_text, severity_colour, state_text, tr
+from app.widgets.formatting import (
+    age_text,
+    duration_text,
+    health_text,
+    health_tone,
+    rate_text,
+    set_tone,
+    severity_colour,
+    size_text,
+    state_text,
+    tr,
+)
+from app.widgets.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
-#: The bandwidth cap the engine takes, Mbit/s.
-MIN_MBPS, MAX_MBPS = 1, 100_000
 #: Events kept in the Events tab, newest first.
 EVENTS_SHOWN = 500
 #: Each export format: how it reads, and the suffix of its files (as the CLI names them).
@@ -75,14 +101,16 @@ TIME_TICKS: dict[str, tuple[float, int, str]] = {"hour": (600.0, 7, "HH:mm"), "d
 EMPTY_HISTORY = "No samples yet: the engine keeps them from when it started."
 #: Throughput is charted in MB/s (10^6 bytes a second).
 MB = 1_000_000
-#: The series' colours: received, applied, RPO, the policy's threshold.
-RECEIVED_COLOUR, APPLIED_COLOUR, RPO_COLOUR, THRESHOLD_COLOUR = "#1565c0", "#2e7d32", "#6a1b9a", "#c62828"
-STYLE = """
-QLabel#detail_message[level="error"] { color: #c62828; }
-QLabel#detail_message[level="ok"] { color: #1e7d32; }
-QLabel#detail_gone { background: #fdecea; color: #8e1b1b; padding: 6px; }
-QLabel#detail_history_empty { color: palette(mid); font-size: 11pt; }
-"""
+#: The series' colours, as palette tokens (app/theme.py): received, applied, RPO, the policy's threshold.
+RECEIVED_COLOUR, APPLIED_COLOUR, RPO_COLOUR, THRESHOLD_COLOUR = "chart_received", "chart_applied", "chart_rpo", "bad"
+#: An export is written to its file in blocks of this many bytes, by a worker thread.
+EXPORT_BLOCK = 8 << 20
+#: Blocks an export may hold in memory while the disk writes (a disk slower than the network waits, bounded).
+EXPORT_BLOCKS_QUEUED = 4
+#: Seconds between two updates of the export's progress dialog (at most ~10 a second).
+PROGRESS_EVERY = 0.1
+#: The clock of the progress throttle (a test replaces it).
+_clock = time.monotonic
 
 
 def export_file_names(server: str, disk_count: int, fmt: str) -> list[str]:
@@ -195,17 +223,42 @@ class HistoryCharts(QWidget):
 
     @staticmethod
     def _series(name: str, colour: str, style: Qt.PenStyle = Qt.PenStyle.SolidLine) -> QLineSeries:
+        """A line named ``name`` in the palette colour ``colour`` (a token: it follows light and dark)."""
         series = QLineSeries()
         series.setName(name)
-        pen = QPen(QColor(colour), 2)
+        series.setProperty("colour_token", colour)
+        series.setProperty("dashed", style == Qt.PenStyle.DashLine)
+        pen = QPen(QColor(theme.colour(colour)), 2)
         pen.setStyle(style)
         series.setPen(pen)
         return series
 
+    def _chart_theme(self, chart: QChart) -> None:
+        """The chart in the palette in use: the chart's own light or dark theme, our series' colours kept."""
+        chart.setTheme(QChart.ChartTheme.ChartThemeDark if theme.current() == "dark"
+                       else QChart.ChartTheme.ChartThemeLight)
+        chart.setBackgroundBrush(QColor(theme.colour("surface")))
+        for series in chart.series():
+            assert isinstance(series, QLineSeries)
+            pen = QPen(QColor(theme.colour(str(series.property("colour_token")))), 2)  # the theme replaced ours
+            pen.setStyle(Qt.PenStyle.DashLine if series.property("dashed") else Qt.PenStyle.SolidLine)
+            series.setPen(pen)
+        for axis in chart.axes():
+            axis.setLabelsFont(self.font())
+            bold = QFont(self.font())
+            bold.setBold(True)
+            axis.setTitleFont(bold)
+        chart.legend().setFont(self.font())
+
+    def changeEvent(self, event: QEvent) -> None:
+        """The console switched between light and dark: the charts follow."""
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "rpo_chart"):
+            for chart in (self.throughput_chart, self.rpo_chart):
+                self._chart_theme(chart)
+
     def _chart(self, title: str, series: list[QLineSeries]) -> tuple[QChart, QDateTimeAxis, QValueAxis]:
         chart = QChart()
-        dark = self.palette().color(QPalette.ColorRole.Window).lightness() < 128
-        chart.setTheme(QChart.ChartTheme.ChartThemeDark if dark else QChart.ChartTheme.ChartThemeLight)
         chart.setBackgroundRoundness(0)
         chart.setMargins(QMargins(2, 0, 6, 2))
         chart.layout().setContentsMargins(0, 0, 0, 0)
@@ -225,11 +278,10 @@ class HistoryCharts(QWidget):
         chart.addAxis(time_axis, Qt.AlignmentFlag.AlignBottom)
         chart.addAxis(value_axis, Qt.AlignmentFlag.AlignLeft)
         for s in series:
-            pen = s.pen()  # the theme replaces a series' pen when it is added: keep ours
             chart.addSeries(s)
-            s.setPen(pen)
             s.attachAxis(time_axis)
             s.attachAxis(value_axis)
+        self._chart_theme(chart)
         return chart, time_axis, value_axis
 
     @staticmethod
@@ -303,15 +355,14 @@ class ServerDetailDialog(QDialog):
         self.gone = False
         self.points: list[RecoveryPoint] = []
         self.events: list[Event] = []
-        self.tasks: set[asyncio.Task[Any]] = set()
+        #: Every command under way; once the dialog is closed and the last has ended, the dialog is deleted.
+        self.tasks = TaskOwner(on_idle=self.deleteLater)
         self.export_task: asyncio.Task[None] | None = None
         self.progress: QProgressDialog | None = None
         self._export_folder = Path.home()
-        self._locale = QLocale()
         self.closing = False
         self.setObjectName("server_detail")
         self.setWindowTitle(tr("Server %s") % name)
-        self.setStyleSheet(STYLE)
         self.resize(900, 600)
 
         self.gone_banner = QLabel(objectName="detail_gone", wordWrap=True)
@@ -328,7 +379,7 @@ class ServerDetailDialog(QDialog):
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.message.hide()
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-        buttons.rejected.connect(self.close)
+        buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(self.gone_banner)
         layout.addWidget(self.tabs, 1)
@@ -373,18 +424,23 @@ class ServerDetailDialog(QDialog):
         self.host_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         self.policy_combo = QComboBox(objectName="detail_policy")
+        self.policy_combo.setAccessibleName(tr("Replication policy"))
         self.policy_apply = QPushButton(tr("Apply"), objectName="detail_policy_apply")
+        self.policy_apply.setAccessibleName(tr("Apply policy"))
         self.policy_apply.clicked.connect(self.on_policy_apply_clicked)
         policy_row = QHBoxLayout()
         policy_row.addWidget(self.policy_combo, 1)
         policy_row.addWidget(self.policy_apply)
 
         # Wider than the engine takes, so that a value typed out of range is refused in words, not silently clamped.
-        self.cap_spin = QSpinBox(objectName="detail_cap", minimum=0, maximum=10 * MAX_MBPS, suffix=" Mbit/s")
+        self.cap_spin = QSpinBox(objectName="detail_cap", minimum=0, maximum=int(10 * MAX_MBPS), suffix=" Mbit/s")
         self.cap_spin.setValue(100)
+        self.cap_spin.setAccessibleName(tr("Bandwidth cap in Mbit/s"))
         self.no_cap_check = QCheckBox(tr("No cap"), objectName="detail_no_cap")
+        self.no_cap_check.setAccessibleName(tr("No bandwidth cap"))
         self.no_cap_check.toggled.connect(self.on_no_cap_check_toggled)
         self.cap_apply = QPushButton(tr("Apply"), objectName="detail_cap_apply")
+        self.cap_apply.setAccessibleName(tr("Apply bandwidth cap"))
         self.cap_apply.clicked.connect(self.on_cap_apply_clicked)
         cap_row = QHBoxLayout()
         cap_row.addWidget(self.cap_spin, 1)
@@ -404,6 +460,7 @@ class ServerDetailDialog(QDialog):
     def _disks_tab(self) -> QWidget:
         page = QWidget()
         self.disks_table = _table([tr("Disk"), tr("Size"), tr("Replication")], "detail_disks")
+        self.disks_table.setAccessibleName(tr("Disks of %s") % self.name)
         layout = QVBoxLayout(page)
         layout.addWidget(self.disks_table)
         return page
@@ -411,18 +468,24 @@ class ServerDetailDialog(QDialog):
     def _points_tab(self) -> QWidget:
         page = QWidget()
         self.points_table = _table([tr("Point"), tr("Created"), tr("Age"), tr("Kind")], "detail_points")
+        self.points_table.setAccessibleName(tr("Recovery points of %s") % self.name)
         self.points_table.itemSelectionChanged.connect(self._enable_actions)
         self.refresh_button = QPushButton(tr("Refresh"), objectName="detail_points_refresh")
+        self.refresh_button.setAccessibleName(tr("Refresh the recovery points"))
         self.refresh_button.clicked.connect(self.on_refresh_button_clicked)
         self.format_combo = QComboBox(objectName="detail_export_format")
+        self.format_combo.setAccessibleName(tr("Export format"))
         for fmt, (label, _suffix) in EXPORT_FORMATS.items():
             self.format_combo.addItem(tr(label), fmt)
         self.export_button = QPushButton(tr("Export…"), objectName="detail_export")
+        self.export_button.setAccessibleName(tr("Export the selected recovery point"))
         self.export_button.clicked.connect(self.on_export_button_clicked)
+        format_label = QLabel(tr("Format:"))
+        format_label.setBuddy(self.format_combo)
         row = QHBoxLayout()
         row.addWidget(self.refresh_button)
         row.addStretch(1)
-        row.addWidget(QLabel(tr("Format:")))
+        row.addWidget(format_label)
         row.addWidget(self.format_combo)
         row.addWidget(self.export_button)
         layout = QVBoxLayout(page)
@@ -433,27 +496,16 @@ class ServerDetailDialog(QDialog):
     def _events_tab(self) -> QWidget:
         page = QWidget()
         self.events_table = _table([tr("Time"), tr("Severity"), tr("Message")], "detail_events")
+        self.events_table.setAccessibleName(tr("Events of %s") % self.name)
         self.events_table.setWordWrap(False)
         layout = QVBoxLayout(page)
         layout.addWidget(self.events_table)
         return page
 
     # --- tasks ---------------------------------------------------------------------------------------
-    def start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run a command of this dialog as a task it keeps until the task ends."""
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._finished)
-        return task
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if self.closing and not self.tasks:  # closed: gone once its last command has cleaned up
-            self.deleteLater()
-        if not task.cancelled() and task.exception() is not None:  # a bug: shown like an async slot's
-            exc = task.exception()
-            assert exc is not None
-            sys.excepthook(type(exc), exc, exc.__traceback__)
+    def start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """Run a command of this dialog as a task it keeps until the task ends (nothing once closed)."""
+        return self.tasks.start(coro)
 
     def say(self, level: str, text: str) -> None:
         """One line under the tabs: "error" (red: a refusal), "ok" (green), or "" (hidden when empty)."""
@@ -522,7 +574,7 @@ class ServerDetailDialog(QDialog):
         self.gone_banner.show()
         self.tabs.setEnabled(False)
         for label in (self.rpo_label, self.health_label):  # their colours would look live
-            label.setStyleSheet("")
+            set_tone(label, "")
         self.clock.stop()
         self.history_timer.stop()
 
@@ -535,7 +587,7 @@ class ServerDetailDialog(QDialog):
         if status.health_detail:
             health += " — " + status.health_detail
         self.health_label.setText(health)
-        self.health_label.setStyleSheet(f"color: {health_colour(status.health)};")
+        set_tone(self.health_label, health_tone(status.health))
         self.host_label.setText(" · ".join(x for x in (status.hostname, status.address or "", status.os) if x))
         if (previous is None or previous.policy != status.policy) and status.policy:
             self.policy_combo.setCurrentText(status.policy)
@@ -558,20 +610,17 @@ class ServerDetailDialog(QDialog):
         now = time.time() if now is None else now
         rpo = s.rpo_at(now)
         if rpo is None:
-            text, colour = tr("no consistent data yet"), ""
+            text, tone = tr("no consistent data yet"), ""
         else:
-            text, colour = duration_text(rpo), ""
+            text, tone = duration_text(rpo), ""
             if s.rpo_threshold is not None:
                 over = rpo > s.rpo_threshold
                 text += (tr(" — above the policy's %s") if over else tr(" (the policy allows %s)")) \
                     % duration_text(s.rpo_threshold)
-                colour = "#c62828" if over else "#1e7d32"
+                tone = "bad" if over else "ok"
         self.rpo_label.setText(text)
-        self.rpo_label.setStyleSheet(f"color: {colour};" if colour else "")
+        set_tone(self.rpo_label, tone)
         self.point_label.setText(age_text(s.last_recovery_point, now) if s.last_recovery_point else tr("none yet"))
-
-    def _size(self, n: float, precision: int = 1) -> str:
-        return self._locale.formattedDataSize(int(n), precision, QLocale.DataSizeFormat.DataSizeIecFormat)
 
     def disk_progress_text(self, s: ServerStatus, index: int) -> str:
         """How far a disk's replication is: ``Resync 42% · 80.0 MiB/s · 12 min left``, ``In step``."""
@@ -585,7 +634,7 @@ class ServerDetailDialog(QDialog):
             return tr("In step")
         parts = [tr(phase) + (f" {100 * d.bytes_done / d.bytes_total:.0f}%" if d.bytes_total else "")]
         if d.throughput_bps:
-            parts.append(self._size(d.throughput_bps) + "/s")
+            parts.append(rate_text(d.throughput_bps))
         if d.eta_seconds is not None:
             parts.append(tr("%s left") % duration_text(d.eta_seconds))
         return " · ".join(parts)
@@ -595,7 +644,7 @@ class ServerDetailDialog(QDialog):
         table.setRowCount(len(s.disks))
         for row, d in enumerate(s.disks):
             table.setItem(row, 0, _item(d.path, tooltip=d.note))
-            table.setItem(row, 1, _item(self._size(d.size), align_right=True))
+            table.setItem(row, 1, _item(size_text(d.size), align_right=True))
             text = self.disk_progress_text(s, row)
             moving = s.replicating and bool(d.phase)
             widget = table.cellWidget(row, 2)
@@ -810,13 +859,13 @@ class ServerDetailDialog(QDialog):
                 temps.append(temp)
                 progress.setLabelText(tr("Disk %d of %d: %s") % (disk + 1, len(paths), path.name))
                 progress.setValue(0)
-
-                def step(written: int, total: int) -> None:
-                    progress.setValue(int(1000 * written / total) if total else 1000)
-
-                with open(temp, "xb") as out:
-                    await self.bridge.export_point(self.name, point.id, disk, fmt, out, step)
-                    await _sync(out)
+                out = ExportFile(temp)
+                try:
+                    await self.bridge.export_point(self.name, point.id, disk, fmt, out,
+                                                   throttled_progress(progress.setValue))
+                    await out.finish()
+                finally:
+                    await out.aclose()  # waits (shielded) for the worker: the file is closed only once it is idle
             for temp, path in zip(temps, paths, strict=True):  # every disk is whole: now they get their names
                 os.replace(temp, path)
             temps.clear()
@@ -841,16 +890,25 @@ class ServerDetailDialog(QDialog):
             self.progress = None
 
     # --- closing -----------------------------------------------------------------------------------------
-    def closeEvent(self, event: QCloseEvent) -> None:
-        """Closing stops an export (its files are removed) and the dialog's other commands; the dialog is deleted
-        once they have ended."""
+    def done(self, result: int) -> None:
+        """Every way of closing ends here (Close and Escape call :meth:`reject`, the window's close button
+        ``closeEvent`` → ``reject``): :meth:`shut_down`, then hide."""
+        self.shut_down()
+        super().done(result)
+
+    def reject(self) -> None:
+        """Escape, Close: the same shutdown as every other way of closing (through :meth:`done`)."""
+        self.done(QDialog.DialogCode.Rejected)
+
+    def shut_down(self) -> None:
+        """Stop following the server: the clock and the history stop, an export is cancelled (its files are
+        removed), the other commands are cancelled, the bridge's signals are let go; the dialog is deleted once its
+        last command has cleaned up. Idempotent."""
+        if self.closing:
+            return
         self.closing = True
         self.clock.stop()
         self.history_timer.stop()
-        for task in list(self.tasks):
-            task.cancel()
-        if not self.tasks:
-            self.deleteLater()
         for signal, slot in ((self.bridge.server_updated, self.on_bridge_server_updated),
                              (self.bridge.server_removed, self.on_bridge_server_removed),
                              (self.bridge.servers_reset, self.on_bridge_servers_reset),
@@ -859,10 +917,135 @@ class ServerDetailDialog(QDialog):
                              (self.bridge.connection_changed, self.on_bridge_connection_changed)):
             with contextlib.suppress(RuntimeError, TypeError):
                 signal.disconnect(slot)
-        super().closeEvent(event)
+        self.tasks.cancel_all()
 
 
-async def _sync(out: BinaryIO) -> None:
-    """Flush ``out`` to the disk before it is renamed (in a thread: a large image can take a while)."""
-    out.flush()
-    await asyncio.get_running_loop().run_in_executor(None, os.fsync, out.fileno())
+def throttled_progress(show: Callable[[int], None], every: float = PROGRESS_EVERY) -> Callable[[int, int], None]:
+    """A ``progress(written, total)`` for the engine's export that shows permille through ``show`` at most once per
+    ``every`` seconds (the engine calls it for every 64 KiB), and always the end."""
+    last = [-math.inf]
+
+    def step(written: int, total: int) -> None:
+        now = _clock()
+        if now - last[0] >= every or written >= total:
+            last[0] = now
+            show(int(1000 * written / total) if total else 1000)
+
+    return step
+
+
+class ExportFile:
+    """The file an export streams into, written off the event loop.
+
+    The engine's client writes synchronously (``write``, ``seek(n, 1)`` over a run of zeros to keep the image
+    sparse, ``truncate`` at the end). Here those calls only record the data in memory; every :data:`EXPORT_BLOCK`
+    bytes a block goes to one worker thread, which writes the blocks in order. Should the disk be slower than the
+    network, at most :data:`EXPORT_BLOCKS_QUEUED` blocks wait; the next ``write`` then waits for the oldest (memory
+    stays bounded). :meth:`finish` writes the rest and fsyncs; :meth:`aclose` waits for the worker, shielded from
+    cancellation, before closing the file (a cancelled fsync must not find its file closed).
+    """
+
+    def __init__(self, path: Path, *, block: int = EXPORT_BLOCK) -> None:
+        self.path = path
+        self.block = block
+        self._file = open(path, "xb")  # noqa: SIM115 - closed by aclose, once the worker is idle
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="godwit-export")
+        self._position = 0
+        self._pending: list[tuple[int, bytearray]] = []
+        self._pending_bytes = 0
+        self._queued: deque[Future[None]] = deque()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (f"<ExportFile {self.path.name} at={self._position} pending={self._pending_bytes} "
+                f"queued={len(self._queued)} closed={self.closed}>")
+
+    # --- what the engine's client calls (on the loop: memory only, or handing a block to the worker) ---------
+    def write(self, data: bytes) -> int:
+        self._raise_failure()
+        if self._pending and self._pending[-1][0] + len(self._pending[-1][1]) == self._position:
+            self._pending[-1][1].extend(data)
+        else:
+            self._pending.append((self._position, bytearray(data)))
+        self._position += len(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= self.block:
+            self._hand_over(self._write_blocks, self._take_pending())
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            self._position += offset
+        elif whence == io.SEEK_SET:
+            self._position = offset
+        else:
+            raise io.UnsupportedOperation("an export file seeks from its start or its position only")
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def truncate(self, size: int | None = None) -> int:
+        """Set the file's size (after what was written so far): a trailing run of zeros stays a hole."""
+        size = self._position if size is None else size
+        self._hand_over(self._write_blocks, self._take_pending())
+        self._hand_over(self._file.truncate, size)
+        return size
+
+    # --- the end --------------------------------------------------------------------------------------------
+    async def finish(self) -> None:
+        """Write what is left and fsync, in the worker; raises the first write error (an OSError)."""
+        self._hand_over(self._write_blocks, self._take_pending())
+        self._hand_over(self._sync)
+        while self._queued:
+            await asyncio.wrap_future(self._queued[0])
+            self._queued.popleft()
+
+    async def aclose(self) -> None:
+        """Close the file once the worker has finished what it was given, even when cancelled meanwhile (then the
+        cancellation is raised again afterwards). Idempotent."""
+        if self.closed:
+            return
+        cancelled = False
+        for future in list(self._queued):
+            while not future.done():
+                try:
+                    await asyncio.shield(asyncio.wrap_future(future))
+                except asyncio.CancelledError:
+                    cancelled = True
+                except OSError:
+                    break  # reported by finish; the file is closed and removed anyway
+        self._queued.clear()
+        self._file.close()
+        self._worker.shutdown(wait=False)
+        self.closed = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    # --- the worker -------------------------------------------------------------------------------------------
+    def _take_pending(self) -> list[tuple[int, bytearray]]:
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        return pending
+
+    def _hand_over(self, job: Callable[..., object], *args: Any) -> None:
+        if job == self._write_blocks and not args[0]:
+            return  # nothing held
+        self._raise_failure()
+        if len(self._queued) >= EXPORT_BLOCKS_QUEUED:  # the disk is slower than the network: wait for it
+            self._queued.popleft().result()
+        self._queued.append(self._worker.submit(job, *args))  # type: ignore[arg-type]
+
+    def _raise_failure(self) -> None:
+        """A block the worker could not write fails the export at the engine's next call."""
+        while self._queued and self._queued[0].done():
+            self._queued.popleft().result()
+
+    def _write_blocks(self, blocks: list[tuple[int, bytearray]]) -> None:
+        for offset, data in blocks:
+            self._file.seek(offset)
+            self._file.write(data)
+
+    def _sync(self) -> None:
+        """Flush to the disk before the file is renamed."""
+        self._file.flush()
+        os.fsync(self._file.fileno())

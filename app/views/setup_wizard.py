@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import ipaddress
-import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -41,7 +39,6 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from app import theme
 from app.bridge import (
     EngineBridge,
     EngineError,
@@ -52,47 +49,22 @@ from app.bridge import (
     Prerequisites,
     SetupInfo,
     UpdatesStatus,
+    check_address,
+    check_port,
     durations,
 )
 from app.errors import show_error
 from app.views.agents_page import mode_text
 from app.views.licence_dialogs import ActivateLicenceDialog, activated_text
+from app.views.policies_page import DEFAULT_POLICY, SETTINGS, check_policy_input, policy_changes
 from app.views.ports_page import moving_text
 from app.views.setup_page import licence_text
 from app.widgets.copy_field import CopyField
-from app.widgets.formatting import tr
+from app.widgets.formatting import SHOWN_CHARS, tr
+from app.widgets.tasks import TaskOwner
 
-#: The policy the wizard sets up: the one servers get unless the admin picks another.
-DEFAULT_POLICY = "default"
-#: How many characters of a bad value a message repeats (a pasted page must not fill the window).
-SHOWN_CHARS = 24
-#: The wizard's own styles, in the palette's colour names (``@ok``: :mod:`app.theme`), filled when applied; until they
-#: move into ``resources/console.qss``.
-STYLE = """
-QLabel#prerequisite_mark { font-size: 16px; font-weight: 700; }
-QLabel#prerequisite_mark[level="ok"], QLabel#prerequisites_summary[level="ok"] { color: @ok; }
-QLabel#prerequisite_mark[level="warning"] { color: @warn; }
-QLabel#prerequisite_mark[level="failed"] { color: @bad; }
-QLabel#prerequisites_summary { padding: 6px 10px; border-radius: 4px; }
-QLabel#prerequisites_summary[level="warning"] { background: @warn_bg; border: 1px solid @warn_border;
-                                                color: @warn_text; }
-QLabel#prerequisites_summary[level="failed"] { background: @bad_bg; border: 1px solid @bad_border; color: @bad_text; }
-QWidget#prerequisites_list { background: transparent; }
-QLabel#prerequisite_title { font-weight: 600; }
-QLabel#prerequisite_action[level="warning"] { color: @warn; }
-QLabel#prerequisite_action[level="failed"] { color: @bad; }
-QFrame#prerequisite_row { border: 1px solid @border; border-top: none; background: @surface; }
-QFrame#prerequisite_row[first="true"] { border-top: 1px solid @border; }
-QLabel#prerequisites_header { color: @muted; font-weight: 600; }
-QLabel#wizard_message[level="error"] { color: @bad; }
-QLabel#wizard_message[level="ok"] { color: @ok; }
-QLabel#wizard_message[level="warning"], QLabel#wizard_engine[level="warning"] { color: @warn; }
-QLabel#wizard_moving { background: @warn_bg; border: 1px solid @warn_border; border-radius: 4px; padding: 6px 10px;
-                       color: @warn_text; }
-QLabel#wizard_licence { font-size: 15px; font-weight: 600; }
-QLabel#wizard_licence[level="warning"] { color: @warn; }
-QLabel#wizard_licence[level="critical"] { color: @bad; }
-"""
+#: Milliseconds "Copied" shows on a copy button before it reads as before.
+COPIED_MS = 2000
 
 #: The marks of a prerequisite's status (a status from a newer engine shows "?", coloured as failed).
 MARKS = {"ok": "✔", "warning": "▲", "failed": "✖"}
@@ -115,55 +87,38 @@ def set_level(label: QLabel, level: str) -> None:
     label.style().polish(label)
 
 
-def _shown(text: str) -> str:
-    """What the admin typed, as a message repeats it: at most :data:`SHOWN_CHARS` characters."""
+def _engine_check(check: Callable[[str], object], text: str) -> str | None:
+    """The engine's own check of what the admin typed (the same words as its refusal); a pasted page is cut first,
+    so that the message repeats only a short part (it is refused either way)."""
+    try:
+        check(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…")
+    except EngineError as exc:
+        return exc.message
+    return None
+
+
+def port_number(text: str) -> int | None:
+    """The port ``text`` names, or None when it is not a plain number (a pasted page of digits is not converted:
+    Python refuses ints of more than 4300 digits)."""
     text = text.strip()
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else None
 
 
 def port_problem(text: str, what: str) -> str | None:
-    """Why ``text`` is not a port number (``what``: "management"), in one line; None when it is one."""
-    text = text.strip()
-    if not text:
+    """Why ``text`` is not a port number (``what``: "management"), in one line, as the engine says it
+    (engine/ports.py ``check_port``); None when it is one."""
+    if not text.strip():
         return tr("Type the %s port: a number from 1 to 65535.") % what
-    # A pasted page of digits is not converted (Python refuses ints of more than 4300 digits).
-    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 1 <= int(text) <= 65535:
-        return tr("The %s port must be a number from 1 to 65535, not “%s”.") % (what, _shown(text))
-    return None
+    number = port_number(text)
+    return _engine_check(lambda t: check_port(number if number is not None else t, what), text.strip())
 
 
 def listen_problem(text: str) -> str | None:
-    """Why ``text`` is not an IPv4 address to listen on, in one line; None when it is one (as the engine checks)."""
-    text = text.strip()
-    if not text:
+    """Why ``text`` is not an IPv4 address to listen on, in one line, as the engine says it (engine/ports.py
+    ``check_address``); None when it is one."""
+    if not text.strip():
         return tr("Type the address to listen on (0.0.0.0 for every IPv4 address of this machine).")
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return tr("“%s” is not an IP address: give an IPv4 address of this machine, or 0.0.0.0 for every "
-                  "address.") % _shown(text)
-    if address.version != 4:
-        return tr("%s is an IPv6 address: the appliance listens on IPv4 (give an IPv4 address of this machine, or "
-                  "0.0.0.0 for every address).") % _shown(text)
-    return None
-
-
-def duration_problem(text: str, what: str, *, off: bool = False) -> str | None:
-    """Why ``text`` is not a duration for ``what`` ("RPO threshold"), in one line; None when it is one.
-    ``off``: "off" is allowed too."""
-    text = text.strip()
-    if off and text.lower() == "off":
-        return None
-    example = tr("such as 30s, 15m, 4h or 2d") + (tr(", or off") if off else "")
-    if not text:
-        return tr("Type the %s: a duration %s.") % (what, example)
-    try:
-        seconds = durations.parse_duration(text, what)
-    except EngineError:
-        return tr("The %s “%s” is not a duration %s.") % (what, _shown(text), example)
-    if seconds <= 0:
-        return tr("The %s must be longer than 0 (%s).") % (what, example)
-    return None
+    return _engine_check(check_address, text.strip())
 
 
 def consequence(check: PrerequisiteCheck) -> str:
@@ -653,7 +608,7 @@ class PortsPage(WizardPage):
             return None  # an engine that has not told its ports: nothing to change here (the Ports page later)
         problem = port_problem(self.management_edit.text(), tr("management")) or \
             port_problem(self.data_edit.text(), tr("data")) or listen_problem(self.listen_edit.text())
-        if problem is None and int(self.management_edit.text()) == int(self.data_edit.text()):
+        if problem is None and port_number(self.management_edit.text()) == port_number(self.data_edit.text()):
             problem = tr("The management and data ports must differ (both are %s).") % self.data_edit.text().strip()
         return problem
 
@@ -662,11 +617,12 @@ class PortsPage(WizardPage):
         if self.ports is None:
             return {}
         changed: dict[str, Any] = {}
-        if int(self.management_edit.text()) != self.ports.management_port:
-            changed["management"] = int(self.management_edit.text())
-        if int(self.data_edit.text()) != self.ports.data_port:
-            changed["data"] = int(self.data_edit.text())
-        listen = str(ipaddress.ip_address(self.listen_edit.text().strip()))
+        management, data = port_number(self.management_edit.text()), port_number(self.data_edit.text())
+        if management != self.ports.management_port:
+            changed["management"] = management
+        if data != self.ports.data_port:
+            changed["data"] = data
+        listen = check_address(self.listen_edit.text())
         if listen != self.ports.listen_address:
             changed["listen"] = listen
         return changed
@@ -709,6 +665,8 @@ class RegistrationPage(WizardPage):
         self.copy_command = QPushButton(tr("Copy command"), objectName="wizard_copy_command")
         self.copy_command.setAccessibleName(tr("Copy the command"))
         self.copy_command.clicked.connect(self.on_copy_command_clicked)
+        self.copied_timer = QTimer(self, singleShot=True, interval=COPIED_MS)
+        self.copied_timer.timeout.connect(self.on_copied_timer_timeout)
         cmd_row = QHBoxLayout()
         cmd_row.addWidget(self.command, 1)
         cmd_row.addWidget(self.copy_command, 0, Qt.AlignmentFlag.AlignTop)
@@ -739,8 +697,13 @@ class RegistrationPage(WizardPage):
         self.command.setPlainText(info.mobility_command)
 
     def on_copy_command_clicked(self) -> None:
+        """Copy the command; the button says "Copied" for :data:`COPIED_MS`, then reads as before."""
         QGuiApplication.clipboard().setText(self.command.toPlainText())
         self.copy_command.setText(tr("Copied"))
+        self.copied_timer.start()
+
+    def on_copied_timer_timeout(self) -> None:
+        self.copy_command.setText(tr("Copy command"))
 
 
 # --- 5. the default policy ---------------------------------------------------------------------------------------
@@ -748,14 +711,6 @@ class PolicyPage(WizardPage):
     """The settings of the policy named ``default``, which servers replicate with unless given another."""
 
     APPLYING = "Saving the default policy…"
-    #: The settings, as the engine names them, with how the page labels and explains them.
-    SETTINGS = (
-        ("rpo_threshold", "RPO threshold", "A server whose newest data is older than this turns to warning."),
-        ("retention", "Retention", "How long recovery points are kept (at most 15 days)."),
-        ("crash_consistent_every", "Crash-consistent point every", "How often a crash-consistent point is taken."),
-        ("app_consistent_every", "App-consistent point every",
-         "How often applications are quiesced for a consistent point (1h to 12h), or off."),
-    )
 
     def __init__(self, setup: SetupWizard) -> None:
         super().__init__(setup, tr("Default replication policy"),
@@ -766,9 +721,10 @@ class PolicyPage(WizardPage):
         self.loading = False
         self.edits: dict[str, QLineEdit] = {}
         form = QFormLayout()
-        for key, label, hint in self.SETTINGS:
+        for key, label, example, hint in SETTINGS:  # as the Policies page's dialog labels and explains them
             edit = QLineEdit(objectName=f"policy_{key}")
             edit.setAccessibleName(tr(label))
+            edit.setPlaceholderText(tr("e.g. %s") % example)
             edit.setToolTip(tr(hint))
             edit.setMaximumWidth(120)
             edit.textEdited.connect(lambda *_: self.say("", ""))
@@ -781,7 +737,7 @@ class PolicyPage(WizardPage):
                 self.app_off.toggled.connect(self.on_app_off_toggled)
                 row.addWidget(self.app_off)
             row.addWidget(QLabel(tr(hint), objectName="hint", wordWrap=True), 1)
-            form.addRow(tr(label), row)
+            form.addRow(tr(label) + ":", row)
         hint = QLabel(tr("Durations as 30s, 15m, 4h or 2d. Servers that replicate with this policy follow from their "
                          "next cycle."), objectName="hint", wordWrap=True)
         self.body.addLayout(form)
@@ -821,7 +777,7 @@ class PolicyPage(WizardPage):
 
     def show_policy(self, policy: Policy) -> None:
         self.policy = policy
-        for key, _label, _hint in self.SETTINGS:
+        for key, *_ in SETTINGS:
             seconds = getattr(policy, key)
             self.edits[key].setText(durations.setting_text(seconds) if seconds is not None else "")
         self.app_off.setChecked(policy.app_consistent_every is None)
@@ -844,34 +800,30 @@ class PolicyPage(WizardPage):
         super().enable_fields(enabled)
         self.app_off_changed()  # the app-consistent interval stays off while Off is ticked
 
+    def typed(self) -> dict[str, str]:
+        """What the fields say, as the Policies page's check takes it (Off ticked: "off")."""
+        typed = {key: edit.text() for key, edit in self.edits.items()}
+        if self.app_off.isChecked():
+            typed["app_consistent_every"] = "off"
+        return typed
+
     def problem(self) -> str | None:
+        """What does not fit the product's limits, in the Policies page's words (:func:`check_policy_input`)."""
         if self.policy is None:
             return None
-        for key, label, _hint in self.SETTINGS:
-            if key == "app_consistent_every" and self.app_off.isChecked():
-                continue
-            problem = duration_problem(self.edits[key].text(), tr(label), off=key == "app_consistent_every")
-            if problem is not None:
-                return problem
+        try:
+            check_policy_input(None, self.typed())
+        except ValueError as exc:
+            return str(exc)
         return None
 
     def changes(self) -> dict[str, str]:
-        """The settings the admin changed, as the engine reads them ("15m", "off"); compared by what they mean
-        ("60m" is "1h")."""
+        """The settings the admin changed, as typed ("15m", "off"); compared by what they mean ("60m" is "1h").
+        Checked by :meth:`problem` first."""
         if self.policy is None:
             return {}
-        changed: dict[str, str] = {}
-        for key, label, _hint in self.SETTINGS:
-            text = self.edits[key].text().strip()
-            now = getattr(self.policy, key)
-            if key == "app_consistent_every" and (self.app_off.isChecked() or text.lower() == "off"):
-                if now is not None:
-                    changed[key] = "off"
-                continue
-            seconds = durations.parse_duration(text, label)
-            if now is None or seconds != now:
-                changed[key] = durations.setting_text(seconds)
-        return changed
+        typed = self.typed()
+        return policy_changes(self.policy, typed, check_policy_input(None, typed))
 
     def pending(self) -> bool:
         return bool(self.changes())
@@ -981,10 +933,9 @@ class SetupWizard(QWizard):
         self.setWindowTitle(tr("Set up the appliance"))
         self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
         self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage, True)
-        self.setStyleSheet(theme.style_sheet(theme.current(), STYLE))
         self.resize(980, 680)
         #: Every engine command under way, referenced until it ends.
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskOwner()
         #: Set once the wizard closes: nothing more starts.
         self.closing = False
         self.prerequisites_page = PrerequisitesPage(self)
@@ -1030,20 +981,7 @@ class SetupWizard(QWizard):
     # --- tasks -----------------------------------------------------------------------------------------
     def start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run a command of the wizard as a task it keeps until the task ends (nothing once it closes)."""
-        if self.closing:
-            coro.close()
-            return None
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._finished)
-        return task
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # a bug: shown like an async slot's
-            exc = task.exception()
-            assert exc is not None
-            sys.excepthook(type(exc), exc, exc.__traceback__)
+        return self.tasks.start(coro)
 
     # --- closing -------------------------------------------------------------------------------------
     def done(self, result: int) -> None:
@@ -1052,10 +990,7 @@ class SetupWizard(QWizard):
             return  # the last page applies first; it accepts again once the engine has answered
         if not self.closing:
             self.closing = True
-            current = asyncio.current_task() if _loop_running() else None
-            for task in list(self.tasks):
-                if task is not current:
-                    task.cancel()
+            self.tasks.cancel_all()  # not the task that finishes the set-up and closes
             for signal, slot in self._connections:
                 with contextlib.suppress(RuntimeError, TypeError):
                     signal.disconnect(slot)
@@ -1063,11 +998,3 @@ class SetupWizard(QWizard):
         super(QWizard, self).done(result)  # QWizard.done would validate the page again
         if result == QWizard.DialogCode.Accepted and completed is not None:
             self.finished_setup.emit(completed)
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

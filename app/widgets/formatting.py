@@ -6,7 +6,8 @@ bridge) with the console's :func:`tr`; health causes read as :attr:`HealthCause.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QCoreApplication
+from PySide6.QtCore import QCoreApplication, QLocale
+from PySide6.QtWidgets import QWidget
 
 from app import theme
 from app.bridge import Health, HealthCause, ServerState, durations
@@ -21,6 +22,10 @@ HEALTH_TEXTS: dict[Health, str] = {
     Health.CRITICAL: "Critical",
 }
 #: How a server's state reads in the Status column; translated when shown. Every member has one.
+#: How many characters of something the admin typed a message repeats (a pasted page must not fill the window).
+SHOWN_CHARS = 40
+#: The palette colour (app/theme.py) a label's ``tone`` property gives it through console.qss.
+TONES = ("ok", "warn", "bad", "busy", "accent", "muted")
 STATE_TEXTS: dict[ServerState, str] = {
     ServerState.REGISTERED: "Registered",
     ServerState.INITIAL_REPLICATION: "Initial replication",
@@ -67,3 +72,34 @@ def health_colour(health: Health) -> str:
 
 def severity_colour(severity: str) -> str:
     return theme.colour(_SEVERITY_COLOURS.get(severity, "busy"))
+
+
+def size_text(n: float, precision: int = 1) -> str:
+    """A number of bytes for the admin, in the console's locale: ``1.5 GiB`` (binary units, as the CLI)."""
+    return QLocale().formattedDataSize(int(n), precision, QLocale.DataSizeFormat.DataSizeIecFormat)
+
+
+def rate_text(bps: float) -> str:
+    """A byte rate for the admin: ``152.3 MiB/s``."""
+    return size_text(bps) + "/s"
+
+
+def shown(text: str) -> str:
+    """What the admin typed, as a message repeats it: quoted as the engine quotes it (``'abc'``), cut to
+    :data:`SHOWN_CHARS` characters."""
+    return repr(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…")
+
+
+def health_tone(health: Health) -> str:
+    """The tone (:func:`set_tone`) a health reads in."""
+    return _HEALTH_COLOURS.get(health, "busy")
+
+
+def set_tone(widget: QWidget, tone: str) -> None:
+    """Colour ``widget``'s text by the palette colour ``tone`` ("ok", "warn", "bad", "busy", "accent", "muted"; ""
+    for the normal text) through console.qss, so that it follows a switch between light and dark by itself."""
+    if widget.property("tone") == tone:
+        return
+    widget.setProperty("tone", tone)
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)

@@ -74,3 +74,13 @@ def test_texts_use_the_console_translation(german: QTranslator) -> None:
     assert fmt.duration_text(720) == "12 Min."
     assert fmt.state_text(ServerState.PROTECTED) == "Geschützt"
     assert fmt.health_text(Health.WARNING, HealthCause.RPO_EXCEEDED) == "Warnung · rpo exceeded"
+
+
+def test_sizes_rates_and_quoted_input_have_one_formatter(qapp: QCoreApplication) -> None:
+    """Sizes and rates read in binary units everywhere (the pages, the models, the dialogs share them); what the
+    admin typed is quoted as the engine quotes it and a pasted page is cut to 40 characters."""
+    assert fmt.size_text(1536) == "1.5 KiB" and fmt.size_text(40 << 30) == "40.0 GiB"
+    assert fmt.size_text(3 << 30, 0) == "3 GiB"
+    assert fmt.rate_text(80 << 20) == "80.0 MiB/s"
+    assert fmt.shown("abc") == "'abc'"
+    assert fmt.shown("x" * 10_000) == "'" + "x" * 40 + "…'"

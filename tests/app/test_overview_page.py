@@ -5,9 +5,11 @@ bridge's signals and commands."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
+import shiboken6
 from PySide6.QtCore import QLocale, QObject, Signal
 from PySide6.QtWidgets import QApplication, QPushButton
 
@@ -193,7 +195,7 @@ async def test_appliance_health_against_its_thresholds(qapp: QApplication) -> No
     bridge.set_health(health(level="critical", cpu_percent=86.0, memory_percent=None, alerts=(silent, CPU_ALERT),
                              agents=(AgentLife("manager", NOW, 1.0), AgentLife("process-server", NOW - 1000, 1000.0))))
     await until(lambda: page.headline.text() == "Critical: 2 alerts", what="the new health")
-    assert "#c62828" in page.headline.styleSheet()
+    assert page.headline.property("tone") == "bad"  # console.qss colours it from the palette in use
     marks = {m: labels[4].text() for m, labels in page.metric_labels.items()}
     assert marks == {"cpu": "▲ Warning", "memory": "", "cache-free": "● OK", "backlog": "● OK",
                      "agent": "■ Critical"}
@@ -368,4 +370,48 @@ async def test_a_thousand_servers_updating_coalesce(qapp: QApplication) -> None:
     assert page.refresh_count - before <= 3, repr(page)
     assert page.tiles[("healthy", "all")].count.text() == "990"
     assert len(page.problem_rows) == PROBLEMS_SHOWN and page.more.text() == "…and 5 more problems."
+    page.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_new_measures_update_the_problem_rows_in_place(qapp: QApplication) -> None:
+    """The engine pushes the appliance health with every sample (15 s): a problem that is still the same (the same
+    metric, level and agent; the same server and cause) keeps its row, its buttons and the admin's focus, and only
+    its texts change; a new problem builds the rows again. The sample's tooltip says measures come every 15 s."""
+    bridge = FakeBridge()
+    bridge.health = health(level="warning", cpu_percent=86.0, alerts=(CPU_ALERT,))
+    page = _page(bridge)
+    bridge.servers_reset.emit([server("db-1", health=Health.WARNING, health_cause=HealthCause.RPO_EXCEEDED,
+                                      health_detail="The RPO of db-1 is 21 min, above its policy's 15 min.")])
+    await until(lambda: len(page.problem_rows) == 2, what="the problems")
+    rows = list(page.problem_rows)
+    button = rows[0].buttons[("events", ())]
+    button.setFocus()
+    later = replace(CPU_ALERT, value=91.0, message=CPU_ALERT.message.replace("now 86 %", "now 91 %"))
+    bridge.set_health(health(level="warning", cpu_percent=91.0, sampled_at=NOW + 5, alerts=(later,)))
+    bridge.server_updated.emit(server("db-1", health=Health.WARNING, health_cause=HealthCause.RPO_EXCEEDED,
+                                      health_detail="The RPO of db-1 is 22 min, above its policy's 15 min."))
+    await until(lambda: "now 91 %" in page.problem_rows[0].cause.text(), what="the new measure")
+    assert page.problem_rows == rows and all(shiboken6.isValid(r) for r in rows)
+    assert rows[1].cause.text() == "The RPO of db-1 is 22 min, above its policy's 15 min."
+    assert rows[0].buttons[("events", ())] is button and button.hasFocus()
+    assert "every 15 s" in page.sampled.toolTip() and "alert starts" not in page.sampled.toolTip()
+
+    critical = replace(CPU_ALERT, level="critical", value=97.0)
+    bridge.set_health(health(level="critical", cpu_percent=97.0, alerts=(critical,)))
+    await until(lambda: page.problem_rows[0].problem.level == "critical", what="the critical alert")
+    assert page.problem_rows[0] is not rows[0]  # another problem: a new row
+    assert page.problem_rows[0].mark.property("tone") == "bad"
+    page.close()
+
+
+def test_a_tile_of_one_server_reads_in_the_singular(qapp: QApplication) -> None:
+    """The tiles' accessible names say "1 server", "2 servers"."""
+    page = _page(FakeBridge())
+    tile = page.tiles[("critical", "all")]
+    tile.set_count(1)
+    assert tile.accessibleName() == "Critical: 1 server. Show it on the Servers page."
+    tile.set_count(2)
+    assert tile.accessibleName() == "Critical: 2 servers. Show them on the Servers page."
     page.close()

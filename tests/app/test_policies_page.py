@@ -141,8 +141,8 @@ def test_nonsense_is_refused_before_the_engine() -> None:
     assert refusal(retention="-1d").startswith("Retention '-1d' is not a duration")
     assert refusal(crash_consistent_every="0") == "Crash-consistent points must be at least 1 s apart."
     assert refusal(app_consistent_every="30m") == "App-consistent points must be between 1h and 12h apart, or off."
-    assert refusal(app_consistent_every="never") == ("App-consistent every 'never' is not a duration such as "
-                                                     "30s, 15m, 4h or 2d, or off.")
+    assert refusal(app_consistent_every="never") == ("App-consistent point every 'never' is not a duration such "
+                                                     "as 30s, 15m, 4h or 2d, or off.")
     huge = refusal(retention="9" * 100_000)
     assert len(huge) < 200
     assert check_policy_input("silver", GOOD) == {"rpo_threshold": 600, "retention": 3 * 86400,

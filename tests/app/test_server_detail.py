@@ -4,14 +4,28 @@ and exports one to files — driven by a fake bridge with the bridge's signals a
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+import shiboken6
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtWidgets import QApplication, QProgressBar, QPushButton
+from PySide6.QtGui import QPalette
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import (
+    QAbstractButton,
+    QApplication,
+    QComboBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+)
 
+from app import theme
 from app.bridge import (
     EngineError,
     Event,
@@ -25,7 +39,7 @@ from app.bridge import (
     ServerStatus,
 )
 from app.views import server_detail
-from app.views.server_detail import ServerDetailDialog, export_file_names
+from app.views.server_detail import ExportFile, ServerDetailDialog, export_file_names, throttled_progress
 from engine.records import DiskStatus  # test data only
 from tests.appliance import until
 
@@ -171,7 +185,8 @@ async def test_follows_the_server_and_ages_the_rpo(qapp: QApplication, frozen: l
         frozen[0] = NOW + 1140  # 20 min after the newest data
         dialog.on_clock_timeout()
         assert dialog.rpo_label.text() == "20 min — above the policy's 15 min"
-        assert "#c62828" in dialog.rpo_label.styleSheet()
+        assert dialog.rpo_label.property("tone") == "bad"  # console.qss colours it from the palette in use
+        assert dialog.rpo_label.palette().color(QPalette.ColorRole.WindowText).name() == theme.colour("bad")
 
         assert dialog.disks_table.item(0, 0).text() == "/dev/sda"
         assert dialog.disks_table.item(0, 2).text() == "In step"
@@ -532,3 +547,168 @@ async def test_the_engine_stopping_and_starting_while_the_dialog_is_open(qapp: Q
         await until(lambda: bridge.calls.count(("points", ("web-01",))) > asked, what="the points asked again")
     finally:
         dialog.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_escape_during_an_export_cancels_it_and_shuts_the_dialog_down(qapp: QApplication, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Escape (QDialog.reject, which has no closeEvent) runs the whole shutdown: the export is cancelled and leaves
+    no file, the clock stops, the bridge's updates no longer reach the dialog, and the dialog is deleted once the
+    export has cleaned up."""
+    bridge = FakeBridge()
+    dialog = _open(bridge)
+
+    async def folder(*_: Any) -> Path:
+        return tmp_path
+
+    monkeypatch.setattr(server_detail, "choose_folder", folder)
+    qapp.setQuitOnLastWindowClosed(False)  # as the console runs: the main window stays
+    try:
+        await _escape_mid_export(qapp, bridge, dialog, tmp_path)
+    finally:
+        qapp.setQuitOnLastWindowClosed(True)
+
+
+async def _escape_mid_export(qapp: QApplication, bridge: FakeBridge, dialog: ServerDetailDialog,
+                             tmp_path: Path) -> None:
+    await _loaded(dialog)
+    bridge.gate = asyncio.Event()
+    dialog.export_button.click()
+    await until(lambda: dialog.progress is not None and any(tmp_path.iterdir()), what="the export to start")
+    # The admin is in the detail window (Escape in the progress window is its Cancel, which stops the export only).
+    dialog.activateWindow()
+    await until(lambda: qapp.activeWindow() is dialog, what="the detail window to be active")
+    QTest.keyClick(dialog, Qt.Key.Key_Escape)
+    assert dialog.closing and not dialog.isVisible()
+    assert not dialog.clock.isActive() and not dialog.history_timer.isActive()
+    state = dialog.state_label.text()
+    bridge.server_updated.emit(server(state=ServerState.PAUSED))
+    assert dialog.state_label.text() == state  # no longer connected
+    await until(lambda: not shiboken6.isValid(dialog), what="the dialog to be deleted once the export ended")
+    assert list(tmp_path.iterdir()) == []  # nor a hidden temporary file
+    assert [c for c in bridge.calls if c[0] == "export_point"] == [("export_point", ("web-01", 3, 0, "raw"))]
+
+
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_cancel_during_the_final_fsync_waits_for_it(qapp: QApplication, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancel while the worker fsyncs a disk's file: the file stays open until the fsync returns (it is not
+    closed under it), then the export ends cancelled and removes what it wrote."""
+    bridge = FakeBridge()
+    dialog = _open(bridge)
+    entered, release = threading.Event(), threading.Event()
+    problems: list[BaseException] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        release.wait(10)
+        try:
+            os.fstat(fd)  # still open
+            real_fsync(fd)
+        except OSError as exc:
+            problems.append(exc)
+            raise
+
+    async def folder(*_: Any) -> Path:
+        return tmp_path
+
+    monkeypatch.setattr(server_detail, "choose_folder", folder)
+    monkeypatch.setattr(server_detail.os, "fsync", slow_fsync)
+    try:
+        await _loaded(dialog)
+        dialog.export_button.click()
+        await until(entered.is_set, what="the fsync of the first disk")
+        cancel = dialog.progress.findChild(QPushButton)
+        cancel.click()
+        await asyncio.sleep(0.05)
+        assert dialog.export_task is not None  # waiting for the fsync, not gone
+        release.set()
+        await until(lambda: dialog.export_task is None, what="the export to stop")
+        assert problems == [] and list(tmp_path.iterdir()) == []
+        assert dialog.message.text() == "Export cancelled: nothing was written."
+    finally:
+        release.set()
+        dialog.close()
+
+
+@pytest.mark.asyncio
+async def test_export_file_writes_blocks_in_a_worker_thread(tmp_path: Path) -> None:
+    """What the engine's client writes is kept in memory and written by a worker thread, a block at a time, never
+    on the loop's thread; a seek over zeros stays a hole and truncate sets the final size."""
+    writes: list[tuple[int, int]] = []
+
+    class Spy(ExportFile):
+        def _write_blocks(self, blocks: list[tuple[int, bytearray]]) -> None:
+            writes.append((threading.get_ident(), sum(len(b) for _, b in blocks)))
+            super()._write_blocks(blocks)
+
+    out = Spy(tmp_path / "image.raw", block=1000)
+    try:
+        out.write(b"a" * 600)
+        out.seek(400, 1)  # a run of zeros: a hole
+        assert writes == []  # under a block: nothing written yet
+        out.write(b"b" * 600)  # a block is full: the worker writes it
+        out.write(b"c" * 10)
+        out.seek(500, 1)
+        out.truncate(out.tell())
+        await out.finish()
+    finally:
+        await out.aclose()
+    assert (tmp_path / "image.raw").read_bytes() == b"a" * 600 + bytes(400) + b"b" * 600 + b"c" * 10 + bytes(500)
+    assert [n for _, n in writes] == [1200, 10]
+    assert all(thread != threading.get_ident() for thread, _ in writes)
+    assert out.closed and "closed=True" in repr(out)
+
+
+def test_export_progress_shows_at_most_ten_times_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine reports every 64 KiB; the progress dialog is updated at most every 0.1 s, and always at the end."""
+    clock = [100.0]
+    monkeypatch.setattr(server_detail, "_clock", lambda: clock[0])
+    shown: list[int] = []
+    step = throttled_progress(shown.append)
+    for at, written in ((0.0, 10), (0.05, 20), (0.09, 30), (0.11, 40), (0.15, 50), (0.16, 100)):
+        clock[0] = 100.0 + at
+        step(written, 100)
+    assert shown == [100, 400, 1000]
+
+
+@pytest.mark.asyncio
+@pytest.mark.qt_loop
+async def test_every_control_has_a_name_for_assistive_technology(qapp: QApplication) -> None:
+    """Each control of the dialog has an accessible name (or a text that names it), and no two buttons read the
+    same: the two Apply buttons say what they apply."""
+    bridge = FakeBridge()
+    dialog = _open(bridge)
+    try:
+        await _loaded(dialog)
+        assert dialog.policy_apply.accessibleName() == "Apply policy"
+        assert dialog.cap_apply.accessibleName() == "Apply bandwidth cap"
+        for widget in [w for kind in (QComboBox, QSpinBox, QTableWidget) for w in dialog.findChildren(kind)]:
+            assert widget.accessibleName(), widget.objectName()
+        names = [b.accessibleName() or b.text() for b in dialog.findChildren(QAbstractButton)
+                 if b.isVisibleTo(dialog) and not b.objectName().startswith("qt_")]
+        assert all(names) and len(names) == len(set(names)), names
+    finally:
+        dialog.close()
+
+
+def test_the_charts_follow_a_switch_to_dark(qapp: QApplication) -> None:
+    """The charts' lines and background come from the palette in use and change with it (the threshold stays
+    dashed)."""
+    charts = server_detail.HistoryCharts()
+    charts.show()
+    try:
+        for name in ("dark", "light"):
+            theme.apply_theme(qapp, name)
+            qapp.processEvents()
+            palette = theme.PALETTES[name]
+            assert charts.received.pen().color().name() == palette["chart_received"]
+            assert charts.limit.pen().color().name() == palette["bad"]
+            assert charts.limit.pen().style() == Qt.PenStyle.DashLine
+            assert charts.rpo_chart.backgroundBrush().color().name() == palette["surface"]
+    finally:
+        theme.apply_theme(qapp, "light")
+        charts.close()

@@ -3,12 +3,17 @@ surfaces, and the admin's choice or the desktop's scheme picks one."""
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import pytest
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QLabel, QVBoxLayout, QWizard, QWizardPage
 
 from app import theme
 from app.bridge import Health
+from app.views import server_detail
 from app.widgets.formatting import health_colour
 
 
@@ -58,4 +63,63 @@ def test_the_admins_choice_wins_and_health_colours_follow_the_palette(qapp: QApp
         assert theme.apply_theme(qapp) == "light"
         assert health_colour(Health.CRITICAL) == theme.PALETTES["light"]["bad"]
     finally:
+        theme.apply_theme(qapp, "light")
+
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{3,8}\b|\brgba?\(|\b(?:color|background(?:-color)?)\s*:", re.IGNORECASE)
+
+
+def _strings(node: ast.AST) -> list[str]:
+    """The literal text in ``node``: string constants and the fixed parts of f-strings."""
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def test_no_view_sets_a_literal_colour_in_a_style_sheet() -> None:
+    """Colours come from console.qss and its palette tokens (or theme.colour when painted), never from a style sheet
+    set in code: those would not follow a switch to dark. Allowed: setStyleSheet("") (a reset) and the app-level
+    sheet that apply_theme fills from the palette."""
+    root = Path(theme.__file__).resolve().parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        constants = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+                     for t in node.targets if isinstance(t, ast.Name)}
+        for call in ast.walk(tree):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                    and call.func.attr == "setStyleSheet" and call.args):
+                continue
+            arg = call.args[0]
+            if isinstance(arg, ast.Name) and arg.id in constants:  # a module's STYLE = "..." block
+                arg = constants[arg.id]
+            if any(_COLOUR.search(text) for text in _strings(arg)):
+                found.append(f"{path.relative_to(root.parent)}:{call.lineno}")
+    assert found == []
+
+
+def test_the_chart_colours_are_in_each_palette_and_readable() -> None:
+    """The server detail's chart lines are palette tokens of both palettes, at least 3:1 against the chart's
+    surface (WCAG for graphics)."""
+    for name, palette in theme.PALETTES.items():
+        for token in (server_detail.RECEIVED_COLOUR, server_detail.APPLIED_COLOUR, server_detail.RPO_COLOUR,
+                      server_detail.THRESHOLD_COLOUR):
+            assert _contrast(palette[token], palette["surface"]) >= 3, (name, token)
+
+
+def test_switching_palettes_with_a_wizard_open(qapp: QApplication) -> None:
+    """The desktop switching to dark and back while the set-up wizard is open restyles it (Fusion is set once:
+    replacing the style under an open QWizard crashed Qt)."""
+    wizard = QWizard()
+    wizard.setWizardStyle(QWizard.WizardStyle.ModernStyle)
+    page = QWizardPage()
+    page.setTitle("Prerequisites")
+    QVBoxLayout(page).addWidget(QLabel("Checked."))
+    wizard.addPage(page)
+    wizard.show()
+    try:
+        for name in ("dark", "light", "dark"):
+            assert theme.apply_theme(qapp, name) == name
+            qapp.processEvents()
+            assert wizard.palette().color(wizard.palette().ColorRole.Window).name() == theme.PALETTES[name]["window"]
+    finally:
+        wizard.close()
         theme.apply_theme(qapp, "light")
