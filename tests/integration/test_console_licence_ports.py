@@ -11,12 +11,12 @@ from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
 
 from app.bridge import EngineBridge
+from app.theme import apply_theme
 from app.views.main_window import LicenceNotifier, MainWindow
 from tests.appliance import Appliance, fake_clock, free_port, until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.qt_loop]
 
-QSS = Path(__file__).resolve().parents[2] / "resources" / "console.qss"
 
 
 @pytest.fixture
@@ -34,7 +34,9 @@ def _window(bridge: EngineBridge, settings: Path, shown: list[tuple[str, str, bo
     notifier = LicenceNotifier(QSettings(str(settings), QSettings.Format.IniFormat), tray_available=lambda: True,
                                notify=lambda *a: shown.append(a))
     window = MainWindow(bridge, notifier=notifier, offer_setup=False)
-    window.setStyleSheet(QSS.read_text())  # the console's own colours, so the banner's can be checked
+    qapp = QApplication.instance()
+    assert isinstance(qapp, QApplication)
+    apply_theme(qapp, "light")  # the console's own colours, so the banner's can be checked
     window.resize(1180, 640)
     window.show()
     return window
