@@ -49,13 +49,8 @@ async def until(predicate: Callable[[], object], what: str, timeout: float = 90.
 
 
 async def settle(seconds: float = 0.4) -> None:
-    """Let coalesced updates, layouts and the first paint happen."""
-    from PySide6.QtWidgets import QApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QApplication.processEvents()
-        await asyncio.sleep(0.05)
+    """Let coalesced updates, layouts and the first paint happen (the qasync loop runs Qt's events meanwhile)."""
+    await asyncio.sleep(seconds)
 
 
 class Camera:
@@ -154,6 +149,7 @@ async def run(data_dir: Path, out: Path) -> int:
 
     qapp = QApplication.instance()
     assert isinstance(qapp, QApplication)
+    qapp.setQuitOnLastWindowClosed(False)  # the tour ends the loop itself, after its last dialog closed
     apply_theme(qapp, "light")
     bridge = EngineBridge(data_dir, start_engine=False)
     window = MainWindow(bridge, offer_setup=False, notifier=LicenceNotifier(QSettings(), tray_available=lambda: False,

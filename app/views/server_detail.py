@@ -429,8 +429,10 @@ class ServerDetailDialog(QDialog):
         self.policy_apply.setAccessibleName(tr("Apply policy"))
         self.policy_apply.clicked.connect(self.on_policy_apply_clicked)
         policy_row = QHBoxLayout()
-        policy_row.addWidget(self.policy_combo, 1)
+        self.policy_combo.setMinimumWidth(220)
+        policy_row.addWidget(self.policy_combo)
         policy_row.addWidget(self.policy_apply)
+        policy_row.addStretch(1)
 
         # Wider than the engine takes, so that a value typed out of range is refused in words, not silently clamped.
         self.cap_spin = QSpinBox(objectName="detail_cap", minimum=0, maximum=int(10 * MAX_MBPS), suffix=" Mbit/s")
@@ -443,9 +445,11 @@ class ServerDetailDialog(QDialog):
         self.cap_apply.setAccessibleName(tr("Apply bandwidth cap"))
         self.cap_apply.clicked.connect(self.on_cap_apply_clicked)
         cap_row = QHBoxLayout()
-        cap_row.addWidget(self.cap_spin, 1)
+        self.cap_spin.setMinimumWidth(220)
+        cap_row.addWidget(self.cap_spin)
         cap_row.addWidget(self.no_cap_check)
         cap_row.addWidget(self.cap_apply)
+        cap_row.addStretch(1)
 
         form = QFormLayout(page)
         form.addRow(tr("State:"), self.state_label)

@@ -327,7 +327,7 @@ class ServersPage(QWidget):
                               max(cells.horizontalAdvance(text) for text in texts) + margin + 6)
                   for column, texts in samples.items()}
         widths[m.PROGRESS] += 18  # the bar's own margins
-        return Columns(keys=m.KEYS, widths=widths, hidden=frozenset({m.SIZE, m.THROUGHPUT, m.LAST_POINT}),
+        return Columns(keys=m.KEYS, widths=widths, hidden=frozenset({m.SIZE, m.THROUGHPUT}),
                        always_shown=frozenset({m.NAME}), stretch=m.HEALTH)
 
     # --- finding servers ------------------------------------------------------------------------------

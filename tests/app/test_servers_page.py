@@ -491,19 +491,18 @@ async def test_keys_find_search_delete_disables_with_a_confirmation(qapp: QAppli
 
 # --- columns ---------------------------------------------------------------------------------------
 def test_columns_fit_the_window_with_health_taking_the_rest(qtbot: QtBot, settings: QSettings) -> None:
-    """The columns start wide enough for typical values (the OS names in full), with Size, Throughput and Last point
-    hidden and Health taking the room left: no horizontal scrollbar in the table of a 1010-pixel page; Heartbeat
-    is not stretched."""
+    """The columns start wide enough for typical values (the OS names in full), with Size and Throughput hidden and
+    Health taking the room left: no horizontal scrollbar in the table of a 1110-pixel page (a 1280-pixel window's);
+    Heartbeat is not stretched."""
     page, _ = make_page(qtbot, settings)
-    page.resize(1010, 600)
+    page.resize(1110, 600)
     page.show()
     qtbot.waitExposed(page)
     table, m = page.table, ServersModel
     metrics = table.fontMetrics()
     for os_name in ("Debian GNU/Linux 12 (bookworm)", "Ubuntu 22.04.4 LTS", "Windows Server 2022"):
         assert metrics.horizontalAdvance(os_name) < table.columnWidth(m.OS)
-    assert [c for c in range(m.LAST_HEARTBEAT + 1) if table.isColumnHidden(c)] == [m.SIZE, m.THROUGHPUT,
-                                                                                   m.LAST_POINT]
+    assert [c for c in range(m.LAST_HEARTBEAT + 1) if table.isColumnHidden(c)] == [m.SIZE, m.THROUGHPUT]
     header = table.horizontalHeader()
     assert header.sectionResizeMode(m.HEALTH) == QHeaderView.ResizeMode.Stretch
     assert header.sectionResizeMode(m.LAST_HEARTBEAT) == QHeaderView.ResizeMode.Interactive
@@ -529,7 +528,7 @@ def test_column_widths_hidden_columns_and_sort_are_saved_and_restored(qtbot: QtB
     table.horizontalHeader().setSortIndicator(m.LAST_HEARTBEAT, Qt.SortOrder.DescendingOrder)
     settings.sync()
     assert settings.value("servers/column_widths") == "os=300"
-    assert settings.value("servers/hidden_columns") == "throughput,last_point,mobility"
+    assert settings.value("servers/hidden_columns") == "throughput,mobility"
     assert settings.value("servers/sort") == "heartbeat,descending"
 
     again, _ = make_page(qtbot, QSettings(settings.fileName(), QSettings.Format.IniFormat))
