@@ -223,6 +223,8 @@ class Replication:
         self.cache_full: dict[str, bool] = {}
         #: Why the process server last refused a server's batch, when it says (e.g. the disk's reserve).
         self.cache_full_detail: dict[str, str | None] = {}
+        #: Servers whose own share of the cache is full (the process server's last report of them said so).
+        self.share_full: dict[str, bool] = {}
         #: How each server's mobility service last said it takes points (from heartbeats).
         self.points_taken: dict[str, PointFacts | None] = {}
         #: How far each source server's clock is ahead of the appliance's (seconds; from heartbeats).
@@ -429,6 +431,7 @@ class Replication:
         self.cache_full[report.server_id] = report.cache_full
         detail = report.cache_full_detail
         self.cache_full_detail[report.server_id] = detail[:1024] if detail else None
+        self.share_full[report.server_id] = report.share_full
         return completed
 
     def _note_applied(self, report: AppliedReport) -> None:
@@ -520,6 +523,10 @@ class Replication:
             # the process server refused its last batch for the disk's reserve (it says so); until a batch is
             # taken again, that is this server's cause (the supervisor records the disk's events itself)
             cause = (HealthCause.DISK_FULL, detail)
+        elif self.cache_full.get(row.server_id) and self.share_full.get(row.server_id):
+            cause = (HealthCause.CACHE_FULL, "This server's share of the appliance's cache is full: its data waits "
+                     "to be applied while the other servers go on, and it resumes by itself. If it stays so, the "
+                     "target storage is slower than this server's changes.")
         elif self.cache_full.get(row.server_id):
             cause = (HealthCause.CACHE_FULL, "The appliance's cache is full: replication waits until the log "
                      "processor catches up. Free space on the appliance or add cache storage.")

@@ -27,7 +27,8 @@ from engine.records import HealthCause
 
 #: 1.1: a heartbeat says which management port it came in on.
 #: 1.2: an applied report says how far a resync's full pass is (``resync_pass``, ``resync_offset``).
-AGENT_LINK = Link("agent", 1, 2, "agent link")
+#: 1.3: a received report says when it is the server's own share of the cache that is full (``share_full``).
+AGENT_LINK = Link("agent", 1, 3, "agent link")
 
 __all__ = [
     "AGENT_LINK",
@@ -100,6 +101,8 @@ class ReceivedReport:
     cache_full: bool = False
     #: Why batches are refused when the appliance's disk (not the cache limit) is why.
     cache_full_detail: str | None = None
+    #: The server's own share of the cache is full (the others still go on).
+    share_full: bool = False
 
 
 @dataclass(frozen=True)

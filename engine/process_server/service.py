@@ -21,6 +21,7 @@ from aiohttp import web
 
 from engine.agents import AgentContext
 from engine.codec import SegmentIdent, seal
+from engine.diskspace import human_bytes
 from engine.errors import (
     CacheFull,
     CertificateRequired,
@@ -50,6 +51,9 @@ BODY_GRACE = 30.0
 AUTH_TTL = 1.0
 REPORT_EVERY = 0.5
 DEFAULT_CACHE_LIMIT_MB = 4096
+#: The share of the cache one server may fill (``GODWIT_CACHE_SERVER_QUOTA_MB`` sets it in MiB): a server whose
+#: segments wait in the cache up to it waits, while the others go on.
+SERVER_SHARE = 0.5
 
 
 class ProcessServer:
@@ -63,6 +67,10 @@ class ProcessServer:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="process")
         self.cache_limit = int(os.environ.get("GODWIT_CACHE_LIMIT_MB", DEFAULT_CACHE_LIMIT_MB)) * 1024 * 1024
         self.cache_used = 0
+        quota = os.environ.get("GODWIT_CACHE_SERVER_QUOTA_MB")
+        self.server_quota = int(quota) * 1024 * 1024 if quota else int(self.cache_limit * SERVER_SHARE)
+        #: Bytes waiting in the cache per server id (counted again every report; grown by each batch meanwhile).
+        self.cache_used_by: dict[str, int] = {}
         self._auth: dict[tuple[str, int], tuple[float, Authorization]] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._reports: dict[tuple[str, int], ReceivedReport] = {}
@@ -131,6 +139,11 @@ class ProcessServer:
             if self.cache_used >= self.cache_limit:  # admitted while below: a batch may be larger than the limit
                 self._report(server_id, disk, state, cache_full=True)
                 raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
+            if self.cache_used_by.get(server_id, 0) >= self.server_quota:  # one server cannot fill it for all
+                self._report(server_id, disk, state, cache_full=True, share_full=True)
+                raise CacheFull(f"This server's share of the appliance's cache is full "
+                                f"({human_bytes(self.server_quota)} waiting to be applied); retry when the log "
+                                "processor has applied its backlog.")
             try:
                 self.cache.check_room(len(body))  # batches are refused before the disk is down to its reserve
             except CacheFull as exc:
@@ -143,6 +156,7 @@ class ProcessServer:
                 await loop.run_in_executor(self.pool, self.cache.put_segment, replica(server_id, state.epoch), disk,
                                            expected, segment)
                 self.cache_used += len(segment)
+                self.cache_used_by[server_id] = self.cache_used_by.get(server_id, 0) + len(segment)
                 initial_done = max(state.initial_done, header.initial_done) if header.kind == Kind.INITIAL \
                     else state.initial_done
                 new = StreamState(epoch=state.epoch, acked_seq=expected, initial_done=initial_done,
@@ -167,10 +181,11 @@ class ProcessServer:
         return web.json_response(encode(states))
 
     def _report(self, server_id: str, disk: int, state: StreamState, *, cache_full: bool,
-                detail: str | None = None) -> None:
+                detail: str | None = None, share_full: bool = False) -> None:
         """Queue a progress report; ``detail`` says why batches are refused, when the disk's room is why."""
         self._reports[(server_id, disk)] = ReceivedReport(server_id=server_id, disk=disk, state=state,
-                                                          cache_full=cache_full, cache_full_detail=detail)
+                                                          cache_full=cache_full, cache_full_detail=detail,
+                                                          share_full=share_full)
 
     async def report_loop(self) -> None:
         """Progress to the supervisor, coalesced; and the cache's real size (the log processor frees it)."""
@@ -178,7 +193,8 @@ class ProcessServer:
         while True:
             await asyncio.sleep(REPORT_EVERY)
             try:
-                self.cache_used = await loop.run_in_executor(self.pool, self.cache.used_bytes)
+                self.cache_used_by = await loop.run_in_executor(self.pool, self.cache.used_bytes_by_server)
+                self.cache_used = sum(self.cache_used_by.values())
             except OSError as exc:  # keep the last figure; never let back-pressure stick
                 log.warning("cache.size-unknown %s", exc)
             reports, self._reports = self._reports, {}
@@ -193,7 +209,8 @@ class ProcessServer:
 async def serve(ctx: AgentContext) -> None:
     sock, *_ = ctx.require_listen_sockets()
     server = ProcessServer(ctx)
-    server.cache_used = server.cache.used_bytes()
+    server.cache_used_by = server.cache.used_bytes_by_server()
+    server.cache_used = sum(server.cache_used_by.values())
     for stored in server.streams.stored():  # the supervisor may have restarted too
         server._report(stored.server_id, stored.disk, stored.state, cache_full=False)
     guard = ConnectionGuard()

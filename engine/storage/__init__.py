@@ -62,6 +62,9 @@ class CacheStore(Protocol):
     def used_bytes(self) -> int:
         """Bytes of the segments waiting to be applied, of every copy (those set aside are not counted)."""
 
+    def used_bytes_by_server(self) -> dict[str, int]:
+        """:meth:`used_bytes` for each server id that has segments waiting (every copy of the server)."""
+
     def set_aside(self, replica: str, disk: int, seq: int) -> None:
         """Keep a refused segment for inspection, out of the apply order."""
 

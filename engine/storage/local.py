@@ -180,11 +180,15 @@ class LocalCache:
 
     def used_bytes(self) -> int:
         """Bytes of segments waiting to be applied (refused ones are kept aside and not counted)."""
-        total = 0
-        for p in self.root.glob("*/*/disk*/*.seg"):
+        return sum(self.used_bytes_by_server().values())
+
+    def used_bytes_by_server(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for p in self.root.glob("*/*/disk*/*.seg"):  # <server id>/<epoch>/disk<N>/<seq>.seg
             with contextlib.suppress(FileNotFoundError):  # the log processor deletes as we count
-                total += p.stat().st_size
-        return total
+                server = p.relative_to(self.root).parts[0]
+                used[server] = used.get(server, 0) + p.stat().st_size
+        return used
 
     def set_aside(self, replica: str, disk: int, seq: int) -> None:
         src = self._dir(replica, disk) / f"{seq:016d}.seg"

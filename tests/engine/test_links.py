@@ -109,7 +109,7 @@ def test_agent_link_round_trip_between_the_same_major_versions(tmp_path: Path) -
 
 def test_a_server_of_another_major_version_refuses_the_request(tmp_path: Path) -> None:
     """A supervisor of agent link 2.x refuses an agent of 1.x with one line that names both."""
-    with pytest.raises(VersionMismatch, match=r"speaks agent link 1\.2; this program speaks 2\.0"):
+    with pytest.raises(VersionMismatch, match=r"speaks agent link 1\.3; this program speaks 2\.0"):
         asyncio.run(_exchange(tmp_path, server=Link("agent", 2, 0, "agent link"), client=AGENT_LINK,
                               answer=Ack(True)))
 
@@ -135,7 +135,7 @@ def test_a_client_refuses_an_answer_of_another_major_version(tmp_path: Path) -> 
             await link.aclose()
             await runner.cleanup()
 
-    with pytest.raises(VersionMismatch, match=r"The engine speaks agent link 2\.1; this program speaks 1\.2"):
+    with pytest.raises(VersionMismatch, match=r"The engine speaks agent link 2\.1; this program speaks 1\.3"):
         asyncio.run(main())
 
 
@@ -159,7 +159,7 @@ def test_every_answer_carries_the_servers_version(tmp_path: Path) -> None:
         finally:
             await runner.cleanup()
 
-    assert asyncio.run(main()) == ("agent/1.2", "agent/1.2")
+    assert asyncio.run(main()) == ("agent/1.3", "agent/1.3")
 
 
 @pytest.mark.parametrize(("wire", "field"), [

@@ -106,6 +106,10 @@ def test_segments_are_ordered_per_disk_and_deleted_once(opener: Opener) -> None:
     with pytest.raises(FileNotFoundError):
         cache.get_segment(r, 0, 1)
     assert cache.used_bytes() == 2 + 3 + 1
+    cache.put_segment(replica("server-b", 4), 0, 1, b"w" * 4)  # each server's waiting bytes, all its copies
+    cache.put_segment(replica("server-a", 2), 0, 1, b"v" * 5)
+    assert cache.used_bytes_by_server() == {"server-a": 2 + 3 + 1 + 5, "server-b": 4}
+    assert cache.used_bytes() == 2 + 3 + 1 + 5 + 4
 
 
 def test_a_segment_set_aside_leaves_the_apply_order_and_the_count(opener: Opener) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import ssl
 import time
@@ -135,6 +136,49 @@ def test_full_cache_applies_back_pressure_and_loses_nothing(tmp_path_factory: ob
         assert "cache-full" in [e["code"] for e in app.events()]
     finally:
         mob.stop()
+        app.stop()
+
+
+def test_one_server_cannot_fill_the_cache_for_all(tmp_path_factory: object, tmp_path: Path) -> None:
+    """With nothing draining the cache, a big server stops at its share of it (cache-full, saying it is this
+    server's share) while a second server's initial replication still gets in whole; once the log processor
+    runs again both are protected and byte-exact."""
+    app = Appliance(tmp_path_factory.mktemp("quota"))  # type: ignore[attr-defined]
+    app.start(env={"GODWIT_CACHE_LIMIT_MB": "16", "GODWIT_CACHE_SERVER_QUOTA_MB": "3",
+                   "GODWIT_AGENT_HUNG_AFTER": "600"})
+    big, small = app.root / "big.img", app.root / "small.img"
+    big.write_bytes(random.Random(9).randbytes(16 * MiB))  # incompressible: well past its 3 MiB share
+    fill_disk(small, 2 * MiB, seed=10)
+    hog, other = Mobility(app, "hog-01", disks=[big]).start(), Mobility(app, "other-01", disks=[small]).start()
+    try:
+        wait_for(lambda: {"hog-01", "other-01"} <= set(app.servers()), what="both servers to register")
+        processor = app.agent_pid("log-processor")
+        os.kill(processor, signal.SIGSTOP)  # nothing drains the cache
+        try:
+            app.enable("hog-01")
+            hog_status = wait_for(lambda: (s := app.servers()["hog-01"])["health_cause"] == "cache-full" and s,
+                                  timeout=60, what="the big server to reach its share")
+            assert hog_status["health"] == "warning", hog_status
+            assert "share of the appliance's cache is full" in hog_status["health_detail"], hog_status
+            app.enable("other-01")
+
+            def received_whole() -> bool:
+                disk = app.servers()["other-01"]["disks"][0]
+                return bool(disk["bytes_total"]) and disk["bytes_done"] == disk["bytes_total"]
+
+            wait_for(received_whole, timeout=60, what="the second server's initial replication to get in whole")
+            assert app.servers()["other-01"]["health_cause"] != "cache-full"
+            assert app.servers()["hog-01"]["health_cause"] == "cache-full"
+        finally:
+            os.kill(processor, signal.SIGCONT)
+        for name in ("hog-01", "other-01"):
+            wait_for(lambda n=name: app.servers()[n]["state"] == "protected", timeout=120,  # type: ignore[misc]
+                     what=f"{name} to be protected")
+        assert app.export("hog-01", "latest", tmp_path / "h").read_bytes() == big.read_bytes()
+        assert app.export("other-01", "latest", tmp_path / "o").read_bytes() == small.read_bytes()
+    finally:
+        hog.stop()
+        other.stop()
         app.stop()
 
 

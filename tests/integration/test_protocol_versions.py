@@ -89,7 +89,7 @@ def test_admin_api_and_agent_link_check_versions(appliance: Appliance) -> None:
     status, data, _ = _ask(_Unix(admin), "GET", "/v1/engine", "admin/2.0")
     assert status == 400 and isinstance(data, dict) and "admin API 2.0" in data["message"]
     status, data, version = _ask(_Unix(agent), "GET", "/agent/replicating", "agent/0.1")
-    assert (status, version) == (400, "agent/1.2") and isinstance(data, dict) and "agent link 0.1" in data["message"]
+    assert (status, version) == (400, "agent/1.3") and isinstance(data, dict) and "agent link 0.1" in data["message"]
     assert _ask(_Unix(agent), "GET", "/agent/replicating", None)[0] == 200  # no header: 1.0
 
 
