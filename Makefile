@@ -32,8 +32,11 @@ demo: deps
 	$(PY) tools/demo.py --dir $(DEMO)
 
 # Every page, wizard step and main dialog, against a real demo, at 1280x800 and 1920x1080 (docs/screenshots).
+# Then the licence banner at 30 and 3 days, a port move, and each state of the Agents page (tools/screenshots.py).
 screenshots: deps
 	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/console_tour.py
+	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/screenshots.py
+	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/screenshots.py --agents
 
 demo-stop:
 	@if [ -x $(PY) ]; then $(PY) tools/demo.py --dir $(DEMO) --stop; fi

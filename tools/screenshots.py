@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from engine.records import UpdatesStatus
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-SIZE = (1180, 640)  # the frame of the other console screenshots
+SIZE = (1280, 800)  # the frame of the other console screenshots (make screenshots)
 
 
 class ShotFailed(Exception):
