@@ -325,7 +325,9 @@ class MainWindow(QMainWindow):
     def on_bridge_engine_changed(self, engine: EngineStatus) -> None:
         if self.bridge.state != "attached":
             return
-        agents = ", ".join(f"{a.name} {a.state}" for a in engine.agents) or tr("no agents")
+        agents = ", ".join(f"{a.name} {a.state}" + (tr(" (%d restarts in the last hour)") % a.restarts_last_hour
+                                                     if a.restarts_last_hour else "")
+                           for a in engine.agents) or tr("no agents")
         level = "ok" if engine.healthy else "warn"
         mark = "●" if engine.healthy else "▲"
         self._show_status(level, f"{mark} " + tr("Engine %s running (pid %d) · %s · data in %s")

@@ -181,3 +181,16 @@ def test_new_errors_are_counted_on_the_events_entry_until_the_admin_looks(window
     assert events_item.text() == "Events" and window.unseen_errors == 0
     window.events_page.critical_added.emit(object())  # seen as it arrives
     assert window.unseen_errors == 0
+
+
+def test_the_status_bar_counts_an_agents_restarts_in_the_last_hour(window: MainWindow) -> None:
+    """An agent that restarted lately says how often in the last hour in the status bar; one that did not, nothing."""
+    bridge = window.bridge
+    bridge.state = "attached"  # type: ignore[misc]
+    agents = (AgentStatus(name="log-processor", version="0.1.0", state="running", pid=1, restarts=9,  # type: ignore[arg-type]
+                          restarts_last_hour=3),
+              AgentStatus(name="process-server", version="0.1.0", state="running", pid=2, restarts=0))  # type: ignore[arg-type]
+    window.on_bridge_engine_changed(EngineStatus(pid=7, version="0.1.0", started_at=0.0, data_dir="/d", agents=agents))
+    text = window.engine_label.text()
+    assert "log-processor running (3 restarts in the last hour)" in text
+    assert "process-server running," not in text and text.endswith("data in /d") and "process-server running" in text
