@@ -226,7 +226,10 @@ class Inventory:
         self._state.add_server(server_id=server_id, name=name, hostname=facts.hostname, os=facts.os,
                                agent_version=facts.agent_version, cert_serial=serial, address=address,
                                disks=list(facts.disks))
-        caveats = "".join(f" {d.path}: {d.note}" for d in facts.disks if d.capture == "none")
+        # A disk that can be neither frozen (with a file system on it) nor cloned is said so when it registers.
+        caveats = "".join(f" {d.path}: {d.note}" for d in facts.disks
+                          if d.capture in ("none", "idle-check") or (d.capture == "freeze"
+                                                                      and not d.note.startswith("Frozen")))
         self._hub.record("warning" if caveats else "info", "server-registered",
                          f"{name} ({facts.hostname}, {facts.os}) registered with {len(facts.disks)} disk(s).{caveats}",
                          server=name)

@@ -312,6 +312,9 @@ def test_points_of_a_file_on_ext4_are_labelled_by_whether_it_was_written(applian
             disk = appliance.servers()["plain-01"]["disks"][0]
             assert disk["capture"] == "idle-check", disk
             assert "not crash-consistent" in appliance.cli("vm", "show", "plain-01").stdout
+            registered = next(e for e in appliance.events() if e["code"] == "server-registered"
+                              and e["server"] == "plain-01")
+            assert registered["severity"] == "warning" and "not crash-consistent" in registered["message"]
             with writer("busy", image):
                 t = time.time()
                 taken = points_under_load(appliance, "plain-01", t, 3)
