@@ -251,11 +251,14 @@ class AdminClient(UnixJsonClient):
                 total = int(resp.headers["X-Godwit-Size"])
                 written = 0
                 zero = bytes(65536)
+                drain = getattr(out, "drain", None)  # an asynchronous writer paces the download by it
                 async for chunk in resp.content.iter_chunked(65536):
                     if chunk == zero[:len(chunk)] and written + len(chunk) < total:
                         out.seek(len(chunk), 1)  # keep the image sparse
                     else:
                         out.write(chunk)
+                        if drain is not None:
+                            await drain()
                     written += len(chunk)
                     if progress:
                         progress(written, total)

@@ -997,6 +997,13 @@ class ExportFile:
         return size
 
     # --- the end --------------------------------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Wait (without blocking the loop) until fewer than :data:`EXPORT_BLOCKS_QUEUED` blocks wait for the disk:
+        the engine's client awaits it after each piece, so a disk slower than the network slows the download."""
+        while len(self._queued) >= EXPORT_BLOCKS_QUEUED:
+            await asyncio.wrap_future(self._queued[0])
+            self._queued.popleft().result()
+
     async def finish(self) -> None:
         """Write what is left and fsync, in the worker; raises the first write error (an OSError)."""
         self._hand_over(self._write_blocks, self._take_pending())

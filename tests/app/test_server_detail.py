@@ -663,6 +663,44 @@ async def test_export_file_writes_blocks_in_a_worker_thread(tmp_path: Path) -> N
     assert out.closed and "closed=True" in repr(out)
 
 
+@pytest.mark.asyncio
+async def test_a_slow_disk_paces_the_export_without_blocking_the_loop(tmp_path: Path) -> None:
+    """With the disk slower than the network, drain() waits on the loop (other tasks run meanwhile) until fewer
+    blocks than the cap are queued; nothing is lost."""
+    gate = threading.Event()
+
+    class SlowDisk(ExportFile):
+        def _write_blocks(self, blocks: list[tuple[int, bytearray]]) -> None:
+            gate.wait(10)
+            super()._write_blocks(blocks)
+
+    out = SlowDisk(tmp_path / "image.raw", block=100)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    running = asyncio.ensure_future(ticker())
+    try:
+        for i in range(server_detail.EXPORT_BLOCKS_QUEUED):
+            out.write(bytes([65 + i]) * 100)  # each fills a block: handed to the (stuck) worker
+        drained = asyncio.ensure_future(out.drain())
+        await asyncio.sleep(0.2)
+        assert not drained.done() and ticks > 1  # it waits, and the loop goes on
+        gate.set()
+        await asyncio.wait_for(drained, 10)
+        await out.finish()
+    finally:
+        gate.set()
+        running.cancel()
+        await out.aclose()
+    assert (tmp_path / "image.raw").read_bytes() == b"".join(bytes([65 + i]) * 100
+                                                             for i in range(server_detail.EXPORT_BLOCKS_QUEUED))
+
+
 def test_export_progress_shows_at_most_ten_times_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine reports every 64 KiB; the progress dialog is updated at most every 0.1 s, and always at the end."""
     clock = [100.0]
