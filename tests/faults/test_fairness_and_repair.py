@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.protocol import MAX_RUN, MAX_RUNS, BatchHeader, Bookmark, Kind, encode_batch
+from engine.protocol import MAX_BATCH, MAX_RUN, MAX_RUNS, BatchHeader, Bookmark, Kind, encode_batch
 from tests.appliance import Appliance, Mobility, change_disk, post_batch, replicating, wait_for
 
 MiB = 1024 * 1024
@@ -25,7 +25,8 @@ def _batch(seq: int, runs: list[tuple[int, int, bytes | None]], *, bookmark: Boo
 
 
 def test_a_hostile_server_cannot_hold_back_another(patient_appliance: Appliance, tmp_path: Path) -> None:
-    """Oversized batches are refused, and one server's backlog of costly batches does not delay another's points."""
+    """Oversized batches (too many runs, too much described, a body over the largest legal batch) are refused, and
+    one server's backlog of costly batches does not delay another's points."""
     appliance = patient_appliance
     hostile_disk = appliance.root / "hostile.img"
     with open(hostile_disk, "wb") as f:  # 512 MiB, sparse but for its first MiB
@@ -52,6 +53,10 @@ def test_a_hostile_server_cannot_hold_back_another(patient_appliance: Appliance,
         code, answer = post_batch(appliance, state, 0, _batch(seq, [(i % 512 * MiB, MAX_RUN, None)
                                                                     for i in range(MAX_RUNS)]))
         assert (code, "describes more than" in answer["message"]) == (400, True), answer
+        # Nor may a body be larger than the largest legal batch (which also bounds the data a batch carries).
+        code, answer = post_batch(appliance, state, 0, _batch(seq, [(0, MAX_RUN, os.urandom(MAX_RUN))] * 10))
+        assert len(_batch(seq, [(0, MAX_RUN, bytes(MAX_RUN))] * 10)) > MAX_BATCH
+        assert (code, f"at most {MAX_BATCH} bytes" in answer["message"]) == (400, True), answer
 
         # A backlog of legal, expensive batches (data spread over 256 MiB, then zeros over all of it,
         # each a recovery point) piles up while the log processor is held; the good server changes too.
