@@ -39,8 +39,8 @@ def test_clock_jumps_never_prune_points_early_and_heal(skewed: tuple[Appliance, 
         assert len(before) >= 2
 
         offset.write_text("+2h\n")
-        t = time.time()
         change_disk(disk, seed=5, writes=4)
+        t = time.time()
         app.point_after("clock-01", t)
         ids = [p["id"] for p in app.points("clock-01")]
         assert set(before) <= set(ids), "points were pruned because the clock jumped forward"
@@ -49,21 +49,21 @@ def test_clock_jumps_never_prune_points_early_and_heal(skewed: tuple[Appliance, 
         # A log processor started after the jump keeps the steady clock of this boot.
         os.kill(app.agent_pid("log-processor"), signal.SIGKILL)
         wait_for(lambda: any(e["code"] == "agent-restarted" for e in app.events()), what="the restart")
-        t = time.time()
         change_disk(disk, seed=51, writes=4)
+        t = time.time()
         app.point_after("clock-01", t)
         assert set(before) <= {p["id"] for p in app.points("clock-01")}, "pruned after a restart"
 
         offset.write_text("-2h\n")
-        t = time.time()
         change_disk(disk, seed=6, writes=4)
+        t = time.time()
         app.point_after("clock-01", t)
         assert set(before) <= {p["id"] for p in app.points("clock-01")}
         _skew_reported(app, "ahead of")
 
         offset.write_text("+0\n")  # the admin fixes the clock: it heals by itself
-        t = time.time()
         change_disk(disk, seed=7, writes=4)
+        t = time.time()
         last = app.point_after("clock-01", t)
         server = wait_for(lambda: (s := app.servers()["clock-01"])["health"] == "healthy" and s, timeout=30,
                           what="health to be healthy again")

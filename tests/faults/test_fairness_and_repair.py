@@ -71,8 +71,8 @@ def test_a_hostile_server_cannot_hold_back_another(patient_appliance: Appliance,
                 code, answer = post_batch(appliance, state, 0, _batch(n, runs, bookmark=Bookmark.CRASH_POINT))
                 assert code == 200, answer
             acked = _acked(appliance, "good-01")
-            t = time.time()
             change_disk(good_disk, seed=100, writes=5)
+            t = time.time()
             wait_for(lambda: _acked(appliance, "good-01") > acked and _good_waiting(appliance), timeout=30,
                      what="the good server's change to wait in the cache")
             # Its policy takes a point every second: let a cycle that takes one (started after the change)
@@ -154,8 +154,8 @@ def test_one_resync_mends_any_damage_to_waiting_segments(patient_appliance: Appl
         assert server["health_cause"] == "segment-corrupt", server
         res = appliance.cli("vm", "resync", "mend-01")
         assert res.returncode == 0, res.stderr
-        t = time.time()
         change_disk(disk, seed=9, writes=4)
+        t = time.time()
         point = appliance.point_after("mend-01", t, timeout=90)
         assert appliance.servers()["mend-01"]["state"] == "protected"
         assert appliance.export("mend-01", point["id"], tmp_path / "p").read_bytes() == disk.read_bytes()

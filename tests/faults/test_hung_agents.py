@@ -34,8 +34,8 @@ def test_a_stopped_agent_is_restarted_and_replication_heals(appliance: Appliance
                 os.kill(victim, signal.SIGCONT)  # a no-op once it was killed
         assert f"{agent} stopped responding for {HUNG_AFTER:.0f} s and was killed" in event["message"], event
         assert appliance.agent_pid(agent) != victim
-        t = time.time()
         change_disk(disk, seed=23, writes=6)
+        t = time.time()
         point = appliance.point_after("stall-01", t, timeout=60)
         assert appliance.export("stall-01", point["id"], tmp_path / "p").read_bytes() == disk.read_bytes()
         assert wait_for(lambda: appliance.servers()["stall-01"]["health"] == "healthy", timeout=30,

@@ -39,8 +39,8 @@ def test_an_agent_out_of_memory_is_restarted_and_replication_heals(tmp_path_fact
                          timeout=60, what="the log processor to run out of memory and be restarted")
         assert "log-processor exited with code 1" in event["message"], event
         assert "out of memory" in appliance.log("log-processor")
-        t = time.time()
         change_disk(disk, seed=33, writes=6)
+        t = time.time()
         point = appliance.point_after("mem-01", t, timeout=90)
         assert appliance.export("mem-01", point["id"], tmp_path / "p").read_bytes() == disk.read_bytes()
         assert "Traceback" not in appliance.log("log-processor")

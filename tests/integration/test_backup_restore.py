@@ -34,8 +34,8 @@ def _protected_and_backed_up(old: Appliance, tmp_path: Path) -> tuple[Mobility, 
         wait_for(lambda: old.servers().get(NAME), what="registration")
         old.enable(NAME)
         wait_for(lambda: old.servers()[NAME]["state"] == "protected", timeout=60, what="initial replication")
-        t = time.time()
         change_disk(disk, seed=2, writes=3)
+        t = time.time()
         old.point_after(NAME, t)
         passphrase = tmp_path / "backup-passphrase.txt"
         passphrase.write_text("correct horse battery staple\n")
@@ -61,8 +61,8 @@ def test_moved_appliance_continues_with_delta_replication(appliance: Appliance, 
     new = Appliance(tmp_path_factory.mktemp("new-appliance"))
     try:
         # Replication goes on after the backup: the storage that moves holds this, the backup need not.
-        t = time.time()
         change_disk(disk, seed=3, writes=3)
+        t = time.time()
         moved_point = old.point_after(NAME, t)
         moved_bytes = disk.read_bytes()
         fingerprint = old.setup()["ca_fingerprint"]
@@ -87,8 +87,8 @@ def test_moved_appliance_continues_with_delta_replication(appliance: Appliance, 
         assert moved_point["id"] in [p["id"] for p in new.points(NAME)]
         assert new.export(NAME, moved_point["id"], tmp_path / "moved").read_bytes() == moved_bytes
 
-        t = time.time()
         change_disk(disk, seed=4, writes=3)
+        t = time.time()
         point = new.point_after(NAME, t)
         assert new.export(NAME, point["id"], tmp_path / "after").read_bytes() == disk.read_bytes()
 
@@ -133,8 +133,8 @@ def test_restore_without_the_storage_replicates_again_from_scratch(appliance: Ap
         assert with_data > DISK // 2
         # every block with data travelled again (zero blocks are never sent: the seed disk starts as zeros)
         assert sum(s["bytes_received"] for s in _streams(new).values()) >= with_data
-        t = time.time()
         change_disk(disk, seed=4, writes=3)
+        t = time.time()
         point = new.point_after(NAME, t)
         assert new.export(NAME, point["id"], tmp_path / "after").read_bytes() == disk.read_bytes()
     finally:

@@ -226,8 +226,8 @@ def test_unauthenticated_connections_cannot_starve_the_ports(limited: Appliance,
             wait_for(lambda: "to admit a new one" in app.log("replication-manager"), timeout=30,
                      what=f"the crowd to be thinned out: {crowd}")
             heartbeat = app.servers()["legit-01"]["last_heartbeat"]
-            t = time.time()
             change_disk(disk, seed=22, writes=5)
+            t = time.time()
             point = app.point_after("legit-01", t, timeout=90)
             assert app.export("legit-01", point["id"], tmp_path / "b").read_bytes() == disk.read_bytes()
             assert app.servers()["legit-01"]["last_heartbeat"] > heartbeat

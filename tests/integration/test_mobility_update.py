@@ -113,8 +113,8 @@ def events(app: Appliance, name: str, *codes: str) -> list[dict[str, Any]]:
 
 
 def assert_replica_exact(app: Appliance, name: str, disk: Path, out: Path) -> None:
-    t = time.time()
     change_disk(disk, seed=9999, writes=3)
+    t = time.time()
     point = app.point_after(name, t, timeout=45)
     assert app.export(name, point["id"], out).read_bytes() == disk.read_bytes()
     assert app.servers()[name]["state"] == "protected"

@@ -115,8 +115,8 @@ def test_data_port_moves_live_during_initial_replication_and_churn(app: Applianc
                 app.json("ports", "set", "--data", str(newer := free_port()))
                 app.data_port = newer
             time.sleep(0.3)
-        t = time.time()
         change_disk(disk, seed=200, writes=4)
+        t = time.time()
         point = app.point_after("churn-01", t, timeout=90)
         assert app.export("churn-01", point["id"], tmp_path / "out").read_bytes() == disk.read_bytes()
         changed = [e["message"] for e in app.events() if e["code"] == "ports-changed"]

@@ -30,8 +30,8 @@ def test_initial_delta_and_old_points_are_byte_exact(appliance: Appliance, tmp_p
         v1 = disk.read_bytes()
         assert appliance.export("web-01", "latest", tmp_path / "a").read_bytes() == v1
 
-        t = time.time()
         change_disk(disk, seed=2)
+        t = time.time()
         v2 = disk.read_bytes()
         p2 = appliance.point_after("web-01", t)
         assert appliance.export("web-01", p2["id"], tmp_path / "b").read_bytes() == v2
@@ -83,8 +83,8 @@ def test_completed_initial_replication_is_never_repeated(appliance: Appliance, t
         received = _received(appliance)
         mob.stop()
         mob.start()
-        t = time.time()
         change_disk(disk, seed=3, writes=3)
+        t = time.time()
         p = appliance.point_after("app-01", t)
         # After the restart only the few changed blocks travelled, not the 16 MiB disk again.
         assert _received(appliance) - received < 4 * MiB
@@ -257,8 +257,8 @@ def test_a_server_with_two_disks(appliance: Appliance, tmp_path: Path) -> None:
         wait_for(lambda: appliance.servers().get("two-01"), what="registration")
         appliance.enable("two-01")
         wait_for(lambda: appliance.servers()["two-01"]["state"] == "protected", timeout=60, what="protection")
-        t = time.time()
         change_disk(disks[1], seed=33)
+        t = time.time()
         point = appliance.point_after("two-01", t)
         (tmp_path / "both").mkdir()
         res = appliance.cli("vm", "export", "two-01", "--point", str(point["id"]), "--format", "raw", "--out",
