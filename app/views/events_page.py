@@ -42,7 +42,7 @@ from app.models.events import (
 )
 from app.widgets.dialogs import confirm
 from app.widgets.export import FORMATS, ask_export_path, export_records
-from app.widgets.formatting import tr
+from app.widgets.formatting import show_line, tr
 from app.widgets.record_table import RecordTable
 
 #: The severity filter's choices: the least serious severity rank each shows, and how it reads.
@@ -261,11 +261,7 @@ class EventsPage(QWidget):
         self.start(self.export("csv"))
 
     def _say(self, level: str, text: str) -> None:
-        self.message.setText(text)
-        self.message.setProperty("level", level)
-        self.message.style().unpolish(self.message)
-        self.message.style().polish(self.message)
-        self.message.setVisible(bool(text))
+        show_line(self.message, level, text)
 
     async def export(self, fmt: str) -> None:
         """Ask where, then write the events shown (oldest first, as ``godwit events`` lists them) as ``fmt``; an

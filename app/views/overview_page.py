@@ -54,6 +54,7 @@ from app.widgets.formatting import (
     health_tone,
     rate_text,
     set_tone,
+    show_line,
     size_text,
     tr,
 )
@@ -785,11 +786,7 @@ class OverviewPage(QWidget):
 
     def say(self, level: str, text: str) -> None:
         """One line under the title: "error" (red: a refusal), "ok" (green), or "" (hidden when empty)."""
-        self.message.setText(text)
-        self.message.setProperty("level", level)
-        self.message.style().unpolish(self.message)
-        self.message.style().polish(self.message)
-        self.message.setVisible(bool(text))
+        show_line(self.message, level, text)
 
     async def _ask(self, call: Coroutine[Any, Any, Any], *, done: Any = None) -> Any:
         """Await an engine command; a refusal is said in one red line and returns None (else its answer, or

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from app import theme
 from app.bridge import EngineBridge, EngineError, Policy, ServerStatus, durations
 from app.widgets.dialogs import confirm
-from app.widgets.formatting import shown, tr
+from app.widgets.formatting import show_line, shown, tr
 from app.widgets.tasks import TaskOwner
 
 #: The policy every server may fall back to; the engine never deletes it.
@@ -492,11 +492,7 @@ class PoliciesPage(QWidget):
 
     def say(self, level: str, text: str) -> None:
         """One line under the title: "error" (red: a refusal), "ok" (green), or "" (hidden when empty)."""
-        self.message.setText(text)
-        self.message.setProperty("level", level)
-        self.message.style().unpolish(self.message)
-        self.message.style().polish(self.message)
-        self.message.setVisible(bool(text))
+        show_line(self.message, level, text)
 
     def on_new_requested(self) -> None:
         if self.new_action.isEnabled():

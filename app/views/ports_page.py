@@ -40,7 +40,7 @@ from app.bridge import (
 )
 from app.errors import show_error
 from app.models.table import Index, RecordTableModel
-from app.widgets.formatting import age_text, duration_text, health_colour, tr
+from app.widgets.formatting import age_text, duration_text, health_colour, show_line, tr
 
 #: Seconds between refreshes of the relative times on the page ("in 12 min", "3 min ago").
 REFRESH_S = 15
@@ -404,11 +404,7 @@ class PortsPage(QWidget):
         self.revert_button.setEnabled(editing)
 
     def _say(self, level: str, text: str) -> None:
-        self.message.setText(text)
-        self.message.setProperty("level", level)
-        self.message.style().unpolish(self.message)
-        self.message.style().polish(self.message)
-        self.message.setVisible(bool(text))
+        show_line(self.message, level, text)
 
     def on_revert_button_clicked(self) -> None:
         if self.ports is not None:

@@ -78,6 +78,7 @@ from app.widgets.formatting import (
     rate_text,
     set_tone,
     severity_colour,
+    show_line,
     size_text,
     state_text,
     tr,
@@ -513,11 +514,7 @@ class ServerDetailDialog(QDialog):
 
     def say(self, level: str, text: str) -> None:
         """One line under the tabs: "error" (red: a refusal), "ok" (green), or "" (hidden when empty)."""
-        self.message.setText(text)
-        self.message.setProperty("level", level)
-        self.message.style().unpolish(self.message)
-        self.message.style().polish(self.message)
-        self.message.setVisible(bool(text))
+        show_line(self.message, level, text)
 
     async def _ask(self, call: Coroutine[Any, Any, Any]) -> Any:
         """Await an engine command; a refusal is said in one red line and returns None."""

@@ -60,7 +60,7 @@ from app.views.policies_page import DEFAULT_POLICY, SETTINGS, check_policy_input
 from app.views.ports_page import moving_text
 from app.views.setup_page import licence_text
 from app.widgets.copy_field import CopyField
-from app.widgets.formatting import SHOWN_CHARS, tr
+from app.widgets.formatting import SHOWN_CHARS, set_level, tr
 from app.widgets.tasks import TaskOwner
 
 #: Milliseconds "Copied" shows on a copy button before it reads as before.
@@ -78,13 +78,6 @@ CONSEQUENCES = {
     "sizing": "with many servers replicating at once, the appliance may fall behind (the RPO grows)",
     "target": "replicas cannot be written to the target storage; the cache holds the data meanwhile",
 }
-
-
-def set_level(label: QLabel, level: str) -> None:
-    """Set a label's ``level`` dynamic property and let the style sheet see it."""
-    label.setProperty("level", level)
-    label.style().unpolish(label)
-    label.style().polish(label)
 
 
 def _engine_check(check: Callable[[str], object], text: str) -> str | None:

@@ -7,7 +7,7 @@ bridge) with the console's :func:`tr`; health causes read as :attr:`HealthCause.
 from __future__ import annotations
 
 from PySide6.QtCore import QCoreApplication, QLocale
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QLabel, QWidget
 
 from app import theme
 from app.bridge import Health, HealthCause, ServerState, durations
@@ -103,3 +103,19 @@ def set_tone(widget: QWidget, tone: str) -> None:
     widget.setProperty("tone", tone)
     widget.style().unpolish(widget)
     widget.style().polish(widget)
+
+
+def set_level(label: QWidget, level: str) -> None:
+    """Set a widget's ``level`` dynamic property ("ok", "error", "busy", "warning", …) and let console.qss see it."""
+    label.setProperty("level", level)
+    label.style().unpolish(label)
+    label.style().polish(label)
+
+
+def show_line(label: QLabel, level: str, text: str) -> None:
+    """A view's one line saying how a command went: ``level`` "error" (red: a refusal), "ok" (green), "busy", or
+    "" with its text; hidden when the text is empty."""
+    label.setText(text)
+    set_level(label, level)
+    label.setVisible(bool(text))
+
