@@ -40,6 +40,20 @@ def to_json_bytes(records: Sequence[Any]) -> bytes:
     return (json.dumps([record_fields(r) for r in records], indent=2, ensure_ascii=False) + "\n").encode()
 
 
+#: What a spreadsheet takes a cell starting with for a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value for a CSV cell: text that a spreadsheet would run as a formula (an event message is partly a
+    source's words) gets a leading apostrophe, so it shows as the text it is."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv_bytes(records: Sequence[Any], fields: Sequence[str]) -> bytes:
     """A header row of ``fields``, then one row per record; ``fields`` names the columns even with no record."""
     out = io.StringIO(newline="")
@@ -47,7 +61,7 @@ def to_csv_bytes(records: Sequence[Any], fields: Sequence[str]) -> bytes:
     writer.writerow(fields)
     for record in records:
         values = record_fields(record)
-        writer.writerow("" if values[name] is None else values[name] for name in fields)
+        writer.writerow(csv_cell(values[name]) for name in fields)
     return out.getvalue().encode()
 
 

@@ -5,6 +5,7 @@ driven through its signals or a scripted admin client."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ import app.widgets.export as export
 from app.bridge import EngineBridge, EngineStatus, Event, SetupInfo
 from app.models.events import APPLIANCE, CRITICAL_RANK, MAX_ROWS, SEVERITY_RANKS, EventsModel
 from app.views.events_page import EXPORT_FIELDS, SEVERITY_FILTERS, EventsPage
+from app.widgets.export import to_csv_bytes
 from engine.links.admin import EventAdded, Hello  # test data only: what the engine sends
 from engine.records import Severity, to_json  # the engine's one serialiser: what `godwit events --json` prints
 from tests.app.scripted import ScriptedClient
@@ -573,3 +575,13 @@ def test_export_encodes_no_events_as_an_empty_list_and_a_header(tmp_path: Path) 
     assert export.encode([], EXPORT_FIELDS, "csv") == b"id,ts,severity,code,message,server\r\n"
     with pytest.raises(ValueError, match="xml"):
         export.encode([], EXPORT_FIELDS, "xml")
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_stay_text() -> None:
+    """A message starting with =, +, -, @ (say, a server named by its admin) is written with a leading apostrophe,
+    so a spreadsheet shows it instead of running it; numbers and ordinary text are written as they are."""
+    events = [Event(id=1, ts=5.0, severity="error", code="x", message='=HYPERLINK("http://evil","x")', server="-web"),
+              Event(id=2, ts=6.0, severity="info", code="y", message="plain words", server=None)]
+    rows = list(csv.reader(io.StringIO(to_csv_bytes(events, ["id", "ts", "message", "server"]).decode())))
+    assert rows[1] == ["1", "5.0", "'=HYPERLINK(\"http://evil\",\"x\")", "'-web"]
+    assert rows[2] == ["2", "6.0", "plain words", ""]
