@@ -61,8 +61,15 @@ def main(argv: list[str] | None = None) -> int:
 
     follow_desktop(app)  # light or dark as the desktop is, and again when it switches
     install_excepthook()
-    with contextlib.suppress(asyncio.CancelledError):
-        qasync.run(run_console(app, data_dir, args))
+    from app.gui_thread_gc import GuiThreadCollector
+
+    collector = GuiThreadCollector(app)  # Qt objects must never be freed by a collection in an executor thread
+    collector.start()
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            qasync.run(run_console(app, data_dir, args))
+    finally:
+        collector.stop()  # the closed loop (and its Qt timers) is freed here, on the GUI thread
     return 0
 
 

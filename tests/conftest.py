@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import tempfile
@@ -58,6 +59,42 @@ def short_tmp() -> Iterator[Path]:
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests collect garbage as the console does (``app/gui_thread_gc.py``): on the main thread only, here between
+    tests. A collection in a test's executor thread would free the Qt objects a console test left (a closed qasync
+    loop with a pending timer, freed that way, crashed a worker in CI on the next event)."""
+    gc.disable()
+
+
+def _uses_qt(item: pytest.Item) -> bool:
+    return item.get_closest_marker("qt_loop") is not None or bool({"qapp", "qtbot"} & set(getattr(item,
+                                                                                                "fixturenames", ())))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> object:
+    gc.collect()  # what the previous test let go once pytest dropped its fixtures
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """After a test and all its fixtures: the windows a console test left are deleted, on the GUI thread, and the
+    garbage collected."""
+    try:
+        return (yield)
+    finally:
+        if _uses_qt(item):
+            from PySide6.QtCore import QEvent
+            from PySide6.QtWidgets import QApplication
+
+            if QApplication.instance() is not None:
+                for window in QApplication.topLevelWidgets():
+                    if window.parent() is None:
+                        window.deleteLater()
+                QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        gc.collect()
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
