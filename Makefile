@@ -12,11 +12,13 @@ DEMO   := .demo
 
 all: test
 
-$(STAMP): pyproject.toml installers/debian-packages.sh
+$(STAMP): pyproject.toml installers/debian-packages.sh tools/azurite/package-lock.json
 	bash installers/debian-packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 18 or 20 with npm (Azurite, the Azure Blob emulator, runs on it)" >&2; exit 1; }
+	npm ci --prefix tools/azurite --no-audit --no-fund --silent
 	touch $(STAMP)
 
 deps: $(STAMP)

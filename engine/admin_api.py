@@ -159,6 +159,20 @@ async def activate_licence(request: web.Request) -> web.Response:
     return _json(_services(request).activate_licence(text))
 
 
+async def get_target(request: web.Request) -> web.Response:
+    return _json(_services(request).target())
+
+
+async def set_target(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    kind = _text_or_none(body, "kind")
+    if kind is None:
+        raise ProtocolError("kind must be local or azure.")
+    return _json(await _services(request).set_target(
+        kind, account_url=_text_or_none(body, "account_url"), container=_text_or_none(body, "container"),
+        credential=_text_or_none(body, "credential")))
+
+
 async def get_ports(request: web.Request) -> web.Response:
     return _json(_services(request).ports.status())
 
@@ -324,9 +338,18 @@ async def export_point(request: web.Request) -> web.StreamResponse:
         resp.content_length = total
         await resp.prepare(request)
         zeros = memoryview(bytes(EXPORT_CHUNK))
-        while (piece := await loop.run_in_executor(None, next, image.chunks, None)) is not None:
-            off, data = piece
-            await resp.write(data if data is not None else zeros[:min(EXPORT_CHUNK, image.size - off)])
+        try:
+            while (piece := await loop.run_in_executor(None, next, image.chunks, None)) is not None:
+                off, data = piece
+                await resp.write(data if data is not None else zeros[:min(EXPORT_CHUNK, image.size - off)])
+        except (EngineError, OSError) as exc:
+            # The answer has begun: it is cut short (the client sees an incomplete image and says so), and why
+            # is an event, never a byte of an image that failed its check.
+            why = exc.message if isinstance(exc, EngineError) else f"the point could not be read ({exc})"
+            services.hub.record("error", "export-failed", f"The export of point {image.point.id} of disk {disk} "
+                                f"stopped: {why}", server=row.name)
+            resp.force_close()
+            return resp
         if padded > image.size:
             await resp.write(bytes(padded - image.size))
         if fmt == "vhd":
@@ -407,6 +430,8 @@ def make_admin_app(services: Services, *, health: ApplianceHealthMonitor | None 
     r.add_get("/v1/servers/{name}/points", list_points)
     r.add_get("/v1/servers/{name}/export", export_point)
     r.add_get("/v1/servers/{name}/history", server_history)
+    r.add_get("/v1/target", get_target)
+    r.add_put("/v1/target", set_target)
     r.add_get("/v1/licence", get_licence)
     r.add_post("/v1/licence", activate_licence)
     r.add_get("/v1/ports", get_ports)

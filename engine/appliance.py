@@ -130,7 +130,7 @@ class Engine:
                                probe_address=self._probe_address)
         self.updater.on_change = lambda status: self.hub.publish(UpdatesChanged(status))
         self.updater.prepare()  # before any agent starts: an interrupted install is rolled back first
-        storage = open_storage(self.data_dir)
+        storage = open_storage(self.data_dir, store)
         replication = Replication(state=self.state, hub=self.hub, storage=storage)
         self.inventory = Inventory(
             state=self.state, pki=pki, secrets=store, hub=self.hub, replication=replication,

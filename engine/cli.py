@@ -27,7 +27,16 @@ from engine.files import write_atomically
 from engine.links.admin import EventAdded, Hello, UpdatesChanged
 from engine.ports import old_port_text
 from engine.prerequisites import CHECKS as PREREQUISITE_CHECKS
-from engine.records import AgentUpdate, ApplianceHealth, Event, PortsStatus, ServerStatus, UpdatesStatus, to_json
+from engine.records import (
+    AgentUpdate,
+    ApplianceHealth,
+    Event,
+    PortsStatus,
+    ServerStatus,
+    TargetStatus,
+    UpdatesStatus,
+    to_json,
+)
 
 EXIT_ERROR = 1
 
@@ -524,6 +533,45 @@ async def cmd_ports_test(client: AdminClient, args: argparse.Namespace) -> None:
         raise EngineError(f"{failed} connectivity check(s) failed; each says above what to do.")
 
 
+def _print_target(target: TargetStatus) -> None:
+    print(f"Target storage:   {target.location}")
+    if target.servers_elsewhere:
+        print(f"Elsewhere:        {', '.join(target.servers_elsewhere)} (they keep the target they began on until "
+              "disabled and enabled again)")
+
+
+async def cmd_target_show(client: AdminClient, args: argparse.Namespace) -> None:
+    target = await client.target()
+    if args.json:
+        _print_json(target)
+    else:
+        _print_target(target)
+
+
+async def cmd_target_set(client: AdminClient, args: argparse.Namespace) -> None:
+    if args.kind == "local":
+        if args.account_url or args.container or args.connection_string_file or args.sas_file:
+            raise BadInput("`godwit target set local` takes no account, container or credential.")
+        target = await client.set_target("local")
+    else:
+        if not args.account_url or not args.container:
+            raise BadInput("Give --account-url URL and --container NAME for an Azure target.")
+        if bool(args.connection_string_file) == bool(args.sas_file):
+            raise BadInput("Give the credential in one file: --connection-string-file F or --sas-file F.")
+        path = args.connection_string_file or args.sas_file
+        credential = _read_small_text(Path(path), "credential file", 8192).strip()
+        if not credential:
+            raise BadInput(f"{path} is empty: it must hold the connection string or SAS token.")
+        target = await client.set_target("azure", account_url=args.account_url, container=args.container,
+                                         credential=credential)
+    if args.json:
+        _print_json(target)
+        return
+    print(f"Servers enabled from now on replicate to {target.location}.")
+    if target.servers_elsewhere:
+        print(f"{', '.join(target.servers_elsewhere)} keep the target they began on until disabled and enabled again.")
+
+
 def _read_passphrase(args: argparse.Namespace, *, confirm: bool) -> str:
     if args.passphrase_file:
         text = _read_small_text(Path(args.passphrase_file), "passphrase file", 4096).strip()
@@ -881,6 +929,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_admin(cmd_ports_set))
     p = ports.add_parser("test", parents=[data_dir, as_json], help="check that both ports and the target answer")
     p.set_defaults(func=_admin(cmd_ports_test))
+
+    target = sub.add_parser("target", help="where seed disks and recovery points are kept").add_subparsers(
+        dest="target_command", metavar="ACTION", required=True)
+    p = target.add_parser("show", parents=[data_dir, as_json], help="the target new copies go to")
+    p.set_defaults(func=_admin(cmd_target_show))
+    p = target.add_parser("set", parents=[data_dir, as_json], help="choose the target (checked first; servers "
+                          "already replicating keep theirs)")
+    p.add_argument("kind", choices=["local", "azure"])
+    p.add_argument("--account-url", metavar="URL", help="the storage account, https://ACCOUNT.blob.core.windows.net")
+    p.add_argument("--container", metavar="NAME", help="the container (created if missing)")
+    p.add_argument("--connection-string-file", metavar="F", help="a file holding the account's connection string")
+    p.add_argument("--sas-file", metavar="F", help="a file holding a SAS token for the container")
+    p.set_defaults(func=_admin(cmd_target_set))
 
     agents = sub.add_parser("agents", help="the appliance agents' versions and their updates").add_subparsers(
         dest="agents_command", metavar="ACTION", required=True)

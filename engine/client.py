@@ -31,6 +31,7 @@ from engine.records import (
     ServerHistory,
     ServerStatus,
     SetupInfo,
+    TargetStatus,
     UpdatesStatus,
     from_json,
 )
@@ -262,8 +263,13 @@ class AdminClient(UnixJsonClient):
                     written += len(chunk)
                     if progress:
                         progress(written, total)
+                if written != total:
+                    raise aiohttp.ClientPayloadError(f"{written} of {total} bytes")
                 out.truncate(written)
                 return resp.headers["X-Godwit-Point"], written
+        except aiohttp.ClientPayloadError as exc:
+            raise EngineError(f"The export of {name} stopped before its end: the engine could not read the point "
+                              "(`godwit events` says why).") from exc
         except _UNREACHABLE as exc:
             raise self._unreachable(exc) from exc
 
@@ -273,6 +279,16 @@ class AdminClient(UnixJsonClient):
     async def activate_licence(self, text: str) -> LicenceStatus:
         """Activate the licence file whose content is ``text`` (the engine checks it; nothing changes if refused)."""
         return from_json(LicenceStatus, await self.request("POST", "/v1/licence", {"licence": text}))
+
+    async def target(self) -> TargetStatus:
+        return from_json(TargetStatus, await self.request("GET", "/v1/target"))
+
+    async def set_target(self, kind: str, *, account_url: str | None = None, container: str | None = None,
+                         credential: str | None = None) -> TargetStatus:
+        """Choose the target new copies go to (the engine checks an Azure container first; nothing changes if
+        that fails). The credential travels over the admin socket only and is kept in the secret store."""
+        body = {"kind": kind, "account_url": account_url, "container": container, "credential": credential}
+        return from_json(TargetStatus, await self.request("PUT", "/v1/target", body, timeout=150))
 
     async def ports(self) -> PortsStatus:
         return from_json(PortsStatus, await self.request("GET", "/v1/ports"))

@@ -369,6 +369,20 @@ class FirewallRule:
 
 
 @dataclass(frozen=True)
+class TargetStatus:
+    """Where seed disks and recovery points go (``godwit target show``). The credential is never part of it."""
+
+    #: Where servers enabled from now on replicate: ``local`` or ``azure``.
+    kind: str
+    #: The same in words: ``this appliance's own disk (local)``, ``container C of https://…``.
+    location: str
+    account_url: str | None = None
+    container: str | None = None
+    #: Servers replicating to another target than this one: they keep theirs until disabled and enabled again.
+    servers_elsewhere: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PortsStatus:
     """Where the appliance listens (``godwit ports show``)."""
 

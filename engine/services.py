@@ -8,12 +8,14 @@ the consoles live in the services, never in a handler.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from engine.config import DataDir
-from engine.errors import EngineError, UpdateError
+from engine.errors import BadInput, EngineError, TargetUnwritable, UpdateError
 from engine.events import EventHub
 from engine.inventory import Inventory
 from engine.licence import LicenceKeeper
@@ -21,12 +23,22 @@ from engine.links.admin import LicenceChanged, SetupChanged
 from engine.links.agent import Ack, AppliedReport, ReceivedReport
 from engine.ports import PortsControl
 from engine.prerequisites import PrerequisiteChecker
-from engine.records import EngineStatus, LicenceStatus, Policy, Prerequisites, ServerHistory, ServerStatus, SetupInfo
+from engine.records import (
+    EngineStatus,
+    LicenceStatus,
+    Policy,
+    Prerequisites,
+    ServerHistory,
+    ServerStatus,
+    SetupInfo,
+    TargetStatus,
+)
 from engine.replication import Replication
 from engine.secrets import SecretStore
 from engine.server_history import ServerHistories, check_span
 from engine.state import ServerRecord, StateDB
-from engine.storage import Storage
+from engine.storage import replica
+from engine.storage.target import RoutedStorage, TargetSetting, credential_name, read_setting, write_setting
 from engine.updater.mobility import MobilityUpdates
 from engine.updater.service import Updater
 
@@ -37,7 +49,7 @@ class Services:
     hub: EventHub
     inventory: Inventory
     replication: Replication
-    storage: Storage
+    storage: RoutedStorage
     licence: LicenceKeeper
     ports: PortsControl
     data_dir: DataDir
@@ -76,6 +88,46 @@ class Services:
         for name in names:
             self.inventory.publish(self.inventory.row(name).server_id)
         return [self.inventory.server(name) for name in names]
+
+    # --- the target storage ------------------------------------------------------------------------------------
+    def target(self) -> TargetStatus:
+        """Where new copies go, and which replicating servers are elsewhere (they keep their target)."""
+        setting = read_setting(self.data_dir)
+        elsewhere = []
+        for row in self.state.servers():
+            if row.replicate and row.epoch is not None:
+                placed = self.storage.placed(replica(row.server_id, row.epoch))
+                if placed is not None and placed != setting:
+                    elsewhere.append(row.name)
+        return TargetStatus(setting.kind, setting.describe(), setting.account_url, setting.container,
+                            tuple(sorted(elsewhere)))
+
+    async def set_target(self, kind: str, *, account_url: str | None = None, container: str | None = None,
+                         credential: str | None = None) -> TargetStatus:
+        """Point new copies at ``local`` or an Azure container. The container is checked first (created if need
+        be, a page blob written, snapshotted, read back and deleted, the clock compared): nothing changes if it
+        fails. The credential goes to the secret store only."""
+        if kind == "local":
+            setting = TargetSetting()
+        elif kind == "azure":
+            setting = check_azure_target(account_url, container, credential)
+            assert setting.account_url is not None and setting.container is not None and credential is not None
+            candidate = self.storage.azure(setting.account_url, setting.container, credential.strip())
+            try:
+                await asyncio.to_thread(candidate.probe_target)
+            except OSError as exc:  # unreachable: said as the account, not as an internal error
+                raise TargetUnwritable(f"The {setting.describe()} cannot be reached ({exc.strerror or exc}): check "
+                                       "the account URL and the appliance's network and proxy.") from exc
+            self.secrets.set(credential_name(setting.account_url, setting.container), credential.strip())
+        else:
+            raise BadInput(f"There is no target {kind!r}: choose local or azure.")
+        write_setting(self.data_dir, setting)
+        status = self.target()
+        kept = f" {len(status.servers_elsewhere)} server(s) already replicating keep their target until disabled " \
+               "and enabled again." if status.servers_elsewhere else ""
+        self.hub.record("info", "target-changed", f"Servers enabled from now on replicate to {setting.describe()}."
+                        + kept)
+        return status
 
     def replicating(self) -> int:
         """How many servers replicate now (what a licence's number of servers counts)."""
@@ -175,3 +227,22 @@ class Services:
         if ok:
             self.inventory.publish(report.server_id)
         return Ack(ok)
+
+
+_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+
+
+def check_azure_target(account_url: str | None, container: str | None, credential: str | None) -> TargetSetting:
+    """An Azure target as typed by the admin, or BadInput saying what is wrong with it."""
+    url = (account_url or "").strip().rstrip("/")
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("https", "http") or not parsed.netloc or parsed.query or parsed.fragment:
+        raise BadInput(f"{url or 'The account URL'!r} is not a storage account URL: give one like "
+                       "https://ACCOUNT.blob.core.windows.net.")
+    name = (container or "").strip()
+    if not _CONTAINER.fullmatch(name):
+        raise BadInput(f"{name!r} is not a container name: 3 to 63 lowercase letters, digits and single hyphens, "
+                       "starting and ending with a letter or digit.")
+    if not credential or not credential.strip():
+        raise BadInput("No credential was given: give a connection string or a SAS token (a file that holds it).")
+    return TargetSetting("azure", url, name)

@@ -19,6 +19,8 @@ packages=(
   libfaketime
   # venv for Debian's own python3
   python3-venv
+  # Node.js (with npm) runs Azurite, the Azure Blob Storage emulator of the azure target's tests and demo
+  nodejs
 )
 
 missing=()

@@ -51,6 +51,16 @@ def patient_appliance(tmp_path_factory: pytest.TempPathFactory) -> object:
     app.stop()
 
 
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One Azurite per test process, its data in memory: each test uses a container of its own."""
+    from tests.azurite import Azurite
+
+    emulator = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    yield emulator
+    emulator.stop()
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temporary directory with a short path, for a data directory inside a file system a test mounts: the

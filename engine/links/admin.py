@@ -30,7 +30,8 @@ from engine.records import (
 #: 1.4: the appliance's own health (Hello.health, ApplianceHealthChanged, GET /v1/appliance/health).
 #: 1.5: the first-run setup (SetupInfo.setup_completed_at, POST /v1/setup/complete), the prerequisites
 #: (POST /v1/appliance/prerequisites) and a server's history (GET /v1/servers/{name}/history?span=hour|day).
-ADMIN = Link("admin", 1, 5, "admin API")
+#: 1.6: the target storage (GET and PUT /v1/target).
+ADMIN = Link("admin", 1, 6, "admin API")
 
 
 @dataclass(frozen=True)

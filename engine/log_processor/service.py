@@ -128,7 +128,7 @@ class LogProcessor:
         _, store = ctx.require_appliance()
         data_dir = ctx.data_dir
         self.keys = DataKeys(data_dir.keys, master_key(store))
-        self.storage = open_storage(data_dir)
+        self.storage = open_storage(data_dir, store)
         self.cache = self.storage.cache
         self.link = ctx.supervisor_link()
         self.ctx = ctx
@@ -160,7 +160,11 @@ class LogProcessor:
                 if key in self.jobs and self.jobs[key].epoch != epoch:
                     self._drop(key)  # disabled and enabled again: that target was deleted
                 if key not in self.jobs:
-                    target = self.storage.target_disk(replica(key[0], epoch), key[1], d.size)
+                    try:
+                        target = self.storage.target_disk(replica(key[0], epoch), key[1], d.size)
+                    except (OSError, EngineError) as exc:  # the target storage cannot be reached: at a later refresh
+                        log.warning("target.unavailable server=%s disk=%s: %s", key[0], key[1], exc)
+                        continue
                     self.jobs[key] = DiskJob(key[0], key[1], target, retention, epoch=epoch, points=target.points())
                 self.jobs[key].retention = retention
                 self.jobs[key].resync_gen = desired.resync_gen

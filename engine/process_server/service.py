@@ -61,7 +61,7 @@ class ProcessServer:
         _, store = ctx.require_appliance()
         self.pki = open_pki(ctx.data_dir, store)
         self.keys = DataKeys(ctx.data_dir.keys, master_key(store))
-        self.cache = open_storage(ctx.data_dir).cache
+        self.cache = open_storage(ctx.data_dir, store).cache
         self.streams = Streams(self.cache)
         self.link = ctx.supervisor_link()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="process")

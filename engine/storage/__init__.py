@@ -4,11 +4,11 @@ The process server puts durable segments and each disk's stream state into the :
 the log processor applies acknowledged segments, in order, to a :class:`TargetDisk` per source disk
 (the seed disk) and takes recovery points there; exports read a point back under the disk's lock.
 Everything reaches storage through the one :class:`Storage` that :func:`open_storage` returns: no
-other module knows where (or how) cache and target data are kept. ``local`` (directories and sparse
-files in the data directory, :mod:`engine.storage.local`) is the only backend today; an Azure Blob
-backend maps the same calls to block blobs (segments), a page blob per seed disk and blob snapshots
-(points) without changing any caller. ``tests/engine/test_storage_contract.py`` is what a backend
-must pass.
+other module knows where (or how) cache and target data are kept. The cache is always ``local``
+(directories in the data directory, :mod:`engine.storage.local`); seed disks are there too, or in an
+Azure Blob Storage container (:mod:`engine.storage.azure`: a page blob per seed disk, blob snapshots
+for points), as the admin chose (:mod:`engine.storage.target`), without any caller knowing which.
+``tests/engine/test_storage_contract.py`` is what a backend must pass.
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.codec import Block
 from engine.config import DataDir
 from engine.links.data import StreamState
+
+if TYPE_CHECKING:
+    from engine.secrets import SecretStore
+    from engine.storage.target import RoutedStorage
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,9 @@ class PointImage:
 class Storage(Protocol):
     """The configured backend: the only thing that knows where cache and target data live."""
 
-    #: The backend's name as the admin chooses it: ``local``.
-    kind: str
+    @property
+    def kind(self) -> str:
+        """The backend's name as the admin chooses it: ``local`` or ``azure``."""
 
     @property
     def cache(self) -> CacheStore:
@@ -165,7 +170,7 @@ class Storage(Protocol):
         the copy of ``epoch`` and later ones are kept."""
 
     def target_location(self) -> str:
-        """Where seed disks live, for a message: a directory (``local``)."""
+        """Where seed disks live, for a message: a directory (``local``), a container (``azure``)."""
 
     def target_room(self) -> str:
         """The room where seed disks live, in a phrase for a message that says it is full: ``the file
@@ -176,11 +181,13 @@ class Storage(Protocol):
         Raises :class:`~engine.errors.EngineError` with what to do when the target cannot be written."""
 
 
-def open_storage(data_dir: DataDir) -> Storage:
-    """The backend of this appliance (``local`` today). Opening it creates nothing."""
-    from engine.storage.local import LocalStorage
+def open_storage(data_dir: DataDir, secrets: SecretStore | None = None) -> RoutedStorage:
+    """This appliance's storage: the local cache, and each copy's seed disks on the target it began on
+    (:mod:`engine.storage.target`). ``secrets`` opens the Azure target's credential and data keys. Opening it
+    creates nothing."""
+    from engine.storage.target import RoutedStorage
 
-    return LocalStorage(data_dir.root)
+    return RoutedStorage(data_dir, secrets)
 
 
 def replica(server_id: str, epoch: int) -> str:

@@ -70,6 +70,8 @@ def test_without_the_collector_a_worker_thread_frees_the_gui_threads_garbage() -
 
 
 def test_garbage_is_freed_on_the_gui_thread_not_in_a_worker_thread(qapp: QApplication, automatic_gc: None) -> None:
+    """With the collector running, a worker thread's allocations collect nothing; the GUI thread's next check
+    frees every cycle, and stopping gives automatic collection back."""
     collector = GuiThreadCollector(qapp)
     collector.start()
     try:
@@ -90,6 +92,7 @@ def test_garbage_is_freed_on_the_gui_thread_not_in_a_worker_thread(qapp: QApplic
 
 
 def test_stop_collects_what_is_left_and_keeps_collection_off_when_it_was_off(qapp: QApplication) -> None:
+    """Stopping collects what is left on the GUI thread, and leaves collection off when it was off before."""
     assert not gc.isenabled()  # the suite's own setting
     collector = GuiThreadCollector(qapp)
     collector.start()

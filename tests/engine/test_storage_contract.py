@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import multiprocessing
 import random
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -28,11 +30,26 @@ Opener = Callable[[], Storage]
 SIZE = 40 * BLOCK + 1000  # a last partial block, as real disks may have
 
 
-@pytest.fixture(params=["local"])
+def _open_azure(root: Path, connection_string: str, container: str) -> Storage:
+    """The ``azure`` backend on Azurite (a module-level function: a spawned process opens it too)."""
+    from engine.storage.azure import AzureLocation, AzureStorage
+    from engine.storage.local import LocalStorage
+
+    location = AzureLocation(connection_string.split("BlobEndpoint=")[1].rstrip(";"), container, connection_string)
+    return AzureStorage(LocalStorage(root), location, lambda server_id: hashlib.sha256(server_id.encode()).digest())
+
+
+@pytest.fixture(params=["local", "azure"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """The backend under test, opened anew at each call."""
+    """The backend under test, opened anew at each call (``azure``: a container of its own in Azurite)."""
     if request.param == "local":
         return functools.partial(open_storage, DataDir(tmp_path / "data"))
+    if request.param == "azure":
+        azurite = request.getfixturevalue("azurite")
+        container = f"contract-{uuid.uuid4().hex[:12]}"
+        opener = functools.partial(_open_azure, tmp_path / "data", azurite.connection_string, container)
+        opener().probe_target()  # creates the container, as `godwit target set azure` does
+        return opener
     raise AssertionError(f"no backend {request.param}")
 
 
