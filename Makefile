@@ -1,5 +1,6 @@
 # Godwit: two commands set everything up on a fresh Debian machine with Python 3.11.
 #   make demo   an appliance with three registered sample servers, shown in the console
+#               (make demo TARGET=azure: replicating into Azurite, a local Azure Blob Storage emulator)
 #   make test   the whole suite, headless (what CI runs)
 
 PYTHON ?= python3
@@ -31,7 +32,7 @@ test: lint
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
 
 demo: deps
-	$(PY) tools/demo.py --dir $(DEMO)
+	$(PY) tools/demo.py --dir $(DEMO) --target $(or $(TARGET),local)
 
 # Every page, wizard step and main dialog, against a real demo, at 1280x800 and 1920x1080 (docs/screenshots).
 # Then the licence banner at 30 and 3 days, a port move, and each state of the Agents page (tools/screenshots.py).

@@ -65,6 +65,7 @@ from engine.records import (
     ServerState,
     ServerStatus,
     SetupInfo,
+    TargetStatus,
     UpdatesStatus,
 )
 from engine.replication import MAX_MBPS, MIN_MBPS
@@ -110,6 +111,7 @@ __all__ = [
     "ServerState",
     "ServerStatus",
     "SetupInfo",
+    "TargetStatus",
     "UpdatesStatus",
     "check_address",
     "check_port",
@@ -373,6 +375,21 @@ class EngineBridge(QObject):
     # --- commands -----------------------------------------------------------------------------------
     async def rotate_passphrase(self) -> SetupInfo:
         return await self.client.rotate_passphrase()
+
+    async def target(self) -> TargetStatus | None:
+        """Where seed disks and recovery points go now; None from an engine before admin 1.6, which does not
+        say."""
+        if not self.engine_speaks(6):
+            return None
+        return await self.client.target()
+
+    async def set_target(self, kind: str, *, account_url: str | None = None, container: str | None = None,
+                         credential: str | None = None) -> TargetStatus:
+        """Send new copies to ``local`` or an Azure container. The engine checks the container first (up to a
+        minute when the account does not answer); a refusal raises its one-line :class:`EngineError` and changes
+        nothing. Servers already replicating keep their target."""
+        return await self.client.set_target(kind, account_url=account_url, container=container,
+                                            credential=credential)
 
     async def forget_server(self, name: str) -> None:
         await self.client.forget_server(name)

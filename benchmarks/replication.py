@@ -9,7 +9,10 @@ parts), registers a real mobility service with a real engine, enables replicatio
   change to recovery point; bytes sent for it;
 - peak RSS of each process.
 
-    .venv/bin/python benchmarks/replication.py --size-gib 2 --runs 3
+``--target azure`` replicates into Azurite on loopback (started here, its data in memory) instead of the
+appliance's own disk: the same figures, for the azure target.
+
+    .venv/bin/python benchmarks/replication.py --size-gib 2 --runs 3 [--target azure]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from engine.client import AdminClient  # noqa: E402
 from engine.config import DataDir  # noqa: E402
 from tests.appliance import free_port  # noqa: E402
+from tests.azurite import Azurite  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -89,7 +93,7 @@ def received(data_dir: Path) -> int:
     return sum(json.loads(p.read_text())["bytes_received"] for p in (data_dir / "cache").rglob("stream.json"))
 
 
-async def one_run(size: int, seed: int, work: Path) -> dict[str, float]:
+async def one_run(size: int, seed: int, work: Path, azurite: Azurite | None) -> dict[str, float]:
     data_dir = work / "appliance"
     env = {**os.environ, "GODWIT_SECRET_STORE": "file"}
     g = [sys.executable, "-m", "engine"]
@@ -109,6 +113,9 @@ async def one_run(size: int, seed: int, work: Path) -> dict[str, float]:
     try:
         while not [s for s in await client.servers() if s.name == "bench"]:
             await asyncio.sleep(0.05)
+        if azurite is not None:
+            await client.set_target("azure", account_url=azurite.account_url, container=f"bench-{seed}",
+                                    credential=azurite.connection_string)
         await client.create_policy(name="bench", rpo_threshold="1m", retention="1h", crash_consistent_every="1s",
                                    app_consistent_every="off")
         engine = await client.engine_status()
@@ -163,15 +170,22 @@ def main() -> None:
     parser.add_argument("--size-gib", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--target", choices=["local", "azure"], default="local",
+                        help="where seed disks go (azure: Azurite on loopback, started here)")
     args = parser.parse_args()
     size = int(args.size_gib * 1024 * MiB) // MiB * MiB
     results = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="godwit-bench-", dir=args.work) as tmp:
-            r = asyncio.run(one_run(size, 100 + i, Path(tmp)))
+            azurite = Azurite(Path(tmp) / "azurite").start() if args.target == "azure" else None
+            try:
+                r = asyncio.run(one_run(size, 100 + i, Path(tmp), azurite))
+            finally:
+                if azurite is not None:
+                    azurite.stop()
         results.append(r)
         print(f"run {i + 1}: " + "  ".join(f"{k}={v:.2f}" for k, v in r.items()), flush=True)
-    print(f"\nmedian of {args.runs} runs, {args.size_gib:g} GiB disk")
+    print(f"\nmedian of {args.runs} runs, {args.size_gib:g} GiB disk, target {args.target}")
     print("| figure | value |\n|---|---|")
     for key in results[0]:
         print(f"| {key} | {statistics.median(r[key] for r in results):.2f} |")

@@ -170,7 +170,8 @@ async def set_target(request: web.Request) -> web.Response:
         raise ProtocolError("kind must be local or azure.")
     return _json(await _services(request).set_target(
         kind, account_url=_text_or_none(body, "account_url"), container=_text_or_none(body, "container"),
-        credential=_text_or_none(body, "credential")))
+        credential=_text_or_none(body, "credential"),
+        still_wanted=lambda: request.transport is not None and not request.transport.is_closing()))
 
 
 async def get_ports(request: web.Request) -> web.Response:

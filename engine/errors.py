@@ -147,10 +147,30 @@ class DiskFull(EngineError):
 
 
 class TargetUnwritable(EngineError):
-    """The target storage cannot be written (a probe failed)."""
+    """The target storage cannot be written (a probe failed, the account refused a request)."""
 
     code = "target-unwritable"
     status = 503
+
+
+class TargetCorrupt(TargetUnwritable):
+    """What the target storage returned fails the appliance's integrity check: it was changed outside the
+    appliance."""
+
+    code = "target-corrupt"
+    status = 502
+
+
+class TargetTaken(TargetUnwritable):
+    """Another writer changed a seed disk's metadata since this appliance read it."""
+
+    code = "target-taken"
+    status = 409
+
+
+class TargetUnreachable(OSError):
+    """The target storage did not answer, or refused for a reason that passes (throttled, 5xx): segments wait
+    in the cache and applying is retried (an :class:`OSError`, as a full local disk is)."""
 
 
 class BadInput(EngineError):

@@ -51,6 +51,7 @@ class HealthCause(StrEnum):
     SEGMENT_CORRUPT = "segment-corrupt"  #: a refused segment: waits for a resync
     TARGET_FULL = "target-full"  #: the seed disk's file system is full: applying pauses
     TARGET_UNWRITABLE = "target-unwritable"  #: the seed disk cannot be written: applying pauses
+    TARGET_UNREACHABLE = "target-unreachable"  #: the target storage does not answer: applying pauses
     DISK_MISSING = "disk-missing"
     DISK_SIZE_CHANGED = "disk-size-changed"
 
@@ -66,7 +67,7 @@ class HealthCause(StrEnum):
     @property
     def pauses_applying(self) -> bool:
         """A cause that stops the log processor until it can write again (it heals by itself)."""
-        return self in (HealthCause.TARGET_FULL, HealthCause.TARGET_UNWRITABLE)
+        return self in (HealthCause.TARGET_FULL, HealthCause.TARGET_UNWRITABLE, HealthCause.TARGET_UNREACHABLE)
 
 
 @dataclass(frozen=True)

@@ -103,10 +103,12 @@ class Services:
                             tuple(sorted(elsewhere)))
 
     async def set_target(self, kind: str, *, account_url: str | None = None, container: str | None = None,
-                         credential: str | None = None) -> TargetStatus:
+                         credential: str | None = None, still_wanted: Callable[[], bool] = lambda: True
+                         ) -> TargetStatus:
         """Point new copies at ``local`` or an Azure container. The container is checked first (created if need
         be, a page blob written, snapshotted, read back and deleted, the clock compared): nothing changes if it
-        fails. The credential goes to the secret store only."""
+        fails, or if the admin gave up meanwhile (``still_wanted``: the console's dialog was closed). The
+        credential goes to the secret store only."""
         if kind == "local":
             setting = TargetSetting()
         elif kind == "azure":
@@ -118,9 +120,13 @@ class Services:
             except OSError as exc:  # unreachable: said as the account, not as an internal error
                 raise TargetUnwritable(f"The {setting.describe()} cannot be reached ({exc.strerror or exc}): check "
                                        "the account URL and the appliance's network and proxy.") from exc
-            self.secrets.set(credential_name(setting.account_url, setting.container), credential.strip())
         else:
             raise BadInput(f"There is no target {kind!r}: choose local or azure.")
+        if not still_wanted():
+            raise BadInput("The change of target was cancelled before it was saved; nothing changed.")
+        if kind == "azure":
+            assert setting.account_url is not None and setting.container is not None and credential is not None
+            self.secrets.set(credential_name(setting.account_url, setting.container), credential.strip())
         write_setting(self.data_dir, setting)
         status = self.target()
         kept = f" {len(status.servers_elsewhere)} server(s) already replicating keep their target until disabled " \

@@ -7,7 +7,9 @@ and opens the console. db-01 and files-01 replicate under a bandwidth cap so the
 replication can be watched. With no display it runs the console on a virtual framebuffer (Xvfb),
 saves screenshots of its pages and prints the server list. It also publishes a signed update feed
 on loopback offering version 0.2.0 of every agent and puts agent updates in manual mode, so the
-Agents page shows an Update button on each agent. Everything keeps running in the background until
+Agents page shows an Update button on each agent. With ``--target azure`` (``make demo TARGET=azure``) it
+starts Azurite, the Azure Blob Storage emulator, with its data in the demo directory, and sets it as the
+appliance's target before enabling the servers. Everything keeps running in the background until
 ``make demo-stop``.
 """
 
@@ -137,7 +139,31 @@ def serve_feed(demo: Path, port: int) -> None:
     http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
 
 
-def start(demo: Path, *, console: bool = True) -> int:
+def start_azurite(demo: Path) -> tuple[str, str] | None:
+    """Azurite for ``--target azure``, its data in the demo directory, on the same port at every start (the
+    target names it); returns its account URL and connection string."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.azurite import Azurite
+
+    pid_file, port_file = demo / "azurite.pid", demo / "azurite.port"
+    azurite = Azurite(demo / "azurite-logs", directory=demo / "azurite-data")
+    (demo / "azurite-data").mkdir(parents=True, exist_ok=True)
+    if port_file.exists():
+        azurite.port = int(port_file.read_text())
+    if not (pid_file.exists() and alive(int(pid_file.read_text()))):
+        try:
+            azurite.start()
+        except AssertionError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return None
+        assert azurite.proc is not None
+        pid_file.write_text(str(azurite.proc.pid))
+        port_file.write_text(str(azurite.port))
+        print(f"demo: Azurite (the Azure Blob Storage emulator) listens on {azurite.account_url}")
+    return azurite.account_url, azurite.connection_string
+
+
+def start(demo: Path, *, console: bool = True, target: str = "local") -> int:
     appliance = demo / "appliance"
     demo.mkdir(exist_ok=True)
     os.environ["GODWIT_SECRET_STORE"] = "file"  # keep the demo out of the admin's own keyring
@@ -200,6 +226,20 @@ def start(demo: Path, *, console: bool = True) -> int:
     if godwit("policy", "show", "demo", "--data-dir", str(appliance)).returncode != 0:
         godwit("policy", "create", "demo", "--rpo-threshold", "5m", "--retention", "2h", "--crash-consistent-every",
                "30s", "--app-consistent-every", "off", "--data-dir", str(appliance))
+    if target == "azure":
+        azure = start_azurite(demo)
+        if azure is None:
+            return 1
+        secret = demo / "azurite.conn"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(azure[1])
+        res = godwit("target", "set", "azure", "--account-url", azure[0], "--container", "demo",
+                     "--connection-string-file", str(secret), "--data-dir", str(appliance))
+        if res.returncode != 0:
+            print(f"demo: {res.stderr.strip()}", file=sys.stderr)
+            return 1
+        print(f"demo: {res.stdout.splitlines()[0]}")
     for name in SERVERS:
         if not next(s for s in listed if s["name"] == name)["replicating"]:
             if name in CAPS:
@@ -265,7 +305,7 @@ def churn(demo: Path) -> None:
 
 def stop(demo: Path) -> int:
     pids = [int(p.read_text()) for p in (demo / "sources").glob("*/mobility.pid") if p.read_text().strip()]
-    for name in ("churn.pid", "feed.pid"):
+    for name in ("churn.pid", "feed.pid", "azurite.pid"):
         if (demo / name).exists():
             pids.append(int((demo / name).read_text()))
     engine = engine_pid(demo / "appliance")
@@ -277,7 +317,7 @@ def stop(demo: Path) -> int:
     deadline = time.monotonic() + 15
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for p in [*(demo / "sources").glob("*/mobility.pid"), demo / "churn.pid", demo / "feed.pid"]:
+    for p in [*(demo / "sources").glob("*/mobility.pid"), demo / "churn.pid", demo / "feed.pid", demo / "azurite.pid"]:
         p.unlink(missing_ok=True)
     print(f"demo: stopped ({len(pids)} processes). The demo data stays in {demo}; `make clean` removes it.")
     return 0
@@ -288,6 +328,8 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=Path(".demo"))
     parser.add_argument("--stop", action="store_true")
     parser.add_argument("--no-console", action="store_true", help="start everything but do not open the console")
+    parser.add_argument("--target", choices=["local", "azure"], default="local",
+                        help="replicate to this appliance's disk, or into Azurite (a local Azure Blob emulator)")
     parser.add_argument("--churn", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-feed", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -298,7 +340,7 @@ def main() -> int:
     if args.churn:
         churn(demo)
         return 0
-    return stop(demo) if args.stop else start(demo, console=not args.no_console)
+    return stop(demo) if args.stop else start(demo, console=not args.no_console, target=args.target)
 
 
 if __name__ == "__main__":

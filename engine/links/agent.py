@@ -28,7 +28,8 @@ from engine.records import HealthCause
 #: 1.1: a heartbeat says which management port it came in on.
 #: 1.2: an applied report says how far a resync's full pass is (``resync_pass``, ``resync_offset``).
 #: 1.3: a received report says when it is the server's own share of the cache that is full (``share_full``).
-AGENT_LINK = Link("agent", 1, 3, "agent link")
+#: 1.4: an applied report's ``error_code`` may be ``target-unreachable`` (the azure target does not answer).
+AGENT_LINK = Link("agent", 1, 4, "agent link")
 
 __all__ = [
     "AGENT_LINK",
@@ -125,7 +126,7 @@ class AppliedReport:
     bookmark_time: float | None = None
     bookmark_source_time: float | None = None
     error: str | None = None
-    #: segment-corrupt | target-full | target-unwritable (engine.records.HealthCause)
+    #: segment-corrupt | target-full | target-unwritable | target-unreachable (engine.records.HealthCause)
     error_code: HealthCause | None = None
     points: tuple[AppliedPoint, ...] = ()
     #: The resync generation whose full pass has segments applied on this disk (0: none since the log processor

@@ -30,7 +30,7 @@ from engine import diskspace
 from engine.agents import AgentContext
 from engine.backoff import Backoff
 from engine.codec import Block, SegmentCorrupt, SegmentIdent, open_segment
-from engine.errors import EngineError
+from engine.errors import EngineError, TargetUnreachable, TargetUnwritable
 from engine.files import write_atomically
 from engine.keys import DataKeys, master_key
 from engine.links.agent import Ack, AppliedPoint, AppliedReport, Replicating
@@ -101,6 +101,8 @@ class DiskJob:
     dirty: bool = True
     points: list[PointInfo] = field(default_factory=list)
     pauses: int = 0
+    #: When the target storage stopped answering (while the cause is target-unreachable).
+    unreachable_since: float = 0.0
 
     @property
     def replica(self) -> str:
@@ -298,9 +300,20 @@ class LogProcessor:
             job.target.delete_point(points[0].id)
             points.pop(0)
 
-    def _paused(self, job: DiskJob, exc: OSError) -> float:
+    def _paused(self, job: DiskJob, exc: OSError | TargetUnwritable) -> float:
         """A target that cannot be written: say why once, and when to try again."""
-        if diskspace.is_no_space(exc):
+        if isinstance(exc, TargetUnwritable):  # the account refused (a credential, a container, another writer)
+            code, message = HealthCause.TARGET_UNWRITABLE, (
+                f"{exc.message} Disk {job.disk}'s changes wait in the cache; applying retries by itself.")
+        elif isinstance(exc, TargetUnreachable):
+            if job.error_code != HealthCause.TARGET_UNREACHABLE:
+                job.unreachable_since = time.time()
+            since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(job.unreachable_since))
+            code, message = HealthCause.TARGET_UNREACHABLE, (
+                f"The target storage does not answer since {since}: {exc.strerror or exc}. Disk {job.disk}'s "
+                "changes wait safely in the cache, and applying resumes by itself when it answers; check the "
+                "appliance's network and the storage account.")
+        elif diskspace.is_no_space(exc):
             fs = self.storage.target_room()
             code, message = HealthCause.TARGET_FULL, (
                 f"{fs[0].upper()}{fs[1:]} is full: disk {job.disk}'s seed disk cannot take more changes. They "
@@ -350,7 +363,7 @@ class LogProcessor:
                 changed, more = await loop.run_in_executor(self.pool, self.apply_pending, job)
         except FileNotFoundError:
             return REFRESH  # its files went away under us: disabled, the next refresh drops it
-        except OSError as exc:
+        except (OSError, TargetUnwritable) as exc:
             return self._paused(job, exc)
         except EngineError as exc:
             log.warning("log-processor: %s", exc)

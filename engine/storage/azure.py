@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.codec import Block
-from engine.errors import EngineError, NotFound, TargetUnwritable
+from engine.errors import EngineError, NotFound, TargetCorrupt, TargetTaken, TargetUnreachable, TargetUnwritable
 from engine.protocol import BLOCK
 from engine.storage import PointImage, PointInfo, rechunk
 from engine.storage.local import LocalCache, LocalStorage
@@ -76,28 +76,9 @@ _ZEROS = bytes(BLOCK)
 SLOTS_PER_REQUEST = (4 * 1024 * 1024) // SLOT
 #: Requests under way at once per call (writing a segment, reading a point).
 CONCURRENCY = 8
-LEASE_SECONDS = 60
+LEASE_SECONDS = 15  #: the shortest Azure allows: a holder that died (or an outage) keeps it the least
 #: How long a request may take before it is given up (the SDK retries within it).
 REQUEST_TIMEOUT = 120.0
-
-
-class TargetUnreachable(OSError):
-    """The storage account did not answer, or refused for a reason that passes (throttled, 5xx): the segments
-    wait in the cache and applying is retried (an :class:`OSError`, as a full local disk is)."""
-
-
-class TargetCorrupt(EngineError):
-    """What the account returned fails the appliance's integrity check: it was changed outside the appliance."""
-
-    code = "target-corrupt"
-    status = 502
-
-
-class TargetTaken(EngineError):
-    """Another writer changed a seed disk's metadata since this appliance read it."""
-
-    code = "target-taken"
-    status = 409
 
 
 @dataclass(frozen=True)
@@ -390,6 +371,9 @@ class AzureTargetDisk:
         except (InvalidTag, ValueError) as exc:
             raise TargetCorrupt(f"The metadata of seed disk {self.name} in the target storage fails its integrity "
                                 "check: it was changed outside the appliance.") from exc
+        if meta.get("format") != _FORMAT:
+            raise TargetCorrupt(f"The metadata of seed disk {self.name} is of format {meta.get('format')!r}, which "
+                                "this appliance does not know: a newer appliance wrote it; update this one.")
         self.size = int(meta["size"])
         self.applied_seq, self.refused_seq = int(meta["applied_seq"]), int(meta["refused_seq"])
         self.refused_gen, self.resync_done = int(meta["refused_gen"]), int(meta["resync_done"])
@@ -415,10 +399,28 @@ class AzureTargetDisk:
         try:
             self._etag = self._run(write())
         except TargetUnwritable as exc:
-            if isinstance(exc.__cause__, ResourceModifiedError | ResourceExistsError):
-                raise TargetTaken(f"Seed disk {self.name} was changed by another writer since this appliance read "
-                                  "it: two appliances must not replicate one server into one container.") from exc
-            raise
+            if not isinstance(exc.__cause__, ResourceModifiedError | ResourceExistsError):
+                raise
+            if self._landed(meta):  # an earlier try of ours was written, and only its answer lost
+                return
+            raise TargetTaken(f"Seed disk {self.name} was changed by another writer since this appliance read "
+                              "it: two appliances must not replicate one server into one container.") from exc
+
+    def _landed(self, meta: dict[str, Any]) -> bool:
+        """Whether the metadata in the account is ``meta`` (then its ETag is taken as ours)."""
+        async def read() -> tuple[bytes, str]:
+            download = await self._meta.download_blob()
+            return await download.readall(), str(download.properties.etag)
+
+        sealed, etag = self._run(read())
+        try:
+            stored = json.loads(self._aead.decrypt(sealed[:12], sealed[12:], f"{self.name}/meta".encode()))
+        except (InvalidTag, ValueError):
+            return False
+        if stored != json.loads(json.dumps(meta)):
+            return False
+        self._etag = etag
+        return True
 
     def _create(self) -> None:
         """The seed blob and its first metadata (a disk is created on its first write)."""
@@ -610,25 +612,29 @@ class AzureTargetDisk:
         pending = iter(requests)
         where = f"seed disk {self.name}"
         nxt = 0
-        while True:
-            while len(ahead) < CONCURRENCY:
-                req = next(pending, None)
-                if req is None:
+        try:
+            while True:
+                while len(ahead) < CONCURRENCY:
+                    req = next(pending, None)
+                    if req is None:
+                        break
+                    ahead.append((req[0], req[1], self._io.submit(_translated(fetch(req[0], req[1]), where))))
+                if not ahead:
                     break
-                ahead.append((req[0], req[1], self._io.submit(_translated(fetch(req[0], req[1]), where))))
-            if not ahead:
-                break
-            first, count, future = ahead.popleft()
-            data = _result(future)
-            for s in range(nxt, first):
+                first, count, future = ahead.popleft()
+                data = _result(future)
+                for s in range(nxt, first):
+                    yield s * BLOCK, None
+                for i in range(count):
+                    off = (first + i) * BLOCK
+                    block = open_block(self._aead, self.name, off, data[i * SLOT:(i + 1) * SLOT])
+                    yield off, None if block is None or block == _ZEROS[:len(block)] else block
+                nxt = first + count
+            for s in range(nxt, self._slots):
                 yield s * BLOCK, None
-            for i in range(count):
-                off = (first + i) * BLOCK
-                block = open_block(self._aead, self.name, off, data[i * SLOT:(i + 1) * SLOT])
-                yield off, None if block is None or block == _ZEROS[:len(block)] else block
-            nxt = first + count
-        for s in range(nxt, self._slots):
-            yield s * BLOCK, None
+        finally:  # a reader that stops early (a failed check, a cancelled export) leaves no request running
+            for _, _, future in ahead:
+                future.cancel()
 
 
 async def _gather(coros: Iterator[Coroutine[Any, Any, None]]) -> None:

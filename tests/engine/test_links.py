@@ -102,14 +102,14 @@ async def _exchange(tmp_path: Path, *, server: Link, client: Link, answer: objec
 
 def test_agent_link_round_trip_between_the_same_major_versions(tmp_path: Path) -> None:
     """An agent one minor version ahead of the supervisor (or behind it) is understood both ways."""
-    newer = Link("agent", 1, 3, "agent link")
+    newer = Link("agent", 1, AGENT_LINK.minor + 1, "agent link")
     assert asyncio.run(_exchange(tmp_path, server=AGENT_LINK, client=newer, answer=Ack(True))) == Ack(True)
     assert asyncio.run(_exchange(tmp_path, server=newer, client=AGENT_LINK, answer=Ack(False))) == Ack(False)
 
 
 def test_a_server_of_another_major_version_refuses_the_request(tmp_path: Path) -> None:
     """A supervisor of agent link 2.x refuses an agent of 1.x with one line that names both."""
-    with pytest.raises(VersionMismatch, match=r"speaks agent link 1\.3; this program speaks 2\.0"):
+    with pytest.raises(VersionMismatch, match=rf"speaks agent link 1\.{AGENT_LINK.minor}; this program speaks 2\.0"):
         asyncio.run(_exchange(tmp_path, server=Link("agent", 2, 0, "agent link"), client=AGENT_LINK,
                               answer=Ack(True)))
 
@@ -135,7 +135,8 @@ def test_a_client_refuses_an_answer_of_another_major_version(tmp_path: Path) -> 
             await link.aclose()
             await runner.cleanup()
 
-    with pytest.raises(VersionMismatch, match=r"The engine speaks agent link 2\.1; this program speaks 1\.3"):
+    with pytest.raises(VersionMismatch,
+                       match=rf"The engine speaks agent link 2\.1; this program speaks 1\.{AGENT_LINK.minor}"):
         asyncio.run(main())
 
 
@@ -159,7 +160,7 @@ def test_every_answer_carries_the_servers_version(tmp_path: Path) -> None:
         finally:
             await runner.cleanup()
 
-    assert asyncio.run(main()) == ("agent/1.3", "agent/1.3")
+    assert asyncio.run(main()) == (f"agent/1.{AGENT_LINK.minor}",) * 2
 
 
 @pytest.mark.parametrize(("wire", "field"), [

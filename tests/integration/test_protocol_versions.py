@@ -16,6 +16,8 @@ from engine.client import AdminClient
 from engine.config import DataDir
 from engine.errors import VersionMismatch
 from engine.links import HEADER, Link
+from engine.links.admin import ADMIN
+from engine.links.agent import AGENT_LINK
 from tests.appliance import Appliance
 
 
@@ -85,11 +87,13 @@ def test_admin_api_and_agent_link_check_versions(appliance: Appliance) -> None:
     """The CLI/console socket and the agent link refuse another major version and stamp every answer."""
     admin = str(DataDir(appliance.data_dir).admin_socket)
     agent = str(DataDir(appliance.data_dir).agent_socket)
-    assert _ask(_Unix(admin), "GET", "/v1/engine", "admin/1.6")[::2] == (200, "admin/1.5")
+    newer = f"admin/1.{ADMIN.minor + 1}"  # a newer minor version is served
+    assert _ask(_Unix(admin), "GET", "/v1/engine", newer)[::2] == (200, f"admin/1.{ADMIN.minor}")
     status, data, _ = _ask(_Unix(admin), "GET", "/v1/engine", "admin/2.0")
     assert status == 400 and isinstance(data, dict) and "admin API 2.0" in data["message"]
     status, data, version = _ask(_Unix(agent), "GET", "/agent/replicating", "agent/0.1")
-    assert (status, version) == (400, "agent/1.3") and isinstance(data, dict) and "agent link 0.1" in data["message"]
+    assert (status, version) == (400, f"agent/1.{AGENT_LINK.minor}") and isinstance(data, dict) \
+        and "agent link 0.1" in data["message"]
     assert _ask(_Unix(agent), "GET", "/agent/replicating", None)[0] == 200  # no header: 1.0
 
 
@@ -106,6 +110,6 @@ def test_a_cli_of_another_major_version_says_so(appliance: Appliance) -> None:
     try:
         asyncio.run(main())
     except VersionMismatch as exc:
-        assert "admin API 2.0" in exc.message and "1.5" in exc.message
+        assert "admin API 2.0" in exc.message and f"1.{ADMIN.minor}" in exc.message
     else:
         raise AssertionError("a 2.0 admin client was served")
