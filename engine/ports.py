@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from engine.config import DEFAULT_DATA_PORT, DEFAULT_MANAGEMENT_PORT
 from engine.durations import duration_text
@@ -42,7 +43,7 @@ from engine.state import StateDB
 
 if TYPE_CHECKING:
     from engine.inventory import Inventory
-    from engine.storage import Storage
+    from engine.storage.target import RoutedStorage
     from engine.supervisor import AgentProcess, Launcher
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class PortsControl:
         #: Set by the engine once the agents and the inventory exist.
         self.agents: Mapping[str, AgentProcess] = {}
         self.inventory: Inventory | None = None
-        self.storage: Storage | None = None
+        self.storage: RoutedStorage | None = None
         self.ca_pem: bytes = b""
         #: Called after every change (the engine pushes the new ports and set-up to the consoles).
         self.on_change: Callable[[], None] = lambda: None
@@ -279,10 +280,15 @@ class PortsControl:
         if self._old:
             rules.append(FirewallRule("inbound", "TCP", self._old.port, "source servers",
                                       "the old management port, until every server has moved"))
-        kind = self.storage.kind if self.storage is not None else "local"
-        if kind == "local":
+        setting = self.storage.setting() if self.storage is not None else None
+        if setting is None or setting.kind == "local":
             rules.append(FirewallRule("outbound", "-", None, "target storage",
                                       "none: the target storage is this appliance's own disk"))
+        else:
+            url = urlsplit(setting.account_url or "")
+            port = url.port or (80 if url.scheme == "http" else 443)
+            rules.append(FirewallRule("outbound", "TCP", port, url.hostname or "the storage account",
+                                      f"target storage: Azure Blob Storage ({url.scheme.upper() or 'HTTPS'})"))
         return tuple(rules)
 
     # --- changing them ----------------------------------------------------------------------------

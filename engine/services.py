@@ -19,7 +19,7 @@ from engine.errors import BadInput, EngineError, TargetUnwritable, UpdateError
 from engine.events import EventHub
 from engine.inventory import Inventory
 from engine.licence import LicenceKeeper
-from engine.links.admin import LicenceChanged, SetupChanged
+from engine.links.admin import LicenceChanged, PortsChanged, SetupChanged
 from engine.links.agent import Ack, AppliedReport, ReceivedReport
 from engine.ports import PortsControl
 from engine.prerequisites import PrerequisiteChecker
@@ -128,6 +128,7 @@ class Services:
             assert setting.account_url is not None and setting.container is not None and credential is not None
             self.secrets.set(credential_name(setting.account_url, setting.container), credential.strip())
         write_setting(self.data_dir, setting)
+        self.hub.publish(PortsChanged(self.ports.status()))  # the firewall rules name the target
         status = self.target()
         kept = f" {len(status.servers_elsewhere)} server(s) already replicating keep their target until disabled " \
                "and enabled again." if status.servers_elsewhere else ""

@@ -107,7 +107,7 @@ def alive(pid: int | None) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"engine" in cmdline or b"demo.py" in cmdline
+    return b"engine" in cmdline or b"demo.py" in cmdline or b"azurite" in cmdline
 
 
 def publish_feed(demo: Path) -> str:

@@ -73,6 +73,9 @@ def test_a_server_enabled_after_target_set_azure_replicates_there_byte_for_byte(
 
         said = _set_azure(appliance, azurite, "replicas", tmp_path)
         assert said == ["early-01 keep the target they began on until disabled and enabled again."]
+        outbound = [r for r in appliance.json("ports", "show")["firewall"] if r["direction"] == "outbound"]
+        assert outbound == [{"direction": "outbound", "protocol": "TCP", "port": azurite.port, "peer": "127.0.0.1",
+                             "purpose": "target storage: Azure Blob Storage (HTTP)"}]
         shown = appliance.json("target", "show")
         assert (shown["kind"], shown["container"], shown["servers_elsewhere"]) == ("azure", "replicas", ["early-01"])
 
