@@ -940,7 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account-url", metavar="URL", help="the storage account, https://ACCOUNT.blob.core.windows.net")
     p.add_argument("--container", metavar="NAME", help="the container (created if missing)")
     p.add_argument("--connection-string-file", metavar="F", help="a file holding the account's connection string")
-    p.add_argument("--sas-file", metavar="F", help="a file holding a SAS token for the container")
+    p.add_argument("--sas-file", metavar="F", help="a file holding a SAS token (an account SAS for the Blob service)")
     p.set_defaults(func=_admin(cmd_target_set))
 
     agents = sub.add_parser("agents", help="the appliance agents' versions and their updates").add_subparsers(

@@ -126,7 +126,7 @@ class TargetDialog(QDialog):
                                      placeholderText="https://ACCOUNT.blob.core.windows.net")
         self.container = QLineEdit(objectName="target_container", placeholderText="replicas")
         self.connection_radio = QRadioButton(tr("Connection string"), objectName="credential_connection_string")
-        self.sas_radio = QRadioButton(tr("SAS token for the container"), objectName="credential_sas")
+        self.sas_radio = QRadioButton(tr("SAS token"), objectName="credential_sas")
         self.credential_group = QButtonGroup(self)
         self.credential_group.addButton(self.connection_radio)
         self.credential_group.addButton(self.sas_radio)

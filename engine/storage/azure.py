@@ -288,18 +288,22 @@ class AzureStorage:
         return f"the {self.location.describe()}"
 
     def probe_target(self) -> str:
-        """Create the container if need be, then a page blob: write a page, snapshot it, read both back, delete
-        it. Each failure is one line that says what to fix."""
+        """A page blob in the container (created first if it does not exist): write a page, snapshot it, read both
+        back, delete it. Each failure is one line that says what to fix."""
         container = self.container()
         name = f".probe-{os.getpid()}-{os.urandom(4).hex()}"
         page = os.urandom(SECTOR)
 
         async def probe() -> float:
-            with contextlib.suppress(ResourceExistsError):
-                await container.create_container()
             blob = container.get_blob_client(name)
             before = time.time()
-            created = await blob.create_page_blob(SECTOR)
+            try:
+                created = await blob.create_page_blob(SECTOR)
+            except ResourceNotFoundError:  # no container yet: made now (a SAS for an existing one need not may)
+                with contextlib.suppress(ResourceExistsError):
+                    await container.create_container()
+                before = time.time()
+                created = await blob.create_page_blob(SECTOR)
             after = time.time()
             try:
                 await blob.upload_page(page, 0, SECTOR)

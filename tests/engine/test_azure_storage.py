@@ -21,7 +21,7 @@ from engine.storage import PointInfo, replica
 from engine.storage.azure import SLOT, AzureLocation, AzureStorage, TargetCorrupt, TargetUnreachable
 from engine.storage.local import LocalStorage
 from tests.appliance import free_port
-from tests.azurite import Azurite
+from tests.azurite import KEY, Azurite
 
 SIZE = 8 * BLOCK + 3000
 
@@ -172,3 +172,27 @@ def test_a_crash_between_the_writes_and_the_metadata_is_mended_by_applying_again
         assert b"".join(c or bytes(BLOCK) for _, c in again.read_point(2, SIZE)) == now
         snapshots = [n for n in _blobs(location) if n.startswith(f"{r}/disk0/seed@") and not n.endswith("@None")]
         assert len(snapshots) == 2  # point 1's and point 2's: the one the crash left was reused
+
+
+def test_an_account_sas_token_is_enough(tmp_path: Path, azurite: Azurite, location: AzureLocation) -> None:
+    """A SAS token (an account SAS for blobs: no account key on the appliance) passes the probe of an existing
+    container, applies, snapshots, prunes and reads points back, as an admin's `--sas-file` would."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    _storage(tmp_path, location).probe_target()  # the container exists: made with the account key
+    sas = generate_account_sas(
+        "devstoreaccount1", KEY, ResourceTypes(container=True, object=True),
+        AccountSasPermissions(read=True, add=True, create=True, write=True, delete=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1))
+    storage = _storage(tmp_path / "sas", AzureLocation(azurite.account_url, location.container, "?" + sas))
+    assert "takes page blobs and snapshots" in storage.probe_target()
+    data = os.urandom(BLOCK)
+    disk = storage.target_disk(replica("web-01", 1), 0, SIZE)
+    disk.apply(1, [Block(0, BLOCK, data)], point=PointInfo(1, 1.0, "crash-consistent", 1.0))
+    disk.apply(2, [Block(BLOCK, BLOCK, data)], point=PointInfo(2, 2.0, "crash-consistent", 2.0))
+    disk.delete_point(1)
+    reopened = storage.target_disk(replica("web-01", 1), 0, SIZE)
+    assert [p.id for p in reopened.points()] == [2]
+    assert b"".join(c or bytes(BLOCK) for _, c in reopened.read_point(2, BLOCK))[:2 * BLOCK] == data * 2
