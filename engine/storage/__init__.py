@@ -132,6 +132,32 @@ class TargetDisk(Protocol):
         point the disk does not have. Hold :meth:`locked` while reading, or the point may go."""
 
 
+class RefusalRecord:
+    """The refusal and skip bookkeeping every backend's seed disk keeps the same way: the fields change, then
+    the backend's own ``_save_meta`` makes them durable."""
+
+    applied_seq: int
+    refused_seq: int
+    refused_gen: int
+
+    def _save_meta(self) -> None:
+        raise NotImplementedError
+
+    def refuse(self, seq: int, generation: int) -> None:
+        self.refused_seq, self.refused_gen = seq, generation
+        self._save_meta()
+
+    def skip(self, seq: int) -> None:
+        if seq > self.applied_seq:
+            self.applied_seq = seq
+            self._save_meta()
+
+    def mended(self) -> None:
+        if self.refused_seq:
+            self.refused_seq = 0
+            self._save_meta()
+
+
 @dataclass(frozen=True)
 class PointImage:
     """A recovery point opened for reading: the disk's size and its chunks (see :meth:`Storage.open_point`)."""

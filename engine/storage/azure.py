@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from engine.codec import Block
 from engine.errors import EngineError, NotFound, TargetCorrupt, TargetTaken, TargetUnreachable, TargetUnwritable
 from engine.protocol import BLOCK
-from engine.storage import PointImage, PointInfo, rechunk
+from engine.storage import PointImage, PointInfo, RefusalRecord, rechunk
 from engine.storage.local import LocalCache, LocalStorage
 
 T = TypeVar("T")
@@ -329,7 +329,7 @@ class AzureStorage:
         return f"the {self.location.describe()} takes page blobs and snapshots (clock {skew:.0f} s off)"
 
 
-class AzureTargetDisk:
+class AzureTargetDisk(RefusalRecord):
     """A seed disk in a page blob; its metadata and points as of the last read (:meth:`reload`)."""
 
     def __init__(self, io: _IoThread, container: ContainerClient, name: str, size: int, key: bytes) -> None:
@@ -547,20 +547,6 @@ class AzureTargetDisk:
             self.resync_done = max(self.resync_done, resync_done)
         self.applied_seq = seq
         self._save_meta()
-
-    def refuse(self, seq: int, generation: int) -> None:
-        self.refused_seq, self.refused_gen = seq, generation
-        self._save_meta()
-
-    def skip(self, seq: int) -> None:
-        if seq > self.applied_seq:
-            self.applied_seq = seq
-            self._save_meta()
-
-    def mended(self) -> None:
-        if self.refused_seq:
-            self.refused_seq = 0
-            self._save_meta()
 
     # --- points --------------------------------------------------------------------------------------------
     def points(self) -> list[PointInfo]:

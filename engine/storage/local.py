@@ -33,7 +33,7 @@ from engine.files import data_extents, write_atomically
 from engine.links.data import StreamState
 from engine.protocol import BLOCK
 from engine.records import from_json, to_json
-from engine.storage import PointImage, PointInfo, StoredStream, rechunk
+from engine.storage import PointImage, PointInfo, RefusalRecord, StoredStream, rechunk
 
 STREAM_FILE = "stream.json"  #: the process server's durable state of a disk's stream, next to its segments
 _UNDO = struct.Struct(">QIBI")  # offset, length, flags (1 = was zeros), crc32 of the data
@@ -267,7 +267,7 @@ def _data_blocks(fd: int, lo: int, hi: int) -> list[int]:
     return [off for start, end in extents for off in range(start, end, BLOCK)]
 
 
-class LocalTargetDisk:
+class LocalTargetDisk(RefusalRecord):
     """A seed disk (sparse file), its undo logs and points, with one writer at a time (flock)."""
 
     def __init__(self, root: Path, size: int) -> None:
@@ -399,20 +399,6 @@ class LocalTargetDisk:
                 f.flush()
                 os.fsync(f.fileno())
         self._saved |= offsets  # only once they are durable
-
-    def refuse(self, seq: int, generation: int) -> None:
-        self.refused_seq, self.refused_gen = seq, generation
-        self._save_meta()
-
-    def skip(self, seq: int) -> None:
-        if seq > self.applied_seq:
-            self.applied_seq = seq
-            self._save_meta()
-
-    def mended(self) -> None:
-        if self.refused_seq:
-            self.refused_seq = 0
-            self._save_meta()
 
     def points(self) -> list[PointInfo]:
         return list(self._points)
