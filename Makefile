@@ -2,6 +2,8 @@
 #   make demo   an appliance with three registered sample servers, shown in the console
 #               (make demo TARGET=azure: replicating into Azurite, a local Azure Blob Storage emulator)
 #   make test   the whole suite, headless (what CI runs)
+#   make appliance        (root) the appliance: build/godwit-appliance.qcow2, .ova and the .deb packages
+#   make appliance-test   boots the qcow2 under QEMU and replicates a sample disk into it
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +11,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.godwit-installed
 DEMO   := .demo
 
-.PHONY: all deps test lint demo demo-stop screenshots clean
+.PHONY: all deps test lint demo demo-stop screenshots clean appliance appliance-test
 
 all: test
 
@@ -40,6 +42,16 @@ screenshots: deps
 	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/console_tour.py
 	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/screenshots.py
 	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/screenshots.py --agents
+
+# The appliance image from this checkout, as root (installers/appliance/build.py; caches in build/cache).
+appliance:
+	bash installers/debian-packages.sh appliance
+	python3 installers/appliance/build.py
+
+# Not part of `make test`: minutes, and needs the image. KVM when /dev/kvm works, else TCG.
+appliance-test: deps
+	bash installers/debian-packages.sh appliance
+	$(PY) installers/appliance/boot_test.py
 
 demo-stop:
 	@if [ -x $(PY) ]; then $(PY) tools/demo.py --dir $(DEMO) --stop; fi

@@ -34,6 +34,7 @@ from engine.links.admin import (
     SetupChanged,
     UpdatesChanged,
 )
+from engine.mobility_install import install_command
 from engine.ports import DEFAULT_LISTEN_ADDRESS, PortsControl
 from engine.prerequisites import Facts, PortFact, PrerequisiteChecker
 from engine.records import ApplianceHealth, DiskLevel, EngineStatus, SetupInfo, Severity
@@ -92,7 +93,9 @@ class Engine:
                          ca_fingerprint=fp, management_port=ports.management_port, data_port=ports.data_port,
                          secret_store=self._secret_store_text, host=host, mobility_command=command,
                          setup_completed_at=self.services.setup_completed_at() if hasattr(self, "services")
-                         else None)
+                         else None,
+                         install_command=install_command(host=host, management_port=ports.management_port,
+                                                         ca_fingerprint=fp))
 
     def _publish_engine(self) -> None:
         if hasattr(self, "hub"):

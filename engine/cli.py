@@ -97,6 +97,10 @@ async def cmd_setup_show(client: AdminClient, args: argparse.Namespace) -> None:
           f"Data port:        {info.data_port}\nSecrets:          {info.secret_store}\n"
           f"Set-up completed: {_date(info.setup_completed_at) if info.setup_completed_at else 'not yet'}\n\n"
           f"Register a source server (write the passphrase to passphrase.txt there first):\n  {info.mobility_command}")
+    if info.install_command:  # "" from an engine before admin 1.7
+        print(f"\nOr install the self-contained mobility bundle from this appliance on a source without Python 3.11 "
+              f"(passphrase in passphrase.txt where you run it; replace --disk /dev/sdX with its disks, one --disk "
+              f"each; --name NAME may follow):\n  {info.install_command}")
 
 
 async def cmd_setup_complete(client: AdminClient, args: argparse.Namespace) -> None:

@@ -192,6 +192,10 @@ class SetupInfo:
     #: When an admin finished (or closed as done) the first-run setup wizard; None on a new appliance, whose
     #: console then opens the wizard by itself (admin 1.5).
     setup_completed_at: float | None = None
+    #: The one line that downloads the mobility bundle from this appliance, checks it against the CA fingerprint
+    #: and installs it on a source server (:func:`engine.mobility_install.install_command`); "" from an engine
+    #: before admin 1.7.
+    install_command: str = ""
 
 
 @dataclass(frozen=True)

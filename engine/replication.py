@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from engine.durations import duration_text, parse_duration, setting_text
-from engine.errors import BadInput, NotFound
+from engine.errors import BadInput, DiskFull, NotFound
 from engine.events import EventHub
 from engine.links.agent import AppliedReport, ReceivedReport
 from engine.links.management import DesiredState, DiskSize, PointFacts, PolicyTerms
-from engine.records import DiskStatus, HealthCause, Policy, RecoveryPoint, ServerState
+from engine.records import DiskStatus, HealthCause, Policy, RecoveryPoint, ServerState, Severity
 from engine.state import ServerRecord, StateDB
 from engine.storage import Storage
 
@@ -229,11 +229,14 @@ class Replication:
         self.points_taken: dict[str, PointFacts | None] = {}
         #: How far each source server's clock is ahead of the appliance's (seconds; from heartbeats).
         self.clock_skew: dict[str, float] = {}
+        #: Events about applying (paused, resumed, refused) the state database had no room for yet, oldest first:
+        #: recorded, in order, at the next report that finds room.
+        self._unsaid: list[tuple[Severity, str, str, str]] = []
         if state.policy(DEFAULT_POLICY.name) is None:
             state.add_policy(DEFAULT_POLICY)
 
     def __repr__(self) -> str:
-        return f"<Replication disks={len(self._disks)}>"
+        return f"<Replication disks={len(self._disks)} unsaid_events={len(self._unsaid)}>"
 
     # --- policies ------------------------------------------------------------------------------
     def create_policy(self, p: Policy) -> Policy:
@@ -387,14 +390,28 @@ class Replication:
         if report.error and (report.error, code) != (before_error, before_code):
             text = f"{row.name} disk {report.disk}: {report.error}"
             if code == HealthCause.SEGMENT_CORRUPT:
-                self._hub.record("error", "segment-refused", text, server=row.name)
+                self._unsaid.append(("error", "segment-refused", text, row.name))
             else:
-                self._hub.record("warning", "apply-paused", text, server=row.name)
+                self._unsaid.append(("warning", "apply-paused", text, row.name))
         elif isinstance(before_code, HealthCause) and before_code.pauses_applying and not report.error:
-            self._hub.record("info", "apply-resumed", f"{row.name} disk {report.disk}: recovery points are "
-                             "being created again.", server=row.name)
+            self._unsaid.append(("info", "apply-resumed", f"{row.name} disk {report.disk}: recovery points are "
+                                 "being created again.", row.name))
+        self._say_unsaid()
         self._note_resync_complete(row)
         return True
+
+    def _say_unsaid(self) -> None:
+        """Record the events about applying that are still owed, oldest first. The change they are about is
+        noted already (the report is taken): one the state database has no room for (a full disk: the pause
+        is often why) waits for the next report, instead of being lost with a refused report."""
+        while self._unsaid:
+            severity, code, text, server = self._unsaid[0]
+            try:
+                self._hub.record(severity, code, text, server=server)
+            except DiskFull as exc:
+                log.warning("apply.event-deferred code=%s server=%s: %s", code, server, exc)
+                return
+            self._unsaid.pop(0)
 
     def _note_resync_complete(self, row: ServerRecord) -> None:
         """Record ``resync-complete`` once per resync, when its pass is applied on every disk (the log

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Debian packages Godwit needs to run its console headless, its tests and its demo.
+# Debian packages Godwit needs to run its console headless, its tests and its demo;
+# with the argument `appliance`, what `make appliance` and `make appliance-test` need to build and boot the image.
 # Installs only what is missing (apt-get when root); otherwise prints the command to run.
 set -euo pipefail
 
+if [ "${1:-}" = appliance ]; then
+  packages=(
+    # the root file system, the disk, the boot loaders' firmware for the boot test, the test's admin channel
+    mmdebstrap gdisk dosfstools mtools e2fsprogs qemu-utils qemu-system-x86 ovmf socat
+  )
+else
 packages=(
   # Qt offscreen and fonts (without a font Qt silently draws boxes)
   libgl1 libegl1 libxkbcommon0 libglib2.0-0 libfontconfig1 libdbus-1-3 fonts-dejavu-core
@@ -22,6 +29,7 @@ packages=(
   # Node.js (with npm) runs Azurite, the Azure Blob Storage emulator of the azure target's tests and demo
   nodejs
 )
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication, QShowEvent
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -28,6 +28,8 @@ from app.widgets.tasks import TaskOwner
 
 #: How many servers the Setup page names before it counts the rest (all of them are in the line's tooltip).
 NAMED_SERVERS = 5
+#: Milliseconds a Copy button says "Copied" before it reads as before.
+COPIED_MS = 2000
 
 
 def _days_left(days: int) -> str:
@@ -119,8 +121,29 @@ class SetupPage(QWidget):
                                     "where it may keep its registration."), wordWrap=True, objectName="hint"))
         cmd_row = QHBoxLayout()
         cmd_row.addLayout(cmd_box, 1)
-        cmd_row.addWidget(self.copy_command)
+        cmd_row.addWidget(self.copy_command, 0, Qt.AlignmentFlag.AlignTop)
         form.addRow(tr("On the source server"), cmd_row)
+        # The same registration for a Linux source without Python 3.11: the bundle, downloaded from this appliance.
+        self.install = QPlainTextEdit(readOnly=True, objectName="install_command")
+        self.install.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.install.setAccessibleName(tr("Command that installs the mobility bundle on a source server"))
+        self.install.setFixedHeight(74)
+        self.copy_install = QPushButton(tr("Copy command"), objectName="copy_install_command")
+        self.copy_install.setAccessibleName(tr("Copy the install command"))
+        self.copy_install.clicked.connect(self.on_copy_install_clicked)
+        install_box = QVBoxLayout()
+        install_box.addWidget(self.install)
+        install_box.addWidget(QLabel(tr("For a Linux source without Python 3.11: downloads the mobility bundle from "
+                                        "this appliance, checks it against the CA fingerprint, and installs it. Put "
+                                        "the passphrase in passphrase.txt where you run it, and replace "
+                                        "--disk /dev/sdX with the server's disks (one --disk each)."),
+                                     wordWrap=True, objectName="hint"))
+        install_row = QHBoxLayout()
+        install_row.addLayout(install_box, 1)
+        install_row.addWidget(self.copy_install, 0, Qt.AlignmentFlag.AlignTop)
+        form.addRow(tr("Or install the bundle"), install_row)
+        self.copied_timer = QTimer(self, singleShot=True, interval=COPIED_MS)
+        self.copied_timer.timeout.connect(self.on_copied_timer_timeout)
 
         target = QGroupBox(tr("Target storage"), objectName="target_group")
         tform = QFormLayout(target)
@@ -182,6 +205,11 @@ class SetupPage(QWidget):
         self.passphrase.set_text(info.passphrase)
         self.fingerprint.set_text(info.ca_fingerprint)
         self.command.setPlainText(info.mobility_command)
+        self.install.setPlainText(info.install_command)
+        if not info.install_command:  # an engine before admin 1.7
+            self.install.setPlaceholderText(tr("This engine does not offer the mobility bundle: update it to see "
+                                               "the command."))
+        self.copy_install.setEnabled(bool(info.install_command))
         self.appliance_id.setText(info.appliance_id)
         self.management_port.setText(str(info.management_port))
         self.data_port.setText(str(info.data_port))
@@ -266,8 +294,21 @@ class SetupPage(QWidget):
         self.target_dialog = None  # it deletes itself once its command has ended
 
     def on_copy_command_clicked(self) -> None:
-        QGuiApplication.clipboard().setText(self.command.toPlainText())
-        self.copy_command.setText(tr("Copied"))
+        self._copy(self.command, self.copy_command)
+
+    def on_copy_install_clicked(self) -> None:
+        self._copy(self.install, self.copy_install)
+
+    def _copy(self, field: QPlainTextEdit, button: QPushButton) -> None:
+        """Copy the whole command (never a selection of it); the button says "Copied" for :data:`COPIED_MS`."""
+        QGuiApplication.clipboard().setText(field.toPlainText())
+        self.on_copied_timer_timeout()
+        button.setText(tr("Copied"))
+        self.copied_timer.start()
+
+    def on_copied_timer_timeout(self) -> None:
+        self.copy_command.setText(tr("Copy command"))
+        self.copy_install.setText(tr("Copy command"))
 
     @asyncSlot()
     async def on_rotate_button_clicked(self) -> None:

@@ -31,7 +31,8 @@ from engine.records import (
 #: 1.5: the first-run setup (SetupInfo.setup_completed_at, POST /v1/setup/complete), the prerequisites
 #: (POST /v1/appliance/prerequisites) and a server's history (GET /v1/servers/{name}/history?span=hour|day).
 #: 1.6: the target storage (GET and PUT /v1/target).
-ADMIN = Link("admin", 1, 6, "admin API")
+#: 1.7: SetupInfo.install_command (the one line that installs the mobility bundle from the appliance).
+ADMIN = Link("admin", 1, 7, "admin API")
 
 
 @dataclass(frozen=True)

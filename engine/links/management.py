@@ -8,6 +8,10 @@ the appliance answers is decoded with :func:`engine.links.decode`.
 From 1.2 a registered source also reads ``GET /v1/mobility/feed/{metadata,targets}/...`` with its
 client certificate: the signed update metadata of the mobility version the appliance offers
 (:class:`MobilityUpdate`), and the package, which it verifies against the update feed's trusted root.
+
+From 1.3 anyone who reaches the port reads ``GET /v1/ca.pem`` (the CA certificate again, under a name curl
+users expect) and ``GET /v1/mobility/bundle`` (the newest self-contained mobility bundle, a tarball): what the
+install line of :mod:`engine.mobility_install` downloads on a source that is not registered yet.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from engine.records import Disk
 #: 1.1: the heartbeat answer names the management port to use from now on.
 #: 1.2: the heartbeat answer offers a mobility version (:class:`MobilityUpdate`), the facts say how the
 #: service's own update went (:class:`UpdateReport`), and ``GET /v1/mobility/feed/...`` serves the package.
-MANAGEMENT = Link("management", 1, 2, "management protocol")
+#: 1.3: ``GET /v1/ca.pem`` and ``GET /v1/mobility/bundle``, public (the self-contained mobility bundle).
+MANAGEMENT = Link("management", 1, 3, "management protocol")
 
 MAX_DISKS = 64
 MAX_NOTICES = 16

@@ -1,16 +1,19 @@
-"""The management port: registration of source servers and their heartbeats, and the mobility feed.
+"""The management port: registration of source servers and their heartbeats, the mobility feed and bundle.
 
 The manager terminates TLS, checks every request, and forwards what it accepted to the
 supervisor over the agent link; the supervisor owns the state and the CA key. The mobility
 feed (``GET /v1/mobility/feed/...``) is served from the data directory to registered servers:
 the verified update metadata and package of the mobility version the appliance offers
-(:mod:`engine.updater.mobility`).
+(:mod:`engine.updater.mobility`). The mobility bundle (``GET /v1/mobility/bundle``) and the CA
+certificate are public: a source that is not registered yet downloads them to install the
+mobility service (:mod:`engine.mobility_install`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from engine.links import encode
 from engine.links.agent import Ack, AuthorizeRequest, HeartbeatAnswer, HeartbeatRequest, Registered, RegisterRequest
 from engine.links.management import MANAGEMENT, Registration, ServerFacts
 from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener
+from engine.mobility_install import BUNDLES_ENV, bundles_dir, newest_bundle
 from engine.pki import PeerIdentity, peer_identity
 from engine.updater.mobility import mobility_release
 
@@ -46,7 +50,8 @@ def _port(request: web.Request) -> int | None:
 
 
 async def get_ca(request: web.Request) -> web.Response:
-    """The CA certificate, for a mobility service to compare with the fingerprint it was given."""
+    """The CA certificate, for a mobility service (``/v1/ca``) or the install line (``/v1/ca.pem``) to compare
+    with the fingerprint it was given."""
     return web.Response(body=request.app[CA_PEM], content_type="application/x-pem-file")
 
 
@@ -103,6 +108,8 @@ class MobilityFeed:
 
 
 FEED = web.AppKey("feed", MobilityFeed)
+#: The folder the mobility bundles are served from (:func:`engine.mobility_install.bundles_dir`).
+BUNDLES = web.AppKey("bundles", Path)
 
 
 async def mobility_feed(request: web.Request) -> web.StreamResponse:
@@ -122,13 +129,36 @@ async def mobility_feed(request: web.Request) -> web.StreamResponse:
                                      else "application/octet-stream"})
 
 
-def make_app(link: UnixJsonClient, ca_pem: bytes, data_dir: DataDir | None = None) -> web.Application:
+async def mobility_bundle(request: web.Request) -> web.StreamResponse:
+    """The newest mobility bundle, streamed from its file (ranges too: the install line resumes a download the
+    port cut off). Public: a source that is not registered yet has no certificate, and the bundle holds no
+    secret; the line checks the CA by its fingerprint before it trusts the download."""
+    directory = request.app[BUNDLES]
+    bundle = await asyncio.to_thread(newest_bundle, directory)
+    if bundle is None:
+        raise NotFound(f"This appliance has no mobility bundle installed: copy godwit-mobility-VERSION-linux-"
+                       f"x86_64.tar.gz from the Godwit release to {directory} on the appliance, or install the "
+                       "mobility service's package on the source and run `godwit mobility run` there.")
+    if "Range" not in request.headers:  # one line per download, not per resumption
+        log.info("mobility-bundle.serve version=%s address=%s bytes=%d", bundle.version, request.remote, bundle.size)
+    return web.FileResponse(bundle.path, chunk_size=256 * 1024,
+                            headers={"Content-Type": "application/gzip",
+                                     "Content-Disposition": f'attachment; filename="{bundle.filename}"'})
+
+
+def make_app(link: UnixJsonClient, ca_pem: bytes, data_dir: DataDir | None = None, *,
+             bundles: Path | None = None) -> web.Application:
+    """The management port's application; ``bundles`` is where the mobility bundles are (default
+    :func:`~engine.mobility_install.bundles_dir`, which ``$GODWIT_MOBILITY_BUNDLES`` overrides)."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware("management port", network=True)])
     speaks(app, MANAGEMENT, peer="The mobility service")
     app[LINK] = link
     app[CA_PEM] = ca_pem
     app[FEED] = MobilityFeed(data_dir)
+    app[BUNDLES] = bundles or bundles_dir()
     app.router.add_get("/v1/ca", get_ca)
+    app.router.add_get("/v1/ca.pem", get_ca)
+    app.router.add_get("/v1/mobility/bundle", mobility_bundle)
     app.router.add_post("/v1/register", register)
     app.router.add_post("/v1/heartbeat", heartbeat)
     app.router.add_get("/v1/mobility/feed/{tail:.+}", mobility_feed)
@@ -151,7 +181,8 @@ async def serve(ctx: AgentContext) -> None:
     listeners = [TlsListener(sock, context, runner, port_name="management", guard=guard) for sock in socks]
     for listener in listeners:
         listener.start()
-    log.info("management.listening addresses=%s", [s.getsockname() for s in socks])
+    log.info("management.listening addresses=%s bundles=%s%s", [s.getsockname() for s in socks], app[BUNDLES],
+             f" (from ${BUNDLES_ENV})" if BUNDLES_ENV in os.environ else "")
     ctx.ready()
     try:
         await ctx.stop.wait()
