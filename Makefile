@@ -2,8 +2,10 @@
 #   make demo   an appliance with three registered sample servers, shown in the console
 #               (make demo TARGET=azure: replicating into Azurite, a local Azure Blob Storage emulator)
 #   make test   the whole suite, headless (what CI runs)
-#   make appliance        (root) the appliance: build/godwit-appliance.qcow2, .ova and the .deb packages
-#   make appliance-test   boots the qcow2 under QEMU and replicates a sample disk into it
+#   make appliance        (root) the appliance: build/godwit-appliance.qcow2, .ova, the two .deb packages and the
+#                         mobility bundle
+#   make appliance-test   (root) the packages on clean Debian 11/12 roots, then the qcow2 booted under QEMU with a
+#                         sample disk replicated into it
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,7 +13,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.godwit-installed
 DEMO   := .demo
 
-.PHONY: all deps test lint demo demo-stop screenshots clean appliance appliance-test
+.PHONY: all deps test lint demo demo-stop screenshots clean appliance appliance-test mobility-bundle
 
 all: test
 
@@ -43,14 +45,21 @@ screenshots: deps
 	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/screenshots.py
 	xvfb-run -a -s "-screen 0 1920x1080x24 -nolisten tcp" $(PY) tools/screenshots.py --agents
 
-# The appliance image from this checkout, as root (installers/appliance/build.py; caches in build/cache).
-appliance:
+# The self-contained mobility bundle (its own CPython 3.11, built in a Debian 11 root) and godwit-mobility .deb.
+mobility-bundle:
 	bash installers/debian-packages.sh appliance
+	bash installers/mobility/build_bundle.sh --deb
+
+# The appliance image from this checkout, as root (installers/appliance/build.py; caches in build/cache). It carries
+# the mobility bundle, which it serves to source servers.
+appliance: mobility-bundle
 	python3 installers/appliance/build.py
 
-# Not part of `make test`: minutes, and needs the image. KVM when /dev/kvm works, else TCG.
+# Not part of `make test` (minutes; needs what `make appliance` built). KVM when /dev/kvm works, else TCG.
 appliance-test: deps
 	bash installers/debian-packages.sh appliance
+	bash installers/mobility/test_bundle.sh
+	python3 installers/appliance/package_test.py
 	$(PY) installers/appliance/boot_test.py
 
 demo-stop:
