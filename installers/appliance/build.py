@@ -244,6 +244,57 @@ def unpack(tar: Path, root: Path) -> None:
     run("tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", tar, "-C", root)
 
 
+# The Qt modules the console imports (app/) and the plugins a display needs. The rest of what PySide6's wheels
+# carry (QtWebEngine alone is 200 MB, QtMultimedia brings FFmpeg) is left out of the package, keeping every
+# library those need: the closure ldd reports, checked again once the rest is gone.
+QT_MODULES = ("QtCore", "QtGui", "QtWidgets", "QtCharts")
+QT_PLUGIN_DIRS = ("platforms", "platformthemes", "platforminputcontexts", "imageformats", "iconengines",
+                  "wayland-decoration-client", "wayland-graphics-integration-client", "wayland-shell-integration",
+                  "xcbglintegrations", "egldeviceintegrations")
+QT_UNUSED = ("Qt/qml", "Qt/libexec", "Qt/metatypes", "Qt/resources", "Qt/translations/qtwebengine_locales",
+             "include", "typesystems", "glue")
+
+
+def tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def linked_libraries(root: Path, files: list[Path]) -> str:
+    """ldd's report for ``files`` (paths inside ``root``), run in the root so its own libraries resolve."""
+    inside = ["/" + str(f.relative_to(root)) for f in files]
+    return chroot(root, "sh", "-c", 'for f in "$@"; do echo "== $f"; ldd "$f"; done', "ldd", *inside).stdout
+
+
+def prune_qt(root: Path, site: Path) -> int:
+    """Drop the Qt modules, plugins and data the console never loads; the bytes saved."""
+    pyside = site / "PySide6"
+    before = tree_size(pyside)
+    plugins = [f for d in QT_PLUGIN_DIRS for f in (pyside / "Qt/plugins" / d).glob("*.so")]
+    modules = [pyside / f"{name}.abi3.so" for name in QT_MODULES]
+    linked = linked_libraries(root, modules + plugins)
+    needed = {Path(lib).name for lib in re.findall(r"=> (\S+)", linked)}
+    # Plugins for platforms the appliance does not have (GTK themes, X11 extras) miss system libraries already.
+    missing_before = set(re.findall(r"^\s*(\S+) => not found", linked, re.M))
+    for module in pyside.glob("Qt*.abi3.so"):
+        if module not in modules:
+            module.unlink()
+            module.with_name(module.name.replace(".abi3.so", ".pyi")).unlink(missing_ok=True)
+    for plugin_dir in (pyside / "Qt/plugins").iterdir():
+        if plugin_dir.name not in QT_PLUGIN_DIRS:
+            shutil.rmtree(plugin_dir)
+    for lib in (pyside / "Qt/lib").iterdir():
+        if lib.is_file() and ".so" in lib.name and lib.name not in needed:
+            lib.unlink()
+    for unused in QT_UNUSED:
+        shutil.rmtree(pyside / unused, ignore_errors=True)
+    left = [f for f in pyside.rglob("*.so*") if f.is_file()]
+    missing = sorted(set(re.findall(r"^\s*(\S+) => not found", linked_libraries(root, left), re.M)) - missing_before)
+    if missing:
+        raise BuildError(f"pruning Qt left libraries unresolved: {', '.join(missing)}: "
+                         "add what needs them to QT_MODULES or QT_PLUGIN_DIRS in installers/appliance/build.py")
+    return before - tree_size(pyside)
+
+
 def build_deb(base: Path, work: Path, cache: Path, out: Path, version: str) -> Path:
     """godwit-appliance_<version>_amd64.deb: /opt/godwit (venv + tree), units, appliance scripts."""
     root = work / "builder"
@@ -266,9 +317,15 @@ def build_deb(base: Path, work: Path, cache: Path, out: Path, version: str) -> P
         chroot(root, "/opt/godwit/bin/pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
                "--no-index", "--find-links", "/var/cache/godwit-wheels", "-r", "/tmp/requirements.txt")
         site = chroot(root, "/opt/godwit/bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-        (root / site.stdout.strip().lstrip("/") / "godwit.pth").write_text("/opt/godwit/lib/godwit\n")
+        site_dir = root / site.stdout.strip().lstrip("/")
+        (site_dir / "godwit.pth").write_text("/opt/godwit/lib/godwit\n")
+        shutil.rmtree(site_dir / "PySide6/scripts", ignore_errors=True)
+        saved = prune_qt(root, site_dir)
+        chroot(root, "env", "QT_QPA_PLATFORM=offscreen", "/opt/godwit/bin/python", "-c",
+               "from PySide6.QtWidgets import QApplication; from PySide6.QtCharts import QChartView; "
+               "app = QApplication([]); view = QChartView(); view.show(); app.processEvents()")
+        print(f"{'':12}Qt modules the console does not use, left out: {saved / 2**20:.0f} MiB", flush=True)
         # Byte-compiled now: under ProtectSystem=strict the services cannot write __pycache__ later.
-        shutil.rmtree(root / site.stdout.strip().lstrip("/") / "PySide6/scripts", ignore_errors=True)
         chroot(root, "/opt/godwit/bin/python", "-m", "compileall", "-q", "-j", "2", "/opt/godwit")
         # The launcher: the console script pip would write, without installing the tree as a package.
         launcher = opt / "bin/godwit"
@@ -427,6 +484,8 @@ def build(args: argparse.Namespace) -> None:
     run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zlib", "-c", raw, partial)
     os.rename(partial, qcow2)
     log(f"qcow2: {qcow2.name} ({qcow2.stat().st_size / 2**20:.0f} MiB)", started)
+    if args.no_ova:
+        return
     ova_path = out / "godwit-appliance.ova"
     ova.build_ova(raw, ova_path, version=version, work=work)
     log(f"ova: {ova_path.name} ({ova_path.stat().st_size / 2**20:.0f} MiB)", started)
@@ -442,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk-gib", type=int, default=16, help="virtual size of the OS disk (default 16)")
     parser.add_argument("--deb-only", action="store_true", help="stop after the godwit-appliance package")
     parser.add_argument("--deb", type=Path, help="use this godwit-appliance package instead of building one")
+    parser.add_argument("--no-ova", action="store_true", help="stop after the qcow2 (to try a change with the boot "
+                        "test sooner)")
     args = parser.parse_args(argv)
     if os.environ.get("GODWIT_BUILD_NS") != "1" and os.geteuid() == 0:
         # A private mount namespace: whatever happens, no mount of the build outlives it.

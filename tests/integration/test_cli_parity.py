@@ -189,7 +189,7 @@ def test_a_resync_shows_its_progress_and_completes_once(parity: tuple[Appliance,
         assert app.cli("vm", "resync", NAME).returncode == 0
         resyncing = wait_for(lambda: _show(app)["disks"][0]["phase"] == "resync", what="the resync to show")
         assert resyncing
-        shown, text = wait_for(lambda: _progress(app), timeout=30, what="the resync's pass to be part-way")
+        shown, text = wait_for(lambda: _progress(app), timeout=90, what="the resync's pass to be part-way")
     finally:
         assert app.cli("vm", "set", NAME, "--max-mbps", "off").returncode == 0
     d = shown["disks"][0]

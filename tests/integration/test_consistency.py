@@ -100,6 +100,7 @@ def test_ordered_writes_on_a_frozen_ext4_device(appliance: Appliance) -> None:
     assert freeze_times(mob), "no freeze was logged"
 
 
+@pytest.mark.timeout(300)  # two loop file systems and POINTS points under writes: slow on a loaded machine
 def test_ordered_writes_across_two_devices(appliance: Appliance) -> None:
     """A point of two busy disks is one instant of both: no point holds the second write without the first."""
     root = appliance.root
@@ -185,7 +186,9 @@ def test_a_writer_that_nothing_freezes_gets_points_labelled_not_crash_consistent
                 taken = points_under_load(appliance, "raw-01", t, 3)
                 server = wait_for(lambda: (s := appliance.servers()["raw-01"])["health_cause"] and s,
                                   what="a health cause")
-            assert {p["kind"] for p in taken} == {"not-crash-consistent"}, taken
+            # A writer starved of CPU by a loaded machine can leave a point's read quiet, and that point is then
+            # rightly crash-consistent: the busy writer must still be caught at least once.
+            assert "not-crash-consistent" in {p["kind"] for p in taken}, taken
             assert server["health_cause"] == "points-not-crash-consistent", server
             assert "was written while its point was read" in server["health_detail"]
             # Once the writer stops, points are crash-consistent again, and exact.
@@ -318,7 +321,9 @@ def test_points_of_a_file_on_ext4_are_labelled_by_whether_it_was_written(applian
             with writer("busy", image):
                 t = time.time()
                 taken = points_under_load(appliance, "plain-01", t, 3)
-            assert {p["kind"] for p in taken} == {"not-crash-consistent"}, taken
+            # A writer starved of CPU by a loaded machine can leave a point's read quiet, and that point is then
+            # rightly crash-consistent: the busy writer must still be caught at least once.
+            assert "not-crash-consistent" in {p["kind"] for p in taken}, taken
             # An fsync-bound writer leaves quiet moments: points taken in one are labelled crash-consistent,
             # and those must really be of one instant.
             with writer("ordered", f"{image}@{x_at}", f"{image}@{y_at}"):
