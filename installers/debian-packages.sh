@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages Godwit needs to run its console headless, its tests and its demo;
-# with the argument `appliance`, what `make appliance` and `make appliance-test` need to build and boot the image.
+# with the argument `appliance`, what `make appliance` and `make appliance-test` need to build and boot the image;
+# with the argument `benchmarks`, the peers that benchmarks/peers.py runs beside Godwit.
 # Installs only what is missing (apt-get when root); otherwise prints the command to run.
 set -euo pipefail
 
@@ -8,6 +9,11 @@ if [ "${1:-}" = appliance ]; then
   packages=(
     # the root file system, the disk, the boot loaders' firmware for the boot test, the test's admin channel
     mmdebstrap gdisk dosfstools mtools e2fsprogs qemu-utils qemu-system-x86 ovmf socat
+  )
+elif [ "${1:-}" = benchmarks ]; then
+  packages=(
+    # borg 1.2 and restic back up the same image; rsync copies it over ssh to a private sshd on loopback
+    borgbackup restic rsync openssh-server openssh-client
   )
 else
 packages=(
@@ -45,5 +51,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 echo "Installing Debian packages: ${missing[*]}"
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Another apt run (unattended upgrades, a build beside this one) holds the lock for a while: wait for it.
+lock=(-o DPkg::Lock::Timeout=600)
+for _ in $(seq 1 120); do
+  err=$(apt-get "${lock[@]}" update -qq 2>&1 >/dev/null) && break
+  grep -q "lock" <<<"$err" || { echo "$err" >&2; exit 1; }
+  sleep 5
+done
+DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

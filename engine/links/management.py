@@ -12,10 +12,18 @@ client certificate: the signed update metadata of the mobility version the appli
 From 1.3 anyone who reaches the port reads ``GET /v1/ca.pem`` (the CA certificate again, under a name curl
 users expect) and ``GET /v1/mobility/bundle`` (the newest self-contained mobility bundle, a tarball): what the
 install line of :mod:`engine.mobility_install` downloads on a source that is not registered yet.
+
+From 1.4 the heartbeat answer names the generation of the server's desired state (``desired_generation``), and
+``GET /v1/desired?after=GENERATION&wait=SECONDS`` with the client certificate is a long poll: the appliance answers
+(:class:`DesiredChange`) as soon as that server's desired state may have changed, or after ``wait`` seconds with
+``changed: false``. A source then sends a heartbeat at once, which brings the new desired state; heartbeats stay
+the fallback (an older source never polls, an older appliance never names a generation).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +35,8 @@ from engine.records import Disk
 #: 1.2: the heartbeat answer offers a mobility version (:class:`MobilityUpdate`), the facts say how the
 #: service's own update went (:class:`UpdateReport`), and ``GET /v1/mobility/feed/...`` serves the package.
 #: 1.3: ``GET /v1/ca.pem`` and ``GET /v1/mobility/bundle``, public (the self-contained mobility bundle).
-MANAGEMENT = Link("management", 1, 3, "management protocol")
+#: 1.4: the heartbeat answer's ``desired_generation``, and the long poll ``GET /v1/desired`` (:class:`DesiredChange`).
+MANAGEMENT = Link("management", 1, 4, "management protocol")
 
 MAX_DISKS = 64
 MAX_NOTICES = 16
@@ -269,6 +278,9 @@ class HeartbeatAnswer:
     management_port: int | None = None
     #: A newer mobility version the appliance offers (None: none, or an appliance before management 1.2).
     mobility_update: MobilityUpdate | None = None
+    #: The generation of this server's desired state this answer holds (management 1.4): what to long-poll
+    #: ``GET /v1/desired`` with. None: an appliance before 1.4, or one that cannot tell now (heartbeats only).
+    desired_generation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,3 +294,45 @@ class Registered:
     name: str
     certificate: str
     answer: HeartbeatAnswer
+
+
+#: The longest a long poll of ``GET /v1/desired`` is held (seconds); a longer ``wait`` is cut to it.
+MAX_DESIRED_WAIT = 25.0
+_GENERATION = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+@dataclass(frozen=True)
+class DesiredWait:
+    """``GET /v1/desired?after=GENERATION&wait=SECONDS`` (management 1.4): answer when the server's desired state
+    is no longer at generation ``after``, or after ``wait`` seconds (at most :data:`MAX_DESIRED_WAIT`)."""
+
+    after: str
+    wait: float = MAX_DESIRED_WAIT
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> DesiredWait:
+        after = query.get("after", "")
+        if not _GENERATION.match(after):
+            raise ProtocolError("Query parameter 'after' must be the desired_generation of a heartbeat's answer "
+                                "(1 to 64 hex digits).")
+        text = query.get("wait")
+        if text is None:
+            return cls(after=after)
+        try:
+            wait = float(text)
+        except ValueError:
+            wait = float("nan")
+        if not 0 <= wait <= 3600:  # NaN too
+            raise ProtocolError("Query parameter 'wait' must be a number of seconds from 0 to 3600.")
+        return cls(after=after, wait=min(wait, MAX_DESIRED_WAIT))
+
+
+@dataclass(frozen=True)
+class DesiredChange:
+    """The answer to the long poll ``GET /v1/desired`` (management 1.4): the generation of the server's desired
+    state now, and whether it is another than the one asked about. Changed: send a heartbeat now (its answer
+    holds the new desired state). It is a hint, never the state itself: a change it misses is learnt at the
+    next heartbeat, one it reports that was none costs one heartbeat."""
+
+    generation: str
+    changed: bool

@@ -29,12 +29,12 @@ import zstandard
 from engine import diskspace
 from engine.agents import AgentContext
 from engine.backoff import Backoff
-from engine.codec import Block, SegmentCorrupt, SegmentIdent, open_segment
+from engine.codec import SEGMENT_MAX, Block, SegmentCorrupt, SegmentIdent, open_segment
 from engine.errors import EngineError, TargetUnreachable, TargetUnwritable
 from engine.files import write_atomically
 from engine.keys import DataKeys, master_key
 from engine.links.agent import Ack, AppliedPoint, AppliedReport, Replicating
-from engine.protocol import BatchHeader, Bookmark, Kind
+from engine.protocol import MAX_DATA, BatchHeader, Bookmark, Kind
 from engine.records import HealthCause
 from engine.storage import PointInfo, TargetDisk, open_storage, replica
 
@@ -125,6 +125,32 @@ class DiskJob:
         self.error_code = self.error = None
 
 
+class Buffers:
+    """Buffers of one size, reused from segment to segment and shared by the workers: a segment costs no fresh
+    pages, and the process keeps ``keep`` buffers, not one per worker (another one lives only while both
+    workers need one at once). Thread-safe."""
+
+    def __init__(self, size: int, keep: int = 1) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Buffers size={self.size} free={len(self._free)}>"
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buffer)
+
+
 class LogProcessor:
     def __init__(self, ctx: AgentContext) -> None:
         _, store = ctx.require_appliance()
@@ -142,6 +168,9 @@ class LogProcessor:
         self._drivers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._servers: dict[str, asyncio.Lock] = {}
         self._local = threading.local()
+        #: What segments are read into, and what their blocks are decrypted and decompressed into.
+        self._segments = Buffers(SEGMENT_MAX)
+        self._blocks = Buffers(MAX_DATA)
         self._steady = SteadyClock(data_dir.run_dir / "steady-clock.json")
         self.out_of_memory = False
 
@@ -221,12 +250,23 @@ class LogProcessor:
         present = set(self.cache.segments(job.replica, job.disk))
         for seq in sorted(s for s in present if s <= target.applied_seq):
             self.cache.delete_segment(job.replica, job.disk, seq)  # applied before a crash
+        if target.applied_seq >= acked:
+            return changed, False
+        arena = self._blocks.take()  # what this slice's segments are decrypted into, one after the other
+        try:
+            return self._apply_segments(job, acked, present, budget, arena, changed)
+        finally:
+            self._blocks.give(arena)  # no block outlives its segment's apply
+
+    def _apply_segments(self, job: DiskJob, acked: int, present: set[int], budget: float, arena: bytearray,
+                        changed: bool) -> tuple[bool, bool]:
+        target = job.target
         began = time.monotonic()
         while target.applied_seq < acked:
             if time.monotonic() - began > budget:
                 return changed, True
             seq = target.applied_seq + 1
-            header, blocks, refusal = self._open(job, seq, present)
+            header, blocks, refusal = self._open(job, seq, present, arena)
             if target.refused_seq and (header is None or not _starts_resync(header, after=target.refused_gen)):
                 target.skip(seq)
                 self.cache.delete_segment(job.replica, job.disk, seq)
@@ -271,23 +311,29 @@ class LogProcessor:
             return 0
         return state.acked_seq if state is not None else 0
 
-    def _open(self, job: DiskJob, seq: int, present: set[int]) -> tuple[BatchHeader | None, list[Block], str]:
-        """Segment ``seq`` authenticated and decrypted, or None and why it cannot be applied (a
-        corrupt one is set aside)."""
+    def _open(self, job: DiskJob, seq: int, present: set[int],
+              arena: bytearray) -> tuple[BatchHeader | None, list[Block], str]:
+        """Segment ``seq`` authenticated and decrypted (its blocks are views of ``arena``), or None and why it
+        cannot be applied (a corrupt one is set aside)."""
         missing = f"Segment {seq} of disk {job.disk} is missing from the cache."
         if seq not in present:  # acknowledged means it was durable: deleted or moved behind our back
             return None, [], missing
+        buffer = self._segments.take()
         try:
-            raw = self.cache.get_segment(job.replica, job.disk, seq)
-        except FileNotFoundError:
-            return None, [], missing
-        try:
-            header, blocks = open_segment(self.keys.get(job.server_id), raw,
-                                          SegmentIdent(job.server_id, job.disk, seq, job.epoch), self._decompressor())
-        except SegmentCorrupt as exc:
-            self.cache.set_aside(job.replica, job.disk, seq)
-            return None, [], exc.message
-        return header, blocks, ""
+            try:
+                raw = self.cache.read_segment(job.replica, job.disk, seq, buffer)
+            except FileNotFoundError:
+                return None, [], missing
+            try:
+                header, blocks = open_segment(self.keys.get(job.server_id), raw,
+                                              SegmentIdent(job.server_id, job.disk, seq, job.epoch),
+                                              self._decompressor(), arena)
+            except SegmentCorrupt as exc:
+                self.cache.set_aside(job.replica, job.disk, seq)
+                return None, [], exc.message
+            return header, blocks, ""  # the blocks are in the arena: the buffer can serve the next segment
+        finally:
+            self._segments.give(buffer)
 
     def _prune(self, job: DiskJob) -> None:
         """Delete points older than the retention. A point must be that old by the wall clock *and* by the

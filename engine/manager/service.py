@@ -7,11 +7,16 @@ the verified update metadata and package of the mobility version the appliance o
 (:mod:`engine.updater.mobility`). The mobility bundle (``GET /v1/mobility/bundle``) and the CA
 certificate are public: a source that is not registered yet downloads them to install the
 mobility service (:mod:`engine.mobility_install`).
+
+A registered source long-polls ``GET /v1/desired`` (management 1.4) to learn at once that its desired state
+changed; the manager tells that from the state database (:mod:`engine.manager.desired`), and the heartbeat the
+source then sends brings the new state from the supervisor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -26,9 +31,10 @@ from engine.errors import CertificateRequired, NotFound
 from engine.http_server import error_middleware, read_json, speaks
 from engine.identity import open_pki
 from engine.links import encode
-from engine.links.agent import Ack, AuthorizeRequest, HeartbeatAnswer, HeartbeatRequest, Registered, RegisterRequest
-from engine.links.management import MANAGEMENT, Registration, ServerFacts
+from engine.links.agent import Ack, AuthorizeRequest, HeartbeatRequest, Registered, RegisterRequest
+from engine.links.management import MANAGEMENT, DesiredChange, DesiredWait, HeartbeatAnswer, Registration, ServerFacts
 from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener
+from engine.manager.desired import DesiredWatch
 from engine.mobility_install import BUNDLES_ENV, bundles_dir, newest_bundle
 from engine.pki import PeerIdentity, peer_identity
 from engine.updater.mobility import mobility_release
@@ -70,7 +76,25 @@ async def heartbeat(request: web.Request) -> web.Response:
     facts = ServerFacts.parse(await read_json(request))
     beat = HeartbeatRequest(server_id=peer.server_id, serial=peer.serial, facts=facts, address=request.remote,
                             port=_port(request))
-    return web.json_response(encode(await request.app[LINK].call("POST", "/agent/heartbeat", beat, HeartbeatAnswer)))
+    # The generation is read before the supervisor answers: a change in between makes the source's next long poll
+    # answer at once (one heartbeat more), never one that the answer lacks and the long poll misses.
+    generation = request.app[WATCH].generation(peer.server_id)
+    answer = await request.app[LINK].call("POST", "/agent/heartbeat", beat, HeartbeatAnswer)
+    return web.json_response(encode(dataclasses.replace(answer, desired_generation=generation)))
+
+
+async def desired(request: web.Request) -> web.Response:
+    """The long poll ``GET /v1/desired?after=G&wait=S`` (management 1.4): answers as soon as the server's desired
+    state is no longer at generation ``G``, or after ``S`` seconds (at most 25) unchanged. Only a registered
+    server's current certificate is served (asked of the supervisor once per poll)."""
+    peer = peer_identity(request.transport.get_extra_info("peercert") if request.transport else None)
+    if peer is None:
+        raise CertificateRequired("The desired state is served to registered servers only, with the client "
+                                  "certificate this appliance issued at registration.")
+    asked = DesiredWait.parse(request.query)
+    await request.app[LINK].call("POST", "/agent/mobility-feed", AuthorizeRequest(peer.server_id, peer.serial), Ack)
+    generation = await request.app[WATCH].wait(peer.server_id, asked.after, asked.wait)
+    return web.json_response(encode(DesiredChange(generation=generation, changed=generation != asked.after)))
 
 
 class MobilityFeed:
@@ -108,6 +132,8 @@ class MobilityFeed:
 
 
 FEED = web.AppKey("feed", MobilityFeed)
+#: The watch of the servers' desired states (without a data directory it watches nothing: long polls time out).
+WATCH = web.AppKey("desired_watch", DesiredWatch)
 #: The folder the mobility bundles are served from (:func:`engine.mobility_install.bundles_dir`).
 BUNDLES = web.AppKey("bundles", Path)
 
@@ -149,18 +175,27 @@ async def mobility_bundle(request: web.Request) -> web.StreamResponse:
 def make_app(link: UnixJsonClient, ca_pem: bytes, data_dir: DataDir | None = None, *,
              bundles: Path | None = None) -> web.Application:
     """The management port's application; ``bundles`` is where the mobility bundles are (default
-    :func:`~engine.mobility_install.bundles_dir`, which ``$GODWIT_MOBILITY_BUNDLES`` overrides)."""
+    :func:`~engine.mobility_install.bundles_dir`, which ``$GODWIT_MOBILITY_BUNDLES`` overrides). With a data
+    directory, long polls of ``GET /v1/desired`` watch its state database; they are all answered when the
+    application shuts down."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware("management port", network=True)])
     speaks(app, MANAGEMENT, peer="The mobility service")
     app[LINK] = link
     app[CA_PEM] = ca_pem
     app[FEED] = MobilityFeed(data_dir)
     app[BUNDLES] = bundles or bundles_dir()
+    watch = app[WATCH] = DesiredWatch(data_dir.state_db if data_dir is not None else None)
+
+    async def release(_: web.Application) -> None:
+        watch.close()
+
+    app.on_shutdown.append(release)
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_get("/v1/ca.pem", get_ca)
     app.router.add_get("/v1/mobility/bundle", mobility_bundle)
     app.router.add_post("/v1/register", register)
     app.router.add_post("/v1/heartbeat", heartbeat)
+    app.router.add_get("/v1/desired", desired)
     app.router.add_get("/v1/mobility/feed/{tail:.+}", mobility_feed)
     return app
 
@@ -187,6 +222,7 @@ async def serve(ctx: AgentContext) -> None:
     try:
         await ctx.stop.wait()
     finally:
+        app[WATCH].close()  # long polls answered first: they must not hold the listeners' close
         for listener in listeners:
             await listener.close()
         await runner.cleanup()

@@ -193,10 +193,12 @@ class ApplianceClient:
         return data
 
 
-def management_client(host: str, port: int, context: ssl.SSLContext) -> ApplianceClient:
-    """The appliance's management port (registration, heartbeats)."""
+def management_client(host: str, port: int, context: ssl.SSLContext, *,
+                      timeout: float = MANAGEMENT_TIMEOUT) -> ApplianceClient:
+    """The appliance's management port (registration, heartbeats); a long poll needs a ``timeout`` beyond the
+    longest it asks the appliance to wait."""
     return ApplianceClient(host, port, context=context, link=MANAGEMENT, port_name="management port",
-                           where=f"{host}:{port}", timeout=MANAGEMENT_TIMEOUT)
+                           where=f"{host}:{port}", timeout=timeout)
 
 
 def data_client(host: str, port: int, context: ssl.SSLContext) -> ApplianceClient:

@@ -185,7 +185,10 @@ class Replicator(threading.Thread):
         self.state_dir = state_dir
         self.disks = disks
         self.context = context
-        self.desired = desired
+        #: Set when the desired state changes: the wait between two cycles ends, so a resync or new policy terms
+        #: start now rather than at the next cycle.
+        self._changed = threading.Event()
+        self._desired = desired
         self.stop = threading.Event()
         self.rate = RateLimit()
         #: The data port; its port is the desired state's when this replicator started (another port
@@ -296,6 +299,26 @@ class Replicator(threading.Thread):
         return sent
 
     # --- the loop ------------------------------------------------------------------------------------------
+    @property
+    def desired(self) -> Desired:
+        return self._desired
+
+    @desired.setter
+    def desired(self, desired: Desired) -> None:
+        """The desired state applies live; a different one also ends the wait for the next cycle."""
+        changed = desired != self._desired
+        self._desired = desired
+        if changed:
+            self._changed.set()
+
+    def _pause(self, seconds: float) -> None:
+        """Until the next cycle is due, the desired state changes, or the replicator stops."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self._changed.wait(min(left, 0.25)):
+                break
+        self._changed.clear()
+
     def _bookmark(self, now: float) -> Bookmark:
         app_every = self.desired.policy.app_consistent_every
         if self.hooks.configured and app_every is not None and now - self._last_app_point >= float(app_every):
@@ -439,7 +462,9 @@ class Replicator(threading.Thread):
                 sent += self._send(i, tracker, c.work, c.reader or self.sources[i].read, kind=Kind.DELTA,
                                    bookmark=mark, cycle=cycle)
             if mark != Bookmark.NONE:
-                now = time.time()
+                # The cycle's start, which the next cycles' starts are compared with: a point taken a little into
+                # its cycle must not make the cycle one interval later look too early for the next point.
+                now = cycle / 1000
                 self._last_point = now
                 if mark == Bookmark.APP_POINT or (bookmark == Bookmark.APP_POINT and not hooks_ok):
                     self._last_app_point = now
@@ -517,7 +542,7 @@ class Replicator(threading.Thread):
                 self.cycles_done += 1
                 log.debug("delta cycle %d: %d bytes in %.3f s", cycle, sent, time.time() - started)
                 interval = min(MAX_CYCLE_INTERVAL, self.desired.policy.crash_consistent_every)
-                self.stop.wait(max(0.0, interval - (time.time() - started)))
+                self._pause(interval - (time.time() - started))
         except InterruptedError:
             pass
         except EngineError as exc:

@@ -5,6 +5,13 @@ heartbeat every few seconds), and the data path it grows into runs best on block
 threads (see PERFORMANCE.md). State lives in ``--state-dir``: the server id, its client key and
 certificate, and the appliance CA it pinned.
 
+Changes at once: an appliance of management 1.4 names the generation of the server's desired state in each
+heartbeat's answer. A thread of its own then long-polls ``GET /v1/desired`` with it, on a second kept-alive
+connection; when the appliance answers that the desired state changed (enable, disable, resync, a bandwidth cap,
+a policy), the main loop sends its next heartbeat at once instead of at the end of the interval, and follows the
+answer. Heartbeats stay the fallback: against an older appliance, or while the long poll fails, nothing else
+changes.
+
 Updates: a heartbeat answer may offer a newer mobility version and say to install it now. The service then
 downloads it from the appliance's management port (mutual TLS), verifies it against the update feed's
 signed metadata from the trusted root it ships with (the appliance re-serves that metadata; it cannot make
@@ -31,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 from engine import __version__
 from engine.backoff import Backoff
@@ -39,6 +47,7 @@ from engine.files import write_atomically
 from engine.links import encode
 from engine.links.management import (
     MAX_NOTICES,
+    DesiredChange,
     HeartbeatAnswer,
     MobilityUpdate,
     Notice,
@@ -47,7 +56,7 @@ from engine.links.management import (
     ServerFacts,
     UpdateReport,
 )
-from engine.mobility.appliance_client import management_client
+from engine.mobility.appliance_client import MANAGEMENT_TIMEOUT, ApplianceClient, management_client
 from engine.mobility.consistency import Freezer
 from engine.mobility.replicator import FREEZE_BUDGET, Desired, Replicator, SnapshotHooks, retryable
 from engine.mobility.sources import describe
@@ -69,6 +78,13 @@ SHUN_PORT_FOR = 600.0
 MAX_PENDING_NOTICES = 64
 #: The management port refuses longer text fields.
 MAX_TEXT = 512
+#: Seconds a long poll of the desired state asks the appliance to hold it (it holds one at most 25 s).
+DESIRED_WAIT = 25.0
+#: Seconds at most that a wait of the service's loops lasts before it looks at ``stop`` again.
+STOP_CHECK = 0.25
+#: Seconds between two heartbeats sent early for a change, at least: a long poll that kept answering "changed"
+#: must not become a stream of heartbeats.
+EARLY_SPACING = 0.2
 
 
 def read_passphrase(path: Path) -> str:
@@ -173,6 +189,21 @@ class MobilityService:
         self.stop = stop
         self.heartbeat_interval = 5.0
         self.data_port: int | None = None
+        #: The generation of the desired state the last heartbeat's answer held, and heartbeats answered so far
+        #: (guarded by ``_beat``, which is notified after each). None: the appliance names none (before
+        #: management 1.4): heartbeats only.
+        self._generation: str | None = None
+        self._beats = 0
+        self._beat = threading.Condition()
+        #: Set by the long poll when the desired state changed: the main loop sends a heartbeat at once.
+        self._nudge = threading.Event()
+        #: The long poll's thread and connection, and the event that ends it (guarded by ``_watch_lock``).
+        self._watcher: threading.Thread | None = None
+        self._watch_client: ApplianceClient | None = None
+        self._watch_stop = threading.Event()
+        self._watch_lock = threading.Lock()
+        #: Heartbeats sent early because the long poll said that the desired state changed.
+        self.early_heartbeats = 0
         self.replicator: Replicator | None = None
         #: A source disk that could not be read stopped replication (None: reading works).
         self.read_failure: str | None = None
@@ -189,7 +220,8 @@ class MobilityService:
                 raise BadInput(f"Disk {d} cannot be opened ({exc.strerror}).") from exc
 
     def __repr__(self) -> str:
-        return f"<MobilityService {self.name} appliance={self.host}:{self.port} disks={len(self.disks)}>"
+        return (f"<MobilityService {self.name} appliance={self.host}:{self.port} disks={len(self.disks)} "
+                f"generation={self._generation} early_heartbeats={self.early_heartbeats}>")
 
     # --- files in the state dir ----------------------------------------------------------------
     @property
@@ -408,6 +440,7 @@ class MobilityService:
             log.info("mobility %s is verified and unpacked: stopping replication to restart into it",
                      offer.version)
             self.stop.set()
+            self._nudge.set()  # the main loop sees the stop now, not at the end of its wait
         finally:
             if client is not None:
                 client.close()
@@ -553,6 +586,105 @@ class MobilityService:
         self.replicator.start()
         log.info("replicating %d disk(s) to %s:%d", len(self.disks), self.host, desired.data_port)
 
+    # --- the long poll of the desired state (management 1.4) ------------------------------------------------
+    def _heard(self, generation: str | None, context: ssl.SSLContext) -> None:
+        """A heartbeat's answer came with this generation of the desired state: the long poll asks about it from
+        now on (its thread starts with the first generation an appliance names)."""
+        with self._beat:
+            self._generation = generation
+            self._beats += 1
+            self._beat.notify_all()
+        if generation is not None and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_desired, args=(context,), name="desired-state",
+                                             daemon=True)
+            self._watcher.start()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` for the next heartbeat; less when stopped, or when the long poll says that the desired
+        state changed (then the heartbeat goes now)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._nudge.wait(min(left, STOP_CHECK)):
+                self._nudge.clear()
+                if not self.stop.is_set():
+                    self.early_heartbeats += 1
+                return
+
+    def _await_beat(self, seen: int) -> None:
+        """Until a heartbeat after the ``seen``-th was answered (or the long poll ends)."""
+        with self._beat:
+            while self._beats <= seen and not self._watch_stop.is_set():
+                self._beat.wait(STOP_CHECK)
+
+    def _watch_desired(self, context: ssl.SSLContext) -> None:
+        """Long-poll ``GET /v1/desired`` with the generation of the last heartbeat's answer, on a connection of its
+        own, until the service stops. A change wakes the main loop for a heartbeat, then the poll waits for that
+        heartbeat's answer (its new generation). Trouble the appliance may get over is retried with the
+        heartbeats' backoff and said only in the debug log (the heartbeats say it); a refusal ends the long poll
+        (heartbeats only) and makes the main loop send its heartbeat now, which says why and acts on it."""
+        failures = 0
+        last_nudge = 0.0
+        client: ApplianceClient | None = None
+        try:
+            while not self._watch_stop.is_set():
+                with self._beat:
+                    generation, beats = self._generation, self._beats
+                if generation is None:  # an answer without one: wait for a heartbeat that brings one
+                    self._await_beat(beats)
+                    continue
+                if client is None or (client.host, client.port) != (self.host, self.port):
+                    with self._watch_lock:
+                        if self._watch_stop.is_set():
+                            return
+                        if client is not None:
+                            client.close()
+                        client = self._watch_client = management_client(
+                            self.host, self.port, context, timeout=DESIRED_WAIT + MANAGEMENT_TIMEOUT)
+                try:
+                    path = f"/v1/desired?after={quote(generation, safe='')}&wait={DESIRED_WAIT:g}"
+                    change = client.call("GET", path, None, DesiredChange)
+                except EngineError as exc:
+                    if self._watch_stop.is_set():
+                        return
+                    if not retryable(exc):
+                        log.info("the appliance refused the long poll of this server's desired state (%s): "
+                                 "following it by heartbeats only", exc.message)
+                        self._nudge.set()
+                        return
+                    delay = RETRY.delay(failures)
+                    failures += 1
+                    log.debug("desired-state.poll-failed retry_in=%.0f: %s", delay, exc.message)
+                    self._watch_stop.wait(delay)
+                    continue
+                failures = 0
+                if change.changed and change.generation != generation:
+                    self._watch_stop.wait(max(0.0, last_nudge + EARLY_SPACING - time.monotonic()))
+                    with self._beat:
+                        seen = self._beats
+                    last_nudge = time.monotonic()
+                    log.info("the appliance changed what this server is to do (desired state %s, was %s): asking it "
+                             "now", change.generation, generation)
+                    self._nudge.set()
+                    self._await_beat(seen)
+        finally:
+            if client is not None:
+                client.close()
+
+    def _stop_watcher(self) -> None:
+        """End the long poll: its connection is closed (a request in flight fails at once) and its thread joined."""
+        with self._watch_lock:
+            self._watch_stop.set()
+            client = self._watch_client
+        with self._beat:
+            self._beat.notify_all()
+        if client is not None:
+            client.close()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5)
+
     def _epoch(self) -> int:
         try:
             return int(json.loads((self.state_dir / "epoch.json").read_text())["epoch"])
@@ -610,14 +742,17 @@ class MobilityService:
                     self._sent(facts)
                     self._apply(answer)
                     self._consider(answer.mobility_update)
-                    log.debug("heartbeat.complete interval=%s", self.heartbeat_interval)
+                    self._heard(answer.desired_generation, context)
+                    log.debug("heartbeat.complete interval=%s generation=%s", self.heartbeat_interval,
+                              answer.desired_generation)
                     if self._follow_port(answer.management_port):
                         client.close()
                         client = management_client(self.host, self.port, context)
                         continue  # tell the appliance at once that we are on the new port
-                self.stop.wait(self.heartbeat_interval)
+                self._pause(self.heartbeat_interval)
         finally:
             client.close()
+            self._stop_watcher()
             self._stop_replicator()
             thread = self._update_thread
             if thread is not None and thread is not threading.current_thread():

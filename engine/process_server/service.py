@@ -15,12 +15,13 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import zstandard
 from aiohttp import web
 
 from engine.agents import AgentContext
-from engine.codec import SegmentIdent, seal
+from engine.codec import SEGMENT_MAX, SegmentIdent, keep_freed_memory, seal_into
 from engine.diskspace import human_bytes
 from engine.errors import (
     CacheFull,
@@ -54,6 +55,47 @@ DEFAULT_CACHE_LIMIT_MB = 4096
 #: The share of the cache one server may fill (``GODWIT_CACHE_SERVER_QUOTA_MB`` sets it in MiB): a server whose
 #: segments wait in the cache up to it waits, while the others go on.
 SERVER_SHARE = 0.5
+#: Freed memory kept for the next batches (see :func:`engine.codec.keep_freed_memory`): a few batches' worth.
+KEEP_FREED = 64 * 1024 * 1024
+
+
+class Buffers:
+    """Buffers of one size (batch bodies, segments) reused from batch to batch: a batch costs one copy into a
+    buffer that is already there, rather than a growing bytearray, a copy of it as bytes and fresh pages for
+    both. Used on the event loop only; a buffer is taken for one batch and given back once nothing reads it
+    (never while the pool may still use it)."""
+
+    def __init__(self, size: int, keep: int = 2) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+        self._keep = keep
+
+    def __repr__(self) -> str:
+        return f"<Buffers size={self.size} free={len(self._free)}>"
+
+    def take(self) -> bytearray:
+        return self._free.pop() if self._free else bytearray(self.size)
+
+    def give(self, buffer: bytearray) -> None:
+        if len(self._free) < self._keep:  # more at once were needed only for a moment: let the rest go
+            self._free.append(buffer)
+
+
+async def read_body(request: web.Request, buffer: bytearray, length: int) -> memoryview:
+    """The request's body (``length`` bytes, its Content-Length) read into ``buffer``; a view of it."""
+    view = memoryview(buffer)
+    got = 0
+    while got < length:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        if got + len(chunk) > length:
+            raise ProtocolError("The batch is longer than its Content-Length.")
+        view[got:got + len(chunk)] = chunk
+        got += len(chunk)
+    if got != length:
+        raise ProtocolError(f"The batch ended after {got} of its {length} bytes.")
+    return view[:length]
 
 
 class ProcessServer:
@@ -75,6 +117,8 @@ class ProcessServer:
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._reports: dict[tuple[str, int], ReceivedReport] = {}
         self._local = threading.local()
+        self.bodies = Buffers(MAX_BATCH)
+        self.segments = Buffers(SEGMENT_MAX)
 
     def __repr__(self) -> str:
         return f"<ProcessServer streams={self.streams} cache_used={self.cache_used}>"
@@ -101,10 +145,10 @@ class ProcessServer:
                                "appliance's stream state.")
         return peer.server_id, auth
 
-    def _seal(self, server_id: str, epoch: int, seq: int, body: bytes, disk: int,
-              size: int) -> tuple[bytes, BatchHeader]:
-        """Runs in the pool: parse and check the batch, then build the segment."""
-        header, runs = decode_batch(body, disk_size=size)
+    def _seal(self, server_id: str, epoch: int, seq: int, body: memoryview, disk: int,
+              size: int, out: bytearray) -> tuple[memoryview, BatchHeader]:
+        """Runs in the pool: parse and check the batch, then build the segment in ``out``."""
+        header, runs = decode_batch(cast(bytes, body), disk_size=size)  # it reads any buffer
         if header.disk != disk:
             raise ProtocolError("The batch names another disk than its URL.")
         if header.seq != seq:
@@ -112,8 +156,8 @@ class ProcessServer:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:  # one per pool thread: a compressor is not safe to share
             compressor = self._local.compressor = zstandard.ZstdCompressor(level=1)
-        segment = seal(self.keys.get(server_id, create=True), SegmentIdent(server_id, disk, seq, epoch), header, runs,
-                       compressor)
+        segment = seal_into(self.keys.get(server_id, create=True), SegmentIdent(server_id, disk, seq, epoch), header,
+                            runs, compressor, out)
         return segment, header
 
     async def batch(self, request: web.Request) -> web.Response:
@@ -130,48 +174,69 @@ class ProcessServer:
         async with lock:
             state = self.streams.get(server_id, disk, int(auth.desired.epoch or 0))
             expected = state.acked_seq + 1
+            buffer, out = self.bodies.take(), self.segments.take()
+            reusable = True
             try:
-                async with asyncio.timeout(BODY_GRACE + length / MIN_RATE):
-                    body = await request.read()
-            except TimeoutError as exc:
-                raise ProtocolError(f"The batch arrived slower than {MIN_RATE // 1024} KiB/s; "
-                                    "the connection was dropped.") from exc
-            if self.cache_used >= self.cache_limit:  # admitted while below: a batch may be larger than the limit
-                self._report(server_id, disk, state, cache_full=True)
-                raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
-            if self.cache_used_by.get(server_id, 0) >= self.server_quota:  # one server cannot fill it for all
-                self._report(server_id, disk, state, cache_full=True, share_full=True)
-                raise CacheFull(f"This server's share of the appliance's cache is full "
-                                f"({human_bytes(self.server_quota)} waiting to be applied); retry when the log "
-                                "processor has applied its backlog.")
+                try:
+                    async with asyncio.timeout(BODY_GRACE + length / MIN_RATE):
+                        body = await read_body(request, buffer, length)
+                except TimeoutError as exc:
+                    raise ProtocolError(f"The batch arrived slower than {MIN_RATE // 1024} KiB/s; "
+                                        "the connection was dropped.") from exc
+                self._admit(server_id, disk, state, length)
+                loop = asyncio.get_running_loop()
+                try:
+                    segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, state.epoch,
+                                                                 expected, body, disk, size, out)
+                    stored = len(segment)
+                    await loop.run_in_executor(self.pool, self.cache.put_segment, replica(server_id, state.epoch),
+                                               disk, expected, segment)
+                except asyncio.CancelledError:
+                    reusable = False  # the pool may still be using them
+                    raise
+                except CacheFull as exc:
+                    # Another writer took the room meanwhile. Nothing is acknowledged: a segment written
+                    # without its stream state is replaced when the batch is sent again.
+                    self._report(server_id, disk, state, cache_full=True, detail=exc.message)
+                    raise
+            finally:
+                if reusable:
+                    self.bodies.give(buffer)
+                    self.segments.give(out)
             try:
-                self.cache.check_room(len(body))  # batches are refused before the disk is down to its reserve
-            except CacheFull as exc:
-                self._report(server_id, disk, state, cache_full=True, detail=exc.message)  # the admin sees why
-                raise
-            loop = asyncio.get_running_loop()
-            segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, state.epoch, expected, body,
-                                                         disk, size)
-            try:
-                await loop.run_in_executor(self.pool, self.cache.put_segment, replica(server_id, state.epoch), disk,
-                                           expected, segment)
-                self.cache_used += len(segment)
-                self.cache_used_by[server_id] = self.cache_used_by.get(server_id, 0) + len(segment)
+                self.cache_used += stored
+                self.cache_used_by[server_id] = self.cache_used_by.get(server_id, 0) + stored
                 initial_done = max(state.initial_done, header.initial_done) if header.kind == Kind.INITIAL \
                     else state.initial_done
                 new = StreamState(epoch=state.epoch, acked_seq=expected, initial_done=initial_done,
                                   initial_complete=state.initial_complete or (
                                       header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
-                                  bytes_received=state.bytes_received + len(body))
+                                  bytes_received=state.bytes_received + length)
                 await loop.run_in_executor(self.pool, self.streams.save, server_id, disk, new)
             except CacheFull as exc:
                 # Another writer took the room meanwhile. Nothing is acknowledged: a segment written
                 # without its stream state is replaced when the batch is sent again.
                 self._report(server_id, disk, state, cache_full=True, detail=exc.message)
                 raise
-        log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, expected, len(body))
+        log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, expected, length)
         self._report(server_id, disk, new, cache_full=False)
         return web.json_response(encode(new))
+
+    def _admit(self, server_id: str, disk: int, state: StreamState, length: int) -> None:
+        """Raise :class:`CacheFull` (and say why to the admin) if the cache has no room for a batch of ``length``."""
+        if self.cache_used >= self.cache_limit:  # admitted while below: a batch may be larger than the limit
+            self._report(server_id, disk, state, cache_full=True)
+            raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
+        if self.cache_used_by.get(server_id, 0) >= self.server_quota:  # one server cannot fill it for all
+            self._report(server_id, disk, state, cache_full=True, share_full=True)
+            raise CacheFull(f"This server's share of the appliance's cache is full "
+                            f"({human_bytes(self.server_quota)} waiting to be applied); retry when the log "
+                            "processor has applied its backlog.")
+        try:
+            self.cache.check_room(length)  # batches are refused before the disk is down to its reserve
+        except CacheFull as exc:
+            self._report(server_id, disk, state, cache_full=True, detail=exc.message)  # the admin sees why
+            raise
 
     async def stream_states(self, request: web.Request) -> web.Response:
         server_id, auth = await self.authorize(request)
@@ -208,6 +273,7 @@ class ProcessServer:
 
 async def serve(ctx: AgentContext) -> None:
     sock, *_ = ctx.require_listen_sockets()
+    keep_freed_memory(KEEP_FREED)
     server = ProcessServer(ctx)
     server.cache_used_by = server.cache.used_bytes_by_server()
     server.cache_used = sum(server.cache_used_by.values())

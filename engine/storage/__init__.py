@@ -50,7 +50,7 @@ class CacheStore(Protocol):
     """Segments waiting to be applied, and where each disk's stream stands. Copies of a server are
     named by :func:`replica`."""
 
-    def put_segment(self, replica: str, disk: int, seq: int, data: bytes) -> None:
+    def put_segment(self, replica: str, disk: int, seq: int, data: bytes | memoryview) -> None:
         """Store a segment durably (it survives a power cut once this returns), replacing one of the
         same number. Raises :class:`~engine.errors.CacheFull` if there is no room for it."""
 
@@ -59,6 +59,10 @@ class CacheStore(Protocol):
 
     def get_segment(self, replica: str, disk: int, seq: int) -> bytes:
         """A segment's bytes; FileNotFoundError if it is not there (deleted, set aside, never stored)."""
+
+    def read_segment(self, replica: str, disk: int, seq: int, buffer: bytearray) -> memoryview:
+        """A segment's bytes read into ``buffer`` (a larger segment is read into a buffer of its own): a view
+        of them, valid while ``buffer`` is not reused. FileNotFoundError as :meth:`get_segment`."""
 
     def delete_segment(self, replica: str, disk: int, seq: int) -> None:
         """Delete a segment (applied, or stepped over); nothing happens if it is not there."""

@@ -188,7 +188,7 @@ def disk_key(data_key: bytes, replica: str, disk: int) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=f"godwit seed {replica}/disk{disk}".encode()).derive(data_key)
 
 
-def seal_block(aead: AESGCM, name: str, offset: int, data: bytes) -> bytes:
+def seal_block(aead: AESGCM, name: str, offset: int, data: bytes | memoryview) -> bytes:
     """A block's slot: its ciphertext padded to a whole block, then the trailer sector."""
     nonce = os.urandom(12)
     sealed = aead.encrypt(nonce, data, f"{name}@{offset}".encode())
@@ -482,7 +482,7 @@ class AzureTargetDisk(RefusalRecord):
     def _writes(self, blocks: list[Block]) -> list[tuple[int, bytes | None, int]]:
         """The segment as page writes: ``(blob offset, slots or None to clear, length)``, consecutive slots of
         one kind merged up to a request's size. A block written twice in a segment is written once, as last."""
-        slots: dict[int, bytes | None] = {}
+        slots: dict[int, bytes | memoryview | None] = {}
         for b in blocks:
             for off in range(b.offset, b.offset + b.length, BLOCK):
                 n = min(BLOCK, b.offset + b.length - off, self.size - off)

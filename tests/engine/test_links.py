@@ -188,7 +188,8 @@ def test_version_1_0_keeps_the_wire_shape_sources_already_speak() -> None:
     assert answer.desired.epoch == 1700000000000 and answer.desired.disk_sizes == [1 << 30]
     assert answer.management_port is None  # 1.1 added it; an answer without it is from an older appliance
     assert answer.mobility_update is None  # 1.2 added it
-    added = {"management_port": None, "mobility_update": None}
+    assert answer.desired_generation is None  # 1.4 added it
+    added = {"management_port": None, "mobility_update": None, "desired_generation": None}
     assert encode(answer) == {**old_heartbeat_answer, **added}  # only added, nothing reshaped
     old_registered = {"server_id": "id", "name": "web-01", "certificate": "PEM", **old_heartbeat_answer}
     assert encode(decode(Registered, old_registered, link=MANAGEMENT)) == {**old_registered, **added}

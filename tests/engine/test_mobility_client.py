@@ -146,7 +146,7 @@ def test_an_appliance_of_another_major_version_is_refused_in_one_line(port: Port
     port.version = "management/2.1"
     with port.client() as client, pytest.raises(VersionMismatch) as caught:
         client.call("GET", "/state", None, StreamState)
-    assert "management protocol 2.1" in str(caught.value) and "1.3" in str(caught.value)
+    assert "management protocol 2.1" in str(caught.value) and "1.4" in str(caught.value)
     assert "\n" not in str(caught.value) and not retryable(caught.value)
     port.version = "management/1.9"
     with port.client() as client:

@@ -552,7 +552,7 @@ def test_the_facts_carry_an_update_report_checked_field_by_field() -> None:
 def test_the_heartbeat_answer_offers_a_version_and_an_older_answer_offers_none() -> None:
     """Management 1.2's heartbeat answer can carry a mobility offer that round-trips; an answer without one
     (an older engine's) offers none, and a malformed offer is refused."""
-    assert str(MANAGEMENT) == "management/1.3"
+    assert str(MANAGEMENT) == "management/1.4"
     old = {"heartbeat_interval": 5.0, "data_port": 9443, "replicate": False, "management_port": None}
     assert decode(HeartbeatAnswer, old, link=MANAGEMENT).mobility_update is None
     offer = MobilityUpdate(version="0.2.0", target="agents/mobility-package/mobility-package-0.2.0.tar.gz",

@@ -116,7 +116,7 @@ def test_ca_pem_is_the_certificate_of_the_fingerprint_setup_shows(app: Appliance
     setup = app.setup()
     status, headers, pem = _get(app, "/v1/ca.pem")
     assert status == 200 and headers["content-type"] == "application/x-pem-file"
-    assert headers[HEADER.lower()] == "management/1.3"
+    assert headers[HEADER.lower()] == "management/1.4"
     der = x509.load_pem_x509_certificate(pem).public_bytes(pki.serialization.Encoding.DER)
     digest = hashlib.sha256(der).hexdigest().upper()
     assert ":".join(re.findall("..", digest)) == setup["ca_fingerprint"] == _fingerprint_of(pem)

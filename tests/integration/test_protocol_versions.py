@@ -45,20 +45,20 @@ def test_management_port_serves_newer_minor_versions_and_refuses_other_majors(ap
     """A source of management protocol 1.x registers even with fields this engine does not know; one
     of 2.x is refused in one line naming both versions, before anything is done for it."""
     status, data, version = _ask(_tls(appliance, appliance.management_port), "GET", "/v1/ca", "management/2.0")
-    assert (status, version) == (400, "management/1.3")
+    assert (status, version) == (400, "management/1.4")
     assert isinstance(data, dict) and data["code"] == "protocol-version"
-    assert "management protocol 2.0" in data["message"] and "1.3" in data["message"]
+    assert "management protocol 2.0" in data["message"] and "1.4" in data["message"]
     key = pki.new_key()
     registration = {"passphrase": appliance.setup()["passphrase"], "csr": pki.make_csr(key, "later-01").decode(),
                     "name": "later-01", "hostname": "later", "os": "Linux", "agent_version": "9.9",
-                    "disks": [{"path": "/dev/vda", "size": 1 << 30, "encryption": "added in 1.4"}],
-                    "boot_mode": "uefi (added in 1.4)"}
+                    "disks": [{"path": "/dev/vda", "size": 1 << 30, "encryption": "added in 1.5"}],
+                    "boot_mode": "uefi (added in 1.5)"}
     status, data, _ = _ask(_tls(appliance, appliance.management_port), "POST", "/v1/register", "management/2.0",
                            registration)
     assert status == 400 and "later-01" not in appliance.servers()
     status, data, version = _ask(_tls(appliance, appliance.management_port), "POST", "/v1/register",
-                                 "management/1.4", registration)
-    assert (status, version) == (200, "management/1.3"), data
+                                 "management/1.5", registration)
+    assert (status, version) == (200, "management/1.4"), data
     assert isinstance(data, dict) and data["name"] == "later-01" and data["replicate"] is False
     assert appliance.servers()["later-01"]["disks"][0]["size"] == 1 << 30
 
