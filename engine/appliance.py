@@ -260,12 +260,15 @@ class Engine:
     def _prerequisite_facts(self) -> Facts:
         """What the prerequisites' checks need, read on the loop."""
         ports, storage, servers = self.ports, self.services.storage, self.state.servers()
+        # The cache folder may be a file system of its own (the appliance image mounts its cache disk there).
+        cache = self.data_dir.root / "cache"
         # This engine holds both ports while it runs (it cannot run, nor move one, without binding it); the
         # check asks whether each port's agent answers there.
         return Facts(ports=(PortFact("management", ports.management_port, held=True,
                                      reach=self._probe_address("management")),
                             PortFact("data", ports.data_port, held=True, reach=self._probe_address("data"))),
-                     listen_address=ports.listen_address, cache_path=self.data_dir.root, servers=len(servers),
+                     listen_address=ports.listen_address, cache_path=cache if cache.is_dir() else self.data_dir.root,
+                     servers=len(servers),
                      protected_bytes=sum(d.size for row in servers for d in row.disks),
                      secret_kind=self.services.secrets.kind, secret_description=self._secret_store_text,
                      secrets_file=self.data_dir.secrets_file, target_kind=storage.kind,

@@ -99,6 +99,11 @@ def ppm_to_png(ppm: bytes) -> tuple[bytes, int]:
     return png, colours
 
 
+#: The display adapter of each boot: QEMU's standard VGA (bochs-drm, as Proxmox's default: the console on the frame
+#: buffer) under BIOS, virtio-gpu (which cage can drive: the console in Wayland) under UEFI.
+DISPLAYS = {"bios": "std", "uefi": "virtio"}
+
+
 class Guest:
     """One QEMU process running an overlay of the image."""
 
@@ -121,10 +126,10 @@ class Guest:
         forwards = (f"hostfwd=tcp:127.0.0.1:{self.management}-:443,hostfwd=tcp:127.0.0.1:{self.data}-:{self.data},"
                     f"hostfwd=tcp:127.0.0.1:{self.admin}-:{GUEST_ADMIN_PORT}")
         cmd = ["qemu-system-x86_64", "-name", "godwit-boot-test", "-m", "4096", "-smp", "2",
-               *(["-enable-kvm", "-cpu", "host,-arch-capabilities"] if kvm else ["-accel", "tcg", "-cpu", "qemu64"]),
+               *(["-enable-kvm", "-cpu", "host,-arch-capabilities"] if kvm else ["-accel", "tcg", "-cpu", "max"]),
                "-drive", f"file={overlay},if=virtio,format=qcow2", "-drive", f"file={cache},if=virtio,format=qcow2",
                "-netdev", f"user,id=net0,{forwards}", "-device", "virtio-net-pci,netdev=net0",
-               "-vga", "std", "-display", "none", "-serial", f"file:{self.serial}",
+               "-vga", DISPLAYS[firmware], "-display", "none", "-serial", f"file:{self.serial}",
                "-monitor", f"unix:{self.monitor},server=on,wait=off",
                "-fw_cfg", "name=opt/godwit/test-channel,string=1", "-no-reboot"]
         if firmware == "uefi":
@@ -319,10 +324,7 @@ def full_test(image: Path, work: Path, clock: Clock, shots: Path) -> None:
         clock.step(f"initial replication complete; {len(points)} recovery point(s), state "
                    f"{protected_server['state']}")
 
-        png = shots / "appliance-screen-bios.png"
-        colours = wait_for(lambda: (c := guest.screendump(png)) > 8 and c, timeout=120,
-                           what="the console on the guest's screen (the screendump stayed blank)", every=5)
-        clock.step(f"screendump saved: {png} ({colours} colours sampled)")
+        screen(guest, shots / "appliance-screen-bios.png", clock)
         channel.close()
         channel = None
         guest.power_off()
@@ -338,12 +340,20 @@ def full_test(image: Path, work: Path, clock: Clock, shots: Path) -> None:
         guest.kill()
 
 
-def uefi_test(image: Path, work: Path, clock: Clock) -> None:
+def screen(guest: Guest, png: Path, clock: Clock) -> None:
+    """Waits until the guest's display shows more than a text console, and saves it as ``png``."""
+    colours = wait_for(lambda: (c := guest.screendump(png)) > 8 and c, timeout=300,
+                       what="the console on the guest's screen (the screendump stayed blank)", every=5)
+    clock.step(f"screendump saved: {png} ({colours} colours sampled)")
+
+
+def uefi_test(image: Path, work: Path, clock: Clock, shots: Path) -> None:
     guest = boot(image, work, "uefi", clock)
     try:
-        clock.step(f"QEMU running under UEFI (OVMF, {guest.accel})")
+        clock.step(f"QEMU running under UEFI (OVMF, {guest.accel}), virtio-gpu display")
         guest.banner(timeout=600)
         clock.step("UEFI boot reached the banner")
+        screen(guest, shots / "appliance-screen-uefi.png", clock)
         guest.power_off()
         clock.step("guest powered off cleanly")
     except BootTestFailed as exc:
@@ -378,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 full_test(args.image.resolve(), Path(tmp), clock, shots)
         if args.firmware in ("uefi", "both"):
             with tempfile.TemporaryDirectory(prefix="godwit-boot-uefi-") as tmp:
-                uefi_test(args.image.resolve(), Path(tmp), clock)
+                uefi_test(args.image.resolve(), Path(tmp), clock, shots)
     except BootTestFailed as exc:
         print(f"boot test FAILED: {exc}", file=sys.stderr)
         return 1

@@ -55,8 +55,9 @@ BASE_PACKAGES = [
     "python3", "python3-venv", "libgl1", "libegl1", "libxkbcommon0", "xkb-data", "libfontconfig1",
     "libglib2.0-0", "libdbus-1-3", "fonts-dejavu-core", "libwayland-client0", "libwayland-cursor0",
     "libwayland-egl1", "socat",
-    # the kiosk compositor that shows the console full screen
-    "cage",
+    # the kiosk compositor that shows the console full screen, and the seat daemon that gives it the display and
+    # input devices (libseat's logind backend left cage waiting on this image's tty1)
+    "cage", "seatd",
 ]
 #: What the godwit-appliance package depends on (a subset of BASE_PACKAGES).
 DEB_DEPENDS = [
@@ -64,12 +65,12 @@ DEB_DEPENDS = [
     "libglib2.0-0", "libdbus-1-3", "fonts-dejavu-core", "libwayland-client0", "libwayland-cursor0",
     "libwayland-egl1", "socat", "iproute2", "e2fsprogs", "cloud-guest-utils", "util-linux",
 ]
-DEB_RECOMMENDS = ["cage"]
+DEB_RECOMMENDS = ["cage", "seatd"]
 #: Units the package installs; it enables only the engine. The image enables the others.
 UNITS = ["godwit-engine", "godwit-kiosk", "godwit-banner", "godwit-cache-disk", "godwit-grow-root",
          "godwit-test-channel"]
 IMAGE_UNITS = ["godwit-engine", "godwit-kiosk", "godwit-banner", "godwit-cache-disk", "godwit-grow-root",
-               "godwit-test-channel", "systemd-networkd", "systemd-resolved", "systemd-timesyncd"]
+               "godwit-test-channel", "seatd", "systemd-networkd", "systemd-resolved", "systemd-timesyncd"]
 #: Godwit's own tree in the package (the code finds resources/ beside engine/ and app/).
 TREE = ["engine", "app", "resources", "README.md", "pyproject.toml"]
 MIN_FREE_GIB = 8
