@@ -99,8 +99,8 @@ def ppm_to_png(ppm: bytes) -> tuple[bytes, int]:
     return png, colours
 
 
-#: The display adapter of each boot: QEMU's standard VGA (bochs-drm, as Proxmox's default: the console on the frame
-#: buffer) under BIOS, virtio-gpu (which cage can drive: the console in Wayland) under UEFI.
+#: The display adapter of each boot (the console is on its frame buffer): QEMU's standard VGA (bochs-drm, Proxmox's
+#: default) under BIOS, virtio-gpu under UEFI.
 DISPLAYS = {"bios": "std", "uefi": "virtio"}
 
 

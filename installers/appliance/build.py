@@ -5,7 +5,7 @@
 Steps, each printed with its time:
 
 1. **Base** (cached): ``mmdebstrap`` makes a Debian 12 root file system with the kernel, GRUB (BIOS and UEFI),
-   systemd, the cage kiosk compositor and what the console's Qt needs. It is kept as
+   systemd and what the console's Qt needs on the frame buffer. It is kept as
    ``build/cache/base-<hash>.tar``, keyed by the package list, so a rebuild downloads nothing from Debian.
 2. **godwit-appliance .deb**: in a copy of the base, a venv at ``/opt/godwit`` with Godwit's pinned dependencies
    from PyPI (downloaded once into ``build/cache/appliance-wheels``), Godwit's own tree at ``/opt/godwit/lib/godwit``,
@@ -55,9 +55,6 @@ BASE_PACKAGES = [
     "python3", "python3-venv", "libgl1", "libegl1", "libxkbcommon0", "xkb-data", "libfontconfig1",
     "libglib2.0-0", "libdbus-1-3", "fonts-dejavu-core", "libwayland-client0", "libwayland-cursor0",
     "libwayland-egl1", "socat",
-    # the kiosk compositor that shows the console full screen, and the seat daemon that gives it the display and
-    # input devices (libseat's logind backend left cage waiting on this image's tty1)
-    "cage", "seatd",
 ]
 #: What the godwit-appliance package depends on (a subset of BASE_PACKAGES).
 DEB_DEPENDS = [
@@ -65,12 +62,11 @@ DEB_DEPENDS = [
     "libglib2.0-0", "libdbus-1-3", "fonts-dejavu-core", "libwayland-client0", "libwayland-cursor0",
     "libwayland-egl1", "socat", "iproute2", "e2fsprogs", "cloud-guest-utils", "util-linux",
 ]
-DEB_RECOMMENDS = ["cage", "seatd"]
 #: Units the package installs; it enables only the engine. The image enables the others.
 UNITS = ["godwit-engine", "godwit-kiosk", "godwit-banner", "godwit-cache-disk", "godwit-grow-root",
          "godwit-test-channel"]
 IMAGE_UNITS = ["godwit-engine", "godwit-kiosk", "godwit-banner", "godwit-cache-disk", "godwit-grow-root",
-               "godwit-test-channel", "seatd", "systemd-networkd", "systemd-resolved", "systemd-timesyncd"]
+               "godwit-test-channel", "systemd-networkd", "systemd-resolved", "systemd-timesyncd"]
 #: Godwit's own tree in the package (the code finds resources/ beside engine/ and app/).
 TREE = ["engine", "app", "resources", "README.md", "pyproject.toml"]
 MIN_FREE_GIB = 8
@@ -373,7 +369,6 @@ def build_deb(base: Path, work: Path, cache: Path, out: Path, version: str) -> P
         "Maintainer: Godwit <appliance@godwit.invalid>\n"
         f"Installed-Size: {size_kib}\n"
         f"Depends: {', '.join(DEB_DEPENDS)}\n"
-        f"Recommends: {', '.join(DEB_RECOMMENDS)}\n"
         "Section: admin\n"
         "Priority: optional\n"
         "Description: Godwit replication appliance (engine, appliance agents and console)\n"
