@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QFontDatabase, QGuiApplication, QShowEvent
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -21,15 +20,14 @@ from qasync import asyncSlot
 from app.bridge import EngineBridge, EngineError, Event, LicenceStatus, SetupInfo, TargetStatus
 from app.errors import show_error
 from app.views.target_dialog import TargetDialog, location_text
-from app.widgets.copy_field import CopyField
+from app.widgets.copy_field import COPIED_MS as COPIED_MS  # where the tests read it
+from app.widgets.copy_field import CommandField, CopyField
 from app.widgets.dialogs import confirm
 from app.widgets.formatting import set_tone, tr
 from app.widgets.tasks import TaskOwner
 
 #: How many servers the Setup page names before it counts the rest (all of them are in the line's tooltip).
 NAMED_SERVERS = 5
-#: Milliseconds a Copy button says "Copied" before it reads as before.
-COPIED_MS = 2000
 
 
 def _days_left(days: int) -> str:
@@ -110,40 +108,22 @@ class SetupPage(QWidget):
         form.addRow(tr("Passphrase"), pass_row)
         self.fingerprint = CopyField("ca_fingerprint")
         form.addRow(tr("CA fingerprint (SHA-256)"), self.fingerprint)
-        self.command = QPlainTextEdit(readOnly=True, objectName="mobility_command")
-        self.command.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.command.setFixedHeight(74)
-        self.copy_command = QPushButton(tr("Copy command"), objectName="copy_command")
-        self.copy_command.clicked.connect(self.on_copy_command_clicked)
-        cmd_box = QVBoxLayout()
-        cmd_box.addWidget(self.command)
-        cmd_box.addWidget(QLabel(tr("Replace --disk with the server's disks (one --disk each) and --state-dir with "
-                                    "where it may keep its registration."), wordWrap=True, objectName="hint"))
-        cmd_row = QHBoxLayout()
-        cmd_row.addLayout(cmd_box, 1)
-        cmd_row.addWidget(self.copy_command, 0, Qt.AlignmentFlag.AlignTop)
-        form.addRow(tr("On the source server"), cmd_row)
+        command = CommandField("mobility_command", "copy_command", height=74,
+                               hint=tr("Replace --disk with the server's disks (one --disk each) and --state-dir "
+                                       "with where it may keep its registration."))
+        self.command, self.copy_command = command.text_edit, command.copy_button
+        form.addRow(tr("On the source server"), command)
         # The same registration for a Linux source without Python 3.11: the bundle, downloaded from this appliance.
-        self.install = QPlainTextEdit(readOnly=True, objectName="install_command")
-        self.install.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.install.setAccessibleName(tr("Command that installs the mobility bundle on a source server"))
-        self.install.setFixedHeight(74)
-        self.copy_install = QPushButton(tr("Copy command"), objectName="copy_install_command")
-        self.copy_install.setAccessibleName(tr("Copy the install command"))
-        self.copy_install.clicked.connect(self.on_copy_install_clicked)
-        install_box = QVBoxLayout()
-        install_box.addWidget(self.install)
-        install_box.addWidget(QLabel(tr("For a Linux source without Python 3.11: downloads the mobility bundle from "
-                                        "this appliance, checks it against the CA fingerprint, and installs it. Put "
-                                        "the passphrase in passphrase.txt where you run it, and replace "
-                                        "--disk /dev/sdX with the server's disks (one --disk each)."),
-                                     wordWrap=True, objectName="hint"))
-        install_row = QHBoxLayout()
-        install_row.addLayout(install_box, 1)
-        install_row.addWidget(self.copy_install, 0, Qt.AlignmentFlag.AlignTop)
-        form.addRow(tr("Or install the bundle"), install_row)
-        self.copied_timer = QTimer(self, singleShot=True, interval=COPIED_MS)
-        self.copied_timer.timeout.connect(self.on_copied_timer_timeout)
+        install = CommandField("install_command", "copy_install_command", height=74,
+                               accessible=tr("Command that installs the mobility bundle on a source server"),
+                               copy_accessible=tr("Copy the install command"),
+                               hint=tr("For a Linux source without Python 3.11: downloads the mobility bundle from "
+                                       "this appliance, checks it against the CA fingerprint, and installs it. Put "
+                                       "the passphrase in passphrase.txt where you run it, and replace "
+                                       "--disk /dev/sdX with the server's disks (one --disk each)."))
+        self.install, self.copy_install = install.text_edit, install.copy_button
+        self.copied_timer = install.copied_timer
+        form.addRow(tr("Or install the bundle"), install)
 
         target = QGroupBox(tr("Target storage"), objectName="target_group")
         tform = QFormLayout(target)
@@ -292,23 +272,6 @@ class SetupPage(QWidget):
 
     def on_target_dialog_finished(self) -> None:
         self.target_dialog = None  # it deletes itself once its command has ended
-
-    def on_copy_command_clicked(self) -> None:
-        self._copy(self.command, self.copy_command)
-
-    def on_copy_install_clicked(self) -> None:
-        self._copy(self.install, self.copy_install)
-
-    def _copy(self, field: QPlainTextEdit, button: QPushButton) -> None:
-        """Copy the whole command (never a selection of it); the button says "Copied" for :data:`COPIED_MS`."""
-        QGuiApplication.clipboard().setText(field.toPlainText())
-        self.on_copied_timer_timeout()
-        button.setText(tr("Copied"))
-        self.copied_timer.start()
-
-    def on_copied_timer_timeout(self) -> None:
-        self.copy_command.setText(tr("Copy command"))
-        self.copy_install.setText(tr("Copy command"))
 
     @asyncSlot()
     async def on_rotate_button_clicked(self) -> None:

@@ -18,8 +18,7 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QFontDatabase, QGuiApplication
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -28,7 +27,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QRadioButton,
@@ -59,12 +57,10 @@ from app.views.licence_dialogs import ActivateLicenceDialog, activated_text
 from app.views.policies_page import DEFAULT_POLICY, SETTINGS, check_policy_input, policy_changes
 from app.views.ports_page import moving_text
 from app.views.setup_page import licence_text
-from app.widgets.copy_field import CopyField
+from app.widgets.copy_field import COPIED_MS as COPIED_MS  # where the tests read it
+from app.widgets.copy_field import CommandField, CopyField
 from app.widgets.formatting import SHOWN_CHARS, set_level, tr
 from app.widgets.tasks import TaskOwner
-
-#: Milliseconds "Copied" shows on a copy button before it reads as before.
-COPIED_MS = 2000
 
 #: The marks of a prerequisite's status (a status from a newer engine shows "?", coloured as failed).
 MARKS = {"ok": "✔", "warning": "▲", "failed": "✖"}
@@ -651,18 +647,11 @@ class RegistrationPage(WizardPage):
         self.fingerprint = CopyField("wizard_ca_fingerprint")
         self.fingerprint.edit.setAccessibleName(tr("CA fingerprint (SHA-256)"))
         self.fingerprint.copy_button.setAccessibleName(tr("Copy the CA fingerprint"))
-        self.command = QPlainTextEdit(readOnly=True, objectName="wizard_mobility_command")
-        self.command.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.command.setAccessibleName(tr("Command to run on the source server"))
-        self.command.setFixedHeight(84)
-        self.copy_command = QPushButton(tr("Copy command"), objectName="wizard_copy_command")
-        self.copy_command.setAccessibleName(tr("Copy the command"))
-        self.copy_command.clicked.connect(self.on_copy_command_clicked)
-        self.copied_timer = QTimer(self, singleShot=True, interval=COPIED_MS)
-        self.copied_timer.timeout.connect(self.on_copied_timer_timeout)
-        cmd_row = QHBoxLayout()
-        cmd_row.addWidget(self.command, 1)
-        cmd_row.addWidget(self.copy_command, 0, Qt.AlignmentFlag.AlignTop)
+        command = CommandField("wizard_mobility_command", "wizard_copy_command", height=84,
+                               accessible=tr("Command to run on the source server"),
+                               copy_accessible=tr("Copy the command"))
+        self.command, self.copy_command, self.copied_timer = command.text_edit, command.copy_button, \
+            command.copied_timer
         form = QFormLayout()
         form.addRow(tr("Passphrase"), self.passphrase)
         form.addRow(tr("CA fingerprint (SHA-256)"), self.fingerprint)
@@ -673,7 +662,7 @@ class RegistrationPage(WizardPage):
         self.body.addLayout(form)
         self.body.addSpacing(8)
         self.body.addWidget(steps)
-        self.body.addLayout(cmd_row)
+        self.body.addWidget(command)
         self.body.addWidget(QLabel(tr("You can come back to this on the Setup page, which can also rotate the "
                                       "passphrase."), objectName="hint", wordWrap=True))
         self.body.addWidget(self.waiting)
@@ -688,15 +677,6 @@ class RegistrationPage(WizardPage):
         self.passphrase.set_text(info.passphrase)
         self.fingerprint.set_text(info.ca_fingerprint)
         self.command.setPlainText(info.mobility_command)
-
-    def on_copy_command_clicked(self) -> None:
-        """Copy the command; the button says "Copied" for :data:`COPIED_MS`, then reads as before."""
-        QGuiApplication.clipboard().setText(self.command.toPlainText())
-        self.copy_command.setText(tr("Copied"))
-        self.copied_timer.start()
-
-    def on_copied_timer_timeout(self) -> None:
-        self.copy_command.setText(tr("Copy command"))
 
 
 # --- 5. the default policy ---------------------------------------------------------------------------------------
