@@ -9,6 +9,7 @@ import ctypes
 import hashlib
 import os
 import struct
+import threading
 import uuid
 from dataclasses import dataclass
 
@@ -50,6 +51,33 @@ def keep_freed_memory(keep: int, largest: int = _HEAP_BUFFERS) -> bool:
         return bool(libc.mallopt(m_mmap_threshold, largest)) and bool(libc.mallopt(m_trim_threshold, keep))
     except (OSError, AttributeError):  # not glibc: its allocator decides
         return False
+
+
+class Buffers:
+    """Buffers of one size (batch bodies, segments, decrypted blocks) reused from one batch or segment to the
+    next: one costs a copy into a buffer already there, not fresh pages for a new one. A buffer is taken for one
+    batch or segment and given back once nothing reads it; the pool keeps ``keep`` (more were needed only for a
+    moment, e.g. two workers at once: the rest go). Thread-safe."""
+
+    def __init__(self, size: int, keep: int = 2) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Buffers size={self.size} free={len(self._free)}>"
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buffer)
 
 
 class SegmentCorrupt(EngineError):

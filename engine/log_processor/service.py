@@ -29,7 +29,7 @@ import zstandard
 from engine import diskspace
 from engine.agents import AgentContext
 from engine.backoff import Backoff
-from engine.codec import SEGMENT_MAX, Block, SegmentCorrupt, SegmentIdent, open_segment
+from engine.codec import SEGMENT_MAX, Block, Buffers, SegmentCorrupt, SegmentIdent, open_segment
 from engine.errors import EngineError, TargetUnreachable, TargetUnwritable
 from engine.files import write_atomically
 from engine.keys import DataKeys, master_key
@@ -125,32 +125,6 @@ class DiskJob:
         self.error_code = self.error = None
 
 
-class Buffers:
-    """Buffers of one size, reused from segment to segment and shared by the workers: a segment costs no fresh
-    pages, and the process keeps ``keep`` buffers, not one per worker (another one lives only while both
-    workers need one at once). Thread-safe."""
-
-    def __init__(self, size: int, keep: int = 1) -> None:
-        self.size = size
-        self._free: list[bytearray] = []
-        self._keep = keep
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"<Buffers size={self.size} free={len(self._free)}>"
-
-    def take(self) -> bytearray:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return bytearray(self.size)
-
-    def give(self, buffer: bytearray) -> None:
-        with self._lock:
-            if len(self._free) < self._keep:
-                self._free.append(buffer)
-
-
 class LogProcessor:
     def __init__(self, ctx: AgentContext) -> None:
         _, store = ctx.require_appliance()
@@ -169,8 +143,8 @@ class LogProcessor:
         self._servers: dict[str, asyncio.Lock] = {}
         self._local = threading.local()
         #: What segments are read into, and what their blocks are decrypted and decompressed into.
-        self._segments = Buffers(SEGMENT_MAX)
-        self._blocks = Buffers(MAX_DATA)
+        self._segments = Buffers(SEGMENT_MAX, keep=1)
+        self._blocks = Buffers(MAX_DATA, keep=1)
         self._steady = SteadyClock(data_dir.run_dir / "steady-clock.json")
         self.out_of_memory = False
 

@@ -21,7 +21,7 @@ import zstandard
 from aiohttp import web
 
 from engine.agents import AgentContext
-from engine.codec import SEGMENT_MAX, SegmentIdent, keep_freed_memory, seal_into
+from engine.codec import SEGMENT_MAX, Buffers, SegmentIdent, keep_freed_memory, seal_into
 from engine.diskspace import human_bytes
 from engine.errors import (
     CacheFull,
@@ -57,28 +57,6 @@ DEFAULT_CACHE_LIMIT_MB = 4096
 SERVER_SHARE = 0.5
 #: Freed memory kept for the next batches (see :func:`engine.codec.keep_freed_memory`): a few batches' worth.
 KEEP_FREED = 64 * 1024 * 1024
-
-
-class Buffers:
-    """Buffers of one size (batch bodies, segments) reused from batch to batch: a batch costs one copy into a
-    buffer that is already there, rather than a growing bytearray, a copy of it as bytes and fresh pages for
-    both. Used on the event loop only; a buffer is taken for one batch and given back once nothing reads it
-    (never while the pool may still use it)."""
-
-    def __init__(self, size: int, keep: int = 2) -> None:
-        self.size = size
-        self._free: list[bytearray] = []
-        self._keep = keep
-
-    def __repr__(self) -> str:
-        return f"<Buffers size={self.size} free={len(self._free)}>"
-
-    def take(self) -> bytearray:
-        return self._free.pop() if self._free else bytearray(self.size)
-
-    def give(self, buffer: bytearray) -> None:
-        if len(self._free) < self._keep:  # more at once were needed only for a moment: let the rest go
-            self._free.append(buffer)
 
 
 async def read_body(request: web.Request, buffer: bytearray, length: int) -> memoryview:

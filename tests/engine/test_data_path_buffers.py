@@ -12,6 +12,7 @@ import zstandard
 from engine.codec import (
     SEGMENT_MAX,
     Block,
+    Buffers,
     SegmentCorrupt,
     SegmentIdent,
     keep_freed_memory,
@@ -19,7 +20,6 @@ from engine.codec import (
     seal_into,
     sealed_size,
 )
-from engine.process_server.service import Buffers
 from engine.protocol import BLOCK, MAX_BATCH, MAX_DATA, decode_batch
 from engine.storage import replica
 from engine.storage.local import LocalCache, LocalTargetDisk, _open_direct
