@@ -118,6 +118,14 @@ class OutOfOrder(ProtocolError):
     status = 409
 
 
+class WaitingForEarlier(EngineError):
+    """A batch that came ahead of its turn was not taken because a batch before it has not been (yet):
+    the sender sends that one again first, then this one."""
+
+    code = "waiting-for-earlier"
+    status = 503
+
+
 class EpochChanged(EngineError):
     """The sender works for an earlier (or later) enabling of replication than the appliance."""
 

@@ -29,7 +29,7 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_atomically(path: Path, data: bytes | bytearray | memoryview, *, mode: int = 0o600) -> None:
     """Write-to-temp, fsync, rename, fsync the directory: the file is whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import xxhash
@@ -38,6 +38,8 @@ MAX_DESCRIBED = 256 * 1024 * 1024
 #: ... and no batch body is larger than this.
 MAX_BATCH = MAX_DATA + (MAX_RUNS + 1) * 29 + 64
 _HEADER = struct.Struct(">8sIQBBQQdI")
+#: Bytes of a batch's header: enough to tell which batch it is (:func:`batch_seq`).
+HEADER_SIZE = _HEADER.size
 _RUN = struct.Struct(">QIB16s")
 MAGIC = b"GDWBAT01"
 
@@ -91,21 +93,40 @@ def digest(data: bytes | bytearray | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
+def pack_header(header: BatchHeader) -> bytes:
+    """A batch's header (:data:`HEADER_SIZE` bytes)."""
+    return _HEADER.pack(MAGIC, header.disk, header.seq, header.kind, header.bookmark, header.cycle,
+                        header.initial_done, header.source_time, header.count)
+
+
+def append_run(body: bytearray, offset: int, length: int, data: bytes | bytearray | memoryview | None) -> None:
+    """Append one run to a batch being built in ``body``: ``data`` None for a run of zeros."""
+    if data is None:
+        body += _RUN.pack(offset, length, ZERO, b"\0" * 16)
+    else:
+        body += _RUN.pack(offset, length, 0, digest(data))
+        body += data
+
+
 def encode_batch(header: BatchHeader, runs: Sequence[tuple[int, int, bytes | bytearray | memoryview | None]]) -> bytes:
-    """Build a batch from ``(offset, length, data)`` runs; ``data`` is ``None`` for a zero run."""
-    parts: list[bytes | bytearray | memoryview] = [
-        _HEADER.pack(MAGIC, header.disk, header.seq, header.kind, header.bookmark, header.cycle,
-                     header.initial_done, header.source_time, len(runs))]
+    """Build a batch from ``(offset, length, data)`` runs; ``data`` is ``None`` for a zero run (``header.count`` is
+    taken from ``runs``)."""
+    body = bytearray(pack_header(replace(header, count=len(runs))))
     for offset, length, data in runs:
-        if data is None:
-            parts.append(_RUN.pack(offset, length, ZERO, b"\0" * 16))
-        else:
-            parts.append(_RUN.pack(offset, length, 0, digest(data)))
-            parts.append(data)
-    return b"".join(parts)
+        append_run(body, offset, length, data)
+    return bytes(body)
 
 
-def decode_batch(body: bytes, *, disk_size: int) -> tuple[BatchHeader, list[Run]]:
+def batch_seq(body: bytes | bytearray | memoryview) -> int:
+    """The sequence number a batch says it is (only its header read: nothing checked but that)."""
+    if len(body) < _HEADER.size:
+        raise ProtocolError("The batch is shorter than its header.")
+    if bytes(body[:len(MAGIC)]) != MAGIC:
+        raise ProtocolError("The batch does not start with the Godwit batch magic.")
+    return int(_HEADER.unpack_from(body)[2])
+
+
+def decode_batch(body: bytes | bytearray | memoryview, *, disk_size: int) -> tuple[BatchHeader, list[Run]]:
     """Parse and check a batch: structure, bounds, alignment and every run's digest."""
     if len(body) < _HEADER.size:
         raise ProtocolError("The batch is shorter than its header.")

@@ -4,6 +4,11 @@
 body (binary, :mod:`engine.protocol`, its own magic ``GDWBAT01``) → the disk's new
 :class:`StreamState`. Every request carries ``X-Godwit-Epoch`` (which enabling it belongs to) and
 the ``Godwit-Protocol`` header.
+
+1.1: a batch that carries ``X-Godwit-Sender`` (one random name per run of a sender) may be sent before
+the batches before it are acknowledged, on other connections, up to :data:`MAX_AHEAD` ahead: the
+process server checks and seals them side by side and makes them durable, and acknowledges them, in
+order. A batch without the header must be the next one, as in 1.0.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ from typing import ClassVar
 
 from engine.links import Link
 
-DATA = Link("data", 1, 0, "data protocol")
+DATA = Link("data", 1, 1, "data protocol")
 #: Which enabling of replication a request belongs to (a re-enabled server starts over).
 EPOCH_HEADER = "X-Godwit-Epoch"
+#: Which run of a sender a batch comes from (1.1): only its own batches follow one another in flight.
+SENDER_HEADER = "X-Godwit-Sender"
+#: How far ahead of the last acknowledged batch a sender's batches may be (1.1).
+MAX_AHEAD = 8
 
 
 @dataclass(frozen=True)

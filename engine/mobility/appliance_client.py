@@ -76,6 +76,8 @@ class ApplianceClient:
         self._closed = False
         #: Connections opened so far (a kept-alive one is opened once).
         self.connections = 0
+        #: The version of the link the appliance said it speaks in its last answer (None: no answer yet).
+        self.peer_version: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None else "idle"
@@ -119,7 +121,7 @@ class ApplianceClient:
                 self._conn = None
 
     # --- requests ---------------------------------------------------------------------------------
-    def request(self, method: str, path: str, body: bytes | None = None, *, content_type: str | None = None,
+    def request(self, method: str, path: str, body: bytes | bytearray | None = None, *, content_type: str | None = None,
                 headers: Mapping[str, str] | None = None) -> Answer:
         """Send one request and read its answer, whatever its status. Raises :class:`ApplianceUnreachable`
         or :class:`FingerprintMismatch` when it did not get through, :class:`VersionMismatch` when the
@@ -145,15 +147,15 @@ class ApplianceClient:
                 if reused and closed_while_idle and not last_try and not self._closed:
                     continue
                 raise self._transport_error(exc) from exc
-        self.link.check(resp.getheader(HEADER), peer="The appliance")
+        self.peer_version = self.link.check(resp.getheader(HEADER), peer="The appliance")
         return Answer(resp.status, raw)
 
     def call(self, method: str, path: str, body: Any, answer_type: type[M], *,
              headers: Mapping[str, str] | None = None) -> M:
         """A typed exchange: ``body`` is a message (sent as JSON with :func:`engine.links.encode`),
-        ``bytes`` (sent as they are) or None; the answer is decoded as ``answer_type``. An error answer
-        raises its :class:`EngineError`."""
-        if body is None or isinstance(body, bytes):
+        ``bytes`` or a ``bytearray`` (sent as they are) or None; the answer is decoded as ``answer_type``. An
+        error answer raises its :class:`EngineError`."""
+        if body is None or isinstance(body, bytes | bytearray):
             answer = self.request(method, path, body, headers=headers)
         else:
             answer = self.request(method, path, json.dumps(encode(body)).encode(), content_type="application/json",

@@ -2,7 +2,7 @@
 
 A pass (:meth:`SourceDisk.pass_work`) says which ranges of a disk to read; :func:`cut_batches` reads
 them, keeps the blocks whose digest differs from what the appliance has (:class:`Tracker`), and
-yields batch bodies (:func:`engine.protocol.encode_batch`) cut before a batch would carry more than
+yields batch bodies (built run by run straight from the read buffer) cut before a batch would carry more than
 ``BATCH_DATA`` bytes, ``MAX_RUNS`` runs or describe more than ``MAX_DESCRIBED`` bytes of the disk.
 It neither sends nor waits: the caller sends each batch (``send(disk, body)``) and, once the
 appliance acknowledged it, commits its digests to the tracker.
@@ -20,18 +20,17 @@ from engine.mobility.sources import Reader, SourceDisk, Work
 from engine.protocol import (
     BATCH_DATA,
     BLOCK,
+    HEADER_SIZE,
     MAX_DESCRIBED,
     MAX_RUN,
     MAX_RUNS,
     BatchHeader,
     Bookmark,
     Kind,
+    append_run,
     digest,
-    encode_batch,
+    pack_header,
 )
-
-#: A run as encode_batch takes it: (offset, length, data), data None for a run of zeros.
-RunData = tuple[int, int, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Batch:
 
     disk: int
     seq: int
-    body: bytes
+    body: bytearray
     #: block -> digest of the blocks it carries: commit them to the tracker (with ``token``) only
     #: once the appliance acknowledged the batch.
     digests: dict[int, bytes]
@@ -77,28 +76,29 @@ def cut_batches(source: SourceDisk, tracker: Tracker, work: Work, reader: Reader
     when it cannot be read."""
     size = source.size
     seq = first_seq
-    runs: list[RunData] = []
+    body = bytearray(HEADER_SIZE)  # the header is written when the batch is cut
     pending: dict[int, bytes] = {}
-    batch_bytes = described = 0
+    runs = batch_bytes = described = 0
     buf = source.buf
     zero = bytes(BLOCK)
 
-    def add(offset: int, length: int, data: bytes | None) -> None:
-        nonlocal batch_bytes, described
-        runs.append((offset, length, data))
+    def add(offset: int, length: int, data: memoryview | None) -> None:
+        nonlocal runs, batch_bytes, described
+        append_run(body, offset, length, data)
+        runs += 1
         batch_bytes += length if data is not None else 0
         described += length
 
     def cut(bookmark: Bookmark, initial_done: int) -> Batch:
         """The runs gathered so far as one batch."""
-        nonlocal runs, pending, batch_bytes, described, seq
+        nonlocal body, runs, pending, batch_bytes, described, seq
         token = tracker.sending(pending)
         header = BatchHeader(source.index, seq, labels.kind, bookmark, labels.cycle,
-                             initial_done if labels.kind == Kind.INITIAL else labels.generation, time.time(),
-                             len(runs))
-        batch = Batch(source.index, seq, encode_batch(header, runs), pending, token, batch_bytes)
+                             initial_done if labels.kind == Kind.INITIAL else labels.generation, time.time(), runs)
+        body[:HEADER_SIZE] = pack_header(header)
+        batch = Batch(source.index, seq, body, pending, token, batch_bytes)
         seq += 1
-        runs, pending, batch_bytes, described = [], {}, 0, 0
+        body, pending, runs, batch_bytes, described = bytearray(HEADER_SIZE), {}, 0, 0, 0
         return batch
 
     for off, length, is_hole in work:
@@ -125,9 +125,11 @@ def cut_batches(source: SourceDisk, tracker: Tracker, work: Work, reader: Reader
                 bno = (off + boff) // BLOCK
                 dig = digest(block)
                 changed = dig != tracker.get(bno)
-                is_zero = changed and bytes(block) == zero[:len(block)]
+                # A whole block is zeros when its digest is a zero block's (what the tracker trusts too); only
+                # the disk's last, shorter block is compared byte by byte.
+                is_zero = changed and (dig == ZERO_DIGEST if len(block) == BLOCK else block == zero[:len(block)])
                 if run_start is not None and (not changed or is_zero):
-                    add(off + run_start, boff - run_start, bytes(view[run_start:boff]))
+                    add(off + run_start, boff - run_start, view[run_start:boff])
                     run_start = None
                 if not changed:
                     continue
@@ -137,9 +139,9 @@ def cut_batches(source: SourceDisk, tracker: Tracker, work: Work, reader: Reader
                 elif run_start is None:
                     run_start = boff
             if run_start is not None:
-                add(off + run_start, length - run_start, bytes(view[run_start:length]))
+                add(off + run_start, length - run_start, view[run_start:length])
         # A work item adds at most MAX_RUN // BLOCK runs and MAX_RUN bytes: cut before a limit is crossed.
-        if batch_bytes >= BATCH_DATA or len(runs) >= MAX_RUNS - MAX_RUN // BLOCK or \
+        if batch_bytes >= BATCH_DATA or runs >= MAX_RUNS - MAX_RUN // BLOCK or \
                 described > MAX_DESCRIBED - MAX_RUN:
             yield cut(Bookmark.NONE, off + length)
     if labels.bookmark != Bookmark.NONE or runs:

@@ -3,8 +3,10 @@
 Which blocks to read comes from each disk's change tracking (``sources.py``); whether to send a
 block read comes from its digest (``digests.py``, updated only after the process server
 acknowledged the block, so after any crash a block is sent again rather than lost). Each pass is
-read and cut into batches (``batches.py``) by this thread and sent by a sender thread (:meth:`send`,
-over ``appliance_client.py``), so that reading overlaps with the network. Where initial
+read and cut into batches (``batches.py``) by this thread and sent by sender threads (:meth:`send`,
+over ``appliance_client.py``), so that reading overlaps with the network: to an appliance that speaks
+data 1.1, ``SENDERS`` batches are in flight at once, each on its own connection (the appliance seals
+them side by side and makes them durable in order), and their digests are committed in order. Where initial
 replication stands is asked from the process server (the source of truth for what is durable), so it
 resumes, never restarts. A cycle that is due a recovery point catches up in passes while the server
 writes, then takes every disk at one instant in a short window (``_window``).
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import ssl
 import threading
 import time
@@ -28,10 +31,10 @@ from typing import Literal
 
 from engine.backoff import Backoff
 from engine.errors import ApplianceUnreachable, EngineError, FingerprintMismatch, Revoked, VersionMismatch
-from engine.links.data import EPOCH_HEADER, StreamState, StreamStates
+from engine.links.data import EPOCH_HEADER, SENDER_HEADER, StreamState, StreamStates
 from engine.links.management import PointFacts, PolicyTerms
 from engine.mobility import consistency
-from engine.mobility.appliance_client import data_client
+from engine.mobility.appliance_client import ApplianceClient, data_client
 from engine.mobility.batches import Batch, Labels, cut_batches
 from engine.mobility.digests import Tracker
 from engine.mobility.sources import Captured, Reader, SourceDisk, TrackedDevice, WindowOverrun, Work, open_disk
@@ -53,6 +56,9 @@ MAX_PASSES = 6
 WINDOW_ATTEMPTS = 2
 #: How long writers may be held up for a point, by default.
 FREEZE_BUDGET = 0.2
+#: Batches in flight at once, each on its own connection, to an appliance that speaks data 1.1 (one to an older
+#: one): while one is made durable the next crosses the network and is sealed.
+SENDERS = 2
 
 
 def retryable(exc: EngineError) -> bool:
@@ -154,18 +160,22 @@ class CaptureStats:
 
 
 class RateLimit:
+    """The admin's cap on the data port (Mbit/s), shared by the sender threads."""
+
     def __init__(self) -> None:
         self.mbps: float | None = None
         self._next = time.monotonic()
+        self._lock = threading.Lock()
 
     def wait(self, nbytes: int, stop: threading.Event) -> None:
-        if not self.mbps:
-            self._next = time.monotonic()
-            return
-        now = time.monotonic()
-        self._next = max(self._next, now) + nbytes * 8 / (self.mbps * 1e6)
-        if self._next - now > 0:
-            stop.wait(self._next - now)
+        with self._lock:
+            now = time.monotonic()
+            if not self.mbps:
+                self._next = now
+                return
+            self._next = due = max(self._next, now) + nbytes * 8 / (self.mbps * 1e6)
+        if due - now > 0:
+            stop.wait(due - now)
 
 
 class Replicator(threading.Thread):
@@ -192,21 +202,27 @@ class Replicator(threading.Thread):
         self.stop = threading.Event()
         self.rate = RateLimit()
         #: The data port; its port is the desired state's when this replicator started (another port
-        #: starts another replicator).
-        self.client = data_client(host, desired.data_port, context)
+        #: starts another replicator). One connection per sender thread; the first also asks the stream states.
+        self.clients = [data_client(host, desired.data_port, context) for _ in range(SENDERS)]
+        self.client = self.clients[0]
+        #: This run of the sender, to the appliance (data 1.1): only its own batches follow one another in flight.
+        self.sender_id = secrets.token_hex(8)
         self._seq: dict[int, int] = {}
+        #: Per disk, the last batch whose digests were committed (they are committed in order).
+        self._committed: dict[int, int] = {}
+        self._commits = threading.Condition()
         self._last_point = 0.0
         self.error: EngineError | None = None
         #: Why this replicator stopped on a source disk it could not read (None: it did not).
         self.read_failure: str | None = None
         #: Delta cycles completed: one means the disks are being read again.
         self.cycles_done = 0
-        #: Batches read and encoded, waiting for the sender thread (2: one in flight, one ready).
-        self._outbox: queue.Queue[tuple[Batch, Tracker]] = queue.Queue(maxsize=2)
+        #: Batches read and encoded, waiting for a sender thread (one ready beside those in flight).
+        self._outbox: queue.Queue[tuple[Batch, Tracker]] = queue.Queue(maxsize=1)
         self._sender_error: Exception | None = None
 
     def __repr__(self) -> str:
-        return f"<Replicator {self.host}:{self.desired.data_port} seq={self._seq}>"
+        return f"<Replicator {self.host}:{self.desired.data_port} seq={self._seq} committed={self._committed}>"
 
     @staticmethod
     def tracking_dir(state_dir: Path, epoch: int) -> Path:
@@ -217,9 +233,14 @@ class Replicator(threading.Thread):
 
     # --- sending: the data port -------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
-        return {EPOCH_HEADER: str(self.desired.epoch)}
+        return {EPOCH_HEADER: str(self.desired.epoch), SENDER_HEADER: self.sender_id}
 
-    def send(self, disk: int, body: bytes) -> StreamState:
+    def _senders(self) -> int:
+        """How many batches may be in flight: several only to an appliance that speaks data 1.1."""
+        version = self.client.peer_version
+        return SENDERS if version is not None and version >= (1, 1) else 1
+
+    def send(self, disk: int, body: bytes | bytearray, client: ApplianceClient | None = None) -> StreamState:
         """The sending step: one batch until it is acknowledged. What is :func:`retryable` (the appliance
         busy, its disk or cache full, an internal error, unreachable) is sent again with a growing wait,
         one line each time saying why; a refusal raises; :class:`InterruptedError` once stopped."""
@@ -228,8 +249,8 @@ class Replicator(threading.Thread):
             self.rate.mbps = self.desired.max_mbps
             self.rate.wait(len(body), self.stop)
             try:
-                state = self.client.call("POST", f"/v1/streams/{disk}/batches", body, StreamState,
-                                         headers=self._headers())
+                state = (client or self.client).call("POST", f"/v1/streams/{disk}/batches", body, StreamState,
+                                                     headers=self._headers())
             except EngineError as exc:
                 if not retryable(exc):
                     raise
@@ -267,15 +288,24 @@ class Replicator(threading.Thread):
         if self._sender_error is not None:
             raise self._sender_error
 
-    def _sender(self) -> None:
+    def _sender(self, client: ApplianceClient) -> None:
         while not self.stop.is_set():
             try:
                 batch, tracker = self._outbox.get(timeout=0.2)
             except queue.Empty:
                 continue
             try:
-                self.send(batch.disk, batch.body)
-                tracker.commit(batch.digests, batch.token)  # only what the appliance acknowledged counts as sent
+                self.send(batch.disk, batch.body, client)
+                # Only what the appliance acknowledged counts as sent, in the order it was: a block carried by two
+                # batches in flight ends up with the later one's digest.
+                with self._commits:
+                    while self._committed[batch.disk] != batch.seq - 1:
+                        if self.stop.is_set() or self._sender_error is not None:
+                            raise InterruptedError
+                        self._commits.wait(0.2)
+                    tracker.commit(batch.digests, batch.token)
+                    self._committed[batch.disk] = batch.seq
+                    self._commits.notify_all()
             except InterruptedError:
                 return
             except Exception as exc:  # handed to the replicator thread, which stops (and is restarted)
@@ -486,8 +516,7 @@ class Replicator(threading.Thread):
 
     def run(self) -> None:
         trackers: list[Tracker] = []
-        sender = threading.Thread(target=self._sender, name="replicator-sender", daemon=True)
-        sender.start()
+        senders: list[threading.Thread] = []
         try:
             self._open_sources()  # tracking starts before anything is read
             streams: dict[int, StreamState] = {}
@@ -513,8 +542,13 @@ class Replicator(threading.Thread):
                     tracker.reset()
                 trackers.append(tracker)
                 self._seq[i] = streams.get(i, StreamState()).acked_seq + 1
+                self._committed[i] = self._seq[i] - 1
                 self.sources[i].need_full("the mobility service started, so writes made while it was not running "
                                           "are unknown")
+            for client in self.clients[:self._senders()]:
+                senders.append(threading.Thread(target=self._sender, args=(client,), daemon=True,
+                                                name=f"replicator-sender-{len(senders)}"))
+                senders[-1].start()
             for i, tracker in enumerate(trackers):
                 state = streams.get(i, StreamState())
                 if not state.initial_complete:
@@ -556,9 +590,12 @@ class Replicator(threading.Thread):
             log.exception("replication stopped by an internal error")
         finally:
             self.stop.set()
-            self.client.close()  # unblocks a sender waiting on the network
-            sender.join(timeout=30)
-            if not sender.is_alive():  # else it may still commit to them; leave them to the process's end
+            for client in self.clients:
+                client.close()  # unblocks a sender waiting on the network
+            deadline = time.monotonic() + 30
+            for sender in senders:
+                sender.join(timeout=max(0.0, deadline - time.monotonic()))
+            if not any(s.is_alive() for s in senders):  # else one may still commit to them; leave them to the end
                 for t in trackers:
                     t.close()
             for src in self.sources:

@@ -1,10 +1,19 @@
 """The data port: mobility services stream batches of changed blocks here.
 
 For each batch: the sender's certificate must be its server's current one and the server must be
-replicating; the sequence number must be the next one for that disk; the body must parse and every
-run must match its digest and lie inside the disk. The batch becomes one encrypted, authenticated
-segment in the cache, made durable (fsync) before the acknowledgement is sent. CPU work runs in a
-thread pool, never on the loop that serves the socket.
+replicating; the sequence number must be the next one for that disk (or, from a data 1.1 sender, up
+to ``MAX_AHEAD`` beyond it); the body must parse and every run must match its digest and lie inside
+the disk. The batch becomes one encrypted, authenticated segment in the cache, made durable (fsync)
+before the acknowledgement is sent. CPU work runs in a thread pool, never on the loop that serves the
+socket.
+
+Batches of one disk that arrive together (a sender keeps a few in flight, on several connections) are
+read, checked and sealed side by side, but made durable and acknowledged one after another, in order
+(:class:`Turn`): a batch never becomes durable before the one before it, so what was acknowledged is
+always a prefix of the stream. A batch ahead of its turn waits for it; it is refused
+(:class:`WaitingForEarlier`, the sender sends again) if a batch before it was refused or did not come
+within ``TURN_WAIT``, and (:class:`OutOfOrder`) if the batch before it came from another run of the
+sender (one that stopped while its batches were on their way).
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
 
 import zstandard
 from aiohttp import web
@@ -31,17 +40,18 @@ from engine.errors import (
     NotReplicating,
     OutOfOrder,
     ProtocolError,
+    WaitingForEarlier,
 )
 from engine.http_server import error_middleware, speaks
 from engine.identity import open_pki
 from engine.keys import DataKeys, master_key
 from engine.links import encode
 from engine.links.agent import Ack, Authorization, AuthorizeRequest, ReceivedReport
-from engine.links.data import DATA, EPOCH_HEADER, DiskStream, StreamState, StreamStates
+from engine.links.data import DATA, EPOCH_HEADER, MAX_AHEAD, SENDER_HEADER, DiskStream, StreamState, StreamStates
 from engine.listener import KEEPALIVE_TIMEOUT, ConnectionGuard, TlsListener
 from engine.pki import peer_identity
 from engine.process_server.streams import Streams
-from engine.protocol import MAX_BATCH, BatchHeader, Bookmark, Kind, decode_batch
+from engine.protocol import HEADER_SIZE, MAX_BATCH, BatchHeader, Bookmark, Kind, batch_seq, decode_batch
 from engine.storage import open_storage, replica
 
 log = logging.getLogger(__name__)
@@ -57,12 +67,27 @@ DEFAULT_CACHE_LIMIT_MB = 4096
 SERVER_SHARE = 0.5
 #: Freed memory kept for the next batches (see :func:`engine.codec.keep_freed_memory`): a few batches' worth.
 KEEP_FREED = 64 * 1024 * 1024
+#: How long a batch that came ahead of its turn waits for the batches before it.
+TURN_WAIT = 30.0
+#: Batches ahead of their turn that are read at once, of every disk of every server: each holds a body and a
+#: segment in memory (a batch whose turn it is never waits for one of these).
+AHEAD_SLOTS = 8
 
 
-async def read_body(request: web.Request, buffer: bytearray, length: int) -> memoryview:
-    """The request's body (``length`` bytes, its Content-Length) read into ``buffer``; a view of it."""
+async def read_header(request: web.Request) -> bytes:
+    """The first bytes of the request's body: the batch header, which says which batch it is."""
+    try:
+        return await request.content.readexactly(HEADER_SIZE)
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError("The batch is shorter than its header.") from exc
+
+
+async def read_body(request: web.Request, buffer: bytearray, length: int, header: bytes = b"") -> memoryview:
+    """The request's body (``length`` bytes, its Content-Length; ``header`` of them already read) read into
+    ``buffer``; a view of it."""
     view = memoryview(buffer)
-    got = 0
+    view[:len(header)] = header
+    got = len(header)
     while got < length:
         chunk = await request.content.readany()
         if not chunk:
@@ -74,6 +99,24 @@ async def read_body(request: web.Request, buffer: bytearray, length: int) -> mem
     if got != length:
         raise ProtocolError(f"The batch ended after {got} of its {length} bytes.")
     return view[:length]
+
+
+class Turn:
+    """One disk's stream among its batches in flight: the write of a segment and its stream state, one batch at
+    a time (``lock``), and what the batches waiting for their turn need to know."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        #: Which run of the sender (``SENDER_HEADER``) the batch acknowledged last came from.
+        self.sender = ""
+        #: A batch that was not taken: those after it are refused until it is acknowledged.
+        self.failed: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Turn sender={self.sender!r} failed={self.failed}>"
+
+    def failed_before(self, seq: int) -> bool:
+        return self.failed is not None and self.failed < seq
 
 
 class ProcessServer:
@@ -92,7 +135,13 @@ class ProcessServer:
         #: Bytes waiting in the cache per server id (counted again every report; grown by each batch meanwhile).
         self.cache_used_by: dict[str, int] = {}
         self._auth: dict[tuple[str, int], tuple[float, Authorization]] = {}
-        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._turns: dict[tuple[str, int], Turn] = {}
+        #: Notified whenever a stream's acknowledged batch advances, a batch is refused or an ahead slot is freed:
+        #: what batches waiting for their turn or for a slot wait on.
+        self._progress = asyncio.Condition()
+        self._ahead_free = AHEAD_SLOTS
+        #: Bytes of the batches admitted and not yet stored, per server id: counted against the cache's room.
+        self._in_flight: dict[str, int] = {}
         self._reports: dict[tuple[str, int], ReceivedReport] = {}
         self._local = threading.local()
         self.bodies = Buffers(MAX_BATCH)
@@ -126,7 +175,7 @@ class ProcessServer:
     def _seal(self, server_id: str, epoch: int, seq: int, body: memoryview, disk: int,
               size: int, out: bytearray) -> tuple[memoryview, BatchHeader]:
         """Runs in the pool: parse and check the batch, then build the segment in ``out``."""
-        header, runs = decode_batch(cast(bytes, body), disk_size=size)  # it reads any buffer
+        header, runs = decode_batch(body, disk_size=size)
         if header.disk != disk:
             raise ProtocolError("The batch names another disk than its URL.")
         if header.seq != seq:
@@ -148,70 +197,164 @@ class ProcessServer:
         length = request.content_length
         if length is None or length > MAX_BATCH:
             raise ProtocolError(f"A batch needs a Content-Length of at most {MAX_BATCH} bytes.")
-        lock = self._locks.setdefault((server_id, disk), asyncio.Lock())
-        async with lock:
-            state = self.streams.get(server_id, disk, int(auth.desired.epoch or 0))
-            expected = state.acked_seq + 1
-            buffer, out = self.bodies.take(), self.segments.take()
-            reusable = True
-            try:
-                try:
-                    async with asyncio.timeout(BODY_GRACE + length / MIN_RATE):
-                        body = await read_body(request, buffer, length)
-                except TimeoutError as exc:
-                    raise ProtocolError(f"The batch arrived slower than {MIN_RATE // 1024} KiB/s; "
-                                        "the connection was dropped.") from exc
-                self._admit(server_id, disk, state, length)
-                loop = asyncio.get_running_loop()
-                try:
-                    segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, state.epoch,
-                                                                 expected, body, disk, size, out)
-                    stored = len(segment)
-                    await loop.run_in_executor(self.pool, self.cache.put_segment, replica(server_id, state.epoch),
-                                               disk, expected, segment)
-                except asyncio.CancelledError:
-                    reusable = False  # the pool may still be using them
-                    raise
-                except CacheFull as exc:
-                    # Another writer took the room meanwhile. Nothing is acknowledged: a segment written
-                    # without its stream state is replaced when the batch is sent again.
-                    self._report(server_id, disk, state, cache_full=True, detail=exc.message)
-                    raise
-            finally:
-                if reusable:
-                    self.bodies.give(buffer)
-                    self.segments.give(out)
-            try:
-                self.cache_used += stored
-                self.cache_used_by[server_id] = self.cache_used_by.get(server_id, 0) + stored
-                initial_done = max(state.initial_done, header.initial_done) if header.kind == Kind.INITIAL \
-                    else state.initial_done
-                new = StreamState(epoch=state.epoch, acked_seq=expected, initial_done=initial_done,
-                                  initial_complete=state.initial_complete or (
-                                      header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
-                                  bytes_received=state.bytes_received + length)
-                await loop.run_in_executor(self.pool, self.streams.save, server_id, disk, new)
-            except CacheFull as exc:
-                # Another writer took the room meanwhile. Nothing is acknowledged: a segment written
-                # without its stream state is replaced when the batch is sent again.
-                self._report(server_id, disk, state, cache_full=True, detail=exc.message)
-                raise
-        log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, expected, length)
+        epoch = int(auth.desired.epoch or 0)
+        sender = request.headers.get(SENDER_HEADER, "")
+        turn = self._turns.setdefault((server_id, disk), Turn())
+
+        def acked() -> int:
+            return self.streams.get(server_id, disk, epoch).acked_seq
+
+        try:
+            async with asyncio.timeout(BODY_GRACE + length / MIN_RATE):
+                first = await read_header(request)
+        except TimeoutError as exc:
+            raise self._too_slow() from exc
+        seq = batch_seq(first)
+        arrived = acked()
+        if seq <= arrived and sender and sender == turn.sender:  # sent again after its answer was lost
+            return web.json_response(encode(self.streams.get(server_id, disk, epoch)))
+        if seq <= arrived or seq > arrived + (MAX_AHEAD if sender else 1):
+            raise OutOfOrder(f"Expected batch {arrived + 1} of disk {disk}, got {seq}.")
+        if turn.failed_before(seq):
+            raise self._waiting(disk, seq, turn)
+        slot = False
+        try:
+            if seq > arrived + 1:  # ahead of its turn: wait for a slot, or for its turn
+                await self._wait(lambda: self._ahead_free > 0 or acked() >= seq - 1 or turn.failed_before(seq),
+                                 disk, seq, turn)
+                if acked() < seq - 1:
+                    self._ahead_free -= 1
+                    slot = True
+            new = await self._take(request, server_id, disk, size, epoch, sender, seq, arrived, first, turn)
+        except (WaitingForEarlier, OutOfOrder):
+            raise
+        except Exception:
+            if seq > acked():  # those after it cannot be taken before it
+                turn.failed = seq if turn.failed is None else min(turn.failed, seq)
+                await self._notify()
+            raise
+        finally:
+            if slot:
+                self._ahead_free += 1
+                await self._notify()
+        log.debug("batch.complete server=%s disk=%s seq=%s bytes=%s", server_id, disk, seq, length)
         self._report(server_id, disk, new, cache_full=False)
         return web.json_response(encode(new))
 
+    async def _take(self, request: web.Request, server_id: str, disk: int, size: int, epoch: int, sender: str,
+                    seq: int, arrived: int, first: bytes, turn: Turn) -> StreamState:
+        """Read the rest of the batch, check and seal it (side by side with the batches around it), then, in its
+        turn, make it durable: the disk's new stream state."""
+        length = request.content_length or 0
+        self._admit(server_id, disk, self.streams.get(server_id, disk, epoch), length)
+        self._in_flight[server_id] = self._in_flight.get(server_id, 0) + length
+        out, buffer = self.segments.take(), self.bodies.take()
+        reusable = reading = True
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                async with asyncio.timeout(BODY_GRACE + length / MIN_RATE):
+                    body = await read_body(request, buffer, length, first)
+            except TimeoutError as exc:
+                raise self._too_slow() from exc
+            try:
+                segment, header = await loop.run_in_executor(self.pool, self._seal, server_id, epoch, seq, body,
+                                                             disk, size, out)
+                del body
+                self.bodies.give(buffer)  # the segment is all that is needed now: another batch reads into it
+                reading = False
+                await self._wait(lambda: self.streams.get(server_id, disk, epoch).acked_seq >= seq - 1 or
+                                 turn.failed_before(seq), disk, seq, turn)
+                async with turn.lock:
+                    state = self.streams.get(server_id, disk, epoch)
+                    if state.acked_seq >= seq:  # the same batch, sent again meanwhile, was taken
+                        if sender and sender == turn.sender:
+                            return state
+                        raise OutOfOrder(f"Expected batch {state.acked_seq + 1} of disk {disk}, got {seq}.")
+                    if state.acked_seq < seq - 1:
+                        raise self._waiting(disk, seq, turn)
+                    if state.acked_seq > arrived and sender != turn.sender:
+                        raise OutOfOrder(f"Batch {seq - 1} of disk {disk} came from another run of the sender "
+                                         "than this one: start over from the appliance's stream state.")
+                    return await self._store(server_id, disk, state, sender, seq, header, segment, length, turn)
+            except asyncio.CancelledError:
+                reusable = False  # the pool may still be using them
+                raise
+        finally:
+            self._in_flight[server_id] -= length
+            if reusable:
+                if reading:
+                    self.bodies.give(buffer)
+                self.segments.give(out)
+
+    async def _store(self, server_id: str, disk: int, state: StreamState, sender: str, seq: int,
+                     header: BatchHeader, segment: memoryview, length: int, turn: Turn) -> StreamState:
+        """The segment, then the stream state that acknowledges it, durably (in the batch's turn)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.pool, self.cache.put_segment, replica(server_id, state.epoch), disk, seq,
+                                       segment)
+            stored = len(segment)
+            self.cache_used += stored
+            self.cache_used_by[server_id] = self.cache_used_by.get(server_id, 0) + stored
+            initial_done = max(state.initial_done, header.initial_done) if header.kind == Kind.INITIAL \
+                else state.initial_done
+            new = StreamState(epoch=state.epoch, acked_seq=seq, initial_done=initial_done,
+                              initial_complete=state.initial_complete or (
+                                  header.kind == Kind.INITIAL and header.bookmark != Bookmark.NONE),
+                              bytes_received=state.bytes_received + length)
+            await loop.run_in_executor(self.pool, self.streams.save, server_id, disk, new)
+        except CacheFull as exc:
+            # Another writer took the room meanwhile. Nothing is acknowledged: a segment written
+            # without its stream state is replaced when the batch is sent again.
+            self._report(server_id, disk, state, cache_full=True, detail=exc.message)
+            raise
+        turn.sender = sender
+        if turn.failed is not None and turn.failed <= seq:
+            turn.failed = None
+        await self._notify()
+        return new
+
+    async def _wait(self, ready: Callable[[], bool], disk: int, seq: int, turn: Turn) -> None:
+        """Until ``ready()``; :class:`WaitingForEarlier` after ``TURN_WAIT``."""
+        async with self._progress:
+            try:
+                async with asyncio.timeout(TURN_WAIT):
+                    await self._progress.wait_for(ready)
+            except TimeoutError:
+                raise self._waiting(disk, seq, turn) from None
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    @staticmethod
+    def _waiting(disk: int, seq: int, turn: Turn) -> WaitingForEarlier:
+        if turn.failed is not None and turn.failed < seq:
+            return WaitingForEarlier(f"Batch {turn.failed} of disk {disk} was not taken: send it again before "
+                                     f"batch {seq}.")
+        return WaitingForEarlier(f"Batch {seq} of disk {disk} came {TURN_WAIT:.0f} s before the batches before it: "
+                                 "send them first.")
+
+    @staticmethod
+    def _too_slow() -> ProtocolError:
+        return ProtocolError(f"The batch arrived slower than {MIN_RATE // 1024} KiB/s; the connection was dropped.")
+
     def _admit(self, server_id: str, disk: int, state: StreamState, length: int) -> None:
-        """Raise :class:`CacheFull` (and say why to the admin) if the cache has no room for a batch of ``length``."""
-        if self.cache_used >= self.cache_limit:  # admitted while below: a batch may be larger than the limit
+        """Raise :class:`CacheFull` (and say why to the admin) if the cache has no room for a batch of ``length``
+        beside the batches already admitted and not yet stored."""
+        coming = self._in_flight.get(server_id, 0)
+        if self.cache_used + sum(self._in_flight.values()) >= self.cache_limit:  # a batch may be larger than it
             self._report(server_id, disk, state, cache_full=True)
             raise CacheFull("The appliance's cache is full; retry when the log processor has caught up.")
-        if self.cache_used_by.get(server_id, 0) >= self.server_quota:  # one server cannot fill it for all
+        if self.cache_used_by.get(server_id, 0) + coming >= self.server_quota:  # one server cannot fill it for all
             self._report(server_id, disk, state, cache_full=True, share_full=True)
             raise CacheFull(f"This server's share of the appliance's cache is full "
                             f"({human_bytes(self.server_quota)} waiting to be applied); retry when the log "
                             "processor has applied its backlog.")
         try:
-            self.cache.check_room(length)  # batches are refused before the disk is down to its reserve
+            # Batches are refused before the disk is down to its reserve.
+            self.cache.check_room(length + sum(self._in_flight.values()))
         except CacheFull as exc:
             self._report(server_id, disk, state, cache_full=True, detail=exc.message)  # the admin sees why
             raise

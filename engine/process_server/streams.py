@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine.errors import EpochChanged
 from engine.links.data import StreamState
 from engine.storage import CacheStore, StoredStream, replica
 
@@ -22,6 +23,9 @@ class Streams:
         key = (server_id, disk)
         if key not in self._states:
             self._states[key] = self._cache.stream_state(replica(server_id, epoch), disk) or StreamState(epoch=epoch)
+        if self._states[key].epoch > epoch:  # a batch that waited while the admin enabled replication anew
+            raise EpochChanged("Replication of this server was enabled anew; start over from the appliance's "
+                               "stream state.")
         if self._states[key].epoch != epoch:
             self._states[key] = StreamState(epoch=epoch)
         return self._states[key]

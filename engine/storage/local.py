@@ -27,7 +27,6 @@ import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 from engine import diskspace
 from engine.codec import Block
@@ -162,7 +161,7 @@ class LocalCache:
         d = self._dir(replica, disk)
         try:
             d.mkdir(parents=True, exist_ok=True)
-            write_atomically(d / f"{seq:016d}.seg", cast(bytes, data))  # it writes any buffer, as it is
+            write_atomically(d / f"{seq:016d}.seg", data)
         except OSError as exc:
             if diskspace.is_no_space(exc):
                 raise self._out_of_space() from exc
