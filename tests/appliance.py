@@ -407,9 +407,10 @@ def kill_9(app: Appliance, mob: Mobility, victim: str) -> None:
 
 
 def post_batch(app: Appliance, state_dir: Path, disk: int, body: bytes,
-               epoch: int | None = None) -> tuple[int, dict[str, Any]]:
+               epoch: int | None = None, sender: str | None = None) -> tuple[int, dict[str, Any]]:
     """POST a batch to the data port as the mobility service of ``state_dir`` would (its client
-    certificate, its replication epoch unless another is given): ``(status, JSON answer)``."""
+    certificate, its replication epoch unless another is given; as the run ``sender`` of it, which
+    may send batches ahead, when given): ``(status, JSON answer)``."""
     import http.client
     import ssl
 
@@ -420,7 +421,8 @@ def post_batch(app: Appliance, state_dir: Path, disk: int, body: bytes,
     conn = http.client.HTTPSConnection("127.0.0.1", app.data_port, context=ctx, timeout=60)
     epoch = json.loads((state_dir / "epoch.json").read_text())["epoch"] if epoch is None else epoch
     try:
-        conn.request("POST", f"/v1/streams/{disk}/batches", body=body, headers={"X-Godwit-Epoch": str(epoch)})
+        headers = {"X-Godwit-Epoch": str(epoch), **({"X-Godwit-Sender": sender} if sender else {})}
+        conn.request("POST", f"/v1/streams/{disk}/batches", body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())
     finally:

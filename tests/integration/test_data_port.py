@@ -8,9 +8,11 @@ import random
 import signal
 import ssl
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from engine.links.data import MAX_AHEAD
 from engine.process_server.service import AUTH_TTL
 from engine.protocol import BLOCK, BatchHeader, Bookmark, Kind, encode_batch
 from tests.appliance import Appliance, Mobility, change_disk, fill_disk, post_batch, replicating, wait_for
@@ -65,6 +67,58 @@ def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_pa
     time.sleep(AUTH_TTL + 0.1)
     code, answer = post_batch(appliance, mob.state_dir, 0, batch(seq + 1, [(0, BLOCK, good)]))
     assert code == 403 and answer["code"] == "registration-revoked"
+
+
+def test_batches_sent_ahead_are_made_durable_in_order_and_only_after_their_own_run(appliance: Appliance) -> None:
+    """A batch sent ahead of its turn (data 1.1) waits for the one before it and is then acknowledged after it;
+    it is refused when the batch before it came from another run of the sender (one that stopped while its
+    batches were on their way), or was refused itself (at once, not after a timeout); a batch sent again after
+    it was taken is answered as taken, for its own run only; nothing further ahead than MAX_AHEAD is taken."""
+    mob, _ = replicating(appliance, "ahead-01", 4 * MiB, seed=12)
+    mob.stop()
+    seq = _stream(appliance)["acked_seq"] + 1
+
+    def batch(seq: int, offset: int = 0) -> bytes:
+        return encode_batch(BatchHeader(0, seq, Kind.DELTA, Bookmark.NONE, 1, 0, time.time(), 0),
+                            [(offset, BLOCK, os.urandom(BLOCK))])
+
+    def post(body: bytes, sender: str) -> tuple[int, dict[str, Any]]:
+        return post_batch(appliance, mob.state_dir, 0, body, sender=sender)
+
+    def ahead(body: bytes, sender: str) -> Future[tuple[int, dict[str, Any]]]:
+        """Posted on its own connection; still waiting on the appliance when this returns."""
+        answer = pool.submit(post, body, sender)
+        time.sleep(1.0)
+        assert not answer.done(), answer.result()
+        return answer
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        later = ahead(batch(seq + 1, BLOCK), "run-a")
+        code, answer = post(batch(seq), "run-a")
+        assert (code, answer["acked_seq"]) == (200, seq)
+        code, answer = later.result(timeout=30)
+        assert (code, answer["acked_seq"]) == (200, seq + 1)
+        # Another run (run-b) took over: run-a's batch still on its way is not stacked on run-b's.
+        stale = ahead(batch(seq + 3), "run-a")
+        assert post(batch(seq + 2), "run-b")[0] == 200
+        code, answer = stale.result(timeout=30)
+        assert (code, answer["code"], "another run" in answer["message"]) == (409, "out-of-order", True)
+        # A batch refused: the one after it, waiting, is told to wait for it (at once).
+        waiting = ahead(batch(seq + 4), "run-b")
+        bad = bytearray(batch(seq + 3))
+        bad[-1] ^= 1
+        assert post(bytes(bad), "run-b")[0] == 400
+        code, answer = waiting.result(timeout=10)
+        assert (code, answer["code"]) == (503, "waiting-for-earlier")
+        assert f"Batch {seq + 3} of disk 0 was not taken" in answer["message"]
+    # Sent again after it was taken (its answer lost): the same answer, for its own run only.
+    again = batch(seq + 3)
+    first = post(again, "run-b")
+    assert first[0] == 200 and post(again, "run-b") == first
+    assert post(again, "run-a")[0] == 409
+    assert post(batch(seq + 4 + MAX_AHEAD), "run-b")[0] == 409
+    assert _stream(appliance)["acked_seq"] == seq + 3
+    assert "Traceback" not in appliance.log("process-server")
 
 
 def test_altered_segment_is_refused_and_reported(patient_appliance: Appliance, tmp_path: Path) -> None:
