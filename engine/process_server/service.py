@@ -222,6 +222,8 @@ class ProcessServer:
             if seq > arrived + 1:  # ahead of its turn: wait for a slot, or for its turn
                 await self._wait(lambda: self._ahead_free > 0 or acked() >= seq - 1 or turn.failed_before(seq),
                                  disk, seq, turn)
+                if turn.failed_before(seq):
+                    raise self._waiting(disk, seq, turn)
                 if acked() < seq - 1:
                     self._ahead_free -= 1
                     slot = True
