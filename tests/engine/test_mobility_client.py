@@ -25,9 +25,9 @@ from engine.errors import (
 )
 from engine.links import HEADER
 from engine.links.data import EPOCH_HEADER, StreamState
-from engine.links.management import MANAGEMENT
+from engine.links.management import MANAGEMENT, PolicyTerms
 from engine.mobility.appliance_client import ApplianceClient, data_client, management_client
-from engine.mobility.replicator import retryable
+from engine.mobility.replicator import SENDERS, Desired, Replicator, retryable
 
 
 @dataclass
@@ -217,3 +217,23 @@ def test_close_from_another_thread_wakes_a_blocked_request_and_stays_closed(port
     with pytest.raises(ApplianceUnreachable, match="was closed"):
         client.call("POST", "/state", {}, StreamState)
     assert client.connections == 1
+
+
+def test_the_client_remembers_the_version_the_appliance_answered_with(port: Port) -> None:
+    """Each answer's Godwit-Protocol header is kept (an answer without one is 1.0): the replicator keeps several
+    batches in flight only with an appliance that answered data 1.1 or later."""
+    with port.client() as client:
+        assert client.peer_version is None
+        port.version = "management/1.3"
+        client.call("GET", "/state", None, StreamState)
+        assert client.peer_version == (1, 3)
+        port.version = None
+        client.call("GET", "/state", None, StreamState)
+        assert client.peer_version == (1, 0)
+    replicator = Replicator(host="127.0.0.1", state_dir=Path("/nonexistent"), disks=[],
+                            context=ssl.create_default_context(),
+                            desired=Desired(data_port=9443, policy=PolicyTerms("p", 60.0, None, 3600.0),
+                                            max_mbps=None, disk_sizes=[]))
+    for answered, senders in [(None, 1), ((1, 0), 1), ((1, 1), SENDERS), ((1, 7), SENDERS)]:
+        replicator.client.peer_version = answered
+        assert replicator._senders() == senders, answered
