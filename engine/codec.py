@@ -152,7 +152,7 @@ def seal_into(key: bytes, ident: SegmentIdent, batch: BatchHeader, runs: list[Ru
             continue
         flags = 0
         plain: bytes | memoryview = run.data
-        packed = compressor.compress(run.data)
+        packed = run.packed if run.packed is not None else compressor.compress(run.data)  # packed by the sender
         if len(packed) < MIN_SAVING * run.length:
             plain, flags = packed, ZSTD
         record = _RECORD.pack(run.offset, run.length, flags, 0, len(plain) + 16, nonce)

@@ -5,11 +5,14 @@ A batch is one HTTP request body::
     header  ">8sIQBBQQdI"  magic b"GDWBAT01", disk index, sequence number, kind, bookmark,
                            cycle id, initial high-water offset, source timestamp, run count
     runs    ">QIB16s"      offset, length, flags, xxh3-128 digest of the run's bytes
-            then ``length`` bytes of data unless the run is a zero run (flag ZERO)
+            then ``length`` bytes of data, unless the run is a zero run (flag ZERO: nothing) or
+            packed (flag PACKED, data 1.2: ">I" packed length, then one zstd frame that says its
+            content size and holds the ``length`` bytes)
 
 Sequence numbers count from 1 per disk and never repeat; the process server accepts only
 ``last acknowledged + 1`` and acknowledges a batch only when it is durable in the cache.
-A run is at most :data:`MAX_RUN` bytes and starts on a :data:`BLOCK` boundary. A batch holds at most
+A run is at most :data:`MAX_RUN` bytes and starts on a :data:`BLOCK` boundary; a packed one is smaller
+packed than its data, and its digest is checked on the data it unpacks to. A batch holds at most
 :data:`MAX_RUNS` runs, :data:`MAX_DATA` bytes of data and describes at most :data:`MAX_DESCRIBED`
 bytes of the disk (zero runs included), so that applying one costs what its size says.
 """
@@ -22,6 +25,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import xxhash
+import zstandard
 
 from engine.errors import ProtocolError
 
@@ -66,6 +70,10 @@ class Bookmark(IntEnum):
 
 
 ZERO = 1  # run flag: the run is all zeros and carries no data
+PACKED = 2  # run flag (data 1.2): the run's data comes as one zstd frame
+_PACKED_LENGTH = struct.Struct(">I")
+#: A sender packs a run only when that saves at least this share of its bytes.
+PACK_SAVING = 0.03
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class Run:
     flags: int
     digest: bytes
     data: memoryview | None  # None for zero runs
+    #: The zstd frame a packed run came as (its data unpacked from it): stored as it is, not packed again.
+    packed: memoryview | None = None
 
 
 @dataclass(frozen=True)
@@ -99,21 +109,31 @@ def pack_header(header: BatchHeader) -> bytes:
                         header.initial_done, header.source_time, header.count)
 
 
-def append_run(body: bytearray, offset: int, length: int, data: bytes | bytearray | memoryview | None) -> None:
-    """Append one run to a batch being built in ``body``: ``data`` None for a run of zeros."""
+def append_run(body: bytearray, offset: int, length: int, data: bytes | bytearray | memoryview | None,
+               packer: zstandard.ZstdCompressor | None = None) -> None:
+    """Append one run to a batch being built in ``body``: ``data`` None for a run of zeros. With a ``packer``
+    (data 1.2) the data goes packed when that saves :data:`PACK_SAVING` of it."""
     if data is None:
         body += _RUN.pack(offset, length, ZERO, b"\0" * 16)
-    else:
-        body += _RUN.pack(offset, length, 0, digest(data))
-        body += data
+        return
+    if packer is not None:
+        packed = packer.compress(data)
+        if len(packed) <= (1 - PACK_SAVING) * length:
+            body += _RUN.pack(offset, length, PACKED, digest(data))
+            body += _PACKED_LENGTH.pack(len(packed))
+            body += packed
+            return
+    body += _RUN.pack(offset, length, 0, digest(data))
+    body += data
 
 
-def encode_batch(header: BatchHeader, runs: Sequence[tuple[int, int, bytes | bytearray | memoryview | None]]) -> bytes:
+def encode_batch(header: BatchHeader, runs: Sequence[tuple[int, int, bytes | bytearray | memoryview | None]],
+                 packer: zstandard.ZstdCompressor | None = None) -> bytes:
     """Build a batch from ``(offset, length, data)`` runs; ``data`` is ``None`` for a zero run (``header.count`` is
-    taken from ``runs``)."""
+    taken from ``runs``); with a ``packer``, runs that compress go packed (data 1.2)."""
     body = bytearray(pack_header(replace(header, count=len(runs))))
     for offset, length, data in runs:
-        append_run(body, offset, length, data)
+        append_run(body, offset, length, data, packer)
     return bytes(body)
 
 
@@ -145,6 +165,7 @@ def decode_batch(body: bytes | bytearray | memoryview, *, disk_size: int) -> tup
         raise ProtocolError(f"The batch has {count} runs; at most {MAX_RUNS} are allowed.")
     view = memoryview(body)
     pos = _HEADER.size
+    unpacker: zstandard.ZstdDecompressor | None = None
     runs: list[Run] = []
     described = carried = 0
     for _ in range(count):
@@ -162,6 +183,15 @@ def decode_batch(body: bytes | bytearray | memoryview, *, disk_size: int) -> tup
         if flags & ZERO:
             runs.append(Run(offset, length, flags, dig, None))
             continue
+        if flags & PACKED:
+            if unpacker is None:
+                unpacker = zstandard.ZstdDecompressor()
+            run, pos = _unpack_run(view, pos, offset, length, flags, dig, unpacker)
+            carried += length
+            if carried > MAX_DATA:
+                raise ProtocolError(f"The batch carries more than {MAX_DATA} bytes of data.")
+            runs.append(run)
+            continue
         if pos + length > len(body):
             raise ProtocolError(f"The batch is truncated inside the run at offset {offset}.")
         carried += length
@@ -176,3 +206,30 @@ def decode_batch(body: bytes | bytearray | memoryview, *, disk_size: int) -> tup
         raise ProtocolError("The batch has bytes after its last run.")
     return header, runs
 
+
+
+def _unpack_run(view: memoryview, pos: int, offset: int, length: int, flags: int, dig: bytes,
+                unpacker: zstandard.ZstdDecompressor) -> tuple[Run, int]:
+    """A packed run at ``pos`` (just after its run header), checked: its frame is smaller than its data, says its
+    content size (exactly ``length``: nothing larger is ever unpacked) and is all there is; the data it unpacks to
+    matches the digest. Returns the run and where the next one starts."""
+    if pos + _PACKED_LENGTH.size > len(view):
+        raise ProtocolError(f"The batch is truncated inside the run at offset {offset}.")
+    (size,) = _PACKED_LENGTH.unpack_from(view, pos)
+    pos += _PACKED_LENGTH.size
+    if not 0 < size < length:
+        raise ProtocolError(f"The packed run at offset {offset} is not smaller than its data.")
+    if pos + size > len(view):
+        raise ProtocolError(f"The batch is truncated inside the run at offset {offset}.")
+    packed = view[pos:pos + size]
+    try:
+        if zstandard.frame_content_size(packed) != length:
+            raise ProtocolError(f"The packed run at offset {offset} does not say it holds its {length} bytes.")
+        data = unpacker.decompress(packed, max_output_size=length, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise ProtocolError(f"The packed run at offset {offset} does not unpack ({exc}).") from exc
+    if len(data) != length:
+        raise ProtocolError(f"The packed run at offset {offset} does not unpack to its {length} bytes.")
+    if digest(data) != dig:
+        raise ProtocolError(f"The run at offset {offset} does not match its digest.")
+    return Run(offset, length, flags, dig, memoryview(data), packed), pos + size

@@ -9,6 +9,10 @@ the ``Godwit-Protocol`` header.
 the batches before it are acknowledged, on other connections, up to :data:`MAX_AHEAD` ahead: the
 process server checks and seals them side by side and makes them durable, and acknowledges them, in
 order. A batch without the header must be the next one, as in 1.0.
+
+1.2: a run may come packed (flag PACKED, :mod:`engine.protocol`): one zstd frame instead of its bytes, which
+the process server unpacks to check the digest and stores as it came. A sender packs only for an appliance
+that answered 1.2 or later.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import ClassVar
 
 from engine.links import Link
 
-DATA = Link("data", 1, 1, "data protocol")
+DATA = Link("data", 1, 2, "data protocol")
 #: Which enabling of replication a request belongs to (a re-enabled server starts over).
 EPOCH_HEADER = "X-Godwit-Epoch"
 #: Which run of a sender a batch comes from (1.1): only its own batches follow one another in flight.

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import zstandard
+
 from engine.mobility.digests import ZERO_DIGEST, Tracker
 from engine.mobility.sources import Reader, SourceDisk, Work
 from engine.protocol import (
@@ -64,14 +66,15 @@ class Batch:
 
 
 def cut_batches(source: SourceDisk, tracker: Tracker, work: Work, reader: Reader, labels: Labels, *, first_seq: int,
-                stop: threading.Event | None = None,
-                disk_read: Callable[[int, float], None] | None = None) -> Iterator[Batch]:
+                stop: threading.Event | None = None, disk_read: Callable[[int, float], None] | None = None,
+                packer: zstandard.ZstdCompressor | None = None) -> Iterator[Batch]:
     """Read ``work`` with ``reader`` and yield the batches of what changed, numbered from ``first_seq``.
 
     The last batch carries ``labels.bookmark``; nothing is yielded for a work that found no change
     and has no bookmark. Each batch's blocks count as in flight in ``tracker`` from the moment it is
     yielded, so a block read again before it is acknowledged is compared with what it carries.
-    ``disk_read(bytes, seconds)`` is told how fast the disk itself (not a clone or memory) reads.
+    ``disk_read(bytes, seconds)`` is told how fast the disk itself (not a clone or memory) reads. With a
+    ``packer`` (an appliance that speaks data 1.2) runs that compress go packed.
     Raises :class:`InterruptedError` once ``stop`` is set, and an ``OSError`` naming the disk's path
     when it cannot be read."""
     size = source.size
@@ -84,7 +87,7 @@ def cut_batches(source: SourceDisk, tracker: Tracker, work: Work, reader: Reader
 
     def add(offset: int, length: int, data: memoryview | None) -> None:
         nonlocal runs, batch_bytes, described
-        append_run(body, offset, length, data)
+        append_run(body, offset, length, data, packer)
         runs += 1
         batch_bytes += length if data is not None else 0
         described += length

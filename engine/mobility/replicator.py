@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import zstandard
+
 from engine.backoff import Backoff
 from engine.errors import ApplianceUnreachable, EngineError, FingerprintMismatch, Revoked, VersionMismatch
 from engine.links.data import EPOCH_HEADER, SENDER_HEADER, StreamState, StreamStates
@@ -59,6 +61,8 @@ FREEZE_BUDGET = 0.2
 #: Batches in flight at once, each on its own connection, to an appliance that speaks data 1.1 (one to an older
 #: one): while one is made durable the next crosses the network and is sealed.
 SENDERS = 2
+#: zstd level of the runs packed here (data 1.2): the process server's own.
+PACK_LEVEL = 1
 
 
 def retryable(exc: EngineError) -> bool:
@@ -208,6 +212,8 @@ class Replicator(threading.Thread):
         #: This run of the sender, to the appliance (data 1.1): only its own batches follow one another in flight.
         self.sender_id = secrets.token_hex(8)
         self._seq: dict[int, int] = {}
+        #: Packs runs (used by this thread only, which cuts the batches).
+        self._zstd: zstandard.ZstdCompressor | None = None
         #: Per disk, the last batch whose digests were committed (they are committed in order).
         self._committed: dict[int, int] = {}
         self._commits = threading.Condition()
@@ -239,6 +245,16 @@ class Replicator(threading.Thread):
         """How many batches may be in flight: several only to an appliance that speaks data 1.1."""
         version = self.client.peer_version
         return SENDERS if version is not None and version >= (1, 1) else 1
+
+    def _packer(self) -> zstandard.ZstdCompressor | None:
+        """What packs runs before they cross the network, for an appliance that speaks data 1.2 (None: they go as
+        they are). Packing here costs the source less CPU than sending the bytes it saves over TLS."""
+        version = self.client.peer_version
+        if version is None or version < (1, 2):
+            return None
+        if self._zstd is None:
+            self._zstd = zstandard.ZstdCompressor(level=PACK_LEVEL)
+        return self._zstd
 
     def send(self, disk: int, body: bytes | bytearray, client: ApplianceClient | None = None) -> StreamState:
         """The sending step: one batch until it is acknowledged. What is :func:`retryable` (the appliance
@@ -322,7 +338,8 @@ class Replicator(threading.Thread):
         ``bookmark`` (nothing is sent for an empty work without a bookmark)."""
         sent = 0
         for batch in cut_batches(self.sources[disk], tracker, work, reader, Labels(kind, bookmark, cycle, generation),
-                                 first_seq=self._seq[disk], stop=self.stop, disk_read=self._read_rate.add):
+                                 first_seq=self._seq[disk], stop=self.stop, disk_read=self._read_rate.add,
+                                 packer=self._packer()):
             self._seq[disk] = batch.seq + 1
             self._queue(batch, tracker)
             sent += batch.data_bytes

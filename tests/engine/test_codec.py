@@ -10,7 +10,7 @@ import zstandard
 
 from engine.codec import SegmentCorrupt, SegmentIdent, open_segment, seal
 from engine.errors import ProtocolError
-from engine.protocol import BLOCK, BatchHeader, Bookmark, Kind, decode_batch, encode_batch
+from engine.protocol import BLOCK, PACKED, BatchHeader, Bookmark, Kind, decode_batch, digest, encode_batch, pack_header
 
 SIZE = 64 * BLOCK
 KEY = os.urandom(32)
@@ -85,3 +85,46 @@ def test_runs_beyond_the_disk_are_refused() -> None:
         body = encode_batch(header, [(offset, length, None)])
         with pytest.raises(ProtocolError):
             decode_batch(body, disk_size=SIZE)
+
+
+def test_packed_runs_unpack_to_their_data_and_are_stored_as_they_came() -> None:
+    """With a packer, runs that compress go packed (the batch is smaller), those that do not go as they are; each
+    decodes to its very data, and the segment stores the sender's frames, which open to the same blocks."""
+    header = BatchHeader(0, 1, Kind.DELTA, Bookmark.NONE, 0, 0, 0.0, 0)
+    text, noise = (b"godwit " * 20000)[:2 * BLOCK], os.urandom(BLOCK)
+    runs = [(0, 2 * BLOCK, text), (4 * BLOCK, BLOCK, noise), (8 * BLOCK, BLOCK, None)]
+    plain, packed = encode_batch(header, runs), encode_batch(header, runs, packer=zstandard.ZstdCompressor(level=1))
+    assert len(packed) < len(plain) // 2
+    _, decoded = decode_batch(packed, disk_size=SIZE)
+    assert [(r.flags & PACKED, r.packed is not None) for r in decoded] == [(PACKED, True), (0, False), (0, False)]
+    assert [None if r.data is None else bytes(r.data) for r in decoded] == [text, noise, None]
+    segment = seal(KEY, SegmentIdent(SERVER, 0, 1), header, decoded, zstandard.ZstdCompressor(level=1))
+    assert decoded[0].packed is not None and bytes(decoded[0].packed) not in segment  # encrypted, not in the clear
+    _, blocks = open_segment(KEY, segment, SegmentIdent(SERVER, 0, 1), zstandard.ZstdDecompressor())
+    assert [b.data for b in blocks] == [text, noise, None]
+
+
+def _packed_batch(frame: bytes, data: bytes, *, size: int | None = None) -> bytes:
+    """A batch of one packed run of ``data`` whose frame is ``frame`` (its packed length ``size``, if given)."""
+    header = pack_header(BatchHeader(0, 1, Kind.DELTA, Bookmark.NONE, 0, 0, 0.0, 1))
+    run = (0).to_bytes(8, "big") + len(data).to_bytes(4, "big") + bytes([PACKED]) + digest(data)
+    return header + run + (len(frame) if size is None else size).to_bytes(4, "big") + frame
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda z, d: z.compress(bytes(2 * len(d))), "does not say it holds"),   # says it unpacks to more (a bomb)
+    (lambda z, d: zstandard.ZstdCompressor(write_content_size=False).compress(d), "does not say it holds"),
+    (lambda z, d: z.compress(d) + b"\0" * 8, "does not unpack"),               # bytes after its frame
+    (lambda z, d: z.compress(d)[:9] + b"\xff" * 40, "does not unpack"),        # a broken frame
+    (lambda z, d: z.compress(b"x" + d[1:]), "digest"),                         # other data
+    (lambda z, d: os.urandom(len(d)), "not smaller"),                          # as large as its data
+])
+def test_bad_packed_runs_are_refused(make: object, why: str) -> None:
+    """A packed run that would unpack to more than its length, does not say its size, carries bytes after its
+    frame, is broken, unpacks to other data or is no smaller than its data is refused before it is used."""
+    data = (b"replicated " * 10000)[:BLOCK]
+    frame = make(zstandard.ZstdCompressor(level=1), data)  # type: ignore[operator]
+    with pytest.raises(ProtocolError, match=why):
+        decode_batch(_packed_batch(frame, data), disk_size=SIZE)
+    with pytest.raises(ProtocolError, match="truncated"):
+        decode_batch(_packed_batch(b"", data, size=100), disk_size=SIZE)

@@ -221,7 +221,8 @@ def test_close_from_another_thread_wakes_a_blocked_request_and_stays_closed(port
 
 def test_the_client_remembers_the_version_the_appliance_answered_with(port: Port) -> None:
     """Each answer's Godwit-Protocol header is kept (an answer without one is 1.0): the replicator keeps several
-    batches in flight only with an appliance that answered data 1.1 or later."""
+    batches in flight only with an appliance that answered data 1.1 or later, and packs runs only for 1.2 or
+    later."""
     with port.client() as client:
         assert client.peer_version is None
         port.version = "management/1.3"
@@ -234,6 +235,7 @@ def test_the_client_remembers_the_version_the_appliance_answered_with(port: Port
                             context=ssl.create_default_context(),
                             desired=Desired(data_port=9443, policy=PolicyTerms("p", 60.0, None, 3600.0),
                                             max_mbps=None, disk_sizes=[]))
-    for answered, senders in [(None, 1), ((1, 0), 1), ((1, 1), SENDERS), ((1, 7), SENDERS)]:
+    for answered, senders, packs in [(None, 1, False), ((1, 0), 1, False), ((1, 1), SENDERS, False),
+                                     ((1, 2), SENDERS, True), ((1, 7), SENDERS, True)]:
         replicator.client.peer_version = answered
-        assert replicator._senders() == senders, answered
+        assert (replicator._senders(), replicator._packer() is not None) == (senders, packs), answered

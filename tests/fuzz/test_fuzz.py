@@ -68,10 +68,16 @@ def objects(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
 runs_strategy = st.lists(st.tuples(st.integers(0, 63), st.integers(1, 16), st.booleans()), min_size=0, max_size=6)
 
 
+def _data(slot: int, blocks: int) -> bytes:
+    """Random bytes for an odd number of blocks; text, which goes packed, for an even one."""
+    size = blocks * BLOCK
+    return os.urandom(size) if blocks % 2 else ((b"run %d of godwit " % slot) * size)[:size]
+
+
 def _valid_batch(spec: list[tuple[int, int, bool]], seq: int) -> bytes:
-    runs = [(slot * MAX_RUN, blocks * BLOCK, None if zero else os.urandom(blocks * BLOCK))
-            for slot, blocks, zero in spec]
-    return encode_batch(BatchHeader(0, seq, Kind.DELTA, Bookmark.NONE, 1, 0, 0.0, 0), runs)
+    runs = [(slot * MAX_RUN, blocks * BLOCK, None if zero else _data(slot, blocks)) for slot, blocks, zero in spec]
+    return encode_batch(BatchHeader(0, seq, Kind.DELTA, Bookmark.NONE, 1, 0, 0.0, 0), runs,
+                        packer=zstandard.ZstdCompressor(level=1))
 
 
 def _check_decoded(body: bytes) -> None:

@@ -7,14 +7,17 @@ import os
 import random
 import signal
 import ssl
+import struct
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from engine.links.data import MAX_AHEAD
 from engine.process_server.service import AUTH_TTL
-from engine.protocol import BLOCK, BatchHeader, Bookmark, Kind, encode_batch
+from engine.protocol import BLOCK, PACKED, BatchHeader, Bookmark, Kind, digest, encode_batch, pack_header
 from tests.appliance import Appliance, Mobility, change_disk, fill_disk, post_batch, replicating, wait_for
 
 MiB = 1024 * 1024
@@ -39,7 +42,13 @@ def test_bad_batches_are_refused_and_change_nothing(appliance: Appliance, tmp_pa
 
     wrong_digest = bytearray(batch(seq, [(0, BLOCK, good)]))
     wrong_digest[-1] ^= 1
+    # A packed run whose frame says it unpacks to 64 MiB: refused before anything is unpacked.
+    text = (b"replicated " * 10000)[:BLOCK]
+    bomb_frame = zstandard.ZstdCompressor(level=1).compress(bytes(64 * MiB))
+    bomb = (pack_header(BatchHeader(0, seq, Kind.DELTA, Bookmark.NONE, 1, 0, time.time(), 1))
+            + struct.pack(">QIB16sI", 0, BLOCK, PACKED, digest(text), len(bomb_frame)) + bomb_frame)
     cases = [
+        (bomb, 0, 400, "does not say it holds"),
         (bytes(wrong_digest), 0, 400, "does not match its digest"),
         (batch(seq + 1, [(0, BLOCK, good)]), 0, 409, "Expected batch"),          # skips a sequence number
         (batch(seq - 1, [(0, BLOCK, good)]), 0, 409, "Expected batch"),          # a replay

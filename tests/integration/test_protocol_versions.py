@@ -66,7 +66,7 @@ def test_management_port_serves_newer_minor_versions_and_refuses_other_majors(ap
 def test_data_port_refuses_another_major_version(appliance: Appliance) -> None:
     """The data port refuses a sender of data protocol 2.x before it looks at anything else."""
     status, data, version = _ask(_tls(appliance, appliance.data_port), "GET", "/v1/streams", "data/2.0")
-    assert (status, version) == (400, "data/1.1")
+    assert (status, version) == (400, "data/1.2")
     assert isinstance(data, dict) and data["code"] == "protocol-version" and "data protocol 2.0" in data["message"]
     status, data, _ = _ask(_tls(appliance, appliance.data_port), "GET", "/v1/streams", "data/1.3")
     assert status == 401 and isinstance(data, dict) and data["code"] == "certificate-required"
