@@ -116,8 +116,12 @@ def _header(ident: SegmentIdent, batch: BatchHeader, count: int) -> bytes:
 
 def sealed_size(runs: list[Run]) -> int:
     """The most bytes the segment of these runs can take (every run stored as it came)."""
-    return _HEADER.size + sum(_RECORD.size + (0 if r.data is None or r.flags & 1 else r.length + 16)
-                              for r in runs) + _TRAILER.size
+    return _HEADER.size + sum(_RECORD.size + (0 if _zero(r) else r.length + 16) for r in runs) + _TRAILER.size
+
+
+def _zero(run: Run) -> bool:
+    """A run of zeros, which has no payload (a packed run has its data in its frame)."""
+    return bool(run.flags & 1) or (run.data is None and run.packed is None)
 
 
 def seal(key: bytes, ident: SegmentIdent, batch: BatchHeader, runs: list[Run],
@@ -143,18 +147,22 @@ def seal_into(key: bytes, ident: SegmentIdent, batch: BatchHeader, runs: list[Ru
     chain = hashlib.blake2b(digest_size=32)
     for run in runs:
         nonce = os.urandom(12)
-        if run.data is None or run.flags & 1:
+        if _zero(run):
             record = _RECORD.pack(run.offset, run.length, ZERO, 0, 0, nonce)
             view[pos:pos + _RECORD.size] = record
             pos += _RECORD.size
             chain.update(record)
             chain.update(b"")
             continue
-        flags = 0
-        plain: bytes | memoryview = run.data
-        packed = run.packed if run.packed is not None else compressor.compress(run.data)  # packed by the sender
-        if len(packed) < MIN_SAVING * run.length:
-            plain, flags = packed, ZSTD
+        plain: bytes | memoryview
+        if run.packed is not None:  # packed by the sender (smaller than its data): stored as it came
+            plain, flags = run.packed, ZSTD
+        else:
+            assert run.data is not None
+            plain, flags = run.data, 0
+            packed = compressor.compress(run.data)
+            if len(packed) < MIN_SAVING * run.length:
+                plain, flags = packed, ZSTD
         record = _RECORD.pack(run.offset, run.length, flags, 0, len(plain) + 16, nonce)
         view[pos:pos + _RECORD.size] = record
         pos += _RECORD.size

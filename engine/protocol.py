@@ -82,8 +82,9 @@ class Run:
     length: int
     flags: int
     digest: bytes
-    data: memoryview | None  # None for zero runs
-    #: The zstd frame a packed run came as (its data unpacked from it): stored as it is, not packed again.
+    #: None for zero runs, and for packed ones (their data was unpacked once, to check its digest, and let go).
+    data: memoryview | None
+    #: The zstd frame a packed run came as: stored as it is, not packed again.
     packed: memoryview | None = None
 
 
@@ -232,4 +233,4 @@ def _unpack_run(view: memoryview, pos: int, offset: int, length: int, flags: int
         raise ProtocolError(f"The packed run at offset {offset} does not unpack to its {length} bytes.")
     if digest(data) != dig:
         raise ProtocolError(f"The run at offset {offset} does not match its digest.")
-    return Run(offset, length, flags, dig, memoryview(data), packed), pos + size
+    return Run(offset, length, flags, dig, None, packed), pos + size
