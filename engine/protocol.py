@@ -147,8 +147,10 @@ def batch_seq(body: bytes | bytearray | memoryview) -> int:
     return int(_HEADER.unpack_from(body)[2])
 
 
-def decode_batch(body: bytes | bytearray | memoryview, *, disk_size: int) -> tuple[BatchHeader, list[Run]]:
-    """Parse and check a batch: structure, bounds, alignment and every run's digest."""
+def decode_batch(body: bytes | bytearray | memoryview, *, disk_size: int,
+                 unpacker: zstandard.ZstdDecompressor | None = None) -> tuple[BatchHeader, list[Run]]:
+    """Parse and check a batch: structure, bounds, alignment and every run's digest. Packed runs are unpacked with
+    ``unpacker`` (a new one per batch if none is given: a caller that decodes many reuses its own)."""
     if len(body) < _HEADER.size:
         raise ProtocolError("The batch is shorter than its header.")
     magic, disk, seq, kind, bookmark, cycle, initial_done, source_time, count = _HEADER.unpack_from(body)
@@ -166,7 +168,6 @@ def decode_batch(body: bytes | bytearray | memoryview, *, disk_size: int) -> tup
         raise ProtocolError(f"The batch has {count} runs; at most {MAX_RUNS} are allowed.")
     view = memoryview(body)
     pos = _HEADER.size
-    unpacker: zstandard.ZstdDecompressor | None = None
     runs: list[Run] = []
     described = carried = 0
     for _ in range(count):

@@ -175,7 +175,10 @@ class ProcessServer:
     def _seal(self, server_id: str, epoch: int, seq: int, body: memoryview, disk: int,
               size: int, out: bytearray) -> tuple[memoryview, BatchHeader]:
         """Runs in the pool: parse and check the batch, then build the segment in ``out``."""
-        header, runs = decode_batch(body, disk_size=size)
+        unpacker = getattr(self._local, "unpacker", None)
+        if unpacker is None:  # one per pool thread, as the compressor below
+            unpacker = self._local.unpacker = zstandard.ZstdDecompressor()
+        header, runs = decode_batch(body, disk_size=size, unpacker=unpacker)
         if header.disk != disk:
             raise ProtocolError("The batch names another disk than its URL.")
         if header.seq != seq:
@@ -227,7 +230,8 @@ class ProcessServer:
                 if acked() < seq - 1:
                     self._ahead_free -= 1
                     slot = True
-            new = await self._take(request, server_id, disk, size, epoch, sender, seq, arrived, first, turn)
+            new = await self._take(request, length, server_id, disk, size, epoch, sender, seq, arrived, first, turn,
+                                   acked)
         except (WaitingForEarlier, OutOfOrder):
             raise
         except Exception:
@@ -243,11 +247,11 @@ class ProcessServer:
         self._report(server_id, disk, new, cache_full=False)
         return web.json_response(encode(new))
 
-    async def _take(self, request: web.Request, server_id: str, disk: int, size: int, epoch: int, sender: str,
-                    seq: int, arrived: int, first: bytes, turn: Turn) -> StreamState:
+    async def _take(self, request: web.Request, length: int, server_id: str, disk: int, size: int, epoch: int,
+                    sender: str, seq: int, arrived: int, first: bytes, turn: Turn,
+                    acked: Callable[[], int]) -> StreamState:
         """Read the rest of the batch, check and seal it (side by side with the batches around it), then, in its
         turn, make it durable: the disk's new stream state."""
-        length = request.content_length or 0
         self._admit(server_id, disk, self.streams.get(server_id, disk, epoch), length)
         self._in_flight[server_id] = self._in_flight.get(server_id, 0) + length
         out, buffer = self.segments.take(), self.bodies.take()
@@ -265,8 +269,7 @@ class ProcessServer:
                 del body
                 self.bodies.give(buffer)  # the segment is all that is needed now: another batch reads into it
                 reading = False
-                await self._wait(lambda: self.streams.get(server_id, disk, epoch).acked_seq >= seq - 1 or
-                                 turn.failed_before(seq), disk, seq, turn)
+                await self._wait(lambda: acked() >= seq - 1 or turn.failed_before(seq), disk, seq, turn)
                 async with turn.lock:
                     state = self.streams.get(server_id, disk, epoch)
                     if state.acked_seq >= seq:  # the same batch, sent again meanwhile, was taken
